@@ -1,0 +1,36 @@
+"""nas: hardware-aware neural architecture search.
+
+The light core (search-space DSL) imports eagerly; torch-based pieces load on first use so that
+``import nas`` stays fast in Ray workers and command-line tools.
+
+Example:
+    >>> import nas
+    >>> space = nas.SearchSpace("toy", [nas.Choice("k", (3, 5))])
+    >>> space.sample(0) in (nas.Config({"k": 3}), nas.Config({"k": 5}))
+    True
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from nas.space import Choice, Config, InvalidConfigError, SearchSpace
+
+__version__ = "0.1.0"
+
+# name -> (module, attribute); resolved lazily by __getattr__.
+_LAZY = {
+    "Supernet": ("nas.supernet", "Supernet"),
+    "export": ("nas.export", "export"),
+    "load_exported": ("nas.export", "load_exported"),
+}
+
+__all__ = ["Choice", "Config", "InvalidConfigError", "SearchSpace", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'nas' has no attribute {name!r}")
