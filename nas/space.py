@@ -462,7 +462,7 @@ class SearchSpace:
                 f"space {self.name!r}: expected {len(self.dims)} indices, got {idx.shape[0]}"
             )
         values = {}
-        for d, i in zip(self.dims, idx):
+        for d, i in zip(self.dims, idx.tolist()):
             if not float(i).is_integer() or not 0 <= int(i) < len(d.values):
                 raise InvalidConfigError(
                     f"{d.name!r}: index {i!r} out of range; use an integer in [0, {len(d.values) - 1}]"
