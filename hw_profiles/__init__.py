@@ -1,0 +1,60 @@
+"""Built-in hardware profiles shipped as data, with a small index.
+
+Each profile is a table ``<name>.csv.gz`` plus ``<name>.csv.gz.meta.json`` in this directory, in the format of
+:class:`nas.hw.profiles.Profile`. See ``README.md`` here for where each one comes from.
+
+Example:
+    >>> import hw_profiles
+    >>> "nb201-raspi4" in hw_profiles.available()
+    True
+    >>> p = hw_profiles.load("nb201-raspi4")
+    >>> p.space, len(p), p.metadata["device"]
+    ('nb201', 15625, 'raspi4')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nas.hw.profiles import Profile
+
+__all__ = ["available", "load", "path_of"]
+
+_DIR = Path(__file__).parent
+_SUFFIXES = (".csv.gz", ".csv")
+
+
+def _tables() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for p in sorted(_DIR.iterdir()):
+        for suffix in _SUFFIXES:
+            if p.name.endswith(suffix) and Path(str(p) + ".meta.json").is_file():
+                found.setdefault(p.name[: -len(suffix)], p)
+    return found
+
+
+def available() -> list[str]:
+    """Names of the built-in profiles, sorted (e.g. ``nb201-edgegpu``)."""
+    return sorted(_tables())
+
+
+def path_of(name: str) -> Path:
+    """Path of the table of a built-in profile; raises ``KeyError`` listing the available names."""
+    tables = _tables()
+    if name not in tables:
+        raise KeyError(
+            f"no built-in hardware profile {name!r}; available: {', '.join(sorted(tables)) or 'none'}"
+        )
+    return tables[name]
+
+
+def load(name: str) -> Profile:
+    """Load a built-in profile by name (see :func:`available`).
+
+    Raises ``KeyError`` naming the available profiles when ``name`` is unknown.
+    """
+    from nas.hw.profiles import Profile
+
+    return Profile.load(path_of(name))

@@ -1,0 +1,34 @@
+"""Hardware: the profile file format, on-device measurement and per-layer latency tables.
+
+Names resolve on first use, so ``import nas.hw`` stays light; add a measurement backend by adding a line to
+``_LAZY``.
+
+Example:
+    >>> from nas.hw import Profile
+    >>> Profile("toy", [{"k": 3}], [1.0]).latencies.tolist()
+    [1.0]
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> (module, attribute)
+_LAZY: dict[str, tuple[str, str]] = {
+    "Profile": ("nas.hw.profiles", "Profile"),
+    "ProfileFormatError": ("nas.hw.profiles", "ProfileFormatError"),
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'nas.hw' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
