@@ -1,0 +1,294 @@
+"""Export a subnet as a standalone model: safetensors + JSON manifest, TorchScript, ONNX (verified).
+
+``export(net, cfg, out_dir)`` extracts the static subnet, writes the requested formats and a
+``manifest.json`` (config, key, space, architecture, metrics, input shape, library versions, files with
+SHA-256, ONNX-vs-torch difference). Everything is first written into a temporary directory next to
+``out_dir`` and renamed into place at the end, so ``out_dir`` never holds a half-written export.
+
+``load_exported(out_dir)`` rebuilds the static model from the manifest's architecture and the safetensors
+weights with :func:`nas.static.build` (no supernet code, no pickle) after checking every file's SHA-256.
+
+Example:
+    >>> import tempfile, pathlib, torch
+    >>> from search_spaces import mobilenetv3
+    >>> net = mobilenetv3.supernet("small").eval()
+    >>> out = export(net, net.space.min(), pathlib.Path(tempfile.mkdtemp()) / "m", formats=("safetensors",))
+    >>> model = load_exported(out)
+    >>> x = torch.randn(1, *net.input_shape(net.space.min())[1:])
+    >>> bool(torch.allclose(model(x), net.extract(net.space.min()).eval()(x)))
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nas import static
+from nas.supernet import Supernet
+
+__all__ = ["FORMATS", "ExportError", "export", "load_exported"]
+
+FORMATS = ("safetensors", "torchscript", "onnx")
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+TORCHSCRIPT = "model.torchscript.pt"
+ONNX = "model.onnx"
+MANIFEST_VERSION = 1
+
+
+class ExportError(RuntimeError):
+    """An export could not be written, or an exported directory is missing, corrupt or inconsistent."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import nas
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "nas": nas.__version__}
+    for module in ("numpy", "safetensors", "onnx", "onnxruntime"):
+        with contextlib.suppress(ImportError):  # optional for the formats that do not need it
+            versions[module] = __import__(module).__version__
+    return versions
+
+
+def _write_onnx(model: nn.Module, sample: torch.Tensor, path: Path) -> None:
+    """ONNX with a dynamic batch dimension (input ``input``, output ``logits``).
+
+    The TorchScript-based exporter is used first: with torch 2.13 it handles these plain-layer models
+    reliably and several times faster than the ``torch.export`` path, which is the fallback.
+    """
+    kwargs = {"input_names": ["input"], "output_names": ["logits"]}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (sample,),
+                str(path),
+                dynamo=False,
+                opset_version=17,
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                **kwargs,
+            )
+    except Exception as legacy_error:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    model,
+                    (sample,),
+                    str(path),
+                    dynamo=True,
+                    external_data=False,
+                    dynamic_shapes=({0: torch.export.Dim("batch")},),
+                    **kwargs,
+                )
+        except Exception as dynamo_error:
+            raise ExportError(
+                f"ONNX export failed with both exporters: legacy: {legacy_error!r}; dynamo: {dynamo_error!r}"
+            ) from dynamo_error
+
+
+def onnx_max_abs_diff(path: Path, model: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+    """Largest |onnxruntime - torch| output difference over ``inputs`` (onnxruntime on CPU)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    worst = 0.0
+    with torch.no_grad():
+        for x in inputs:
+            expected = model(x).detach().cpu().numpy()
+            got = session.run(None, {name: x.detach().cpu().numpy()})[0]
+            worst = max(worst, float(abs(got - expected).max()))
+    return worst
+
+
+def export(
+    net: Supernet,
+    cfg: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+    formats: Sequence[str] = FORMATS,
+    sample_input: torch.Tensor | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Write subnet ``cfg`` of ``net`` to ``out_dir`` and return its path.
+
+    Args:
+        net: the supernet.
+        cfg: the subnet (validated and made canonical).
+        out_dir: target directory. An existing previous export there is replaced atomically (with
+            ``overwrite=True``); a non-empty directory without a manifest is never replaced.
+        formats: any of ``"safetensors"`` (always written: ``load_exported`` needs it), ``"torchscript"``,
+            ``"onnx"``.
+        sample_input: a batch to trace and verify with (default: two random inputs of the subnet's shape).
+
+    Example:
+        >>> # export(net, cfg, "model/", formats=("safetensors", "onnx"))  -> Path("model")
+    """
+    from safetensors.torch import save_file
+
+    from nas import metrics
+
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"export: unknown format(s) {unknown}; choose from {list(FORMATS)}")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).exists())):
+        raise ExportError(f"export: {out} exists and is not a previous export; refusing to replace it")
+    if out.exists() and not overwrite:
+        raise ExportError(f"export: {out} exists; pass overwrite=True to replace it")
+    canonical = net.space.canonical(cfg)
+    model = net.extract(canonical).eval().cpu()
+    shape = net.input_shape(canonical, batch_size=2)
+    if sample_input is None:
+        generator = torch.Generator().manual_seed(0)
+        sample_input = torch.randn(*shape, generator=generator)
+    sample_input = sample_input.detach().cpu().float()
+    if tuple(sample_input.shape[1:]) != tuple(shape[1:]):
+        raise ValueError(
+            f"export: sample_input has shape {tuple(sample_input.shape)}; expected (B, *{shape[1:]})"
+        )
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        files: dict[str, str] = {}
+        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"config": canonical.to_json()})
+        files[WEIGHTS] = "safetensors"
+        extra: dict[str, Any] = {}
+        if "torchscript" in formats:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(model, sample_input)
+            traced.save(str(tmp / TORCHSCRIPT))
+            files[TORCHSCRIPT] = "torchscript"
+        if "onnx" in formats:
+            _write_onnx(model, sample_input, tmp / ONNX)
+            single = sample_input[:1]
+            extra["onnx_max_abs_diff"] = onnx_max_abs_diff(tmp / ONNX, model, [sample_input, single])
+            files[ONNX] = "onnx"
+        manifest = {
+            "format_version": MANIFEST_VERSION,
+            "space": net.space.name,
+            "supernet": type(net).__name__,
+            "config": dict(canonical),
+            "config_json": canonical.to_json(),
+            "key": canonical.key,
+            "input_shape": list(net.input_shape(canonical, batch_size=1)),
+            "architecture": model.architecture,
+            "metrics": {
+                "macs": metrics.macs(net, canonical),
+                "params": metrics.params(net, canonical),
+                "bytes": metrics.model_bytes(net, canonical),
+            },
+            "verification": extra,
+            "versions": _versions(),
+            "files": {
+                name: {"format": fmt, "sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+                for name, fmt in files.items()
+            },
+        }
+        with open(tmp / MANIFEST, "w") as f:
+            json.dump(manifest, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an old export at ``out`` is moved aside first and removed after."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.rmdir(old)
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``manifest.json`` of an export, with a clear error when it is missing or broken."""
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise ExportError(f"{out_dir}: no {MANIFEST}; is this a directory written by nas.export?")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path}: manifest is not valid JSON ({exc})") from None
+    for key in ("architecture", "files", "config_json"):
+        if key not in manifest:
+            raise ExportError(f"{path}: manifest lacks {key!r}")
+    return manifest
+
+
+def verify_files(out_dir: str | os.PathLike, manifest: Mapping[str, Any] | None = None) -> None:
+    """Check that every file the manifest lists exists and has the recorded SHA-256."""
+    out = Path(out_dir)
+    manifest = read_manifest(out) if manifest is None else manifest
+    for name, info in manifest["files"].items():
+        path = out / name
+        if not path.is_file():
+            raise ExportError(f"{out}: {name} is listed in the manifest but missing")
+        digest = _sha256(path)
+        if digest != info["sha256"]:
+            raise ExportError(
+                f"{path}: SHA-256 {digest[:12]}... does not match the manifest ({info['sha256'][:12]}...)"
+            )
+
+
+def load_exported(out_dir: str | os.PathLike) -> nn.Module:
+    """Rebuild an exported subnet (eval mode) from its manifest and safetensors weights.
+
+    Raises :class:`ExportError` when a file is missing, corrupt (SHA-256 mismatch) or does not fit the
+    architecture.
+    """
+    from safetensors.torch import load_file
+
+    out = Path(out_dir)
+    manifest = read_manifest(out)
+    verify_files(out, manifest)
+    if WEIGHTS not in manifest["files"]:
+        raise ExportError(f"{out}: the manifest lists no {WEIGHTS}")
+    try:
+        model = static.build(manifest["architecture"])
+    except (TypeError, ValueError) as exc:
+        raise ExportError(f"{out}: cannot rebuild the architecture: {exc}") from exc
+    state = load_file(str(out / WEIGHTS))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ExportError(f"{out}: weights do not fit the architecture: {exc}") from exc
+    model.config_json = manifest["config_json"]
+    return model.eval()

@@ -1,0 +1,33 @@
+"""Elastic layers that store max-size weights once and slice them for the active subnet.
+
+Example:
+    >>> import torch
+    >>> from nas.ops import ElasticConv2d
+    >>> conv = ElasticConv2d(8, 16, kernel_sizes=(3, 5))
+    >>> conv.set_active(out_channels=4, kernel=3)
+    >>> tuple(conv(torch.randn(1, 8, 6, 6)).shape)
+    (1, 4, 6, 6)
+"""
+
+from nas.ops.blocks import ACTIVATIONS, ElasticMBConv, ElasticSqueezeExcite, conv_out_size
+from nas.ops.elastic import (
+    ElasticBatchNorm2d,
+    ElasticConv2d,
+    ElasticLayerNorm,
+    ElasticLinear,
+    ElasticSequential,
+    make_divisible,
+)
+
+__all__ = [
+    "ACTIVATIONS",
+    "ElasticBatchNorm2d",
+    "ElasticConv2d",
+    "ElasticLayerNorm",
+    "ElasticLinear",
+    "ElasticMBConv",
+    "ElasticSequential",
+    "ElasticSqueezeExcite",
+    "conv_out_size",
+    "make_divisible",
+]

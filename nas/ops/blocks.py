@@ -1,0 +1,273 @@
+"""Elastic composite blocks built from the elastic layers: squeeze-excite and the inverted-residual MBConv.
+
+Example:
+    >>> import torch
+    >>> block = ElasticMBConv(16, 16, expand_ratios=(3, 6), kernel_sizes=(3, 5), act="hswish", use_se=True)
+    >>> block.set_active(expand=3, kernel=3)
+    >>> block = block.eval()
+    >>> x = torch.randn(2, 16, 8, 8)
+    >>> bool((block.to_static(16)(x) - block(x)).abs().max() < 1e-6)
+    True
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas.ops.elastic import ElasticBatchNorm2d, ElasticConv2d, make_divisible
+from nas.static import Residual, SqueezeExcite
+from nas.supernet import LayerSpec
+
+__all__ = ["ACTIVATIONS", "ElasticMBConv", "ElasticSqueezeExcite", "conv_out_size"]
+
+# Activation name -> plain module class (shared by supernet and extracted model so they compute alike).
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "hswish": nn.Hardswish}
+
+
+def conv_out_size(size: int, kernel: int, stride: int) -> int:
+    """Spatial output size of a "same"-padded (``kernel // 2``) convolution."""
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+def make_activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; use one of {sorted(ACTIVATIONS)}") from None
+
+
+class ElasticSqueezeExcite(nn.Module):
+    """Squeeze-excite over the first ``C`` channels; hidden units ``make_divisible(C / reduction, divisor)``.
+
+    Matches :class:`nas.static.SqueezeExcite` operation for operation.
+    """
+
+    def __init__(self, channels: int, reduction: int = 4, divisor: int = 8):
+        super().__init__()
+        self.max_channels = int(channels)
+        self.reduction = int(reduction)
+        self.divisor = int(divisor)
+        hidden = self.hidden_for(channels)
+        self.reduce = ElasticConv2d(channels, hidden, 1, bias=True)
+        self.expand = ElasticConv2d(hidden, channels, 1, bias=True)
+
+    def hidden_for(self, channels: int) -> int:
+        """Hidden units used when ``channels`` come in."""
+        return make_divisible(channels // self.reduction, self.divisor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        self.reduce.active_out_channels = self.hidden_for(c)
+        self.expand.active_out_channels = c
+        s = x.mean((2, 3), keepdim=True)
+        s = torch.relu(self.reduce(s))
+        return x * F.hardsigmoid(self.expand(s))
+
+    @torch.no_grad()
+    def to_static(self, channels: int) -> SqueezeExcite:
+        hidden = self.hidden_for(channels)
+        self.reduce.active_out_channels = hidden
+        self.expand.active_out_channels = channels
+        se = SqueezeExcite(channels, hidden)
+        se.reduce = self.reduce.to_static(channels)
+        se.expand = self.expand.to_static(hidden)
+        return se
+
+    @torch.no_grad()
+    def sort_hidden(self) -> None:
+        """Order hidden units by the L1 norm of their outgoing weights (largest first)."""
+        importance = self.expand.weight.abs().sum(dim=(0, 2, 3))
+        order = torch.argsort(importance, descending=True)
+        self.reduce.permute_channels(order, dim=0)
+        self.expand.permute_channels(order, dim=1)
+
+    @torch.no_grad()
+    def permute_channels(self, order: torch.Tensor) -> None:
+        """Reorder the (outer) channels the block gates."""
+        self.reduce.permute_channels(order, dim=1)
+        self.expand.permute_channels(order, dim=0)
+
+
+class ElasticMBConv(nn.Module):
+    """MobileNetV2/V3 inverted residual with elastic expand ratio and depthwise kernel.
+
+    ``1x1 expand -> BN -> act -> kxk depthwise (stride) -> BN -> act -> [SE] -> 1x1 project -> BN [+ x]``.
+    The hidden width is ``make_divisible(in_channels * expand, divisor)``; the residual is used when the
+    stride is 1 and the channel counts match.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        expand_ratios: Sequence[float] = (3, 4, 6),
+        kernel_sizes: Sequence[int] = (3, 5, 7),
+        stride: int = 1,
+        act: str = "relu",
+        use_se: bool = False,
+        divisor: int = 8,
+    ):
+        super().__init__()
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.expand_ratios = tuple(sorted(expand_ratios))
+        self.kernel_sizes = tuple(sorted(kernel_sizes))
+        self.stride = int(stride)
+        self.act_name = act
+        self.use_se = bool(use_se)
+        self.divisor = int(divisor)
+        self.use_residual = self.stride == 1 and self.in_channels == self.out_channels
+        hidden = self.hidden_for(self.expand_ratios[-1])
+        self.max_hidden = hidden
+        self.expand_conv = ElasticConv2d(in_channels, hidden, 1)
+        self.expand_bn = ElasticBatchNorm2d(hidden)
+        self.depthwise = ElasticConv2d(hidden, hidden, self.kernel_sizes, stride=stride, depthwise=True)
+        self.depthwise_bn = ElasticBatchNorm2d(hidden)
+        self.act = make_activation(act)
+        self.se = ElasticSqueezeExcite(hidden, divisor=divisor) if use_se else None
+        self.project = ElasticConv2d(hidden, out_channels, 1)
+        self.project_bn = ElasticBatchNorm2d(out_channels)
+        self.active_expand = self.expand_ratios[-1]
+        self.active_kernel = self.kernel_sizes[-1]
+
+    def hidden_for(self, expand: float) -> int:
+        """Hidden (expanded) channels for an expand ratio."""
+        return make_divisible(round(self.in_channels * expand), self.divisor)
+
+    def set_active(self, expand: float, kernel: int) -> None:
+        if expand not in self.expand_ratios:
+            raise ValueError(
+                f"ElasticMBConv: expand={expand!r} is not allowed; use one of {self.expand_ratios}"
+            )
+        self.expand_conv.set_active(out_channels=self.hidden_for(expand))
+        self.depthwise.set_active(kernel=kernel)
+        self.active_expand, self.active_kernel = expand, int(kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.expand_bn(self.expand_conv(x)))
+        y = self.act(self.depthwise_bn(self.depthwise(y)))
+        if self.se is not None:
+            y = self.se(y)
+        y = self.project_bn(self.project(y))
+        return x + y if self.use_residual else y
+
+    @torch.no_grad()
+    def to_static(self, in_channels: int | None = None) -> nn.Module:
+        """Plain layers for the active settings: ``Sequential(expand, depthwise, [se], project)``."""
+        c_in = self.in_channels if in_channels is None else int(in_channels)
+        hidden = self.expand_conv.active_out_channels
+        parts: OrderedDict[str, nn.Module] = OrderedDict()
+        parts["expand"] = nn.Sequential(
+            self.expand_conv.to_static(c_in), self.expand_bn.to_static(hidden), make_activation(self.act_name)
+        )
+        parts["depthwise"] = nn.Sequential(
+            self.depthwise.to_static(hidden),
+            self.depthwise_bn.to_static(hidden),
+            make_activation(self.act_name),
+        )
+        if self.se is not None:
+            parts["se"] = self.se.to_static(hidden)
+        parts["project"] = nn.Sequential(
+            self.project.to_static(hidden), self.project_bn.to_static(self.out_channels)
+        )
+        body = nn.Sequential(parts)
+        block = Residual(body) if self.use_residual else body
+        return block.train(self.training)
+
+    def layer_specs(self, size: tuple[int, int], name: str = "") -> tuple[list[LayerSpec], tuple[int, int]]:
+        """Specs of the active block for an input of ``size`` (H, W); returns them and the output size."""
+        h, w = size
+        hidden = self.expand_conv.active_out_channels
+        k = self.active_kernel
+        oh, ow = conv_out_size(h, k, self.stride), conv_out_size(w, k, self.stride)
+        act = self.act_name
+        specs = [
+            LayerSpec("conv", self.in_channels, hidden, 1, 1, 1, h, w, h, w, name=f"{name}.expand"),
+            LayerSpec("bn", hidden, hidden, in_h=h, in_w=w, out_h=h, out_w=w, name=f"{name}.expand_bn"),
+            LayerSpec(
+                "act", hidden, hidden, in_h=h, in_w=w, out_h=h, out_w=w, act=act, name=f"{name}.expand_act"
+            ),
+            LayerSpec(
+                "dwconv", hidden, hidden, k, self.stride, hidden, h, w, oh, ow, name=f"{name}.depthwise"
+            ),
+            LayerSpec(
+                "bn", hidden, hidden, in_h=oh, in_w=ow, out_h=oh, out_w=ow, name=f"{name}.depthwise_bn"
+            ),
+            LayerSpec(
+                "act",
+                hidden,
+                hidden,
+                in_h=oh,
+                in_w=ow,
+                out_h=oh,
+                out_w=ow,
+                act=act,
+                name=f"{name}.depthwise_act",
+            ),
+        ]
+        if self.se is not None:
+            se_hidden = self.se.hidden_for(hidden)
+            specs.append(
+                LayerSpec(
+                    "se",
+                    hidden,
+                    se_hidden,
+                    in_h=oh,
+                    in_w=ow,
+                    out_h=oh,
+                    out_w=ow,
+                    bias=True,
+                    name=f"{name}.se",
+                )
+            )
+        specs += [
+            LayerSpec("conv", hidden, self.out_channels, 1, 1, 1, oh, ow, oh, ow, name=f"{name}.project"),
+            LayerSpec(
+                "bn",
+                self.out_channels,
+                self.out_channels,
+                in_h=oh,
+                in_w=ow,
+                out_h=oh,
+                out_w=ow,
+                name=f"{name}.project_bn",
+            ),
+        ]
+        if self.use_residual:
+            specs.append(
+                LayerSpec(
+                    "add",
+                    self.out_channels,
+                    self.out_channels,
+                    in_h=oh,
+                    in_w=ow,
+                    out_h=oh,
+                    out_w=ow,
+                    name=f"{name}.add",
+                )
+            )
+        return specs, (oh, ow)
+
+    @torch.no_grad()
+    def sort_channels(self) -> None:
+        """OFA channel re-sorting: hidden channels by the L1 norm of the project weights, largest first.
+
+        The expand conv/BN, depthwise conv/BN and SE are permuted consistently, so the block computes the
+        same function afterwards; narrower settings then keep the most important channels.
+        """
+        if self.se is not None:
+            self.se.sort_hidden()
+        importance = self.project.weight.abs().sum(dim=(0, 2, 3))
+        order = torch.argsort(importance, descending=True)
+        self.expand_conv.permute_channels(order, dim=0)
+        self.expand_bn.permute_channels(order)
+        self.depthwise.permute_channels(order, dim=0)
+        self.depthwise_bn.permute_channels(order)
+        if self.se is not None:
+            self.se.permute_channels(order)
+        self.project.permute_channels(order, dim=1)

@@ -1,0 +1,451 @@
+"""Elastic layers: one set of max-size weights, sliced for the active sub-network.
+
+Every layer keeps the weights of its largest configuration and computes with a slice of them: the first
+output / input channels and, for convolutions, the centre crop of the kernel (Once-for-All's dynamic layers).
+Input channels are read from the incoming tensor, so only output sizes and kernels need to be set.
+``to_static()`` copies the active slice into a plain ``torch.nn`` layer that computes the same function.
+
+Sliced weights are cached per active shape while no gradient is recorded (evaluation, search, latency
+measurement): the cache is keyed on the parameter's storage and version counter, so an optimizer step or
+``load_state_dict`` (both bump the version) invalidates it without any bookkeeping by the caller.
+
+Example:
+    >>> import torch
+    >>> conv = ElasticConv2d(8, 16, kernel_sizes=(3, 5))
+    >>> conv.set_active(out_channels=12, kernel=3)
+    >>> y = conv(torch.randn(1, 6, 10, 10))
+    >>> tuple(y.shape)
+    (1, 12, 10, 10)
+    >>> static = conv.to_static(in_channels=6)
+    >>> bool(torch.equal(static.weight, conv.active_weight(6)))
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ElasticBatchNorm2d",
+    "ElasticConv2d",
+    "ElasticLayerNorm",
+    "ElasticLinear",
+    "ElasticSequential",
+    "make_divisible",
+]
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round ``value`` to a multiple of ``divisor`` without going more than 10% below it (MobileNet rule).
+
+    Example:
+        >>> make_divisible(16 * 4.5), make_divisible(10, 8)
+        (72, 16)
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def _check_size(layer: str, what: str, value: int, maximum: int) -> int:
+    value = int(value)
+    if not 1 <= value <= maximum:
+        raise ValueError(f"{layer}: {what}={value} is out of range; use an integer in [1, {maximum}]")
+    return value
+
+
+class _SliceCache:
+    """Remembers one derived tensor per key; reused only when no autograd graph is being recorded."""
+
+    __slots__ = ("key", "value")
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.value: torch.Tensor | None = None
+
+    @staticmethod
+    def usable(param: torch.Tensor) -> bool:
+        return not (torch.is_grad_enabled() and param.requires_grad)
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        return self.value if key == self.key else None
+
+    def put(self, key: tuple, value: torch.Tensor) -> torch.Tensor:
+        self.key, self.value = key, value
+        return value
+
+    def clear(self) -> None:
+        self.key = self.value = None
+
+
+def _param_state(p: torch.Tensor | None) -> tuple:
+    # data_ptr changes on .to(device) / re-assignment, _version on every in-place update (optimizer, copy_).
+    if p is None:
+        return ()
+    return (p.data_ptr(), p._version, p.dtype, p.device, torch.is_inference_mode_enabled())
+
+
+class ElasticConv2d(nn.Module):
+    """A 2-D convolution whose output channels, input channels and kernel size shrink at run time.
+
+    Args:
+        in_channels: largest number of input channels (for ``depthwise``, the channel count).
+        out_channels: largest number of output channels (ignored for ``depthwise``: equal to the input).
+        kernel_sizes: odd kernel sizes the layer may run with; the weights have the largest, smaller kernels
+            are its centre crop ("same" padding ``k // 2``).
+        stride: convolution stride.
+        depthwise: one filter per channel (``groups`` = active channels).
+        bias: learn a bias.
+
+    Example:
+        >>> dw = ElasticConv2d(32, 32, kernel_sizes=(3, 5, 7), depthwise=True)
+        >>> dw.set_active(kernel=5)
+        >>> tuple(dw(torch.randn(2, 24, 8, 8)).shape)
+        (2, 24, 8, 8)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_sizes: int | Sequence[int] = 1,
+        stride: int = 1,
+        depthwise: bool = False,
+        bias: bool = False,
+    ):
+        super().__init__()
+        kernels = (kernel_sizes,) if isinstance(kernel_sizes, int) else tuple(int(k) for k in kernel_sizes)
+        if not kernels or any(k < 1 or k % 2 == 0 for k in kernels):
+            raise ValueError(f"ElasticConv2d: kernel_sizes must be odd positive ints, got {kernel_sizes!r}")
+        if depthwise:
+            out_channels = in_channels
+        self.max_in_channels = int(in_channels)
+        self.max_out_channels = int(out_channels)
+        self.kernel_sizes = tuple(sorted(set(kernels)))
+        self.max_kernel = self.kernel_sizes[-1]
+        self.stride = int(stride)
+        self.depthwise = bool(depthwise)
+        fan_in_channels = 1 if depthwise else in_channels
+        self.weight = nn.Parameter(
+            torch.empty(out_channels, fan_in_channels, self.max_kernel, self.max_kernel)
+        )
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.active_out_channels = self.max_out_channels
+        self.active_kernel = self.max_kernel
+        self._cache = _SliceCache()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Conv2d``'s initialisation for the max-size weights."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1] * self.max_kernel * self.max_kernel
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+        self._cache.clear()
+
+    def set_active(self, out_channels: int | None = None, kernel: int | None = None) -> None:
+        """Choose the active output channels (not for depthwise layers) and kernel size."""
+        if out_channels is not None:
+            if self.depthwise:
+                raise ValueError("ElasticConv2d(depthwise=True): output channels follow the input channels")
+            self.active_out_channels = _check_size(
+                "ElasticConv2d", "out_channels", out_channels, self.max_out_channels
+            )
+        if kernel is not None:
+            if int(kernel) not in self.kernel_sizes:
+                raise ValueError(
+                    f"ElasticConv2d: kernel={kernel!r} is not allowed; use one of {self.kernel_sizes}"
+                )
+            self.active_kernel = int(kernel)
+
+    def out_channels_for(self, in_channels: int) -> int:
+        """Output channels when ``in_channels`` come in."""
+        return in_channels if self.depthwise else self.active_out_channels
+
+    def active_weight(self, in_channels: int) -> torch.Tensor:
+        """The weight slice for ``in_channels`` inputs at the active settings (a view, or the cached copy)."""
+        c_out = self.out_channels_for(in_channels)
+        k = self.active_kernel
+        if not _SliceCache.usable(self.weight):
+            return self._slice(in_channels, c_out, k)
+        key = (in_channels, c_out, k, *_param_state(self.weight), *self.transform_state())
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._cache.put(key, self._slice(in_channels, c_out, k).contiguous())
+        return cached
+
+    def _slice(self, c_in: int, c_out: int, k: int) -> torch.Tensor:
+        w = self.weight
+        if self.depthwise:
+            _check_size("ElasticConv2d(depthwise)", "in_channels", c_in, self.max_in_channels)
+            w = w[:c_out]
+        else:
+            _check_size("ElasticConv2d", "in_channels", c_in, self.max_in_channels)
+            if c_out != self.max_out_channels or c_in != self.max_in_channels:
+                w = w[:c_out, :c_in]
+        if k != self.max_kernel:
+            start = (self.max_kernel - k) // 2
+            w = w[:, :, start : start + k, start : start + k]
+        return self.transform_weight(w)
+
+    # Hooks for quantization / sparsity layers (issue 3): derived weights are cached with the slice.
+    def transform_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """Identity here; subclasses apply masks or fake quantization to the sliced weight."""
+        return weight
+
+    def transform_state(self) -> tuple:
+        """Extra cache-key entries for :meth:`transform_weight` (e.g. active bit-width)."""
+        return ()
+
+    def active_bias(self, in_channels: int) -> torch.Tensor | None:
+        if self.bias is None:
+            return None
+        c_out = self.out_channels_for(in_channels)
+        return self.bias if c_out == self.max_out_channels else self.bias[:c_out]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c_in = x.shape[1]
+        groups = c_in if self.depthwise else 1
+        k = self.active_kernel
+        return F.conv2d(x, self.active_weight(c_in), self.active_bias(c_in), self.stride, k // 2, 1, groups)
+
+    @torch.no_grad()
+    def to_static(self, in_channels: int) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` holding a copy of the active slice."""
+        c_out = self.out_channels_for(in_channels)
+        k = self.active_kernel
+        conv = nn.Conv2d(
+            in_channels,
+            c_out,
+            k,
+            stride=self.stride,
+            padding=k // 2,
+            groups=in_channels if self.depthwise else 1,
+            bias=self.bias is not None,
+        )
+        conv.weight.copy_(self._slice(in_channels, c_out, k))
+        if self.bias is not None:
+            conv.bias.copy_(self.bias[:c_out])
+        return conv.to(self.weight.device)
+
+    @torch.no_grad()
+    def permute_channels(self, order: torch.Tensor, dim: int) -> None:
+        """Reorder the max-size weights along output (``dim=0``) or input (``dim=1``) channels."""
+        if self.depthwise or dim == 0:
+            self.weight.copy_(self.weight.index_select(0, order))
+            if self.bias is not None:
+                self.bias.copy_(self.bias.index_select(0, order))
+        else:
+            self.weight.copy_(self.weight.index_select(1, order))
+        self._cache.clear()
+
+    def extra_repr(self) -> str:
+        kind = "depthwise, " if self.depthwise else ""
+        return (
+            f"{self.max_in_channels}, {self.max_out_channels}, {kind}kernel_sizes={self.kernel_sizes}, "
+            f"stride={self.stride}, bias={self.bias is not None}, active_out={self.active_out_channels}, "
+            f"active_kernel={self.active_kernel}"
+        )
+
+
+class ElasticBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm over the first ``C`` channels of its max-size parameters and running statistics.
+
+    In training mode the batch statistics normalise and the first ``C`` running statistics are updated (in
+    place, through views); in eval mode the first ``C`` running statistics are used. Subclassing
+    ``nn.BatchNorm2d`` keeps the state-dict layout and lets BN recalibration code treat it as any batch norm.
+
+    Example:
+        >>> bn = ElasticBatchNorm2d(16).eval()
+        >>> tuple(bn(torch.randn(2, 8, 4, 4)).shape)
+        (2, 8, 4, 4)
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        if c > self.num_features:
+            raise ValueError(
+                f"ElasticBatchNorm2d: {c} input channels exceed num_features={self.num_features}"
+            )
+        # Same momentum bookkeeping as nn.BatchNorm2d.forward.
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch_stats = self.training or self.running_mean is None
+        if c == self.num_features:
+            mean, var, weight, bias = self.running_mean, self.running_var, self.weight, self.bias
+        else:
+            mean = None if self.running_mean is None else self.running_mean[:c]
+            var = None if self.running_var is None else self.running_var[:c]
+            weight = None if self.weight is None else self.weight[:c]
+            bias = None if self.bias is None else self.bias[:c]
+        track = not self.training or self.track_running_stats
+        return F.batch_norm(
+            x,
+            mean if track else None,
+            var if track else None,
+            weight,
+            bias,
+            use_batch_stats,
+            momentum,
+            self.eps,
+        )
+
+    @torch.no_grad()
+    def to_static(self, channels: int) -> nn.BatchNorm2d:
+        """A plain ``nn.BatchNorm2d`` with the first ``channels`` parameters and running statistics."""
+        _check_size("ElasticBatchNorm2d", "channels", channels, self.num_features)
+        bn = nn.BatchNorm2d(channels, self.eps, self.momentum, self.affine, self.track_running_stats)
+        if self.affine:
+            bn.weight.copy_(self.weight[:channels])
+            bn.bias.copy_(self.bias[:channels])
+        if self.track_running_stats:
+            bn.running_mean.copy_(self.running_mean[:channels])
+            bn.running_var.copy_(self.running_var[:channels])
+            bn.num_batches_tracked.copy_(self.num_batches_tracked)
+        return bn.to(self.weight.device if self.affine else self.running_mean.device).train(self.training)
+
+    @torch.no_grad()
+    def permute_channels(self, order: torch.Tensor) -> None:
+        """Reorder every per-channel tensor."""
+        for t in (self.weight, self.bias, self.running_mean, self.running_var):
+            if t is not None:
+                t.copy_(t.index_select(0, order))
+
+
+class ElasticLinear(nn.Module):
+    """A linear layer using the first input features (from the input) and the first ``active_out_features``.
+
+    Example:
+        >>> fc = ElasticLinear(64, 10)
+        >>> fc.set_active(out_features=5)
+        >>> tuple(fc(torch.randn(3, 40)).shape)
+        (3, 5)
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.max_in_features = int(in_features)
+        self.max_out_features = int(out_features)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.active_out_features = self.max_out_features
+        self._cache = _SliceCache()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s initialisation."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.max_in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+        self._cache.clear()
+
+    def set_active(self, out_features: int | None = None) -> None:
+        if out_features is not None:
+            self.active_out_features = _check_size(
+                "ElasticLinear", "out_features", out_features, self.max_out_features
+            )
+
+    def active_weight(self, in_features: int) -> torch.Tensor:
+        _check_size("ElasticLinear", "in_features", in_features, self.max_in_features)
+        c_out = self.active_out_features
+        if c_out == self.max_out_features and in_features == self.max_in_features:
+            return self.weight
+        if not _SliceCache.usable(self.weight):
+            return self.weight[:c_out, :in_features]
+        key = (in_features, c_out, *_param_state(self.weight))
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._cache.put(key, self.weight[:c_out, :in_features].contiguous())
+        return cached
+
+    def active_bias(self) -> torch.Tensor | None:
+        if self.bias is None or self.active_out_features == self.max_out_features:
+            return self.bias
+        return self.bias[: self.active_out_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.active_weight(x.shape[-1]), self.active_bias())
+
+    @torch.no_grad()
+    def to_static(self, in_features: int) -> nn.Linear:
+        """A plain ``nn.Linear`` holding a copy of the active slice."""
+        fc = nn.Linear(in_features, self.active_out_features, bias=self.bias is not None)
+        fc.weight.copy_(self.weight[: self.active_out_features, :in_features])
+        if self.bias is not None:
+            fc.bias.copy_(self.bias[: self.active_out_features])
+        return fc.to(self.weight.device)
+
+    def extra_repr(self) -> str:
+        return f"{self.max_in_features}, {self.max_out_features}, active_out={self.active_out_features}"
+
+
+class ElasticLayerNorm(nn.LayerNorm):
+    """Layer norm over the last dimension using its first ``C`` affine parameters (``C`` from the input).
+
+    Example:
+        >>> ln = ElasticLayerNorm(32)
+        >>> tuple(ln(torch.randn(2, 5, 20)).shape)
+        (2, 5, 20)
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, elementwise_affine: bool = True):
+        super().__init__(num_features, eps=eps, elementwise_affine=elementwise_affine)
+        self.max_features = int(num_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = _check_size("ElasticLayerNorm", "features", x.shape[-1], self.max_features)
+        weight = None if self.weight is None else self.weight[:c]
+        bias = None if self.bias is None else self.bias[:c]
+        return F.layer_norm(x, (c,), weight, bias, self.eps)
+
+    @torch.no_grad()
+    def to_static(self, features: int) -> nn.LayerNorm:
+        _check_size("ElasticLayerNorm", "features", features, self.max_features)
+        ln = nn.LayerNorm(features, eps=self.eps, elementwise_affine=self.elementwise_affine)
+        if self.elementwise_affine:
+            ln.weight.copy_(self.weight[:features])
+            if self.bias is not None:
+                ln.bias.copy_(self.bias[:features])
+        return ln.to(self.weight.device if self.weight is not None else "cpu")
+
+
+class ElasticSequential(nn.ModuleList):
+    """Elastic depth: a stage of blocks that runs only its first ``active_depth`` blocks.
+
+    Example:
+        >>> stage = ElasticSequential([nn.Identity(), nn.ReLU(), nn.Tanh()], depths=(1, 2, 3))
+        >>> stage.set_active(depth=2)
+        >>> len(stage.active_blocks())
+        2
+    """
+
+    def __init__(self, blocks: Iterable[nn.Module], depths: Sequence[int] | None = None):
+        super().__init__(blocks)
+        self.depths = tuple(sorted(set(depths))) if depths else (len(self),)
+        if self.depths[0] < 1 or self.depths[-1] > len(self):
+            raise ValueError(f"ElasticSequential: depths {self.depths} must lie in [1, {len(self)}]")
+        self.active_depth = self.depths[-1]
+
+    def set_active(self, depth: int) -> None:
+        if int(depth) not in self.depths:
+            raise ValueError(f"ElasticSequential: depth={depth!r} is not allowed; use one of {self.depths}")
+        self.active_depth = int(depth)
+
+    def active_blocks(self) -> list[nn.Module]:
+        return list(self)[: self.active_depth]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(self.active_depth):
+            x = self[i](x)
+        return x

@@ -1,0 +1,232 @@
+"""Plain building blocks of extracted subnets and their JSON architecture description.
+
+An extracted subnet is a tree of ordinary ``torch.nn`` layers plus the few tiny modules defined here
+(:class:`Residual`, :class:`SqueezeExcite`, :class:`GlobalAvgPool`). :func:`describe` turns such a tree into a
+JSON-able dict and :func:`build` turns the dict back into a module tree with the same structure and
+state-dict keys, so an exported model can be rebuilt from its manifest and a safetensors file without any
+supernet code.
+
+Each module type has a :class:`Codec` (how to read its constructor arguments from an instance and how to
+construct it from them); :func:`register` adds codecs for new layer types (quantized or sparse layers).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), Residual(nn.Sequential(nn.BatchNorm2d(8), nn.ReLU())))
+    >>> arch = describe(m)
+    >>> rebuilt = build(arch)
+    >>> list(rebuilt.state_dict()) == list(m.state_dict())
+    True
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "Codec",
+    "GlobalAvgPool",
+    "Residual",
+    "SqueezeExcite",
+    "build",
+    "describe",
+    "register",
+]
+
+FORMAT_VERSION = 1
+
+
+class Residual(nn.Module):
+    """``x + body(x)``.
+
+    Example:
+        >>> Residual(nn.Identity())(torch.ones(1, 2)).tolist()
+        [[2.0, 2.0]]
+    """
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class SqueezeExcite(nn.Module):
+    """MobileNetV3 squeeze-and-excite: ``x * hsigmoid(expand(relu(reduce(mean_hw(x)))))``.
+
+    Example:
+        >>> tuple(SqueezeExcite(16, 8)(torch.randn(2, 16, 5, 5)).shape)
+        (2, 16, 5, 5)
+    """
+
+    def __init__(self, channels: int, mid_channels: int):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, mid_channels, 1, bias=True)
+        self.expand = nn.Conv2d(mid_channels, channels, 1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        s = torch.relu(self.reduce(s))
+        return x * nn.functional.hardsigmoid(self.expand(s))
+
+
+class GlobalAvgPool(nn.Module):
+    """Mean over height and width (``keepdim`` keeps a 1x1 map for a following 1x1 convolution)."""
+
+    def __init__(self, keepdim: bool = True):
+        super().__init__()
+        self.keepdim = bool(keepdim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3), keepdim=self.keepdim)
+
+    def extra_repr(self) -> str:
+        return f"keepdim={self.keepdim}"
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How one module type maps to and from its JSON description.
+
+    ``args(module)`` returns JSON-able constructor arguments; ``make(args, children)`` constructs the module
+    (``children`` are the already-built child modules, for containers). ``container`` says whether the
+    children are described separately (Sequential, Residual) or created by the constructor (SqueezeExcite).
+    """
+
+    name: str
+    cls: type[nn.Module]
+    args: Callable[[nn.Module], dict[str, Any]]
+    make: Callable[[dict[str, Any], list[tuple[str, nn.Module]]], nn.Module]
+    container: bool = False
+
+
+_BY_NAME: dict[str, Codec] = {}
+_BY_CLASS: dict[type, Codec] = {}
+
+
+def register(codec: Codec) -> Codec:
+    """Make ``codec.cls`` describable and buildable under ``codec.name`` (names must be unique)."""
+    existing = _BY_NAME.get(codec.name)
+    if existing is not None and existing.cls is not codec.cls:
+        raise ValueError(f"architecture type name {codec.name!r} is already used by {existing.cls.__name__}")
+    _BY_NAME[codec.name] = codec
+    _BY_CLASS[codec.cls] = codec
+    return codec
+
+
+def _leaf(name: str, cls: type[nn.Module], args: Callable[[Any], dict[str, Any]]) -> None:
+    register(Codec(name, cls, args, lambda a, _children, cls=cls: cls(**a)))
+
+
+def _conv_args(m: nn.Conv2d) -> dict[str, Any]:
+    if m.padding_mode != "zeros" or isinstance(m.padding, str):
+        raise ValueError(f"describe: Conv2d with padding={m.padding!r}/{m.padding_mode!r} is not supported")
+    return {
+        "in_channels": m.in_channels,
+        "out_channels": m.out_channels,
+        "kernel_size": list(m.kernel_size),
+        "stride": list(m.stride),
+        "padding": list(m.padding),
+        "dilation": list(m.dilation),
+        "groups": m.groups,
+        "bias": m.bias is not None,
+    }
+
+
+def _bn_args(m: nn.BatchNorm2d) -> dict[str, Any]:
+    return {
+        "num_features": m.num_features,
+        "eps": m.eps,
+        "momentum": m.momentum,
+        "affine": m.affine,
+        "track_running_stats": m.track_running_stats,
+    }
+
+
+_leaf("Conv2d", nn.Conv2d, _conv_args)
+_leaf("BatchNorm2d", nn.BatchNorm2d, _bn_args)
+_leaf(
+    "Linear",
+    nn.Linear,
+    lambda m: {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None},
+)
+_leaf(
+    "LayerNorm",
+    nn.LayerNorm,
+    lambda m: {
+        "normalized_shape": list(m.normalized_shape),
+        "eps": m.eps,
+        "elementwise_affine": m.elementwise_affine,
+        "bias": m.bias is not None,
+    },
+)
+_leaf("ReLU", nn.ReLU, lambda m: {})
+_leaf("ReLU6", nn.ReLU6, lambda m: {})
+_leaf("Hardswish", nn.Hardswish, lambda m: {})
+_leaf("Hardsigmoid", nn.Hardsigmoid, lambda m: {})
+_leaf("GELU", nn.GELU, lambda m: {"approximate": m.approximate})
+_leaf("Identity", nn.Identity, lambda m: {})
+_leaf("Dropout", nn.Dropout, lambda m: {"p": m.p})
+_leaf("Flatten", nn.Flatten, lambda m: {"start_dim": m.start_dim, "end_dim": m.end_dim})
+_leaf("GlobalAvgPool", GlobalAvgPool, lambda m: {"keepdim": m.keepdim})
+_leaf(
+    "SqueezeExcite",
+    SqueezeExcite,
+    lambda m: {"channels": m.reduce.in_channels, "mid_channels": m.reduce.out_channels},
+)
+register(Codec("Sequential", nn.Sequential, lambda m: {}, lambda a, ch: nn.Sequential(OrderedDict(ch)), True))
+register(Codec("Residual", Residual, lambda m: {}, lambda a, ch: Residual(dict(ch)["body"]), True))
+
+
+def describe(module: nn.Module) -> dict[str, Any]:
+    """The JSON-able description of a tree of registered modules.
+
+    Raises ``TypeError`` naming the first module type that has no codec.
+    """
+    codec = _BY_CLASS.get(type(module))
+    if codec is None:
+        known = ", ".join(sorted(_BY_NAME))
+        raise TypeError(f"describe: no codec for {type(module).__name__}; registered types: {known}")
+    spec: dict[str, Any] = {"type": codec.name, "args": codec.args(module)}
+    if codec.container:
+        spec["children"] = [[name, describe(child)] for name, child in module.named_children()]
+    return spec
+
+
+def build(architecture: dict[str, Any]) -> nn.Module:
+    """Construct the module tree described by ``architecture`` (from :func:`describe`), untrained weights.
+
+    The root module gets an ``architecture`` attribute holding (a copy of) the description.
+    """
+    module = _build(architecture, "root")
+    module.architecture = json.loads(json.dumps(architecture))
+    return module
+
+
+def _build(spec: Any, path: str) -> nn.Module:
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ValueError(f"build: {path} must be an object with a 'type' key, got {type(spec).__name__}")
+    codec = _BY_NAME.get(spec["type"])
+    if codec is None:
+        raise ValueError(
+            f"build: {path} has unknown type {spec['type']!r}; known: {', '.join(sorted(_BY_NAME))}"
+        )
+    children = [(str(name), _build(child, f"{path}.{name}")) for name, child in spec.get("children", [])]
+    try:
+        return codec.make(dict(spec.get("args", {})), children)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ValueError(f"build: cannot construct {path} ({spec['type']}): {exc}") from exc
+
+
+def finalize(module: nn.Module) -> nn.Module:
+    """Attach ``module.architecture = describe(module)`` and return the module (eval mode untouched)."""
+    module.architecture = describe(module)
+    return module

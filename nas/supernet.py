@@ -1,0 +1,215 @@
+"""The weight-sharing supernet base class and the per-layer description of a subnet.
+
+A :class:`Supernet` owns a :class:`nas.SearchSpace` and one set of max-size weights. ``activate(cfg)`` sets
+every elastic layer for the subnet ``cfg``; ``forward`` then runs that subnet. ``extract(cfg)`` copies the
+subnet into a static model of plain ``torch.nn`` layers (see :mod:`nas.static`) that computes the same
+function. ``layer_specs(cfg)`` lists the subnet's layers analytically (no forward pass) for MACs, parameter
+counts, model size and per-layer latency tables.
+
+Inputs must already have the active resolution: resize with :func:`resize_to` (the supernet never resizes
+silently, so that timing and accuracy measurements see exactly the tensor that the subnet gets).
+
+Example:
+    >>> import torch
+    >>> from search_spaces import mobilenetv3
+    >>> net = mobilenetv3.supernet("small").eval()
+    >>> cfg = net.activate(net.space.min())
+    >>> x = resize_to(torch.randn(2, 3, 32, 32), cfg)
+    >>> static = net.extract(cfg)
+    >>> bool((static(x) - net(x)).abs().max() < 1e-5)
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas.space import Config, SearchSpace
+
+__all__ = ["LayerSpec", "Supernet", "resize_to"]
+
+ELASTIC_GROUP_KINDS = ("resolution", "depth", "kernel", "width", "quant", "sparsity")
+
+
+def resize_to(x: torch.Tensor, cfg_or_resolution: Mapping[str, Any] | int | tuple[int, int]) -> torch.Tensor:
+    """Resize a batch ``(B, C, H, W)`` to the resolution of a config (its ``"resolution"`` value) or to a size.
+
+    Bilinear, ``align_corners=False``; returns ``x`` itself when the size already matches.
+
+    Example:
+        >>> tuple(resize_to(torch.zeros(1, 3, 32, 32), {"resolution": 24}).shape)
+        (1, 3, 24, 24)
+    """
+    if isinstance(cfg_or_resolution, Mapping):
+        if "resolution" not in cfg_or_resolution:
+            raise KeyError("resize_to: the config has no 'resolution' dimension; pass the size instead")
+        size = cfg_or_resolution["resolution"]
+    else:
+        size = cfg_or_resolution
+    h, w = (int(size), int(size)) if isinstance(size, int | float) else (int(size[0]), int(size[1]))
+    if x.dim() != 4:
+        raise ValueError(f"resize_to: expected a (B, C, H, W) batch, got shape {tuple(x.shape)}")
+    if x.shape[-2:] == (h, w):
+        return x
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer of an active subnet, described by shape only.
+
+    ``kind`` is one of ``conv``, ``dwconv`` (depthwise), ``linear``, ``se`` (squeeze-excite on
+    ``in_channels`` with ``out_channels`` hidden units), ``bn``, ``act`` (``act`` names it), ``pool``
+    (global average), ``add`` (residual). Spatial sizes are the input and output height/width (1 for linear).
+    ``bits`` (weight bit-width, 32 = float) and ``density`` (fraction of weights kept; ``pattern`` such as
+    ``"2:4"`` for N:M sparsity) describe quantization and sparsity. ``name`` is the layer's path in the
+    supernet and is not part of :attr:`key`.
+
+    Example:
+        >>> s = LayerSpec("conv", 16, 32, kernel=3, stride=2, in_h=8, in_w=8, out_h=4, out_w=4)
+        >>> s.macs, s.params
+        (73728, 4608)
+        >>> s.key
+        'conv|i16|o32|k3|s2|g1|8x8>4x4|nobias|w32|d1.0'
+    """
+
+    kind: str
+    in_channels: int
+    out_channels: int
+    kernel: int = 1
+    stride: int = 1
+    groups: int = 1
+    in_h: int = 1
+    in_w: int = 1
+    out_h: int = 1
+    out_w: int = 1
+    bias: bool = False
+    act: str = ""
+    bits: int = 32
+    density: float = 1.0
+    pattern: str = ""
+    name: str = ""
+
+    @property
+    def key(self) -> str:
+        """Stable text identifying the layer's shape (same shape, same key, in any config or process)."""
+        parts = [
+            self.kind + (f":{self.act}" if self.act else ""),
+            f"i{self.in_channels}",
+            f"o{self.out_channels}",
+            f"k{self.kernel}",
+            f"s{self.stride}",
+            f"g{self.groups}",
+            f"{self.in_h}x{self.in_w}>{self.out_h}x{self.out_w}",
+            "bias" if self.bias else "nobias",
+            f"w{self.bits}",
+            f"d{float(self.density)}" + (f":{self.pattern}" if self.pattern else ""),
+        ]
+        return "|".join(parts)
+
+    @property
+    def weight_count(self) -> int:
+        """Number of weights (not biases) before sparsity."""
+        if self.kind in ("conv", "dwconv"):
+            return self.out_channels * (self.in_channels // self.groups) * self.kernel * self.kernel
+        if self.kind == "linear":
+            return self.in_channels * self.out_channels
+        if self.kind == "se":  # reduce: C -> mid, expand: mid -> C (1x1 convs)
+            return 2 * self.in_channels * self.out_channels
+        return 0
+
+    @property
+    def bias_count(self) -> int:
+        if self.kind in ("conv", "dwconv", "linear"):
+            return self.out_channels if self.bias else 0
+        if self.kind == "se":
+            return self.in_channels + self.out_channels
+        if self.kind == "bn":
+            return 2 * self.out_channels  # affine weight and bias (running statistics are buffers)
+        return 0
+
+    @property
+    def params(self) -> int:
+        """Trainable parameters (weights, biases, BN affine), before sparsity."""
+        return self.weight_count + self.bias_count
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of the convolution / linear part (BN, activations, pooling, adds count 0)."""
+        if self.kind in ("conv", "dwconv"):
+            return self.weight_count * self.out_h * self.out_w
+        if self.kind in ("linear", "se"):
+            return self.weight_count
+        return 0
+
+
+class Supernet(nn.Module):
+    """Base class of weight-sharing supernets.
+
+    Subclasses build their elastic modules in ``__init__``, then call ``self.activate(self.space.max())``,
+    and implement :meth:`_set_active`, :meth:`extract`, :meth:`input_shape`,
+    :meth:`elastic_groups`, :meth:`sort_channels` and :meth:`layer_specs`.
+
+    Attributes:
+        space: the search space; every config passed in is validated and made canonical against it.
+        active_config: the canonical config the elastic layers are set to.
+    """
+
+    def __init__(self, space: SearchSpace):
+        super().__init__()
+        if not isinstance(space, SearchSpace):
+            raise TypeError(f"Supernet needs a nas.SearchSpace, got {type(space).__name__}")
+        self.space = space
+        self.active_config: Config | None = None
+
+    # ------------------------------------------------------------------------------------------ activation
+    def activate(self, cfg: Mapping[str, Any]) -> Config:
+        """Validate and canonicalise ``cfg``, set every elastic layer to it and return the canonical config.
+
+        Raises :class:`nas.InvalidConfigError` naming the bad dimension.
+        """
+        canonical = self.space.canonical(cfg)
+        self._set_active(canonical)
+        self.active_config = canonical
+        return canonical
+
+    @contextlib.contextmanager
+    def activated(self, cfg: Mapping[str, Any]) -> Iterator[Config]:
+        """Activate ``cfg`` for the ``with`` block, then restore the previously active config."""
+        previous = self.active_config
+        try:
+            yield self.activate(cfg)
+        finally:
+            if previous is not None:
+                self.activate(previous)
+
+    def _set_active(self, cfg: Config) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement _set_active(cfg) to set its layers")
+
+    # ------------------------------------------------------------------------------------------ subnets
+    def extract(self, cfg: Mapping[str, Any]) -> nn.Module:
+        """A static model of plain torch layers computing subnet ``cfg`` (carries ``.architecture``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement extract(cfg)")
+
+    def input_shape(self, cfg: Mapping[str, Any], batch_size: int = 1) -> tuple[int, ...]:
+        """The input shape ``(B, C, H, W)`` subnet ``cfg`` expects."""
+        raise NotImplementedError(f"{type(self).__name__} must implement input_shape(cfg, batch_size)")
+
+    def elastic_groups(self) -> dict[str, tuple[str, ...]]:
+        """Dimension names per elastic kind (keys among ``resolution, depth, kernel, width, quant, sparsity``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement elastic_groups()")
+
+    def sort_channels(self) -> None:
+        """Re-sort expandable channels by importance so narrow subnets keep the most important ones."""
+        raise NotImplementedError(f"{type(self).__name__} must implement sort_channels()")
+
+    def layer_specs(self, cfg: Mapping[str, Any]) -> list[LayerSpec]:
+        """One :class:`LayerSpec` per active layer of subnet ``cfg``, in execution order."""
+        raise NotImplementedError(f"{type(self).__name__} must implement layer_specs(cfg)")

@@ -1,0 +1,138 @@
+"""Export: files, manifest, ONNX verification, load_exported, atomic writes and corruption errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import nas
+from nas import export as export_mod
+from nas import metrics
+from nas.export import ExportError, export, load_exported
+from search_spaces import mobilenetv3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    net = mobilenetv3.supernet("small", num_classes=10, in_channels=1).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+        net.classifier[1].weight.normal_(0, 0.1)
+    return net
+
+
+@pytest.fixture(scope="module")
+def exported(net, tmp_path_factory):
+    cfg = net.space.sample(4)
+    out = export(net, cfg, tmp_path_factory.mktemp("exp") / "model")
+    return net.space.canonical(cfg), out
+
+
+def test_export_writes_all_formats_and_a_complete_manifest(net, exported):
+    cfg, out = exported
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"model.safetensors", "model.torchscript.pt", "model.onnx"}
+    assert manifest["key"] == cfg.key and nas.Config.from_json(manifest["config_json"]) == cfg
+    assert manifest["space"] == net.space.name
+    assert manifest["input_shape"] == [1, 1, cfg["resolution"], cfg["resolution"]]
+    assert manifest["metrics"]["macs"] == metrics.macs(net, cfg)
+    assert (
+        manifest["metrics"]["params"] > 0
+        and manifest["metrics"]["bytes"] == 4 * manifest["metrics"]["params"]
+    )
+    assert {"torch", "onnxruntime", "python", "nas"} <= set(manifest["versions"])
+    assert manifest["verification"]["onnx_max_abs_diff"] <= 1e-4
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".model.")]  # no temp dirs left
+
+
+def test_onnx_runs_in_onnxruntime_with_dynamic_batch(net, exported):
+    import onnxruntime as ort
+
+    cfg, out = exported
+    model = net.extract(cfg).eval()
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 3, 8):
+        x = torch.randn(batch, *net.input_shape(cfg)[1:])
+        got = session.run(None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            expected = model(x).numpy()
+        assert got.shape == (batch, 10)
+        assert abs(got - expected).max() <= 1e-4
+
+
+def test_load_exported_and_torchscript_give_the_same_outputs(net, exported):
+    cfg, out = exported
+    model = net.extract(cfg).eval()
+    loaded = load_exported(out)
+    scripted = torch.jit.load(str(out / "model.torchscript.pt"))
+    x = torch.randn(4, *net.input_shape(cfg)[1:])
+    with torch.no_grad():
+        expected = model(x)
+        assert torch.equal(loaded(x), expected)
+        torch.testing.assert_close(scripted(x), expected, rtol=0, atol=1e-6)
+    assert not any(type(m).__module__.startswith("nas.ops") for m in loaded.modules())
+    assert nas.Config.from_json(loaded.config_json) == cfg
+
+
+def test_corrupt_or_missing_files_give_clear_errors(net, tmp_path):
+    out = export(net, net.space.min(), tmp_path / "m", formats=("safetensors",))
+    weights = out / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match="SHA-256"):
+        load_exported(out)
+    weights.unlink()
+    with pytest.raises(ExportError, match="missing"):
+        load_exported(out)
+    (out / "manifest.json").write_text("{not json")
+    with pytest.raises(ExportError, match="not valid JSON"):
+        load_exported(out)
+    with pytest.raises(ExportError, match=r"no manifest\.json"):
+        load_exported(tmp_path)
+
+
+def test_failed_export_leaves_previous_export_untouched(net, tmp_path, monkeypatch):
+    out = export(net, net.space.min(), tmp_path / "m", formats=("safetensors",))
+    before = (out / "manifest.json").read_text()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated crash while writing ONNX")
+
+    monkeypatch.setattr(export_mod, "_write_onnx", boom)
+    with pytest.raises(RuntimeError, match="simulated"):
+        export(net, net.space.max(), out, formats=("safetensors", "onnx"))
+    assert (out / "manifest.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # the temp dir was removed
+    # A successful export replaces the old one in place.
+    monkeypatch.undo()
+    export(net, net.space.max(), out, formats=("safetensors",))
+    assert json.loads((out / "manifest.json").read_text())["key"] == net.space.max().key
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_export_refuses_foreign_directories_and_unknown_formats(net, tmp_path):
+    foreign = tmp_path / "data"
+    foreign.mkdir()
+    (foreign / "important.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="not a previous export"):
+        export(net, net.space.min(), foreign, formats=("safetensors",))
+    assert (foreign / "important.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="unknown format"):
+        export(net, net.space.min(), tmp_path / "x", formats=("tflite",))
+    with pytest.raises(nas.InvalidConfigError):
+        export(net, {"resolution": 28}, tmp_path / "y")

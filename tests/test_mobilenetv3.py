@@ -1,0 +1,150 @@
+"""The OFA MobileNetV3 supernet: space, extraction equivalence, presets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import nas
+from nas.supernet import resize_to
+from search_spaces import mobilenetv3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # The CI box has 2 shared cores; intra-op threads only add contention for these tiny models.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def randomize(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Give BN statistics/affines and the classifier non-trivial values, so that differences show."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            elif isinstance(m, nn.Linear):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features**0.5)
+    return net
+
+
+@pytest.fixture(scope="module")
+def small_net():
+    torch.manual_seed(0)
+    return randomize(mobilenetv3.supernet("small", num_classes=10, in_channels=3)).eval()
+
+
+def test_space_dimensions_and_conditions():
+    space = mobilenetv3.space("small")
+    assert space["resolution"].values == (24, 28, 32)
+    assert space["stage3.depth"].values == (2, 3, 4)
+    assert space["stage5.block3.kernel"].values == (3, 5, 7)
+    assert space["stage1.block1.expand"].values == (3, 4, 6)
+    assert space["stage2.block2.kernel"].when == {"stage2.depth": (3, 4)}
+    assert space["stage2.block3.expand"].when == {"stage2.depth": (4,)}
+    assert len(space) == 1 + 5 * (1 + 4 * 2)
+    assert mobilenetv3.space("imagenet")["resolution"].values == (160, 176, 192, 208, 224)
+    # Per stage: 9^2 * (1 + 9 + 81) distinct block settings; 3 resolutions.
+    assert space.size == 3 * (81 * 91) ** 5
+
+
+def test_blocks_beyond_depth_do_not_change_the_network(small_net):
+    cfg = small_net.space.canonical({**small_net.space.max(), "stage2.depth": 2})
+    other = dict(cfg)
+    other["stage2.block3.kernel"] = 7
+    assert small_net.space.canonical(other).key == cfg.key
+    x = torch.randn(2, 3, 32, 32)
+    small_net.activate(cfg)
+    a = small_net(x)
+    small_net.activate(other)
+    torch.testing.assert_close(small_net(x), a, rtol=0, atol=0)
+
+
+def test_extraction_equivalence_100_random_configs_plus_max_and_min(small_net):
+    space = small_net.space
+    configs = [space.max(), space.min(), *space.samples(100, seed=2026)]
+    x0 = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    worst = 0.0
+    with torch.no_grad():
+        for cfg in configs:
+            cfg = small_net.activate(cfg)
+            x = resize_to(x0, cfg)
+            expected = small_net(x)
+            static_model = small_net.extract(cfg).eval()
+            assert not any(type(m).__module__.startswith("nas.ops") for m in static_model.modules())
+            got = static_model(x)
+            assert expected.abs().max() > 0.1  # a non-trivial function, so the comparison can fail
+            worst = max(worst, (got - expected).abs().max().item())
+            assert small_net.active_config == cfg  # extract restores the active config
+    assert worst <= 1e-5, worst
+
+
+def test_extraction_is_independent_of_the_active_config(small_net):
+    cfg = small_net.space.sample(5)
+    small_net.activate(small_net.space.max())
+    m1 = small_net.extract(cfg)
+    small_net.activate(small_net.space.min())
+    m2 = small_net.extract(cfg)
+    assert m1.architecture == m2.architecture
+    for (k1, v1), (k2, v2) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+    assert small_net.active_config == small_net.space.min()
+
+
+def test_train_mode_uses_batch_statistics_like_the_extracted_model():
+    torch.manual_seed(3)
+    net = randomize(mobilenetv3.supernet("small"))
+    net.classifier[0].p = 0.0  # dropout would draw different masks
+    cfg = net.space.sample(11)
+    static_model = net.extract(cfg).train()
+    net.activate(cfg)
+    net.train()
+    x = torch.randn(4, *net.input_shape(cfg)[1:])
+    torch.testing.assert_close(net(x), static_model(x), rtol=0, atol=1e-5)
+
+
+def test_gradients_reach_only_active_weights():
+    net = mobilenetv3.supernet("small").train()
+    cfg = net.activate(net.space.min())
+    x = torch.randn(2, *net.input_shape(cfg)[1:])
+    net(x).sum().backward()
+    block0 = net.stages[0][0]
+    hidden = block0.expand_conv.active_out_channels
+    assert block0.expand_conv.weight.grad[:hidden].abs().sum() > 0
+    assert block0.expand_conv.weight.grad[hidden:].abs().sum() == 0
+    assert net.stages[0][3].expand_conv.weight.grad is None  # depth 2: block 3 never ran
+
+
+def test_mnist_input_channels_and_input_shape():
+    net = mobilenetv3.supernet("small", num_classes=10, in_channels=1).eval()
+    cfg = net.activate({**net.space.min(), "resolution": 28})
+    assert net.input_shape(cfg, batch_size=5) == (5, 1, 28, 28)
+    with torch.no_grad():
+        assert net(torch.randn(5, 1, 28, 28)).shape == (5, 10)
+
+
+def test_imagenet_preset_extracts_equivalently():
+    torch.manual_seed(0)
+    net = randomize(mobilenetv3.supernet("imagenet", num_classes=1000)).eval()
+    assert net.stages[4][0].se is not None and net.stages[0][0].se is None
+    assert net.stages[2][0].act_name == "hswish" and net.stages[1][0].act_name == "relu"
+    for cfg in (net.space.max(), net.space.sample(0)):
+        cfg = {**cfg, "resolution": 160}
+        net.activate(cfg)
+        x = torch.randn(1, 3, 160, 160)
+        with torch.no_grad():
+            torch.testing.assert_close(net.extract(cfg).eval()(x), net(x), rtol=0, atol=1e-5)
+
+
+def test_bad_configs_and_presets_raise_useful_errors(small_net):
+    with pytest.raises(nas.InvalidConfigError, match=r"stage1\.block0\.kernel.*\[3, 5, 7\]"):
+        small_net.activate({**small_net.space.max(), "stage1.block0.kernel": 4})
+    with pytest.raises(ValueError, match="unknown mobilenetv3 preset 'huge'"):
+        mobilenetv3.supernet("huge")

@@ -1,0 +1,211 @@
+"""Elastic layers compute exactly what their static slices compute; static descriptions round-trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nas import static
+from nas.ops import (
+    ElasticBatchNorm2d,
+    ElasticConv2d,
+    ElasticLayerNorm,
+    ElasticLinear,
+    ElasticMBConv,
+    ElasticSequential,
+    make_divisible,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # The CI box has 2 shared cores; intra-op threads only add contention for these tiny models.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("c_in,c_out,k", [(8, 16, 7), (5, 3, 5), (8, 16, 3), (1, 1, 3)])
+def test_conv_matches_static_slice(c_in, c_out, k):
+    conv = ElasticConv2d(8, 16, kernel_sizes=(3, 5, 7), stride=2, bias=True)
+    conv.set_active(out_channels=c_out, kernel=k)
+    x = torch.randn(2, c_in, 9, 9)
+    static_conv = conv.to_static(c_in)
+    assert isinstance(static_conv, nn.Conv2d) and static_conv.kernel_size == (k, k)
+    start = (7 - k) // 2
+    torch.testing.assert_close(
+        static_conv.weight, conv.weight[:c_out, :c_in, start : start + k, start : start + k]
+    )
+    torch.testing.assert_close(conv(x), static_conv(x), rtol=0, atol=1e-6)
+
+
+def test_depthwise_conv_follows_input_channels():
+    dw = ElasticConv2d(32, 32, kernel_sizes=(3, 5, 7), depthwise=True)
+    dw.set_active(kernel=5)
+    x = torch.randn(2, 20, 8, 8)
+    y = dw(x)
+    assert y.shape == (2, 20, 8, 8)
+    static_dw = dw.to_static(20)
+    assert static_dw.groups == 20 and static_dw.weight.shape == (20, 1, 5, 5)
+    torch.testing.assert_close(y, static_dw(x), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="output channels follow"):
+        dw.set_active(out_channels=4)
+
+
+def test_conv_rejects_bad_settings_with_allowed_values():
+    conv = ElasticConv2d(8, 16, kernel_sizes=(3, 5))
+    with pytest.raises(ValueError, match=r"kernel=7 is not allowed; use one of \(3, 5\)"):
+        conv.set_active(kernel=7)
+    with pytest.raises(ValueError, match=r"out_channels=17 .*\[1, 16\]"):
+        conv.set_active(out_channels=17)
+    with pytest.raises(ValueError, match="in_channels=9"):
+        conv(torch.randn(1, 9, 4, 4))
+    with pytest.raises(ValueError, match="odd"):
+        ElasticConv2d(4, 4, kernel_sizes=(2,))
+
+
+def test_slice_cache_follows_weight_updates_and_keeps_gradients():
+    conv = ElasticConv2d(4, 8, kernel_sizes=(3, 5))
+    conv.set_active(out_channels=6, kernel=3)
+    x = torch.randn(1, 4, 6, 6)
+    with torch.no_grad():
+        before = conv(x)
+        again = conv(x)
+        assert torch.equal(before, again)
+        conv.weight.mul_(2.0)  # an in-place update (as by an optimizer) must invalidate the cache
+        after = conv(x)
+    torch.testing.assert_close(after, 2 * before)
+    # With autograd on, gradients reach exactly the active slice of the max-size weight.
+    conv.zero_grad()
+    conv(x).sum().backward()
+    grad = conv.weight.grad
+    assert grad[:6, :, 1:4, 1:4].abs().sum() > 0
+    assert grad[6:].abs().sum() == 0 and grad[:, :, 0].abs().sum() == 0
+
+
+def test_batchnorm_eval_uses_first_running_stats_and_train_updates_them():
+    bn = ElasticBatchNorm2d(16)
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_()
+    x = torch.randn(4, 10, 5, 5)
+    static_bn = bn.to_static(10).eval()
+    torch.testing.assert_close(bn.eval()(x), static_bn(x), rtol=0, atol=1e-6)
+    # Train mode: batch statistics, and only the first 10 running statistics move.
+    bn.train()
+    static_bn.train()
+    untouched = bn.running_mean[10:].clone()
+    torch.testing.assert_close(bn(x), static_bn(x), rtol=0, atol=1e-5)
+    torch.testing.assert_close(bn.running_mean[:10], static_bn.running_mean)
+    assert torch.equal(bn.running_mean[10:], untouched)
+    with pytest.raises(ValueError, match="exceed"):
+        bn(torch.randn(2, 17, 2, 2))
+
+
+def test_batchnorm_cumulative_momentum_matches_torch():
+    bn, ref = ElasticBatchNorm2d(6, momentum=None), nn.BatchNorm2d(6, momentum=None)
+    for _ in range(3):
+        x = torch.randn(8, 6, 3, 3)
+        bn(x), ref(x)
+    torch.testing.assert_close(bn.running_var, ref.running_var)
+    assert int(bn.num_batches_tracked) == 3
+
+
+def test_linear_and_layernorm_match_static():
+    fc = ElasticLinear(64, 10)
+    fc.set_active(out_features=7)
+    x = torch.randn(3, 40)
+    torch.testing.assert_close(fc(x), fc.to_static(40)(x), rtol=0, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(fc(x), fc.to_static(40)(x), rtol=0, atol=1e-6)  # cached path
+    ln = ElasticLayerNorm(32)
+    with torch.no_grad():
+        ln.weight.uniform_(0.5, 1.5)
+        ln.bias.normal_()
+    t = torch.randn(2, 5, 20)
+    torch.testing.assert_close(ln(t), ln.to_static(20)(t), rtol=0, atol=1e-6)
+
+
+def test_elastic_sequential_runs_first_blocks():
+    stage = ElasticSequential([nn.Linear(4, 4) for _ in range(4)], depths=(2, 3, 4))
+    stage.set_active(3)
+    x = torch.randn(2, 4)
+    expected = stage[2](stage[1](stage[0](x)))
+    torch.testing.assert_close(stage(x), expected)
+    with pytest.raises(ValueError, match=r"depth=1 is not allowed"):
+        stage.set_active(1)
+
+
+@pytest.mark.parametrize("use_se,stride", [(True, 1), (False, 2)])
+def test_mbconv_block_matches_static_in_eval_and_train(use_se, stride):
+    block = ElasticMBConv(16, 16, (3, 4, 6), (3, 5, 7), stride=stride, act="hswish", use_se=use_se)
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(3, 16, 9, 9)
+    for expand, kernel in [(3, 3), (4, 5), (6, 7)]:
+        block.set_active(expand=expand, kernel=kernel)
+        static_block = block.to_static()
+        assert isinstance(static_block, static.Residual) == (stride == 1)
+        block.eval(), static_block.eval()
+        torch.testing.assert_close(block(x), static_block(x), rtol=0, atol=1e-5)
+        block.train(), static_block.train()
+        torch.testing.assert_close(block(x), static_block(x), rtol=0, atol=1e-5)
+
+
+def test_mbconv_sort_channels_keeps_function_and_orders_importance():
+    block = ElasticMBConv(8, 8, (3, 6), (3, 5), use_se=True).eval()
+    x = torch.randn(2, 8, 6, 6)
+    before = block(x)
+    block.sort_channels()
+    torch.testing.assert_close(block(x), before, rtol=0, atol=1e-5)
+    importance = block.project.weight.abs().sum(dim=(0, 2, 3))
+    assert torch.all(importance[:-1] >= importance[1:])
+
+
+def test_make_divisible():
+    assert make_divisible(16 * 3) == 48
+    assert make_divisible(10) == 16  # never more than 10% below the value
+    assert make_divisible(3) == 8
+
+
+def test_static_describe_build_round_trip():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.Hardswish(),
+        static.Residual(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU())),
+        static.SqueezeExcite(8, 8),
+        static.GlobalAvgPool(keepdim=False),
+        nn.Dropout(0.2),
+        nn.Linear(8, 4),
+    ).eval()
+    arch = static.describe(model)
+    rebuilt = static.build(arch).eval()
+    assert rebuilt.architecture == arch
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(model(x), rebuilt(x))
+    assert str(rebuilt) == str(model)
+
+
+def test_static_errors_name_the_problem():
+    with pytest.raises(TypeError, match="no codec for LSTM"):
+        static.describe(nn.LSTM(2, 2))
+    with pytest.raises(ValueError, match="unknown type 'Bogus'"):
+        static.build({"type": "Sequential", "args": {}, "children": [["0", {"type": "Bogus"}]]})
+    with pytest.raises(ValueError, match=r"root\.0 \(Conv2d\)"):
+        static.build(
+            {"type": "Sequential", "args": {}, "children": [["0", {"type": "Conv2d", "args": {"x": 1}}]]}
+        )
