@@ -12,7 +12,12 @@ Example:
 from __future__ import annotations
 
 import importlib
+import json
+from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+SUPERNET_SPEC = "supernet.json"  # in a training run directory: how to rebuild the supernet
 
 # name -> (module, one-line description). Add a module here to make it available to the CLI.
 _BUILTIN: dict[str, tuple[str, str]] = {
@@ -39,3 +44,36 @@ def get(name: str) -> ModuleType:
     except KeyError:
         raise ValueError(f"unknown search space {name!r}; available: {', '.join(_BUILTIN)}") from None
     return importlib.import_module(module)
+
+
+def build_supernet(spec: dict[str, Any]) -> Any:
+    """Build an untrained supernet from ``{"space": name, "kwargs": {...}}`` (the spec ``nas train`` records)."""
+    module = get(str(spec.get("space")))
+    if not hasattr(module, "supernet"):
+        raise ValueError(f"space {spec.get('space')!r} is tabular and has no supernet")
+    return module.supernet(**dict(spec.get("kwargs", {})))
+
+
+def trained_spec(run_dir: str | Path) -> dict[str, Any]:
+    """The supernet spec recorded in a training run directory."""
+    path = Path(run_dir) / SUPERNET_SPEC
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: {run_dir} is not a supernet run directory; create one with `nas train --out DIR`"
+        )
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); it should be written by `nas train`") from None
+    if not isinstance(spec, dict) or "space" not in spec:
+        raise ValueError(f"{path} lacks the 'space' field; it should be written by `nas train`")
+    return spec
+
+
+def load_trained(run_dir: str | Path) -> Any:
+    """Rebuild a trained supernet from its run directory (spec + final weights), in eval mode."""
+    from nas.train import load_weights
+
+    net = build_supernet(trained_spec(run_dir))
+    load_weights(net, run_dir)
+    return net.eval()
