@@ -136,7 +136,20 @@ def _structure(ops: tuple[int, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
             add(f"live:{name}={op}", live[e] and ops[e] == k)
     for k, op in enumerate(OPS):
         add(f"count:{op}", sum(o == k for o in ops))
-    for label, mask in (("live", live), ("dead_in", dead_in), ("dead_out", dead_out)):
+    # "used": the result reaches the output (whether or not the input is real). HW-NAS-Bench's edge GPU skips
+    # operations whose result is never used but pays for used ones on zeros; its phones and Pi pay for more.
+    used = [ops[e] != _NONE and bwd[j] for e, (j, i) in enumerate(EDGES)]
+    zero_used = [u and not fwd[i] for u, (j, i) in zip(used, EDGES)]
+    for e, name in enumerate(EDGE_NAMES):
+        for k, op in enumerate(OPS[1:], start=1):
+            add(f"used:{name}={op}", used[e] and ops[e] == k)
+    for label, mask in (
+        ("live", live),
+        ("used", used),
+        ("dead_in", dead_in),
+        ("zero_used", zero_used),
+        ("dead_out", dead_out),
+    ):
         for k, op in enumerate(OPS[1:], start=1):
             add(f"{label}_count:{op}", sum(m and o == k for m, o in zip(mask, ops)))
     # 3. which live operations feed each node
@@ -174,8 +187,10 @@ def _structure(ops: tuple[int, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
     # additions: a node with k non-none inputs sums k tensors (k - 1 adds); count all and live ones
     n_in = [sum(ops[e] != _NONE for e, (j, _) in enumerate(EDGES) if j == node) for node in (1, 2, 3)]
     n_live_in = [sum(live[e] for e, (j, _) in enumerate(EDGES) if j == node) for node in (1, 2, 3)]
+    n_used_in = [sum(used[e] for e, (j, _) in enumerate(EDGES) if j == node) for node in (1, 2, 3)]
     add("adds", sum(max(k - 1, 0) for k in n_in))
     add("live_adds", sum(max(k - 1, 0) for k in n_live_in))
+    add("used_adds", sum(max(k - 1, 0) for k in n_used_in))
     arr = np.asarray(f, dtype=np.float64)
     arr.setflags(write=False)
     return arr, tuple(names)

@@ -1,0 +1,371 @@
+"""Predictor: fitted model groups + target transform + what it was fitted on; fit, save and load."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from predictors.metrics import evaluate, metrics
+from predictors.models import LinearModel, MLPModel, Model, PredictorFormatError, TreeEnsemble
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "KINDS", "Predictor", "evaluate", "fit", "load"]
+
+FORMAT = "nas-predictor"
+FORMAT_VERSION = 1
+KINDS = ("auto", "ridge", "gbdt", "mlp", "lut", "ensemble")
+_AUTO_CANDIDATES = ("ridge", "lut", "gbdt", "mlp", "ensemble")
+
+
+def _space_name(space: Any) -> str | None:
+    if space is None:
+        return None
+    if isinstance(space, str):
+        return space
+    name = getattr(space, "name", None)
+    if not isinstance(name, str):
+        raise TypeError(f"space must be a name or an object with a .name, got {type(space).__name__}")
+    return name
+
+
+class Predictor:
+    """A fitted predictor: ``predict(X)``, ``predict_std(X)``, ``save(path)``.
+
+    It remembers the width (and, when given, the feature names and search-space name) of the data it was fitted
+    on and refuses inputs that do not match. Members are grouped: a group is a bag of one model family (its
+    spread is the family's uncertainty), several groups form an ensemble (averaged in target space).
+
+    Example:
+        >>> import numpy as np, predictors
+        >>> X = np.random.default_rng(0).integers(0, 2, (60, 4)).astype(float)
+        >>> y = 1.0 + X @ [1.0, 2.0, 0.5, 0.0]
+        >>> pred = predictors.fit(X, y, kind="lut", space="toy")
+        >>> bool(np.allclose(pred.predict(X), y))
+        True
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        groups: Sequence[Sequence[Model]],
+        target: str,
+        n_features: int,
+        feature_names: Sequence[str] | None = None,
+        space: str | None = None,
+        info: dict[str, Any] | None = None,
+    ):
+        if target not in ("log", "linear"):
+            raise ValueError(f"target transform must be 'log' or 'linear', got {target!r}")
+        if not groups or not all(groups):
+            raise ValueError("a predictor needs at least one non-empty group of models")
+        if feature_names is not None and len(feature_names) != n_features:
+            raise ValueError(f"{len(feature_names)} feature names for {n_features} features")
+        self.kind = kind
+        self.groups = [list(g) for g in groups]
+        self.target = target
+        self.n_features = int(n_features)
+        self.feature_names = None if feature_names is None else tuple(str(n) for n in feature_names)
+        self.space = space
+        self.info = dict(info or {})
+
+    def __repr__(self) -> str:
+        sizes = "+".join(str(len(g)) for g in self.groups)
+        return (
+            f"Predictor(kind={self.kind!r}, models={sizes}, target={self.target!r}, n_features={self.n_features}, "
+            f"space={self.space!r})"
+        )
+
+    # ------------------------------------------------------------------------------------------ checks
+    def check(self, X: Any, space: Any = None) -> np.ndarray:
+        """``X`` as a 2-D float array after checking its width and, if given, the space it comes from."""
+        name = _space_name(space)
+        if name is not None and self.space is not None and name != self.space:
+            raise ValueError(
+                f"this predictor was fitted on features of space {self.space!r}, not {name!r}; fit one for {name!r}"
+            )
+        names = (
+            getattr(space, "feature_names", None)
+            if space is not None and not isinstance(space, str)
+            else None
+        )
+        if names is not None and self.feature_names is not None and tuple(names) != self.feature_names:
+            raise ValueError(
+                f"space {name!r} now has different features ({len(names)}) from those this predictor was fitted on "
+                f"({self.n_features}); refit the predictor"
+            )
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim == 1:
+            X = X[None, :]
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            what = f" of space {self.space!r}" if self.space else ""
+            raise ValueError(
+                f"X has shape {X.shape} but this predictor takes rows of {self.n_features} features{what}"
+                + (f" (first: {list(self.feature_names[:3])})" if self.feature_names else "")
+            )
+        if not np.isfinite(X).all():
+            raise ValueError("X holds NaN or infinite values")
+        return X
+
+    # ------------------------------------------------------------------------------------------ prediction
+    def _inverse(self, t: np.ndarray) -> np.ndarray:
+        return np.exp(t) if self.target == "log" else t
+
+    def _group_targets(self, X: np.ndarray) -> list[np.ndarray]:
+        """(members x samples) predictions in target space, per group."""
+        return [np.stack([m.predict(X) for m in g]) for g in self.groups]
+
+    def predict(self, X: Any, space: Any = None) -> np.ndarray:
+        """Predicted values for the rows of ``X`` (``space``, a name or space, is checked when given)."""
+        X = self.check(X, space)
+        per_group = self._group_targets(X)
+        return self._inverse(np.mean([g.mean(axis=0) for g in per_group], axis=0))
+
+    @property
+    def has_std(self) -> bool:
+        """Whether :meth:`predict_std` can say how sure the predictor is."""
+        return sum(len(g) for g in self.groups) > 1 or self.groups[0][0].has_std
+
+    def predict_std(self, X: Any, space: Any = None) -> np.ndarray:
+        """Uncertainty of each prediction, in the units of ``y``.
+
+        Bags and ensembles give the spread of their members (within-bag variance plus between-family
+        variance); a single ridge or lookup-table model gives its posterior predictive std.
+        """
+        X = self.check(X, space)
+        if not self.has_std:
+            raise NotImplementedError(
+                f"a single {self.groups[0][0].family} model gives no uncertainty; fit with n_bags >= 2 or "
+                "kind='ensemble'"
+            )
+        if sum(len(g) for g in self.groups) == 1:
+            model = self.groups[0][0]
+            s = model.std(X)
+            if self.target == "log":
+                # std of a log-normal variable with log-std s around the prediction
+                return np.exp(model.predict(X)) * np.sqrt(np.expm1(np.minimum(s, 20.0) ** 2))
+            return s
+        outs = [self._inverse(g) for g in self._group_targets(X)]
+        within = np.mean([o.var(axis=0) for o in outs], axis=0)
+        between = np.var([o.mean(axis=0) for o in outs], axis=0)
+        return np.sqrt(within + between)
+
+    def predict_configs(self, configs: Sequence[Any], space: Any) -> np.ndarray:
+        """Predict from configs: ``space.features_matrix(configs)``, checked against the fitted space."""
+        return self.predict(space.features_matrix(configs), space=space)
+
+    # ------------------------------------------------------------------------------------------ files
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "target": self.target,
+            "n_features": self.n_features,
+            "feature_names": None if self.feature_names is None else list(self.feature_names),
+            "space": self.space,
+            "info": self.info,
+            "groups": [[m.to_dict() for m in g] for g in self.groups],
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the predictor as JSON (no pickle), atomically; :func:`load` reads it back."""
+        path = Path(path)
+        text = json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Predictor:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise PredictorFormatError(f'not a predictor file (expected "format": {FORMAT!r})')
+        if d.get("format_version") != FORMAT_VERSION:
+            raise PredictorFormatError(
+                f"predictor format_version {d.get('format_version')!r} is not supported (this version reads "
+                f"{FORMAT_VERSION})"
+            )
+        n = d.get("n_features")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise PredictorFormatError(f"n_features must be a positive integer, got {n!r}")
+        names = d.get("feature_names")
+        if names is not None and (not isinstance(names, list) or len(names) != n):
+            raise PredictorFormatError(f"feature_names must be null or a list of {n} names")
+        space = d.get("space")
+        if space is not None and not isinstance(space, str):
+            raise PredictorFormatError(f"space must be null or a string, got {space!r}")
+        if d.get("target") not in ("log", "linear"):
+            raise PredictorFormatError(f"target must be 'log' or 'linear', got {d.get('target')!r}")
+        raw_groups = d.get("groups")
+        if (
+            not isinstance(raw_groups, list)
+            or not raw_groups
+            or not all(isinstance(g, list) and g for g in raw_groups)
+        ):
+            raise PredictorFormatError("groups must be a non-empty list of non-empty lists of models")
+        groups = [[Model.from_dict(m, n) for m in g] for g in raw_groups]
+        info = d.get("info") if isinstance(d.get("info"), dict) else {}
+        return cls(str(d.get("kind")), groups, d["target"], n, names, space, info)
+
+
+def load(path: str | os.PathLike[str]) -> Predictor:
+    """Read a predictor saved with :meth:`Predictor.save`; plain JSON, nothing is executed.
+
+    Raises :class:`PredictorFormatError` naming the file for corrupted, foreign or newer files.
+    """
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PredictorFormatError(f"predictor file {str(path)!r} does not exist") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PredictorFormatError(f"{str(path)!r} is not a predictor file: not valid JSON ({exc})") from None
+    try:
+        return Predictor.from_dict(d)
+    except PredictorFormatError as exc:
+        raise PredictorFormatError(f"{str(path)!r}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------------ fitting
+def _fit_groups(kind: str, X: np.ndarray, t: np.ndarray, seed: int, n_bags: int) -> list[list[Model]]:
+    """Model groups of one kind fitted on (X, target-space t)."""
+    if kind == "ridge":
+        return [[LinearModel.fit_ridge(X, t)]]
+    if kind == "lut":
+        return [[LinearModel.fit_additive(X, t)]]
+    if kind == "gbdt":
+        return [[TreeEnsemble.fit_gbdt(X, t, seed=seed + i) for i in range(n_bags)]]
+    if kind == "mlp":
+        return [[MLPModel.fit_mlp(X, t, seed=seed + i) for i in range(n_bags)]]
+    if kind == "ensemble":
+        return [g for k in ("ridge", "gbdt", "mlp") for g in _fit_groups(k, X, t, seed, n_bags)]
+    raise ValueError(f"unknown predictor kind {kind!r}; use one of {list(KINDS)}")
+
+
+def _target_for(kind: str, y: np.ndarray, target: str) -> str:
+    if target not in ("auto", "log", "linear"):
+        raise ValueError(f"target must be 'auto', 'log' or 'linear', got {target!r}")
+    if target == "log" and np.any(y <= 0):
+        raise ValueError("target='log' needs y > 0 everywhere")
+    if target != "auto":
+        return target
+    # Latency is multiplicative in practice (MAPE-type goals): log space; the lookup table is additive costs.
+    return "log" if kind != "lut" and np.all(y > 0) else "linear"
+
+
+def _cv_predictions(
+    X: np.ndarray, y: np.ndarray, kinds: Sequence[str], seed: int, folds: int, target: str
+) -> dict[str, np.ndarray]:
+    """Out-of-fold predictions (in y units) of each kind; the ensemble is combined from its members'."""
+    rng = np.random.default_rng(seed)
+    fold_of = rng.permutation(len(y)) % folds
+    out = {k: np.zeros(len(y)) for k in kinds if k != "ensemble"}
+    log_t = {k: np.zeros(len(y)) for k in out}
+    for f in range(folds):
+        tr, te = fold_of != f, fold_of == f
+        for k in out:
+            tk = _target_for(k, y[tr], target)
+            t = np.log(y[tr]) if tk == "log" else y[tr]
+            groups = _fit_groups(k, X[tr], t, seed, n_bags=1)
+            pt = np.mean([m.predict(X[te]) for g in groups for m in g], axis=0)
+            out[k][te] = np.exp(pt) if tk == "log" else pt
+            log_t[k][te] = pt
+    if "ensemble" in kinds and all(k in out for k in ("ridge", "gbdt", "mlp")):
+        tk = _target_for("ensemble", y, target)
+        mean_t = np.mean([log_t[k] for k in ("ridge", "gbdt", "mlp")], axis=0)
+        out["ensemble"] = np.exp(mean_t) if tk == "log" else mean_t
+    return out
+
+
+def fit(
+    X: Any,
+    y: Any,
+    kind: str = "auto",
+    seed: int = 0,
+    feature_names: Sequence[str] | None = None,
+    space: Any = None,
+    target: str = "auto",
+    n_bags: int = 3,
+    folds: int = 4,
+    select_by: str | None = None,
+) -> Predictor:
+    """Fit a predictor of ``y`` (e.g. latency in ms) from feature rows ``X``.
+
+    Args:
+        kind: ``ridge`` (standardised ridge, alpha by leave-one-out), ``gbdt`` (a bag of ``n_bags`` gradient
+            boosted tree models), ``mlp`` (a bag of ReLU networks), ``lut`` (additive: non-negative per-feature
+            costs plus a fitted overhead), ``ensemble`` (ridge + gbdt + mlp averaged), or ``auto`` (the best
+            of those by ``folds``-fold cross-validation, scored by ``select_by``).
+        seed: makes fitting deterministic.
+        feature_names, space: recorded (space as its name) and checked at prediction time.
+        target: ``log`` fits log(y) (relative errors, positive y), ``linear`` fits y; ``auto`` takes log when
+            every y > 0 (except for ``lut``, whose costs add up in linear space).
+        select_by: ``mape`` (default when y > 0) or ``rmse``.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.integers(0, 3, (200, 5)).astype(float)
+        >>> y = 2.0 + X @ [1.0, 0.5, 0.0, 3.0, 1.0] + rng.normal(0, 0.05, 200)
+        >>> pred = fit(X[:150], y[:150], kind="auto")
+        >>> evaluate(pred, X[150:], y[150:])["within_10pct"] > 0.9
+        True
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown predictor kind {kind!r}; use one of {list(KINDS)}")
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if X.ndim != 2 or X.shape[0] != y.shape[0]:
+        raise ValueError(f"X must be 2-D with one row per y value; got X {X.shape} and y {y.shape}")
+    if X.shape[0] < 2:
+        raise ValueError(f"need at least 2 samples to fit a predictor, got {X.shape[0]}")
+    if not (np.isfinite(X).all() and np.isfinite(y).all()):
+        raise ValueError("X and y must be finite (drop unmeasured rows first)")
+    if feature_names is not None and len(feature_names) != X.shape[1]:
+        raise ValueError(f"{len(feature_names)} feature names for {X.shape[1]} columns of X")
+    if n_bags < 1:
+        raise ValueError(f"n_bags must be >= 1, got {n_bags}")
+    import sklearn
+
+    info: dict[str, Any] = {
+        "kind_requested": kind,
+        "n_train": int(X.shape[0]),
+        "seed": int(seed),
+        "y_range": [float(y.min()), float(y.max())],
+        "sklearn_version": sklearn.__version__,
+        "numpy_version": np.__version__,
+    }
+    chosen = kind
+    if kind == "auto":
+        folds = int(min(folds, X.shape[0] // 2))
+        if folds < 2 or X.shape[0] < 10:
+            chosen = "ridge"  # too few samples to compare families honestly
+        else:
+            select_by = select_by or ("mape" if np.all(y > 0) else "rmse")
+            if select_by not in ("mape", "rmse"):
+                raise ValueError(f"select_by must be 'mape' or 'rmse', got {select_by!r}")
+            cv = _cv_predictions(X, y, _AUTO_CANDIDATES, seed, folds, target)
+            scores = {k: metrics(y, p)[select_by] for k, p in cv.items()}
+            chosen = min(scores, key=lambda k: scores[k])
+            info["cv"] = {"folds": folds, "select_by": select_by, "scores": scores}
+    tk = _target_for(chosen, y, target)
+    t = np.log(y) if tk == "log" else y
+    groups = _fit_groups(chosen, X, t, seed, n_bags)
+    return Predictor(chosen, groups, tk, X.shape[1], feature_names, _space_name(space), info)

@@ -1,0 +1,62 @@
+"""Error and ranking metrics for predictors (arrays in, floats out)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["evaluate", "kendall_tau", "metrics"]
+
+
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall's tau-b rank correlation (ties handled), via SciPy, which scikit-learn already requires.
+
+    Example:
+        >>> round(kendall_tau(np.array([1.0, 2.0, 3.0]), np.array([10.0, 30.0, 20.0])), 3)
+        0.333
+    """
+    from scipy.stats import kendalltau
+
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if len(a) < 2:
+        return float("nan")
+    tau = kendalltau(a, b).statistic
+    return float(tau)
+
+
+def metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """``rmse``, ``mape`` (percent: 3.2 means 3.2 %), ``within_5pct`` and ``within_10pct`` (fractions of
+    predictions within 5 % / 10 % of the truth), ``kendall_tau`` and ``n``.
+
+    Relative errors need non-zero truths; rows with ``y_true == 0`` are left out of the relative metrics.
+
+    Example:
+        >>> m = metrics(np.array([1.0, 2.0, 4.0]), np.array([1.04, 2.4, 4.0]))
+        >>> round(m["mape"], 2), round(m["within_5pct"], 3), round(m["within_10pct"], 3)
+        (8.0, 0.667, 0.667)
+    """
+    y_true = np.asarray(y_true, dtype=np.float64).reshape(-1)
+    y_pred = np.asarray(y_pred, dtype=np.float64).reshape(-1)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has {y_true.shape[0]} values but y_pred has {y_pred.shape[0]}")
+    if y_true.size == 0:
+        raise ValueError("cannot evaluate on zero samples")
+    nz = y_true != 0
+    rel = np.abs(y_pred[nz] - y_true[nz]) / np.abs(y_true[nz])
+    has_rel = rel.size > 0
+    return {
+        "rmse": float(np.sqrt(np.mean((y_pred - y_true) ** 2))),
+        "mape": float(100.0 * rel.mean()) if has_rel else float("nan"),
+        # a tiny tolerance so that exactly 10 % off (in decimal) is not lost to binary rounding
+        "within_5pct": float(np.mean(rel <= 0.05 + 1e-12)) if has_rel else float("nan"),
+        "within_10pct": float(np.mean(rel <= 0.10 + 1e-12)) if has_rel else float("nan"),
+        "kendall_tau": kendall_tau(y_true, y_pred),
+        "n": int(y_true.size),
+    }
+
+
+def evaluate(pred: Any, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Metrics of a fitted predictor (anything with ``predict``) on held-out ``X, y``; see :func:`metrics`."""
+    return metrics(np.asarray(y), np.asarray(pred.predict(X)))

@@ -1,0 +1,201 @@
+"""predictors: every kind fits and predicts, JSON round trip is exact, inputs are checked, metrics are right."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import predictors
+from predictors import PredictorFormatError
+
+FEATURES = tuple(f"f{i}" for i in range(6))
+
+
+def data(n: int = 160, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Additive costs plus one interaction and a little multiplicative noise: every kind can learn it."""
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 3, (n, 6)).astype(float)
+    y = (1.0 + X @ [0.5, 1.0, 2.0, 0.0, 0.3, 1.5] + 0.5 * X[:, 0] * X[:, 1]) * rng.lognormal(0, 0.01, n)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def fitted() -> dict[str, predictors.Predictor]:
+    X, y = data()
+    return {
+        kind: predictors.fit(X, y, kind=kind, seed=0, feature_names=FEATURES, space="toy", n_bags=2)
+        for kind in predictors.KINDS
+    }
+
+
+@pytest.mark.parametrize("kind", predictors.KINDS)
+def test_each_kind_fits_and_predicts(fitted, kind):
+    pred = fitted[kind]
+    X, y = data(80, seed=1)
+    p = pred.predict(X)
+    assert p.shape == (80,) and np.isfinite(p).all()
+    m = predictors.evaluate(pred, X, y)
+    assert m["within_10pct"] > 0.6 and m["kendall_tau"] > 0.8, m
+    assert pred.space == "toy" and pred.feature_names == FEATURES and pred.n_features == 6
+    if kind == "auto":
+        assert pred.kind in ("ridge", "lut", "gbdt", "mlp", "ensemble")
+        assert set(pred.info["cv"]["scores"]) == {"ridge", "lut", "gbdt", "mlp", "ensemble"}
+    assert pred.has_std
+    s = pred.predict_std(X)
+    assert s.shape == (80,) and np.isfinite(s).all() and (s >= 0).all() and s.max() > 0
+
+
+@pytest.mark.parametrize("kind", predictors.KINDS)
+def test_save_load_gives_identical_predictions(fitted, kind, tmp_path):
+    pred = fitted[kind]
+    path = tmp_path / f"{kind}.json"
+    pred.save(path)
+    again = predictors.load(path)
+    X, _ = data(50, seed=2)
+    np.testing.assert_array_equal(again.predict(X), pred.predict(X))
+    np.testing.assert_array_equal(again.predict_std(X), pred.predict_std(X))
+    assert (again.kind, again.space, again.feature_names, again.target) == (
+        pred.kind,
+        pred.space,
+        pred.feature_names,
+        pred.target,
+    )
+    assert json.loads(path.read_text())["format"] == "nas-predictor"
+
+
+def test_numpy_trees_match_scikit_learn():
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    from predictors.models import TreeEnsemble
+
+    X, y = data(200)
+    X = X + np.random.default_rng(3).normal(0, 0.3, X.shape)  # non-integer thresholds
+    ours = TreeEnsemble.fit_gbdt(X, y, seed=0, n_estimators=50)
+    ref = GradientBoostingRegressor(
+        n_estimators=50, max_depth=4, learning_rate=0.05, subsample=0.8, min_samples_leaf=2, random_state=0
+    ).fit(X, y)
+    np.testing.assert_allclose(ours.predict(X), ref.predict(X), rtol=1e-10)
+
+
+def test_lut_is_additive_with_non_negative_costs():
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 3, (100, 4)).astype(float)
+    y = 0.7 + X @ [1.0, 0.0, 2.5, 0.25]
+    pred = predictors.fit(X, y, kind="lut")
+    model = pred.groups[0][0]
+    assert pred.target == "linear" and (model.coef >= 0).all()
+    np.testing.assert_allclose(model.coef, [1.0, 0.0, 2.5, 0.25], atol=1e-8)
+    assert model.intercept == pytest.approx(0.7)
+
+
+def test_wrong_width_and_wrong_space_are_refused(fitted):
+    pred = fitted["ridge"]
+    X, _ = data(5)
+    with pytest.raises(ValueError, match=r"6 features of space 'toy'"):
+        pred.predict(X[:, :5])
+    with pytest.raises(ValueError, match=r"fitted on features of space 'toy', not 'other'"):
+        pred.predict(X, space="other")
+
+    class Space:
+        name = "toy"
+        feature_names = ("a", "b", "c", "d", "e", "f")
+
+    with pytest.raises(ValueError, match="different features"):
+        pred.predict(X, space=Space())
+    with pytest.raises(ValueError, match="NaN"):
+        pred.predict(np.full((1, 6), np.nan))
+    assert pred.predict(X, space="toy").shape == (5,)
+
+
+def test_fit_rejects_bad_input():
+    X, y = data(20)
+    with pytest.raises(ValueError, match="unknown predictor kind"):
+        predictors.fit(X, y, kind="xgboost")
+    with pytest.raises(ValueError, match="one row per y"):
+        predictors.fit(X, y[:-1])
+    with pytest.raises(ValueError, match="finite"):
+        predictors.fit(X, np.where(np.arange(20) == 3, np.nan, y))
+    with pytest.raises(ValueError, match="y > 0"):
+        predictors.fit(X, y - 100, target="log")
+    # negative targets (e.g. a negated accuracy) fall back to a linear target
+    assert predictors.fit(X, -y, kind="ridge").target == "linear"
+
+
+def test_corrupted_and_foreign_files_fail_clearly(fitted, tmp_path):
+    path = tmp_path / "p.json"
+    fitted["gbdt"].save(path)
+    good = json.loads(path.read_text())
+    path.write_text(path.read_text()[:-100])
+    with pytest.raises(PredictorFormatError, match="not valid JSON"):
+        predictors.load(path)
+    path.write_text(json.dumps({"kind": "gbdt"}))
+    with pytest.raises(PredictorFormatError, match="not a predictor file"):
+        predictors.load(path)
+    path.write_text(json.dumps({**good, "format_version": 7}))
+    with pytest.raises(PredictorFormatError, match="format_version 7"):
+        predictors.load(path)
+    bad = json.loads(json.dumps(good))
+    bad["groups"][0][0]["trees"][0]["left"][0] = 0  # a cycle
+    path.write_text(json.dumps(bad))
+    with pytest.raises(PredictorFormatError, match="out of order"):
+        predictors.load(path)
+    bad = json.loads(json.dumps(good))
+    bad["groups"][0][0]["trees"][1]["feature"][0] = 99
+    path.write_text(json.dumps(bad))
+    with pytest.raises(PredictorFormatError, match="feature index out of range"):
+        predictors.load(path)
+    bad = json.loads(json.dumps(good))
+    bad["groups"][0][0]["family"] = "pickle"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(PredictorFormatError, match="unknown model family 'pickle'"):
+        predictors.load(path)
+    with pytest.raises(PredictorFormatError, match="does not exist"):
+        predictors.load(tmp_path / "missing.json")
+    ridge = tmp_path / "r.json"
+    fitted["ridge"].save(ridge)
+    bad = json.loads(ridge.read_text())
+    bad["groups"][0][0]["coef"] = bad["groups"][0][0]["coef"][:3]
+    ridge.write_text(json.dumps(bad))
+    with pytest.raises(PredictorFormatError, match="3 entries, expected 6"):
+        predictors.load(ridge)
+
+
+def test_metrics_on_hand_made_arrays():
+    y = np.array([1.0, 2.0, 4.0, 10.0])
+    p = np.array([1.04, 2.4, 4.0, 9.0])
+    m = predictors.metrics(y, p)
+    assert m["rmse"] == pytest.approx(np.sqrt((0.04**2 + 0.4**2 + 0 + 1.0) / 4))
+    assert m["mape"] == pytest.approx(100 * (0.04 + 0.2 + 0 + 0.1) / 4)
+    assert m["within_5pct"] == pytest.approx(0.5)
+    assert m["within_10pct"] == pytest.approx(0.75)  # exactly 10 % off counts as within
+    # ranks: (1,2,4,10) vs (1.04,2.4,4,9): all pairs concordant
+    assert m["kendall_tau"] == pytest.approx(1.0) and m["n"] == 4
+    assert predictors.kendall_tau(np.array([1, 2, 3]), np.array([3, 2, 1])) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="4 values but y_pred has 3"):
+        predictors.metrics(y, p[:3])
+
+
+def test_package_does_not_import_nas():
+    code = "import sys, predictors; sys.exit(1 if any(m == 'nas' or m.startswith('nas.') for m in sys.modules) else 0)"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_with_nb201_structure_features():
+    from search_spaces import nb201
+
+    X = np.asarray(nb201.features_all())
+    y = nb201.table()["latency_fpga"].to_numpy()
+    conn = np.flatnonzero(nb201.table()["connected"].to_numpy())
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(conn)
+    tr, te = idx[:300], idx[300:3000]
+    pred = predictors.fit(
+        X[tr], y[tr], kind="lut", space=nb201.space, feature_names=nb201.space.feature_names
+    )
+    assert predictors.evaluate(pred, X[te], y[te])["within_10pct"] > 0.99
+    cfgs = [nb201.all_configs()[i] for i in te[:5]]
+    np.testing.assert_allclose(pred.predict_configs(cfgs, nb201.space), pred.predict(X[te[:5]]))
