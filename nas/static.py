@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "ActQuant",
     "Codec",
     "GlobalAvgPool",
     "Residual",
@@ -90,6 +91,27 @@ class GlobalAvgPool(nn.Module):
 
     def extra_repr(self) -> str:
         return f"keepdim={self.keepdim}"
+
+
+class ActQuant(nn.Module):
+    """Static 8-bit activation fake quantization with fixed ``scale`` and ``zero_point`` (exported models).
+
+    Example:
+        >>> q = ActQuant(0.1, 10)
+        >>> q(torch.tensor([0.04, 0.26, -5.0])).tolist()
+        [0.0, 0.30000001192092896, -1.0]
+    """
+
+    def __init__(self, scale: float, zero_point: int):
+        super().__init__()
+        self.scale = float(scale)
+        self.zero_point = int(zero_point)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, 0, 255)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, zero_point={self.zero_point}"
 
 
 @dataclass(frozen=True)
@@ -176,6 +198,7 @@ _leaf("GELU", nn.GELU, lambda m: {"approximate": m.approximate})
 _leaf("Identity", nn.Identity, lambda m: {})
 _leaf("Dropout", nn.Dropout, lambda m: {"p": m.p})
 _leaf("Flatten", nn.Flatten, lambda m: {"start_dim": m.start_dim, "end_dim": m.end_dim})
+_leaf("ActQuant", ActQuant, lambda m: {"scale": m.scale, "zero_point": m.zero_point})
 _leaf("GlobalAvgPool", GlobalAvgPool, lambda m: {"keepdim": m.keepdim})
 _leaf(
     "SqueezeExcite",

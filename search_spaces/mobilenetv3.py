@@ -33,6 +33,8 @@ import torch
 from torch import nn
 
 from nas.ops import ElasticConv2d, ElasticMBConv, ElasticSequential, conv_out_size
+from nas.ops.quant import WEIGHT_BITS
+from nas.ops.sparse import SPARSITY_LEVELS
 from nas.space import Choice, Config, SearchSpace
 from nas.static import GlobalAvgPool, Residual, finalize
 from nas.supernet import LayerSpec, Supernet
@@ -118,8 +120,6 @@ def space(preset: str | Preset = "small", quant: bool = False, sparsity: bool = 
         (4, 24)
     """
     p = _preset(preset)
-    if quant or sparsity:
-        raise NotImplementedError("mobilenetv3: quant/sparsity dimensions are not implemented yet")
     dims = [Choice("resolution", p.resolutions)]
     for s in range(1, len(p.widths) + 1):
         prefix = f"stage{s}"
@@ -128,7 +128,12 @@ def space(preset: str | Preset = "small", quant: bool = False, sparsity: bool = 
             when = _block_when(b, prefix)
             dims.append(Choice(f"{prefix}.block{b}.kernel", KERNELS, when=when))
             dims.append(Choice(f"{prefix}.block{b}.expand", EXPAND_RATIOS, when=when))
-    return SearchSpace(f"mobilenetv3-{p.name}", dims)
+            if quant:
+                dims.append(Choice(f"{prefix}.block{b}.bits", WEIGHT_BITS, when=when))
+            if sparsity:
+                dims.append(Choice(f"{prefix}.block{b}.sparsity", SPARSITY_LEVELS, when=when))
+    suffix = ("-quant" if quant else "") + ("-sparse" if sparsity else "")
+    return SearchSpace(f"mobilenetv3-{p.name}{suffix}", dims)
 
 
 class MobileNetV3Supernet(Supernet):
@@ -137,9 +142,17 @@ class MobileNetV3Supernet(Supernet):
     The stem, the first (expand-1) block and the head are fixed plain layers; the five stages are elastic.
     """
 
-    def __init__(self, preset: str | Preset = "small", num_classes: int = 10, in_channels: int = 3):
+    def __init__(
+        self,
+        preset: str | Preset = "small",
+        num_classes: int = 10,
+        in_channels: int = 3,
+        quant: bool = False,
+        sparsity: bool = False,
+    ):
         p = _preset(preset)
-        super().__init__(space(p))
+        super().__init__(space(p, quant=quant, sparsity=sparsity))
+        self.quant, self.sparsity = bool(quant), bool(sparsity)
         if num_classes < 1 or in_channels < 1:
             raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}")
         self.preset = p
@@ -176,6 +189,7 @@ class MobileNetV3Supernet(Supernet):
                         stride=stride if b == 0 else 1,
                         act=act,
                         use_se=se,
+                        quant=quant,
                     )
                 )
             stages.append(ElasticSequential(blocks, DEPTHS))
@@ -214,8 +228,11 @@ class MobileNetV3Supernet(Supernet):
             depth = int(cfg[f"stage{s}.depth"])
             stage.set_active(depth)
             for b in range(depth):
-                stage[b].set_active(
-                    expand=cfg[f"stage{s}.block{b}.expand"], kernel=cfg[f"stage{s}.block{b}.kernel"]
+                block, name = stage[b], f"stage{s}.block{b}"
+                block.set_active(expand=cfg[f"{name}.expand"], kernel=cfg[f"{name}.kernel"])
+                block.set_policy(
+                    bits=cfg[f"{name}.bits"] if self.quant else None,
+                    sparsity=cfg[f"{name}.sparsity"] if self.sparsity else None,
                 )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -253,12 +270,17 @@ class MobileNetV3Supernet(Supernet):
 
     def elastic_groups(self) -> dict[str, tuple[str, ...]]:
         names = self.space.names
-        return {
+        groups = {
             "resolution": ("resolution",),
             "depth": tuple(n for n in names if n.endswith(".depth")),
             "kernel": tuple(n for n in names if n.endswith(".kernel")),
             "width": tuple(n for n in names if n.endswith(".expand")),
         }
+        if self.quant:
+            groups["quant"] = tuple(n for n in names if n.endswith(".bits"))
+        if self.sparsity:
+            groups["sparsity"] = tuple(n for n in names if n.endswith(".sparsity"))
+        return groups
 
     @torch.no_grad()
     def sort_channels(self) -> None:
@@ -320,6 +342,6 @@ def supernet(
         >>> net.input_shape(net.space.min(), batch_size=8)
         (8, 1, 24, 24)
     """
-    if quant or sparsity:
-        raise NotImplementedError("mobilenetv3: quant/sparsity dimensions are not implemented yet")
-    return MobileNetV3Supernet(preset, num_classes=num_classes, in_channels=in_channels)
+    return MobileNetV3Supernet(
+        preset, num_classes=num_classes, in_channels=in_channels, quant=quant, sparsity=sparsity
+    )

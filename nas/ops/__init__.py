@@ -18,9 +18,14 @@ from nas.ops.elastic import (
     ElasticSequential,
     make_divisible,
 )
+from nas.ops.quant import WEIGHT_BITS, ElasticActQuant, fake_quant_weight
+from nas.ops.sparse import SPARSITY_LEVELS, apply_sparsity, sparsity_mask
 
 __all__ = [
     "ACTIVATIONS",
+    "SPARSITY_LEVELS",
+    "WEIGHT_BITS",
+    "ElasticActQuant",
     "ElasticBatchNorm2d",
     "ElasticConv2d",
     "ElasticLayerNorm",
@@ -28,6 +33,9 @@ __all__ = [
     "ElasticMBConv",
     "ElasticSequential",
     "ElasticSqueezeExcite",
+    "apply_sparsity",
     "conv_out_size",
+    "fake_quant_weight",
     "make_divisible",
+    "sparsity_mask",
 ]

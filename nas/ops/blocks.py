@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.ops.elastic import ElasticBatchNorm2d, ElasticConv2d, make_divisible
+from nas.ops.quant import ElasticActQuant
+from nas.ops.sparse import parse_sparsity
 from nas.static import Residual, SqueezeExcite
 from nas.supernet import LayerSpec
 
@@ -111,6 +113,7 @@ class ElasticMBConv(nn.Module):
         act: str = "relu",
         use_se: bool = False,
         divisor: int = 8,
+        quant: bool = False,
     ):
         super().__init__()
         self.in_channels = int(in_channels)
@@ -134,6 +137,14 @@ class ElasticMBConv(nn.Module):
         self.project_bn = ElasticBatchNorm2d(out_channels)
         self.active_expand = self.expand_ratios[-1]
         self.active_kernel = self.kernel_sizes[-1]
+        # 8-bit input quantization of each conv, active when the block's weights are quantized.
+        self.quant = bool(quant)
+        if self.quant:
+            self.expand_aq = ElasticActQuant()
+            self.depthwise_aq = ElasticActQuant()
+            self.project_aq = ElasticActQuant()
+        self.active_bits = 32
+        self.active_sparsity: float | str = 1.0
 
     def hidden_for(self, expand: float) -> int:
         """Hidden (expanded) channels for an expand ratio."""
@@ -148,13 +159,40 @@ class ElasticMBConv(nn.Module):
         self.depthwise.set_active(kernel=kernel)
         self.active_expand, self.active_kernel = expand, int(kernel)
 
+    def set_policy(self, bits: int | None = None, sparsity: float | str | None = None) -> None:
+        """Weight bit-width of the block's convs (with 8-bit inputs when < 32) and sparsity of its 1x1 convs.
+
+        The depthwise conv stays dense (its k*k filters fit no N:M group and hold few weights) and the SE
+        stays float (a few hundred MACs); both are common practice for quantized/sparse MobileNets.
+        """
+        if bits is not None:
+            if bits != 32 and not self.quant:
+                raise ValueError("ElasticMBConv: built with quant=False; only 32-bit weights are available")
+            for conv in (self.expand_conv, self.depthwise, self.project):
+                conv.set_policy(bits=bits)
+            if self.quant:
+                for aq in (self.expand_aq, self.depthwise_aq, self.project_aq):
+                    aq.set_active(bits)
+            self.active_bits = int(bits)
+        if sparsity is not None:
+            for conv in (self.expand_conv, self.project):
+                conv.set_policy(sparsity=sparsity)
+            self.active_sparsity = sparsity
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act(self.expand_bn(self.expand_conv(x)))
-        y = self.act(self.depthwise_bn(self.depthwise(y)))
+        q = self.active_bits != 32
+        y = self.act(self.expand_bn(self.expand_conv(self.expand_aq(x) if q else x)))
+        y = self.act(self.depthwise_bn(self.depthwise(self.depthwise_aq(y) if q else y)))
         if self.se is not None:
             y = self.se(y)
-        y = self.project_bn(self.project(y))
+        y = self.project_bn(self.project(self.project_aq(y) if q else y))
         return x + y if self.use_residual else y
+
+    def _static_quant(self, name: str) -> list[nn.Module]:
+        if self.active_bits == 32:
+            return []
+        aq = getattr(self, f"{name}_aq").to_static()
+        return [] if isinstance(aq, nn.Identity) else [aq]
 
     @torch.no_grad()
     def to_static(self, in_channels: int | None = None) -> nn.Module:
@@ -163,9 +201,13 @@ class ElasticMBConv(nn.Module):
         hidden = self.expand_conv.active_out_channels
         parts: OrderedDict[str, nn.Module] = OrderedDict()
         parts["expand"] = nn.Sequential(
-            self.expand_conv.to_static(c_in), self.expand_bn.to_static(hidden), make_activation(self.act_name)
+            *self._static_quant("expand"),
+            self.expand_conv.to_static(c_in),
+            self.expand_bn.to_static(hidden),
+            make_activation(self.act_name),
         )
         parts["depthwise"] = nn.Sequential(
+            *self._static_quant("depthwise"),
             self.depthwise.to_static(hidden),
             self.depthwise_bn.to_static(hidden),
             make_activation(self.act_name),
@@ -173,7 +215,9 @@ class ElasticMBConv(nn.Module):
         if self.se is not None:
             parts["se"] = self.se.to_static(hidden)
         parts["project"] = nn.Sequential(
-            self.project.to_static(hidden), self.project_bn.to_static(self.out_channels)
+            *self._static_quant("project"),
+            self.project.to_static(hidden),
+            self.project_bn.to_static(self.out_channels),
         )
         body = nn.Sequential(parts)
         block = Residual(body) if self.use_residual else body
@@ -186,14 +230,28 @@ class ElasticMBConv(nn.Module):
         k = self.active_kernel
         oh, ow = conv_out_size(h, k, self.stride), conv_out_size(w, k, self.stride)
         act = self.act_name
+        bits = self.active_bits
+        density, nm = parse_sparsity(self.active_sparsity)
+        sparse = {"bits": bits, "density": density, "pattern": f"{nm[0]}:{nm[1]}" if nm else ""}
         specs = [
-            LayerSpec("conv", self.in_channels, hidden, 1, 1, 1, h, w, h, w, name=f"{name}.expand"),
+            LayerSpec("conv", self.in_channels, hidden, 1, 1, 1, h, w, h, w, name=f"{name}.expand", **sparse),
             LayerSpec("bn", hidden, hidden, in_h=h, in_w=w, out_h=h, out_w=w, name=f"{name}.expand_bn"),
             LayerSpec(
                 "act", hidden, hidden, in_h=h, in_w=w, out_h=h, out_w=w, act=act, name=f"{name}.expand_act"
             ),
             LayerSpec(
-                "dwconv", hidden, hidden, k, self.stride, hidden, h, w, oh, ow, name=f"{name}.depthwise"
+                "dwconv",
+                hidden,
+                hidden,
+                k,
+                self.stride,
+                hidden,
+                h,
+                w,
+                oh,
+                ow,
+                bits=bits,
+                name=f"{name}.depthwise",
             ),
             LayerSpec(
                 "bn", hidden, hidden, in_h=oh, in_w=ow, out_h=oh, out_w=ow, name=f"{name}.depthwise_bn"
@@ -226,7 +284,9 @@ class ElasticMBConv(nn.Module):
                 )
             )
         specs += [
-            LayerSpec("conv", hidden, self.out_channels, 1, 1, 1, oh, ow, oh, ow, name=f"{name}.project"),
+            LayerSpec(
+                "conv", hidden, self.out_channels, 1, 1, 1, oh, ow, oh, ow, name=f"{name}.project", **sparse
+            ),
             LayerSpec(
                 "bn",
                 self.out_channels,

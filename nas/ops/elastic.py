@@ -30,6 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas.ops import quant as _quant
+from nas.ops import sparse as _sparse
+
 __all__ = [
     "ElasticBatchNorm2d",
     "ElasticConv2d",
@@ -139,6 +142,9 @@ class ElasticConv2d(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.active_out_channels = self.max_out_channels
         self.active_kernel = self.max_kernel
+        # Weight policy (issue: quantization / sparsity as dimensions): 32 bits and density 1.0 are float/dense.
+        self.active_bits = 32
+        self.active_sparsity: float | str = 1.0
         self._cache = _SliceCache()
         self.reset_parameters()
 
@@ -196,14 +202,29 @@ class ElasticConv2d(nn.Module):
             w = w[:, :, start : start + k, start : start + k]
         return self.transform_weight(w)
 
-    # Hooks for quantization / sparsity layers (issue 3): derived weights are cached with the slice.
+    def set_policy(self, bits: int | None = None, sparsity: float | str | None = None) -> None:
+        """Choose the weight bit-width (4, 8 or 32 = float) and sparsity (density or ``"N:M"``).
+
+        The sliced weight is masked first (magnitude or N:M, from the current weights), then fake-quantized
+        per output channel; both are cached with the slice when no gradient is recorded.
+        """
+        if bits is not None:
+            self.active_bits = _quant._check_bits(bits)
+        if sparsity is not None:
+            _sparse.parse_sparsity(sparsity)
+            self.active_sparsity = sparsity
+
     def transform_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """Identity here; subclasses apply masks or fake quantization to the sliced weight."""
+        """Apply the active sparsity mask, then the active weight fake quantization."""
+        if self.active_sparsity != 1.0:
+            weight = _sparse.apply_sparsity(weight, self.active_sparsity)
+        if self.active_bits != 32:
+            weight = _quant.fake_quant_weight(weight, self.active_bits)
         return weight
 
     def transform_state(self) -> tuple:
-        """Extra cache-key entries for :meth:`transform_weight` (e.g. active bit-width)."""
-        return ()
+        """Cache-key entries for :meth:`transform_weight`."""
+        return (self.active_bits, self.active_sparsity)
 
     def active_bias(self, in_channels: int) -> torch.Tensor | None:
         if self.bias is None:

@@ -1,0 +1,235 @@
+"""Quantization and sparsity as searchable dimensions: ops, extraction, metrics and int8 export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import nas
+from nas import metrics, static
+from nas.export import export, load_exported
+from nas.ops import ElasticConv2d
+from nas.ops.quant import ElasticActQuant, fake_quant_weight, weight_scale
+from nas.ops.sparse import parse_sparsity, sparsity_mask
+from nas.supernet import resize_to
+from search_spaces import mobilenetv3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+# ------------------------------------------------------------------------------------------- quantization
+def test_32_bit_is_identity_and_error_falls_with_bits():
+    w = torch.randn(16, 8, 3, 3)
+    assert fake_quant_weight(w, 32) is w
+    err4 = (fake_quant_weight(w, 4) - w).abs().mean()
+    err8 = (fake_quant_weight(w, 8) - w).abs().mean()
+    assert 0 < err8 < err4
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_weights_land_on_a_symmetric_per_channel_grid(bits):
+    w = torch.randn(6, 4, 3, 3) * torch.arange(1, 7).view(-1, 1, 1, 1)  # channels of different ranges
+    q = fake_quant_weight(w, bits)
+    levels = q / weight_scale(w, bits).view(-1, 1, 1, 1)
+    torch.testing.assert_close(levels, levels.round(), rtol=0, atol=1e-4)
+    assert levels.abs().max().round() == 2 ** (bits - 1) - 1
+    with pytest.raises(ValueError, match=r"bits=6 is not supported; use one of \(4, 8, 32\)"):
+        fake_quant_weight(w, 6)
+
+
+def test_straight_through_gradient():
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    fake_quant_weight(w, 4).sum().backward()
+    torch.testing.assert_close(w.grad, torch.ones_like(w))
+
+
+def test_activation_observers_are_per_bit_width():
+    aq = ElasticActQuant()
+    x = torch.randn(8, 4, 5, 5)
+    aq.eval().set_active(8)
+    assert torch.equal(aq(x), x)  # uncalibrated: float
+    aq.train()
+    aq(x)  # observes for 8-bit weights only
+    assert aq.observed.tolist() == [False, True]
+    aq.set_active(4)
+    aq(3 * x)
+    lo, hi = aq.min_val.tolist(), aq.max_val.tolist()
+    assert hi[0] == pytest.approx(3 * x.max().item()) and hi[1] == pytest.approx(x.max().item())
+    assert lo[0] < lo[1]
+    aq.eval()
+    y = aq(x)
+    scale, zero = aq.qparams()
+    levels = y / scale + zero
+    torch.testing.assert_close(levels, levels.round(), rtol=0, atol=1e-3)
+    assert levels.min() >= 0 and levels.max() <= 255
+    assert isinstance(aq.to_static(), static.ActQuant)
+    aq.set_active(32)
+    assert aq(x) is x and isinstance(aq.to_static(), nn.Identity)
+
+
+# ------------------------------------------------------------------------------------------- sparsity
+@pytest.mark.parametrize("density", [0.5, 0.25])
+def test_unstructured_masks_have_the_exact_density_and_keep_the_largest(density):
+    w = torch.randn(24, 16, 3, 3)
+    mask = sparsity_mask(w, density)
+    assert int(mask.sum()) == round(density * w.numel())
+    kept, dropped = w.abs()[mask.bool()], w.abs()[~mask.bool()]
+    assert kept.min() >= dropped.max()
+
+
+def test_n_m_masks_keep_exactly_n_per_group_of_each_output_channel():
+    w = torch.randn(12, 32, 1, 1)
+    mask = sparsity_mask(w, "2:4")
+    groups = mask.reshape(12, 8, 4)
+    assert torch.all(groups.sum(-1) == 2)
+    # The kept two are the two largest of each group.
+    mags = w.abs().reshape(12, 8, 4)
+    kept_min = torch.where(groups.bool(), mags, torch.inf).amin(-1)
+    dropped_max = torch.where(groups.bool(), -torch.inf, mags).amax(-1)
+    assert torch.all(kept_min >= dropped_max)
+    assert parse_sparsity("2:4") == (0.5, (2, 4))
+    with pytest.raises(ValueError, match="not divisible by 4"):
+        sparsity_mask(torch.randn(3, 1, 3, 3), "2:4")
+    for bad in (0.0, 1.5, "4:2", "dense"):
+        with pytest.raises(ValueError, match="sparsity"):
+            parse_sparsity(bad)
+
+
+def test_masked_quantized_conv_passes_gradients_to_kept_weights_and_masks_follow_updates():
+    conv = ElasticConv2d(16, 8, 1)
+    conv.set_policy(bits=8, sparsity="2:4")
+    x = torch.randn(2, 16, 4, 4)
+    conv(x).sum().backward()
+    mask = sparsity_mask(conv.weight.detach(), "2:4").bool()
+    assert torch.all(conv.weight.grad[~mask] == 0) and torch.all(conv.weight.grad[mask] != 0)
+    with torch.no_grad():
+        before = conv.active_weight(16).clone()
+        assert torch.count_nonzero(before) == before.numel() // 2
+        conv.weight.neg_().add_(torch.randn_like(conv.weight))  # new weights: the cached mask must follow
+        after = conv.active_weight(16)
+    assert torch.equal(after != 0, sparsity_mask(conv.weight, "2:4").bool())
+    assert not torch.equal(after != 0, before != 0)
+
+
+# ------------------------------------------------------------------------------------------- supernet
+@pytest.fixture(scope="module")
+def qs_net():
+    torch.manual_seed(1)
+    net = mobilenetv3.supernet("small", quant=True, sparsity=True)
+    net.train()  # calibrate every observer with a few sampled subnets
+    with torch.no_grad():
+        for i in range(40):
+            cfg = net.activate(net.space.sample(1000 + i))
+            net(torch.randn(8, 3, cfg["resolution"], cfg["resolution"]))
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 1.5)
+        net.classifier[1].weight.normal_(0, 0.1)
+    return net.eval()
+
+
+def test_space_has_per_block_quant_and_sparsity_dims(qs_net):
+    space = qs_net.space
+    assert space["stage1.block0.bits"].values == (4, 8, 32)
+    assert space["stage3.block1.sparsity"].values == (0.25, 0.5, "2:4", 1.0)
+    assert space["stage2.block3.bits"].when == {"stage2.depth": (4,)}
+    groups = qs_net.elastic_groups()
+    assert len(groups["quant"]) == len(groups["sparsity"]) == 20
+    cfg = space.canonical({**space.max(), "stage1.depth": 2, "stage1.block3.bits": 8})
+    assert cfg["stage1.block3.bits"] == 4  # inactive: canonical value, same key as any other choice
+    assert nas.Config.from_json(cfg.to_json()) == cfg
+
+
+def test_extraction_equivalence_with_quant_and_sparsity_50_configs(qs_net):
+    x0 = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    worst = 0.0
+    seen_actquant = 0
+    with torch.no_grad():
+        for cfg in qs_net.space.samples(50, seed=77):
+            cfg = qs_net.activate(cfg)
+            x = resize_to(x0, cfg)
+            expected = qs_net(x)
+            model = qs_net.extract(cfg).eval()
+            worst = max(worst, (model(x) - expected).abs().max().item())
+            seen_actquant += sum(isinstance(m, static.ActQuant) for m in model.modules())
+    assert seen_actquant > 0
+    assert worst <= 1e-5, worst
+
+
+def test_extracted_weights_follow_the_policy(qs_net):
+    space = qs_net.space
+    cfg = dict(space.max())
+    cfg.update({"stage1.block0.bits": 4, "stage1.block0.sparsity": 0.25, "stage1.block1.sparsity": "2:4"})
+    cfg = space.canonical(cfg)
+    model = qs_net.extract(cfg)
+    block0, block1 = model.stage1[0], model.stage1[1].body
+    expand = block0.expand[1]  # [ActQuant, Conv2d, BN, act]
+    assert isinstance(block0.expand[0], static.ActQuant)
+    w = expand.weight
+    assert torch.count_nonzero(w) <= round(0.25 * w.numel())
+    levels = w / weight_scale(w, 4).view(-1, 1, 1, 1)
+    torch.testing.assert_close(levels, levels.round(), rtol=0, atol=1e-4)
+    project = block1.project[0]  # 32-bit: no ActQuant, plain conv with the 2:4 pattern
+    groups = (project.weight != 0).reshape(project.weight.shape[0], -1, 4).sum(-1)
+    assert torch.all(groups == 2)
+
+
+def test_model_bytes_counts_bits_and_sparse_storage(qs_net):
+    space = qs_net.space
+    dense = space.max()
+    int8 = space.canonical({**dense, **{n: 8 for n in qs_net.elastic_groups()["quant"]}})
+    sparse = space.canonical({**dense, **{n: 0.25 for n in qs_net.elastic_groups()["sparsity"]}})
+    assert metrics.model_bytes(qs_net, dense) == 4 * metrics.params(qs_net, dense)
+    # 8-bit weights save 3 bytes per weight of each block conv and add a float32 scale per output channel.
+    quantized = [s for s in qs_net.layer_specs(int8) if s.bits == 8]
+    assert {s.kind for s in quantized} == {"conv", "dwconv"}
+    saved = sum(3 * s.weight_count - 4 * s.out_channels for s in quantized)
+    assert metrics.model_bytes(qs_net, dense) - metrics.model_bytes(qs_net, int8) == saved
+    assert metrics.model_bytes(qs_net, sparse) < metrics.model_bytes(qs_net, dense)
+    # One 1x1 conv block spec by hand: 8-bit, 2:4 -> kept * 8 bits + 2-bit positions + per-channel scales.
+    spec = next(
+        s
+        for s in qs_net.layer_specs(
+            space.canonical({**dense, "stage1.block0.sparsity": "2:4", "stage1.block0.bits": 8})
+        )
+        if s.name == "stage1.block0.expand"
+    )
+    assert (spec.bits, spec.density, spec.pattern) == (8, 0.5, "2:4")
+
+
+def test_int8_export_runs_in_onnxruntime_and_reloads(qs_net, tmp_path):
+    import onnx
+
+    space = qs_net.space
+    cfg = space.canonical(
+        {**space.max(), **{n: 8 for n in qs_net.elastic_groups()["quant"]}, "stage2.block0.sparsity": "2:4"}
+    )
+    calib = torch.randn(32, 3, 32, 32)
+    out = export(qs_net, cfg, tmp_path / "q", formats=("safetensors", "onnx", "onnx-int8"), calib_data=calib)
+    manifest = json.loads((out / "manifest.json").read_text())
+    ver = manifest["verification"]
+    assert ver["int8_samples"] == 32 and 0.0 <= ver["int8_top1_agreement"] <= 1.0
+    assert ver["int8_cosine_similarity"] > 0.9
+    assert ver["onnx_max_abs_diff"] <= 1e-3
+    ops = {n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    density = manifest["measured_density"]  # the 2:4 1x1 convs of stage2.block0 keep exactly half
+    assert density["stage2.0.expand.1"] == density["stage2.0.project.1"] == 0.5
+    loaded = load_exported(out)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), qs_net.extract(cfg).eval()(x))
