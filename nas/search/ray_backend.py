@@ -1,0 +1,229 @@
+"""Run a search's evaluations as Ray Tune trials, locally or on a cluster.
+
+One Tune trial is one real evaluation. A :class:`TuneSearcherAdapter` (a ``ray.tune.search.Searcher``) turns the
+runner's :class:`~nas.search.runner.Engine` into Tune's interface: ``suggest`` proposes a new, never-evaluated
+config (duplicates are answered from the cache inside the engine), ``on_trial_complete`` writes the result into
+the store and tells the searcher. The driver is the only writer of the store.
+
+Trials run in an :class:`EvaluationTrainable` actor. Tune reuses actors (``reuse_actors=True``), so objectives
+are unpickled once per actor, and a :class:`~nas.search.objectives.LazyFunction` (the supernet loader of
+``nas.search.accuracy``) builds its model once per actor. ``FailureConfig(max_failures=...)`` retries a trial
+whose actor or node died; a trial that still fails is stored as a failed evaluation, so the budget stays exact.
+
+Example (``nas.search.run`` calls this for ``backend="ray"``)::
+
+    result = nas.search.run(space, objectives, backend="ray", max_concurrent=4, ray_address="auto")
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+from nas.space import Config
+
+__all__ = ["EvaluationTrainable", "TuneSearcherAdapter", "run_ray"]
+
+_RESULT_KEY = "nas_record"
+
+
+def _init_ray(address: str | None, object_store_memory: int | None, num_cpus: int | None) -> bool:
+    """Connect to (or start) Ray; returns True when this call started it (and must shut it down)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TensorBoard per trial
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False}
+    if address is not None:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(
+            num_cpus=num_cpus,
+            object_store_memory=object_store_memory or 150 * 1024 * 1024,
+            **kwargs,
+        )
+    return True
+
+
+def _trainable_class() -> type:
+    """Build the Trainable subclass lazily (ray.tune must not be imported with nas.search)."""
+    from ray import tune
+
+    class EvaluationTrainable(tune.Trainable):
+        """Evaluates one config per trial; objectives live as long as the actor."""
+
+        def setup(self, config: dict[str, Any], objectives: Any = None, constraints: Any = None) -> None:
+            # Tune passes with_parameters() objects as keyword arguments; they are fetched from the object store
+            # once per actor and survive reset_config.
+            self._objectives = objectives
+            self._constraints = constraints or ()
+            self._config = config
+            self._worker = f"{os.uname().nodename}:{os.getpid()}"
+
+        def reset_config(self, new_config: dict[str, Any]) -> bool:
+            self._config = new_config
+            return True  # reuse this actor (and the supernet it loaded)
+
+        def step(self) -> dict[str, Any]:
+            from nas.search.runner import evaluate_config
+
+            cfg = Config.from_json(self._config["config_json"])
+            record = evaluate_config(cfg, self._objectives, self._constraints, worker=self._worker)
+            # Plain JSON types only: infinities and NaN become None for the trip back.
+            record = {
+                **record,
+                "values": {k: (v if math.isfinite(v) else None) for k, v in record["values"].items()},
+                "violation": record["violation"] if math.isfinite(record["violation"]) else None,
+            }
+            return {_RESULT_KEY: record, "done": True}
+
+    return EvaluationTrainable
+
+
+EvaluationTrainable = None  # replaced by the real class on first use (see _trainable_class)
+
+
+def _adapter_class() -> type:
+    from ray.tune.search import Searcher as TuneSearcher
+
+    class TuneSearcherAdapter(TuneSearcher):
+        """Tune's Searcher over the runner's engine (and so over any ask/tell searcher)."""
+
+        def __init__(self, engine: Any, retries: int):
+            super().__init__(metric=None, mode=None)
+            self.engine = engine
+            self.retries = retries
+            self.trials: dict[str, Config] = {}
+            self.failures: dict[str, str] = {}
+            self.queue: list[Config] = []
+
+        def set_search_properties(
+            self, metric: str | None, mode: str | None, config: dict, **spec: Any
+        ) -> bool:
+            return True
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+            eng = self.engine
+            if not self.queue:
+                want = min(eng.batch_size, eng.remaining)
+                if want <= 0:
+                    # Budget fully handed out: finished once nothing is running any more.
+                    return TuneSearcher.FINISHED if not self.trials else None
+                self.queue.extend(eng.propose(want))
+                if not self.queue:
+                    if eng.exhausted and not self.trials:
+                        return TuneSearcher.FINISHED
+                    return None  # the searcher waits for running trials
+            cfg = self.queue.pop(0)
+            self.trials[trial_id] = cfg
+            return {"config_json": cfg.to_json(), "key": cfg.key}
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            cfg = self.trials.pop(trial_id, None)
+            if cfg is None:
+                return
+            record = (result or {}).get(_RESULT_KEY)
+            if error or record is None:
+                record = {
+                    "values": {o.name: math.nan for o in self.engine.objectives},
+                    "violation": math.inf,
+                    "status": "failed",
+                    "error": f"Ray trial {trial_id} failed after {self.retries} retries (actor or node lost)",
+                    "wall_time_s": None,
+                    "finished_at": time.time(),
+                    "worker": "ray",
+                }
+            else:
+                record = {
+                    **record,
+                    "values": {k: (math.nan if v is None else v) for k, v in record["values"].items()},
+                    "violation": math.inf if record["violation"] is None else record["violation"],
+                }
+            self.engine.complete(cfg, record)
+
+        def release_queue(self) -> None:
+            for cfg in self.queue:
+                self.engine.release(cfg)
+            self.queue.clear()
+
+    return TuneSearcherAdapter
+
+
+TuneSearcherAdapter = None  # replaced by the real class on first use (see _adapter_class)
+
+
+def run_ray(
+    engine: Any,
+    max_concurrent: int,
+    address: str | None = None,
+    *,
+    max_failures: int = 3,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
+    object_store_memory: int | None = None,
+    num_cpus: int | None = None,
+    storage_path: str | None = None,
+) -> None:
+    """Evaluate the engine's remaining budget as Tune trials (``max_concurrent`` at a time).
+
+    Args:
+        engine: the runner's engine (budget, cache, store, searcher).
+        max_concurrent: trials running at once.
+        address: Ray address (``"auto"``, ``"ray://head:10001"``); ``None`` starts a local Ray (or uses the one
+            already initialised in this process).
+        max_failures: retries of a trial whose actor or node died.
+        cpus_per_trial, gpus_per_trial: resources of one evaluation actor.
+        object_store_memory, num_cpus: for a Ray started here.
+        storage_path: where Tune keeps its experiment state (default: a temporary directory, removed after).
+    """
+    import ray
+    from ray import tune
+
+    global EvaluationTrainable, TuneSearcherAdapter
+    if EvaluationTrainable is None:
+        EvaluationTrainable = _trainable_class()
+    if TuneSearcherAdapter is None:
+        TuneSearcherAdapter = _adapter_class()
+
+    started = _init_ray(address, object_store_memory, num_cpus)
+    adapter = TuneSearcherAdapter(engine, max_failures)
+    tmp = None
+    if storage_path is None:
+        tmp = tempfile.TemporaryDirectory(prefix="nas-tune-")
+        storage_path = tmp.name
+    try:
+        trainable = tune.with_resources(
+            tune.with_parameters(
+                EvaluationTrainable, objectives=list(engine.objectives), constraints=list(engine.constraints)
+            ),
+            {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=adapter,
+                num_samples=engine.remaining,
+                max_concurrent_trials=max_concurrent,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=f"nas-search-{int(time.time())}",
+                storage_path=storage_path,
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+                verbose=0,
+            ),
+        )
+        tuner.fit()
+    finally:
+        adapter.release_queue()
+        if started:
+            ray.shutdown()
+        if tmp is not None:
+            tmp.cleanup()

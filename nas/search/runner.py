@@ -1,0 +1,409 @@
+"""``nas.search.run``: budgets, deduplication, the store, and local or Ray execution around a searcher.
+
+The runner owns everything a searcher must not care about:
+
+* the **budget** counts real evaluations exactly (failed ones included; cached answers are free);
+* **deduplication**: configs are canonicalised (``space.canonical``) and identified by their key; a config
+  evaluated or in flight is never evaluated again, its result is told to the searcher from the cache;
+* the **store**: every evaluation is written when it finishes; ``resume=True`` replays the store into the
+  searcher and continues to exactly ``budget``;
+* **execution**: in this process (``backend="local"``, ``max_concurrent`` threads) or on Ray Tune
+  (``backend="ray"``, see :mod:`nas.search.ray_backend`).
+
+Example:
+    >>> from nas.space import Choice, SearchSpace
+    >>> from nas.search import Objective, run
+    >>> space = SearchSpace("toy", [Choice("w", (1, 2, 3, 4)), Choice("d", (1, 2, 3))])
+    >>> objs = [Objective("quality", lambda c: c["w"] * c["d"], "max"),
+    ...         Objective("cost", lambda c: c["w"] + 2 * c["d"], "min")]
+    >>> result = run(space, objs, algorithm="random", budget=6, progress=False)
+    >>> len(result.history), result.history["key"].is_unique
+    (6, True)
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from nas.search.objectives import Constraint, Objective, check_objectives
+from nas.search.result import SearchResult
+from nas.search.searchers.base import Problem, Searcher, get
+from nas.search.store import Store, open_store
+from nas.space import Config, SearchSpace
+
+__all__ = ["evaluate_config", "run"]
+
+log = logging.getLogger(__name__)
+
+#: consecutive asks that bring nothing new before the runner proposes random unseen configs itself
+_MAX_STALLED_ASKS = 30
+#: a run whose first evaluations all fail stops, instead of spending the budget on a broken objective
+_FAIL_FAST_AFTER = 5
+
+
+def evaluate_config(
+    cfg: Config,
+    objectives: Sequence[Objective],
+    constraints: Sequence[Constraint] = (),
+    worker: str = "local",
+) -> dict[str, Any]:
+    """Evaluate every objective (and constrained metric) of ``cfg``; returns a store record.
+
+    An exception in an objective makes the record ``status="failed"`` with the error text, ``nan`` values and an
+    infinite violation; it does not propagate, so one bad subnet cannot stop a search.
+    """
+    t0 = time.perf_counter()
+    values: dict[str, float] = {}
+    status, error = "ok", None
+    try:
+        for o in objectives:
+            values[o.name] = o(cfg)
+        for c in constraints:
+            if c.fn is not None:
+                values[c.metric] = float(c.fn(cfg))
+    except Exception as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        log.warning("evaluation of %s failed: %s", cfg.to_json(), error)
+    for name in [o.name for o in objectives] + [c.metric for c in constraints if c.fn is not None]:
+        values.setdefault(name, math.nan)
+    violation = sum(c.violation(values[c.metric]) for c in constraints) if status == "ok" else math.inf
+    return {
+        "key": cfg.key,
+        "config": cfg.to_json(),
+        "values": values,
+        "violation": float(violation),
+        "status": status,
+        "error": error,
+        "wall_time_s": time.perf_counter() - t0,
+        "finished_at": time.time(),
+        "worker": worker,
+    }
+
+
+def space_fingerprint(space: SearchSpace) -> str:
+    """Short hash of the space's dimensions and values (a resumed run must search the same space)."""
+    text = json.dumps([[d.name, list(d.values), sorted(d.when.items())] for d in space.dims], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Engine:
+    """Budget, cache, store and searcher bookkeeping shared by the local and Ray backends."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        objectives: Sequence[Objective],
+        constraints: Sequence[Constraint],
+        searcher: Searcher,
+        store: Store,
+        budget: int,
+        batch_size: int,
+        progress: Any = None,
+    ):
+        self.space = space
+        self.objectives = list(objectives)
+        self.constraints = list(constraints)
+        self.searcher = searcher
+        self.store = store
+        self.budget = budget
+        self.batch_size = batch_size
+        self.progress = progress
+        self.cache: dict[str, dict[str, Any]] = {}
+        self.pending: dict[str, Config] = {}  # proposed or running, result not back yet
+        self.owed: collections.Counter[str] = collections.Counter()  # extra asks of a pending key
+        self.n_done = 0
+        self.n_failed_streak = 0
+        self.n_ok = 0
+        self.exhausted = False
+        self.rng = np.random.default_rng(searcher.seed + 7919)
+
+    # ------------------------------------------------------------------------------------------ values
+    def _minimisation_row(self, record: dict[str, Any]) -> np.ndarray:
+        if record["status"] != "ok":
+            return np.full(len(self.objectives), np.nan)
+        return np.array([o.sign * record["values"][o.name] for o in self.objectives], dtype=np.float64)
+
+    def _tell(self, configs: list[Config], records: list[dict[str, Any]]) -> None:
+        if not configs:
+            return
+        F = np.vstack([self._minimisation_row(r) for r in records])
+        V = np.array([r["violation"] for r in records], dtype=np.float64)
+        self.searcher.tell(configs, F, V)
+
+    def replay(self, records: Sequence[dict[str, Any]]) -> None:
+        """Load stored evaluations (a resumed run) into the cache and the searcher."""
+        configs = []
+        for r in records:
+            cfg = self.space.canonical(Config.from_json(r["config"]))
+            self.cache[cfg.key] = r
+            configs.append(cfg)
+            self.n_ok += r["status"] == "ok"
+        self.n_done = len(records)
+        self._tell(configs, list(records))
+        if self.progress is not None:
+            self.progress.advance(self.n_done)
+
+    # ------------------------------------------------------------------------------------------ proposing
+    @property
+    def remaining(self) -> int:
+        """Evaluations still to start: budget minus finished minus pending."""
+        return self.budget - self.n_done - len(self.pending)
+
+    def propose(self, n: int) -> list[Config]:
+        """Up to ``n`` configs never evaluated and not pending, marked pending; [] means wait (or exhausted)."""
+        out: list[Config] = []
+        stalled = 0
+        while len(out) < n and stalled < _MAX_STALLED_ASKS:
+            asked = self.searcher.ask(n - len(out))
+            new_here = 0
+            cached_cfgs, cached_recs = [], []
+            for raw in asked:
+                cfg = self.space.canonical(raw)  # searchers may return non-canonical or plain mappings
+                if cfg.key in self.cache:
+                    cached_cfgs.append(cfg)
+                    cached_recs.append(self.cache[cfg.key])
+                elif cfg.key in self.pending:
+                    self.owed[cfg.key] += 1  # told when the pending result arrives
+                elif len(out) < n:
+                    self.pending[cfg.key] = cfg
+                    out.append(cfg)
+                    new_here += 1
+            self._tell(cached_cfgs, cached_recs)
+            if new_here == 0:
+                if not asked and self.pending:
+                    break  # the searcher waits for results still out
+                stalled += 1
+        if not out and not self.pending:
+            # The searcher has nothing new to offer (converged, or asks only known configs): explore randomly,
+            # so the budget is still spent exactly.
+            out = self._random_unseen(n)
+            for cfg in out:
+                self.pending[cfg.key] = cfg
+            if not out:
+                self.exhausted = True
+        return out
+
+    def _random_unseen(self, n: int) -> list[Config]:
+        out: dict[str, Config] = {}
+        for _ in range(200 * max(n, 1)):
+            if len(out) >= n:
+                break
+            c = self.space.sample(self.rng)
+            if c.key not in self.cache and c.key not in self.pending:
+                out.setdefault(c.key, c)
+        if len(out) < n and self.space.size <= 1_000_000:
+            for c in self.space.all_configs():  # small space nearly exhausted: enumerate
+                if len(out) >= n:
+                    break
+                if c.key not in self.cache and c.key not in self.pending:
+                    out.setdefault(c.key, c)
+        return list(out.values())
+
+    # ------------------------------------------------------------------------------------------ results
+    def complete(self, cfg: Config, record: dict[str, Any]) -> None:
+        """Store one finished evaluation, cache it and tell the searcher (as often as it asked for it)."""
+        record = dict(record, key=cfg.key, config=cfg.to_json())
+        self.store.add(record)
+        self.cache[cfg.key] = record
+        self.pending.pop(cfg.key, None)
+        self.n_done += 1
+        times = 1 + self.owed.pop(cfg.key, 0)
+        self._tell([cfg] * times, [record] * times)
+        if record["status"] == "ok":
+            self.n_ok += 1
+            self.n_failed_streak = 0
+        else:
+            self.n_failed_streak += 1
+            if self.n_ok == 0 and self.n_failed_streak >= _FAIL_FAST_AFTER:
+                raise RuntimeError(
+                    f"the first {self.n_failed_streak} evaluations all failed; last error: {record['error']}"
+                )
+        if self.progress is not None:
+            self.progress.advance(1)
+
+    def release(self, cfg: Config) -> None:
+        """Forget a pending config that will not be evaluated (a cancelled trial)."""
+        self.pending.pop(cfg.key, None)
+
+
+class _Progress:
+    """A rich progress bar, or nothing."""
+
+    def __init__(self, enabled: bool, total: int, description: str):
+        self._bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+            )
+            self._task = self._bar.add_task(description, total=total)
+
+    def __enter__(self) -> _Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None and n:
+            self._bar.advance(self._task, n)
+
+
+def _run_local(engine: Engine, max_concurrent: int) -> None:
+    queue: collections.deque[Config] = collections.deque()
+    running: dict[cf.Future, Config] = {}
+
+    def submit(pool: cf.Executor | None, cfg: Config) -> None:
+        if pool is None:  # one at a time: evaluate inline, no thread hop
+            fut: cf.Future = cf.Future()
+            fut.set_result(evaluate_config(cfg, engine.objectives, engine.constraints))
+        else:
+            fut = pool.submit(evaluate_config, cfg, engine.objectives, engine.constraints, "local-thread")
+        running[fut] = cfg
+
+    pool = (
+        cf.ThreadPoolExecutor(max_concurrent, thread_name_prefix="nas-eval") if max_concurrent > 1 else None
+    )
+    try:
+        while True:
+            while len(running) < max_concurrent:
+                if not queue:
+                    want = min(engine.batch_size, engine.remaining)
+                    if want <= 0:
+                        break
+                    queue.extend(engine.propose(want))
+                    if not queue:
+                        break
+                submit(pool, queue.popleft())
+            if not running:
+                break
+            done, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                engine.complete(running.pop(fut), fut.result())
+    finally:
+        for cfg in queue:
+            engine.release(cfg)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run(
+    space: SearchSpace,
+    objectives: Sequence[Objective],
+    algorithm: str | Searcher = "linas",
+    budget: int = 250,
+    seed: int = 0,
+    backend: str = "local",
+    ray_address: str | None = None,
+    max_concurrent: int = 1,
+    store: str | Store | None = None,
+    resume: bool = False,
+    constraints: Sequence[Constraint] = (),
+    batch_size: int | None = None,
+    progress: bool = True,
+    searcher_options: dict[str, Any] | None = None,
+    ray_options: dict[str, Any] | None = None,
+) -> SearchResult:
+    """Search ``space`` for the Pareto-optimal configs of ``objectives`` with ``budget`` real evaluations.
+
+    Args:
+        space: the search space.
+        objectives: :class:`~nas.search.Objective` list; ``name@target`` objectives give one front per target.
+        algorithm: a registered searcher name (``nas.search.searchers.available()``) or a :class:`Searcher`.
+        budget: exact number of real evaluations (the run ends earlier only if the space is exhausted).
+        seed: seed of the searcher.
+        backend: ``"local"`` (this process, ``max_concurrent`` threads) or ``"ray"`` (Ray Tune).
+        ray_address: Ray cluster address (``"auto"``, ``"ray://host:10001"``); ``None`` starts a local Ray.
+        max_concurrent: evaluations running at once.
+        store: ``sqlite:///path.db``, ``postgresql://...``, a path, a Store, or ``None`` (in memory).
+        resume: continue the run held in ``store`` (its settings must match) to exactly ``budget``.
+        constraints: :class:`~nas.search.Constraint` list; infeasible results are stored but not on fronts.
+        batch_size: configs per ask (default: the searcher's own, e.g. 10 for linas).
+        progress: show a rich progress bar.
+        searcher_options: keyword arguments for the searcher class (e.g. ``{"pop_size": 32}``).
+        ray_options: Ray backend options (see :func:`nas.search.ray_backend.run_ray`).
+
+    Returns:
+        a :class:`~nas.search.SearchResult` with the whole run (earlier sessions of a resumed run included).
+    """
+    objectives = list(objectives)
+    constraints = list(constraints)
+    check_objectives(objectives, constraints)
+    if not isinstance(space, SearchSpace):
+        raise TypeError(f"space must be a nas.SearchSpace, got {type(space).__name__}")
+    if int(budget) != budget or budget < 1:
+        raise ValueError(f"budget must be a positive integer, got {budget!r}")
+    if max_concurrent < 1:
+        raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
+    if backend not in ("local", "ray"):
+        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+
+    if isinstance(algorithm, Searcher):
+        searcher, algo_name = algorithm, type(algorithm).name or type(algorithm).__name__
+        if searcher_options:
+            raise ValueError("searcher_options apply to an algorithm name, not to a Searcher instance")
+    else:
+        algo_name = str(algorithm)
+        searcher = get(algo_name)(seed=seed, **(searcher_options or {}))
+    searcher.setup(
+        Problem(
+            space=space,
+            objective_names=tuple(o.name for o in objectives),
+            n_constraints=len(constraints),
+            cheap={i: _minimised(o) for i, o in enumerate(objectives) if not o.expensive},
+        )
+    )
+    batch = int(batch_size or searcher.default_batch_size)
+    if batch < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
+    st = open_store(store)
+    meta = {
+        "space": space.name,
+        "space_fingerprint": space_fingerprint(space),
+        "objectives": [o.describe() for o in objectives],
+        "constraints": [c.describe() for c in constraints],
+        "algorithm": algo_name,
+        "searcher_options": searcher_options or {},
+        "seed": int(seed),
+        "budget": int(budget),
+    }
+    st.check_meta(meta, resume)
+    records = st.records() if resume else []
+
+    desc = f"{algo_name} on {space.name}"
+    with _Progress(progress, int(budget), desc) as bar:
+        engine = Engine(space, objectives, constraints, searcher, st, int(budget), batch, bar)
+        engine.replay(records)
+        if engine.remaining > 0:
+            if backend == "local":
+                _run_local(engine, int(max_concurrent))
+            else:
+                from nas.search.ray_backend import run_ray
+
+                run_ray(engine, int(max_concurrent), ray_address, **(ray_options or {}))
+    if engine.exhausted and engine.n_done < budget:
+        log.warning("space %s exhausted after %d of %d evaluations", space.name, engine.n_done, budget)
+    extra = [c.metric for c in constraints if c.fn is not None]
+    return SearchResult.from_records(
+        st.records(), [(o.name, o.direction) for o in objectives], extra, st.read_meta(), st.url
+    )
+
+
+def _minimised(objective: Objective) -> Callable[[Config], float]:
+    sign = objective.sign
+    return lambda cfg: sign * objective(cfg)

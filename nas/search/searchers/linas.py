@@ -1,0 +1,463 @@
+"""LINAS: predictor-in-the-loop search (after DyNAS-T's Lightweight Iterative NAS).
+
+Each round:
+
+1. fit one predictor per expensive objective (and one for the constraint violation) on every evaluated config
+   (``space.features``); cheap objectives are called directly;
+2. search the predicted problem with an inner NSGA-II, and add mutations of the measured front and random
+   configs, giving a pool of unseen candidates;
+3. pick the batch greedily by **predicted hypervolume gain** over the measured front, using the optimistic point
+   ``mean - kappa * std`` (uncertain candidates get a bonus), adding each pick's mean prediction to the front
+   before the next pick (the "kriging believer") so a batch spreads along the front.
+
+The first ``n_initial`` configs come from a Latin design over the categories (each value of each dimension
+used about equally often).
+
+Example:
+    >>> s = LinasSearcher(seed=0, n_initial=12)
+    >>> s.default_batch_size
+    10
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from nas.pareto import hypervolume, nondominated_mask
+from nas.search.searchers.base import Searcher
+from nas.space import Config
+
+__all__ = ["LinasSearcher", "fit_predictor", "hypervolume_gain"]
+
+
+class _BootstrapRidge:
+    """Ridge regression on standardised features; std from a small bootstrap ensemble."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, seed: int, n_boot: int = 8):
+        from sklearn.linear_model import RidgeCV
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        def model() -> Any:
+            return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+
+        self._model = model().fit(X, y)
+        rng = np.random.default_rng(seed)
+        self._boot = [
+            model().fit(X[b], y[b]) for b in (rng.integers(0, len(y), len(y)) for _ in range(n_boot))
+        ]
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self._model.predict(X)
+
+    def predict_std(self, X: np.ndarray) -> np.ndarray:
+        return np.stack([m.predict(X) for m in self._boot]).std(axis=0)
+
+
+class _Trees:
+    """Extremely randomised trees; std is the spread over the trees."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, seed: int):
+        from sklearn.ensemble import ExtraTreesRegressor
+
+        self._model = ExtraTreesRegressor(
+            n_estimators=48, max_features=0.7, bootstrap=True, random_state=seed, n_jobs=1
+        ).fit(X, y)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self._model.predict(X)
+
+    def predict_std(self, X: np.ndarray) -> np.ndarray:
+        return np.stack([t.predict(X) for t in self._model.estimators_]).std(axis=0)
+
+
+def _cv_error(make: Any, X: np.ndarray, y: np.ndarray, seed: int, folds: int = 5) -> float:
+    """Mean squared error of ``make(X, y, seed)`` in k-fold cross-validation."""
+    idx = np.random.default_rng(seed).permutation(len(y))
+    err = 0.0
+    for k in range(folds):
+        test = idx[k::folds]
+        train = np.setdiff1d(idx, test)
+        err += float(np.sum((make(X[train], y[train], seed).predict(X[test]) - y[test]) ** 2))
+    return err / len(y)
+
+
+class _AutoPredictor:
+    """Scikit-learn fallback until the ``predictors`` package is present: ridge (additive effects, such as the
+    latency of a sum of ops) or extremely randomised trees (interactions), whichever cross-validates better."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, seed: int):
+        candidates = {"ridge": _BootstrapRidge, "trees": _Trees}
+        if len(y) < 10:
+            self.kind = "ridge"
+        else:
+            errors = {k: _cv_error(make, X, y, seed) for k, make in candidates.items()}
+            self.kind = min(errors, key=errors.__getitem__)
+        self._model = candidates[self.kind](X, y, seed)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self._model.predict(X)
+
+    def predict_std(self, X: np.ndarray) -> np.ndarray:
+        return self._model.predict_std(X)
+
+
+def fit_predictor(X: np.ndarray, y: np.ndarray, kind: str = "gbdt", seed: int = 0) -> Any:
+    """A fitted regressor with ``predict`` and ``predict_std``.
+
+    ``kind`` is a ``predictors.fit`` kind (``"gbdt"``, ``"ridge"``, ``"auto"``, ...) or ``"builtin"``: a fast
+    scikit-learn model (ridge or extremely randomised trees, picked by cross-validation), also used when the
+    ``predictors`` package is not installed.
+    """
+    if kind == "builtin":
+        return _AutoPredictor(X, y, seed)
+    try:
+        import predictors
+    except ImportError:
+        return _AutoPredictor(X, y, seed)
+    return predictors.fit(X, y, kind=kind, seed=seed, target="linear")
+
+
+def hypervolume_gain(front: np.ndarray, points: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Hypervolume each row of ``points`` would add to ``front`` (minimisation, bounded by ``ref``).
+
+    Two objectives are done in one vectorised pass over the staircase; more fall back to one
+    hypervolume per point.
+
+    Example:
+        >>> hypervolume_gain(np.array([[1.0, 2.0]]), np.array([[2.0, 1.0], [1.5, 2.5]]), np.array([3.0, 3.0]))
+        array([1., 0.])
+    """
+    points = np.asarray(points, dtype=np.float64)
+    front = np.asarray(front, dtype=np.float64).reshape(-1, points.shape[1])
+    front = front[(front < ref).all(axis=1)]
+    if points.shape[1] != 2:
+        base = hypervolume(front, ref) if len(front) else 0.0
+        return np.array([hypervolume(np.vstack([front, p[None]]), ref) - base for p in points])
+    if len(front):
+        front = front[nondominated_mask(front)]
+        front = front[np.argsort(front[:, 0])]
+    # Staircase as steps: on [x_i, x_{i+1}) everything above y_i is covered; left of x_0 nothing is (height ref).
+    xs = np.concatenate([[-np.inf], front[:, 0], [ref[0]]])
+    hs = np.concatenate([[ref[1]], front[:, 1]])
+    px = np.minimum(points[:, :1], ref[0])
+    py = np.minimum(points[:, 1:], ref[1])
+    width = np.clip(np.minimum(xs[None, 1:], ref[0]) - np.maximum(xs[None, :-1], px), 0.0, None)
+    height = np.clip(hs[None, :] - py, 0.0, None)
+    return (width * height).sum(axis=1)
+
+
+def _dominance_distance(front: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """How far (max over objectives) each point must move to stop being dominated by ``front`` (0 if it is not)."""
+    if len(front) == 0:
+        return np.zeros(len(points))
+    gaps = (points[:, None, :] - front[None, :, :]).min(axis=2)  # >= 0 iff front row weakly dominates point
+    return np.clip(gaps.max(axis=1), 0.0, None)
+
+
+def _neighbours(space: Any, cfg: Config, limit: int = 256) -> list[Config]:
+    """Configs that differ from ``cfg`` in one active dimension (at most ``limit``)."""
+    out = []
+    for d in space.dims:
+        if not d.is_active(cfg):
+            continue
+        for v in d.values:
+            if v != cfg[d.name]:
+                out.append(space.canonical(cfg.replace(**{d.name: v})))
+                if len(out) >= limit:
+                    return out
+    return out
+
+
+def _rank_and_crowding(F: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Constrained non-dominated rank (feasible first, infeasible by violation) and crowding distance."""
+    n = len(F)
+    rank = np.zeros(n, dtype=np.int64)
+    crowd = np.zeros(n)
+    feasible = V <= 0
+    left = np.flatnonzero(feasible)
+    r = 0
+    while len(left):
+        mask = nondominated_mask(F[left])
+        front = left[mask]
+        rank[front] = r
+        crowd[front] = _crowding(F[front])
+        left = left[~mask]
+        r += 1
+    infeasible = np.flatnonzero(~feasible)
+    if len(infeasible):
+        rank[infeasible] = r + np.argsort(np.argsort(V[infeasible]))
+    return rank, crowd
+
+
+def _crowding(F: np.ndarray) -> np.ndarray:
+    n, m = F.shape
+    if n <= 2:
+        return np.full(n, np.inf)
+    dist = np.zeros(n)
+    for j in range(m):
+        order = np.argsort(F[:, j])
+        span = F[order[-1], j] - F[order[0], j]
+        dist[order[0]] = dist[order[-1]] = np.inf
+        if span > 0:
+            dist[order[1:-1]] += (F[order[2:], j] - F[order[:-2], j]) / span
+    return dist
+
+
+class LinasSearcher(Searcher):
+    """Predictor-in-the-loop multi-objective search.
+
+    Args:
+        seed: random seed.
+        n_initial: size of the initial Latin design (default: ``max(10, 2 * n_dims)``).
+        predictor: ``kind`` passed to ``predictors.fit`` (``"gbdt"``, ``"ridge"``, ``"auto"``, ...), or
+            ``"builtin"`` for a fast scikit-learn model; gradient-boosted trees rank NAS-Bench-201 accuracy best.
+        kappa: weight of the predicted std in the optimistic point ``mean - kappa * std``.
+        inner_pop, inner_generations: size of the inner NSGA-II run on the predictors.
+        n_random: random configs added to the candidate pool each round.
+        n_mutations: mutations of each measured front config added to the pool.
+    """
+
+    name = "linas"
+    default_batch_size: ClassVar[int] = 10
+
+    def __init__(
+        self,
+        seed: int = 0,
+        n_initial: int | None = None,
+        predictor: str = "gbdt",
+        kappa: float = 0.5,
+        inner_pop: int = 64,
+        inner_generations: int = 20,
+        n_random: int = 500,
+        n_mutations: int = 8,
+        neighbours: bool = True,
+    ):
+        super().__init__(seed)
+        self.n_initial = n_initial
+        self.predictor = predictor
+        self.kappa = float(kappa)
+        self.inner_pop = int(inner_pop)
+        self.inner_generations = int(inner_generations)
+        self.n_random = int(n_random)
+        self.n_mutations = int(n_mutations)
+        self.neighbours = bool(neighbours)
+        self._handed_out: set[str] = set()
+        self._features: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _feature_rows(self, configs: Sequence[Config]) -> np.ndarray:
+        rows = []
+        for c in configs:
+            f = self._features.get(c.key)
+            if f is None:
+                f = self._features[c.key] = np.asarray(self.space.features(c), dtype=np.float64)
+            rows.append(f)
+        return np.vstack(rows)
+
+    def _latin(self, n: int) -> list[Config]:
+        space = self.space
+        columns = []
+        for card in space.cardinalities:
+            reps = -(-n // int(card))
+            columns.append(self.rng.permutation(np.tile(np.arange(card), reps)[:n]))
+        idx = np.stack(columns, axis=1)
+        out: dict[str, Config] = {}
+        for row in idx:
+            c = space.canonical(space.from_indices(row))
+            if c.key not in self.known and c.key not in self._handed_out:
+                out.setdefault(c.key, c)
+        found = list(out.values())
+        if len(found) < n:
+            found += self.random_unseen(n - len(found), exclude=self._handed_out | set(out))
+        return found[:n]
+
+    # ------------------------------------------------------------------------------------------ ask
+    def _ask(self, n: int) -> Sequence[Config]:
+        n_initial = self.n_initial if self.n_initial is not None else max(10, 2 * len(self.space))
+        F_all = self.values
+        ok = np.isfinite(F_all).all(axis=1) if len(F_all) else np.zeros(0, dtype=bool)
+        n_ok_distinct = len({self.configs[i].key for i in np.flatnonzero(ok)})
+        if n_ok_distinct + len(self._handed_out - set(self.known)) < n_initial or n_ok_distinct < 4:
+            out = self._latin(n)
+        else:
+            out = self._model_based(n, ok)
+        self._handed_out.update(c.key for c in out)
+        return out
+
+    def _model_based(self, n: int, ok: np.ndarray) -> list[Config]:
+        assert self.problem is not None
+        idx = np.flatnonzero(ok)
+        configs = [self.configs[i] for i in idx]
+        F = self.values[idx]
+        V = np.where(np.isfinite(self.violations[idx]), self.violations[idx], np.nan)
+        X = self._feature_rows(configs)
+        m = F.shape[1]
+
+        models: list[Any] = []
+        for j in range(m):
+            if j in self.problem.cheap:
+                models.append(None)
+            else:
+                models.append(fit_predictor(X, F[:, j], self.predictor, seed=self.seed + len(self.configs)))
+        v_model = None
+        if self.problem.n_constraints and np.nanmax(np.nan_to_num(V, nan=0.0)) > 0:
+            Vfit = np.where(np.isfinite(V), V, np.nanmax(V))
+            v_model = fit_predictor(X, Vfit, self.predictor, seed=self.seed + 1)
+
+        def predict(
+            cands: Sequence[Config], with_std: bool = True
+        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            Xc = self._feature_rows(cands)
+            mu = np.zeros((len(cands), m))
+            sd = np.zeros((len(cands), m))
+            for j, model in enumerate(models):
+                if model is None:
+                    mu[:, j] = [self.problem.cheap[j](c) for c in cands]
+                else:
+                    mu[:, j] = model.predict(Xc)
+                    if with_std:
+                        sd[:, j] = model.predict_std(Xc)
+            viol = np.zeros(len(cands))
+            if v_model is not None:
+                viol = v_model.predict(Xc)
+                if with_std:
+                    viol = viol - self.kappa * v_model.predict_std(Xc)
+            return mu, sd, viol
+
+        pool = self._candidates(configs, F, V, predict)
+        if not pool:
+            return self.random_unseen(n, exclude=self._handed_out)
+        mu, sd, viol = predict(pool)
+        return self._select(n, pool, mu, sd, viol, F, V)
+
+    def _candidates(self, configs: list[Config], F: np.ndarray, V: np.ndarray, predict: Any) -> list[Config]:
+        space = self.space
+        seen = set(self.known) | self._handed_out
+        pool: dict[str, Config] = {}
+
+        def add(c: Config) -> None:
+            if c.key not in seen:
+                pool.setdefault(c.key, c)
+
+        for c in self._inner_search(configs, F, V, predict):
+            add(c)
+        feasible = np.nan_to_num(V, nan=np.inf) <= 0
+        base = np.flatnonzero(feasible) if feasible.any() else np.arange(len(configs))
+        front = base[nondominated_mask(F[base])]
+        prob = min(0.5, 2.0 / max(len(space), 1))
+        for i in front:
+            if self.neighbours:
+                for c in _neighbours(space, configs[i]):
+                    add(c)
+            for _ in range(self.n_mutations):
+                add(space.mutate(configs[i], self.rng, prob=prob))
+        for _ in range(self.n_random):
+            add(space.sample(self.rng))
+        return list(pool.values())
+
+    def _inner_search(
+        self, configs: list[Config], F: np.ndarray, V: np.ndarray, predict: Any
+    ) -> list[Config]:
+        """NSGA-II on the predicted objectives, started from the measured configs; returns every config visited.
+
+        A compact numpy NSGA-II rather than pymoo: the inner problem is cheap and small spaces would make pymoo's
+        duplicate elimination spin, while here duplicates are simply not re-predicted.
+        """
+        space = self.space
+        card = space.cardinalities
+        d = len(card)
+        visited: dict[str, Config] = {}
+        scores: dict[str, tuple[np.ndarray, float]] = {}
+
+        def evaluate(rows: np.ndarray) -> tuple[list[Config], np.ndarray, np.ndarray]:
+            cands = [space.canonical(space.from_indices(r)) for r in rows]
+            new = [c for c in {c.key: c for c in cands}.values() if c.key not in scores]
+            if new:
+                mu, _, viol = predict(new, with_std=False)
+                for i, c in enumerate(new):
+                    scores[c.key] = (mu[i], float(viol[i]))
+                    visited.setdefault(c.key, c)
+            Fp = np.array([scores[c.key][0] for c in cands])
+            Vp = np.array([max(scores[c.key][1], 0.0) for c in cands])
+            return cands, Fp, Vp
+
+        # Start from the measured configs, best (feasible) first, topped up with random ones.
+        order = np.lexsort((np.arange(len(F)), np.nan_to_num(V, nan=np.inf) > 0))
+        rows = [space.to_indices(configs[i]) for i in order[: self.inner_pop]]
+        while len(rows) < self.inner_pop:
+            rows.append(self.rng.integers(0, card))
+        pop = np.array(rows, dtype=np.int64)
+        _, Fp, Vp = evaluate(pop)
+        for _ in range(self.inner_generations):
+            rank, crowd = _rank_and_crowding(Fp, Vp)
+            # binary tournaments on (rank, crowding)
+            a = self.rng.integers(0, len(pop), (len(pop), 2))
+            b = self.rng.integers(0, len(pop), (len(pop), 2))
+            better = (rank[a] < rank[b]) | ((rank[a] == rank[b]) & (crowd[a] > crowd[b]))
+            parents = np.where(better, a, b)
+            p1, p2 = pop[parents[:, 0]], pop[parents[:, 1]]
+            child = np.where(self.rng.random(p1.shape) < 0.5, p1, p2)  # uniform crossover
+            mutate = self.rng.random(child.shape) < 1.0 / d
+            shift = self.rng.integers(
+                1, np.maximum(card, 2), child.shape
+            )  # a different value of the same dim
+            child = np.where(mutate & (card > 1), (child + shift) % card, child)
+            _, Fc, Vc = evaluate(child)
+            allpop = np.vstack([pop, child])
+            allF, allV = np.vstack([Fp, Fc]), np.concatenate([Vp, Vc])
+            _, first = np.unique(allpop, axis=0, return_index=True)  # survivors are distinct
+            first = np.sort(first)
+            allpop, allF, allV = allpop[first], allF[first], allV[first]
+            rank, crowd = _rank_and_crowding(allF, allV)
+            keep = np.lexsort((-crowd, rank))[: self.inner_pop]
+            pop, Fp, Vp = allpop[keep], allF[keep], allV[keep]
+        return list(visited.values())
+
+    def _select(
+        self,
+        n: int,
+        pool: list[Config],
+        mu: np.ndarray,
+        sd: np.ndarray,
+        viol: np.ndarray,
+        F: np.ndarray,
+        V: np.ndarray,
+    ) -> list[Config]:
+        feasible = np.nan_to_num(V, nan=np.inf) <= 0
+        front = F[feasible] if feasible.any() else np.zeros((0, F.shape[1]))
+        if len(front):
+            front = front[nondominated_mask(front)]
+        # Normalise by the measured range so every objective weighs the same; the reference point sits 10% of
+        # the range beyond the worst measured value, so extreme trade-offs still count.
+        lo, hi = F.min(axis=0), F.max(axis=0)
+        scale = np.where(hi - lo > 0, hi - lo, 1.0)
+        ref = np.full(F.shape[1], 1.1)
+
+        def norm(a: np.ndarray) -> np.ndarray:
+            return (a - lo) / scale
+
+        opt = norm(mu - self.kappa * sd)
+        believed = norm(mu)
+        cur = norm(front) if len(front) else np.zeros((0, F.shape[1]))
+        predicted_ok = viol <= 0
+        chosen: list[int] = []
+        available = np.ones(len(pool), dtype=bool)
+        for _ in range(min(n, len(pool))):
+            gain = hypervolume_gain(cur, opt, ref)
+            # No gain anywhere: prefer what is closest to the front, so the batch still explores its edge.
+            score = np.where(gain > 0, gain, -_dominance_distance(cur, opt) - 1e-12)
+            score = np.where(predicted_ok, score, -1e6 - viol)
+            score = np.where(available, score, -np.inf)
+            best = int(np.argmax(score))
+            if not np.isfinite(score[best]):
+                break
+            chosen.append(best)
+            available[best] = False
+            if predicted_ok[best]:
+                cur = np.vstack([cur, believed[best][None]])
+                cur = cur[nondominated_mask(cur)]
+        return [pool[i] for i in chosen]

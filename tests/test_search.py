@@ -1,0 +1,387 @@
+"""nas.search on the local backend: searchers, budget, deduplication, constraints, targets, store, resume."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nas.pareto import hypervolume, nondominated_mask
+from nas.search import (
+    Constraint,
+    LazyFunction,
+    Objective,
+    SearchResult,
+    StoreMismatchError,
+    evaluate_config,
+    latency,
+    open_store,
+    run,
+    searchers,
+)
+from nas.search.searchers.base import Problem, Searcher
+from nas.search.searchers.linas import hypervolume_gain
+from nas.space import Choice, Config, SearchSpace
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A toy space with a known, non-trivial front: "quality" grows with width and depth, "cost" grows faster.
+SPACE = SearchSpace(
+    "toy",
+    [
+        Choice("w", (1, 2, 3, 4, 5)),
+        Choice("d", (1, 2, 3, 4)),
+        Choice("k", (3, 5, 7)),
+        Choice("act", ("relu", "gelu")),
+    ],
+)
+
+
+def quality(c: Config) -> float:
+    return float(np.log(c["w"] * c["d"]) + 0.1 * (c["k"] == 5) + 0.05 * (c["act"] == "gelu"))
+
+
+def cost(c: Config, target: str = "a") -> float:
+    scale = 1.0 if target == "a" else 0.5
+    return float(c["w"] * c["d"] * scale + 0.2 * c["k"] + 0.1 * (c["act"] == "gelu") * (target == "a"))
+
+
+def objectives(calls: list | None = None) -> list[Objective]:
+    def q(c: Config) -> float:
+        if calls is not None:
+            calls.append(c.key)
+        return quality(c)
+
+    return [Objective("quality", q, "max"), Objective("cost@a", cost, "min")]
+
+
+def true_front_hv(ref: np.ndarray) -> float:
+    F = np.array([[-quality(c), cost(c)] for c in SPACE.all_configs()])
+    return hypervolume(F, ref)
+
+
+REF = np.array([0.0, 25.0])  # minimisation form: quality >= 0, cost <= 25
+
+
+def found_hv(result: SearchResult) -> float:
+    return result.hypervolume({"quality": -REF[0], "cost@a": REF[1]})
+
+
+# ----------------------------------------------------------------------------------------- searchers
+@pytest.mark.parametrize("algorithm", ["random", "nsga2", "nsga3", "tpe", "gp", "linas"])
+def test_every_searcher_spends_the_budget_exactly_without_duplicates(algorithm):
+    calls: list[str] = []
+    budget = 40 if algorithm != "gp" else 13
+    result = run(SPACE, objectives(calls), algorithm=algorithm, budget=budget, seed=1, progress=False)
+    assert len(result.history) == budget
+    assert len(calls) == budget  # the objective ran exactly budget times ...
+    assert len(set(calls)) == budget  # ... never twice for one config
+    assert result.history["key"].is_unique
+    assert result.history["order"].tolist() == list(range(budget))
+    assert 0 < found_hv(result) <= true_front_hv(REF) + 1e-9
+
+
+def test_registry_finds_classes_and_names_alternatives():
+    assert set(searchers.available()) >= {"random", "nsga2", "agemoea", "nsga3", "tpe", "gp", "linas"}
+    assert searchers.get("linas").name == "linas"
+    with pytest.raises(ValueError, match=r"available: .*nsga2"):
+        searchers.get("nsga4")
+
+
+def test_agemoea_runs_or_says_what_to_install():
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="numba"):
+            run(SPACE, objectives(), algorithm="agemoea", budget=5, progress=False)
+    else:
+        assert len(run(SPACE, objectives(), algorithm="agemoea", budget=25, progress=False).history) == 25
+
+
+def test_linas_finds_most_of_a_toy_front():
+    ref = REF
+    rand = [found_hv(run(SPACE, objectives(), "random", budget=30, seed=s, progress=False)) for s in range(3)]
+    lin = [found_hv(run(SPACE, objectives(), "linas", budget=30, seed=s, progress=False)) for s in range(3)]
+    true = true_front_hv(ref)
+    assert np.median(lin) / true > 0.97
+    assert np.median(lin) > np.median(rand)
+
+
+def test_hypervolume_gain_matches_difference_of_hypervolumes():
+    rng = np.random.default_rng(0)
+    for m in (2, 3):
+        front = rng.random((8, m))
+        front = front[nondominated_mask(front)]
+        pts = rng.random((30, m)) * 1.2
+        ref = np.full(m, 1.1)
+        base = hypervolume(front, ref)
+        expected = [hypervolume(np.vstack([front, p]), ref) - base for p in pts]
+        np.testing.assert_allclose(hypervolume_gain(front, pts, ref), expected, atol=1e-12)
+
+
+class _Stubborn(Searcher):
+    """Always proposes the same config: the runner must still spend the budget on distinct configs."""
+
+    name = ""  # not registered
+
+    def _ask(self, n):
+        return [SPACE.min()] * n
+
+
+def test_runner_fills_with_random_configs_when_the_searcher_repeats_itself():
+    calls: list[str] = []
+    run(SPACE, objectives(calls), algorithm=_Stubborn(), budget=12, progress=False)
+    assert len(calls) == 12 and len(set(calls)) == 12
+    assert SPACE.min().key in set(calls)
+
+
+def test_small_space_is_exhausted_not_overrun():
+    tiny = SearchSpace("tiny", [Choice("w", (1, 2, 3))])
+    objs = [Objective("w", lambda c: c["w"], "max"), Objective("c", lambda c: c["w"] ** 2, "min")]
+    result = run(tiny, objs, algorithm="nsga2", budget=10, progress=False)
+    assert sorted(result.history["key"]) == sorted(c.key for c in tiny.all_configs())
+
+
+def test_searcher_learns_from_configs_it_did_not_ask_for():
+    for name in ("random", "nsga2", "tpe", "linas"):
+        s = searchers.get(name)(seed=0)
+        s.setup(Problem(SPACE, ("quality", "cost@a")))
+        told = SPACE.samples(12, seed=3, unique=True)
+        F = np.array([[-quality(c), cost(c)] for c in told])
+        s.tell(told, F, np.zeros(len(told)))
+        asked = s.ask(4)
+        assert asked and all(c in SPACE.all_configs() or SPACE.canonical(c) == c for c in asked)
+
+
+# ----------------------------------------------------------------------------------------- constraints, targets
+def test_constraints_keep_infeasible_rows_off_the_front():
+    result = run(
+        SPACE,
+        objectives(),
+        algorithm="nsga2",
+        budget=30,
+        seed=0,
+        constraints=[Constraint("cost@a", "<=", 6.0)],
+        progress=False,
+    )
+    h = result.history
+    assert (h["feasible"] == (h["cost@a"] <= 6.0)).all()
+    assert (~h["feasible"]).any() and h["feasible"].any()
+    front = result.pareto()
+    assert (front["cost@a"] <= 6.0).all() and front["feasible"].all()
+
+
+def test_constraint_on_a_metric_that_is_not_an_objective():
+    c = Constraint("width", "<=", 3, fn=lambda cfg: cfg["w"])
+    result = run(SPACE, objectives(), algorithm="random", budget=20, constraints=[c], progress=False)
+    assert (result.history["feasible"] == (result.history["width"] <= 3)).all()
+    with pytest.raises(ValueError, match="names no objective"):
+        run(SPACE, objectives(), budget=2, constraints=[Constraint("width", "<=", 3)], progress=False)
+
+
+def test_several_targets_share_accuracy_and_give_one_front_each():
+    calls: list[str] = []
+    objs = [*objectives(calls), Objective("cost@b", lambda c: cost(c, "b"), "min")]
+    result = run(SPACE, objs, algorithm="nsga2", budget=30, seed=2, progress=False)
+    assert len(calls) == 30  # one accuracy evaluation per config, whatever the number of targets
+    assert result.targets == ["a", "b"]
+    for target in ("a", "b"):
+        front = result.pareto(target=target)
+        F = np.column_stack([-result.history["quality"], result.history[f"cost@{target}"]])
+        expected = set(result.history["key"][nondominated_mask(F)])
+        assert set(front["key"]) == expected
+    with pytest.raises(ValueError, match="several targets"):
+        result.pareto()
+    with pytest.raises(ValueError, match="unknown target"):
+        result.pareto(target="c")
+
+
+# ----------------------------------------------------------------------------------------- objectives
+def test_objective_and_constraint_validation():
+    with pytest.raises(ValueError, match="direction"):
+        Objective("x", len, "maximise")
+    with pytest.raises(ValueError, match="operator"):
+        Constraint("x", "<", 1)
+    with pytest.raises(ValueError, match="used twice"):
+        run(SPACE, [Objective("q", quality), Objective("q", quality)], budget=1, progress=False)
+    assert Constraint("x", ">=", 2).violation(1.5) == 0.5
+    lat = latency("cpu", lambda c: 1.0)
+    assert (lat.name, lat.target, lat.expensive) == ("latency@cpu", "cpu", False)
+    with pytest.raises(ValueError, match="exactly one"):
+        latency("cpu")
+
+
+def test_failed_evaluations_are_stored_and_a_broken_objective_fails_fast():
+    def flaky(c):
+        if c["w"] == 5:
+            raise RuntimeError("out of memory")
+        return quality(c)
+
+    objs = [Objective("quality", flaky, "max"), Objective("cost@a", cost)]
+    result = run(SPACE, objs, algorithm="nsga2", budget=30, seed=0, progress=False)
+    failed = result.history[result.history["status"] == "failed"]
+    assert len(result.history) == 30 and len(failed) > 0
+    assert failed["error"].str.contains("out of memory").all()
+    assert not result.pareto()["key"].isin(failed["key"]).any()
+
+    def broken(c):
+        raise KeyError("labels")
+
+    with pytest.raises(RuntimeError, match=r"all failed.*labels"):
+        run(SPACE, [Objective("q", broken)], budget=20, progress=False)
+
+
+def test_lazy_function_builds_once_and_pickles_without_its_state():
+    built = []
+
+    def build():
+        built.append(1)
+        return lambda cfg: 2.0 * cfg["w"]
+
+    f = LazyFunction(build)
+    assert f(Config({"w": 2})) == 4.0 and f(Config({"w": 3})) == 6.0
+    assert len(built) == 1
+    cloudpickle = pytest.importorskip("cloudpickle")  # how Ray ships objectives (closures included)
+    g = pickle.loads(cloudpickle.dumps(f))
+    assert g._fn is None and g(Config({"w": 1})) == 2.0
+
+
+def test_evaluate_config_record():
+    rec = evaluate_config(SPACE.max(), objectives(), [Constraint("cost@a", "<=", 1.0)])
+    assert rec["status"] == "ok" and rec["violation"] > 0 and rec["key"] == SPACE.max().key
+
+
+# ----------------------------------------------------------------------------------------- store and resume
+def test_store_records_round_trip_and_meta_checks(tmp_path):
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+    first = run(SPACE, objectives(), algorithm="tpe", budget=10, seed=0, store=url, progress=False)
+    with sqlite3.connect(tmp_path / "run.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    loaded = SearchResult.load(url)
+    assert loaded.history["key"].tolist() == first.history["key"].tolist()
+    np.testing.assert_allclose(loaded.history["quality"], first.history["quality"])
+    with pytest.raises(StoreMismatchError, match="resume=True"):
+        run(SPACE, objectives(), algorithm="tpe", budget=10, seed=0, store=url, progress=False)
+    with pytest.raises(StoreMismatchError, match="algorithm: stored 'tpe', requested 'nsga2'"):
+        run(SPACE, objectives(), algorithm="nsga2", budget=10, seed=0, store=url, resume=True, progress=False)
+    with pytest.raises(StoreMismatchError, match="budget"):
+        run(SPACE, objectives(), algorithm="tpe", budget=12, seed=0, store=url, resume=True, progress=False)
+    # Resuming a finished run evaluates nothing.
+    calls: list[str] = []
+    again = run(
+        SPACE, objectives(calls), algorithm="tpe", budget=10, seed=0, store=url, resume=True, progress=False
+    )
+    assert calls == [] and len(again.history) == 10
+
+
+def test_postgres_url_without_driver_says_what_to_install():
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"psycopg\[binary\]"):
+            open_store("postgresql://user@localhost/nas")
+    with pytest.raises(ValueError, match="unsupported store URL"):
+        open_store("mysql://x")
+
+
+@pytest.mark.parametrize("algorithm", ["nsga2", "linas", "tpe"])
+def test_interrupted_run_resumes_to_exactly_the_budget(tmp_path, algorithm):
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+    counter = itertools.count()
+
+    def interrupting(c):
+        if next(counter) == 13:
+            raise KeyboardInterrupt  # like Ctrl-C in the middle of an evaluation
+        return quality(c)
+
+    objs = [Objective("quality", interrupting, "max"), Objective("cost@a", cost)]
+    with pytest.raises(KeyboardInterrupt):
+        run(SPACE, objs, algorithm=algorithm, budget=30, seed=4, store=url, progress=False)
+    assert open_store(url).count() == 13
+    calls: list[str] = []
+    result = run(
+        SPACE,
+        objectives(calls),
+        algorithm=algorithm,
+        budget=30,
+        seed=4,
+        store=url,
+        resume=True,
+        progress=False,
+    )
+    assert len(calls) == 17
+    assert len(result.history) == 30 and result.history["key"].is_unique
+
+
+_DRIVER = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    from tests.test_search import SPACE, cost, quality
+    from nas.search import Objective, run
+
+    def slow_quality(c):
+        time.sleep(0.02)
+        return quality(c)
+
+    run(SPACE, [Objective("quality", slow_quality, "max"), Objective("cost@a", cost)],
+        algorithm="nsga2", budget=40, seed=5, store={url!r}, progress=False)
+    """
+)
+
+
+def test_killed_driver_resumes_to_exactly_the_budget(tmp_path):
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+    script = tmp_path / "driver.py"
+    script.write_text(_DRIVER.format(repo=str(REPO), url=url))
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if (tmp_path / "run.db").exists() and open_store(url).count() >= 8:
+                break
+            assert proc.poll() is None, "driver finished or crashed before it could be killed"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    n_before = open_store(url).count()
+    assert 8 <= n_before < 40
+    calls: list[str] = []
+    objs = [
+        Objective("quality", lambda c: (calls.append(c.key), quality(c))[1], "max"),
+        Objective("cost@a", cost),
+    ]
+    result = run(SPACE, objs, algorithm="nsga2", budget=40, seed=5, store=url, resume=True, progress=False)
+    assert len(result.history) == 40 and result.history["key"].is_unique
+    assert len(calls) == 40 - n_before
+
+
+def test_local_threads_run_concurrently_and_keep_the_budget():
+    active, peak = [0], [0]
+    lock = threading.Lock()
+
+    def slow(c):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.01)
+        with lock:
+            active[0] -= 1
+        return quality(c)
+
+    objs = [Objective("quality", slow, "max"), Objective("cost@a", cost)]
+    result = run(SPACE, objs, algorithm="random", budget=24, max_concurrent=3, progress=False)
+    assert len(result.history) == 24 and result.history["key"].is_unique
+    assert peak[0] >= 2
