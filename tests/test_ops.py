@@ -209,3 +209,18 @@ def test_static_errors_name_the_problem():
         static.build(
             {"type": "Sequential", "args": {}, "children": [["0", {"type": "Conv2d", "args": {"x": 1}}]]}
         )
+
+
+def test_batchnorm_inference_fast_path_sees_updates_and_replacements():
+    bn = ElasticBatchNorm2d(8).eval()
+    x = torch.randn(2, 6, 3, 3)
+    with torch.no_grad():
+        first = bn(x)
+        bn.running_mean.add_(1.0)  # in place: the cached views must see it
+        torch.testing.assert_close(bn(x), bn.to_static(6).eval()(x), rtol=0, atol=1e-6)
+        assert not torch.allclose(bn(x), first)
+        bn.running_var = torch.full((8,), 4.0)  # replaced tensor: the cache must miss
+        torch.testing.assert_close(bn(x), bn.to_static(6).eval()(x), rtol=0, atol=1e-6)
+    # With autograd on, the slow path keeps gradients flowing to the affine parameters.
+    bn(x).sum().backward()
+    assert bn.weight.grad is not None and bn.weight.grad[6:].abs().sum() == 0

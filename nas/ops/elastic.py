@@ -296,6 +296,25 @@ class ElasticBatchNorm2d(nn.BatchNorm2d):
             raise ValueError(
                 f"ElasticBatchNorm2d: {c} input channels exceed num_features={self.num_features}"
             )
+        if not self.training and self.affine and self.track_running_stats and not torch.is_grad_enabled():
+            # Inference fast path: reuse the sliced views (they see in-place updates of the full tensors; a
+            # replaced tensor, e.g. after .to(device), has a new data_ptr and misses the cache).
+            key = (
+                c,
+                self.weight.data_ptr(),
+                self.bias.data_ptr(),
+                self.running_mean.data_ptr(),
+                self.running_var.data_ptr(),
+                torch.is_inference_mode_enabled(),
+            )
+            views = self._eval_views.get(key) if hasattr(self, "_eval_views") else None
+            if views is None:
+                if not hasattr(self, "_eval_views") or len(self._eval_views) > 16:
+                    self._eval_views = {}
+                views = (self.running_mean[:c], self.running_var[:c], self.weight[:c], self.bias[:c])
+                self._eval_views[key] = views
+            mean, var, weight, bias = views
+            return torch.batch_norm(x, weight, bias, mean, var, False, 0.0, self.eps, True)
         # Same momentum bookkeeping as nn.BatchNorm2d.forward.
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
