@@ -17,6 +17,8 @@ Example (``nas.search.run`` calls this for ``backend="ray"``)::
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import tempfile
@@ -28,6 +30,8 @@ from nas.space import Config
 __all__ = ["EvaluationTrainable", "TuneSearcherAdapter", "run_ray"]
 
 _RESULT_KEY = "nas_record"
+
+log = logging.getLogger(__name__)
 
 
 def _init_ray(address: str | None, object_store_memory: int | None, num_cpus: int | None) -> bool:
@@ -64,7 +68,9 @@ def _trainable_class() -> type:
             self._objectives = objectives
             self._constraints = constraints or ()
             self._config = config
-            self._worker = f"{os.uname().nodename}:{os.getpid()}"
+            import ray
+
+            self._worker = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
 
         def reset_config(self, new_config: dict[str, Any]) -> bool:
             self._config = new_config
@@ -75,13 +81,8 @@ def _trainable_class() -> type:
 
             cfg = Config.from_json(self._config["config_json"])
             record = evaluate_config(cfg, self._objectives, self._constraints, worker=self._worker)
-            # Plain JSON types only: infinities and NaN become None for the trip back.
-            record = {
-                **record,
-                "values": {k: (v if math.isfinite(v) else None) for k, v in record["values"].items()},
-                "violation": record["violation"] if math.isfinite(record["violation"]) else None,
-            }
-            return {_RESULT_KEY: record, "done": True}
+            # As one JSON string: Tune flattens nested result dicts (Python's json keeps NaN and Infinity).
+            return {_RESULT_KEY: json.dumps(record), "done": True}
 
     return EvaluationTrainable
 
@@ -102,6 +103,7 @@ def _adapter_class() -> type:
             self.trials: dict[str, Config] = {}
             self.failures: dict[str, str] = {}
             self.queue: list[Config] = []
+            self.error: Exception | None = None
 
         def set_search_properties(
             self, metric: str | None, mode: str | None, config: dict, **spec: Any
@@ -110,6 +112,8 @@ def _adapter_class() -> type:
 
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
             eng = self.engine
+            if self.error is not None:
+                return TuneSearcher.FINISHED
             if not self.queue:
                 want = min(eng.batch_size, eng.remaining)
                 if want <= 0:
@@ -128,8 +132,11 @@ def _adapter_class() -> type:
             cfg = self.trials.pop(trial_id, None)
             if cfg is None:
                 return
-            record = (result or {}).get(_RESULT_KEY)
-            if error or record is None:
+            text = (result or {}).get(_RESULT_KEY)
+            if error or text is None:
+                log.warning(
+                    "Ray trial %s for %s failed after %d retries", trial_id, cfg.to_json(), self.retries
+                )
                 record = {
                     "values": {o.name: math.nan for o in self.engine.objectives},
                     "violation": math.inf,
@@ -140,12 +147,28 @@ def _adapter_class() -> type:
                     "worker": "ray",
                 }
             else:
-                record = {
-                    **record,
-                    "values": {k: (math.nan if v is None else v) for k, v in record["values"].items()},
-                    "violation": math.inf if record["violation"] is None else record["violation"],
-                }
-            self.engine.complete(cfg, record)
+                record = json.loads(text)
+            try:
+                self.engine.complete(cfg, record)
+            except Exception as exc:  # Tune would only log it; stop the run and re-raise after fit()
+                self.error = exc
+
+        # Tune pickles its search algorithm for experiment restore; our state lives in the store instead (resume
+        # goes through nas.search.run), and the engine holds a database connection, so none of it is pickled.
+        def __getstate__(self) -> dict[str, Any]:
+            return {"retries": self.retries}
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            self.__dict__.update(state, engine=None, trials={}, failures={}, queue=[], error=None)
+
+        def save(self, checkpoint_path: str) -> None:
+            pass
+
+        def restore(self, checkpoint_path: str) -> None:
+            pass
+
+        def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+            pass
 
         def release_queue(self) -> None:
             for cfg in self.queue:
@@ -191,6 +214,8 @@ def run_ray(
     if TuneSearcherAdapter is None:
         TuneSearcherAdapter = _adapter_class()
 
+    # Tune's end-of-run analysis looks for per-trial result files that we deliberately do not write.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     started = _init_ray(address, object_store_memory, num_cpus)
     adapter = TuneSearcherAdapter(engine, max_failures)
     tmp = None
@@ -221,6 +246,8 @@ def run_ray(
             ),
         )
         tuner.fit()
+        if adapter.error is not None:
+            raise adapter.error
     finally:
         adapter.release_queue()
         if started:

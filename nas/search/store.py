@@ -54,11 +54,14 @@ class StoreMismatchError(ValueError):
 class Store:
     """A SQL store of one search run. Use :func:`open_store` to make one from a URL."""
 
-    def __init__(self, url: str, connect: Any, placeholder: str, upsert_ignore: str):
+    def __init__(
+        self, url: str, connect: Any, placeholder: str, upsert_ignore: str, begin_write: str | None = None
+    ):
         self.url = url
         self._connect = connect
         self._ph = placeholder
         self._insert = upsert_ignore
+        self._begin_write = begin_write
         self._lock = threading.Lock()  # one connection, used from the runner's threads
         self._conn = connect()
         with self._lock:
@@ -129,6 +132,10 @@ class Store:
         }
         with self._lock:
             cur = self._conn.cursor()
+            if self._begin_write:
+                # Take the write lock before reading MAX(ord): upgrading a read transaction fails at once when
+                # another connection (a second driver, a report reading the file) wrote in between.
+                cur.execute(self._begin_write)
             cur.execute("SELECT COALESCE(MAX(ord), -1) + 1 FROM evaluations")
             order = int(cur.fetchone()[0])
             cur.execute(
@@ -201,14 +208,15 @@ def _sqlite(path: str, url: str) -> Store:
         Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
     def connect() -> sqlite3.Connection:
-        conn = sqlite3.connect(path, check_same_thread=False, timeout=30.0)
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) so writes wait for the lock.
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=30.0, isolation_level=None)
         if path != ":memory:":
             # WAL: a crash loses nothing committed and readers (nas report) never block the writer.
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
-    return Store(url, connect, "?", "INSERT OR IGNORE INTO")
+    return Store(url, connect, "?", "INSERT OR IGNORE INTO", begin_write="BEGIN IMMEDIATE")
 
 
 def _postgres(url: str) -> Store:

@@ -1,0 +1,133 @@
+"""nas.search on Ray Tune: a two-node local cluster, a worker node lost mid-search."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+from nas.search import Objective, open_store, run
+from nas.space import Choice, Config, SearchSpace
+
+pytestmark = pytest.mark.ray
+
+SPACE = SearchSpace(
+    "toy-ray", [Choice("w", (1, 2, 3, 4, 5, 6)), Choice("d", (1, 2, 3, 4)), Choice("k", (3, 5, 7))]
+)
+
+
+def slow_quality(c: Config, delay: float = 0.0) -> float:
+    time.sleep(delay)
+    return float(c["w"] * c["d"] + 0.1 * c["k"])
+
+
+def cost(c: Config) -> float:
+    return float(c["w"] * c["d"] * c["k"])
+
+
+def objectives(delay: float) -> list[Objective]:
+    return [Objective("quality", lambda c: slow_quality(c, delay), "max"), Objective("cost@x", cost, "min")]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray = pytest.importorskip("ray")
+    from ray import cloudpickle
+    from ray.cluster_utils import Cluster
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's socket paths must stay short
+    os.environ["RAY_TMPDIR"] = tmp
+    # Worker processes cannot import this test module: ship its functions by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    mem = 100 * 1024 * 1024
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "object_store_memory": mem, "include_dashboard": False},
+    )
+    workers = [
+        c.add_node(num_cpus=1, object_store_memory=mem, node_ip_address=ip)
+        for ip in ("127.0.0.2", "127.0.0.3")
+    ]
+    ray.init(address=c.address, log_to_driver=False)
+    try:
+        yield c, workers
+    finally:
+        ray.shutdown()
+        c.shutdown()
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def test_two_node_cluster_runs_two_trials_at_once(cluster, tmp_path):
+    c, _ = cluster
+    url = f"sqlite:///{tmp_path / 'ray.db'}"
+    result = run(
+        SPACE,
+        objectives(0.3),
+        algorithm="nsga2",
+        budget=10,
+        backend="ray",
+        ray_address=c.address,
+        max_concurrent=2,
+        store=url,
+        progress=False,
+    )
+    h = result.history
+    assert len(h) == 10 and h["key"].is_unique and (h["status"] == "ok").all()
+    nodes = {w.split(":")[0] for w in h["worker"]}
+    assert nodes == {"127.0.0.2", "127.0.0.3"}  # both worker nodes evaluated configs
+    # Reused actors: far fewer worker processes than trials.
+    assert len(set(h["worker"])) < 10
+    assert open_store(url).count() == 10
+
+
+def test_losing_a_worker_node_still_spends_the_budget_exactly(cluster, tmp_path):
+    c, workers = cluster
+    db = tmp_path / "ray-kill.db"
+    url = f"sqlite:///{db}"
+    budget = 12
+
+    killed_at: list[float] = []
+
+    def kill_when_running() -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                    if conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0] >= 3:
+                        break
+            except sqlite3.Error:
+                pass  # not created yet
+            time.sleep(0.1)
+        c.remove_node(workers[1], allow_graceful=False)
+        killed_at.append(time.time())
+
+    killer = threading.Thread(target=kill_when_running, daemon=True)
+    killer.start()
+    result = run(
+        SPACE,
+        objectives(0.4),
+        algorithm="random",
+        budget=budget,
+        seed=3,
+        backend="ray",
+        ray_address=c.address,
+        max_concurrent=2,
+        store=url,
+        progress=False,
+        ray_options={"max_failures": 3},
+    )
+    killer.join(timeout=5)
+    h = result.history
+    assert len(h) == budget
+    assert h["key"].is_unique
+    assert open_store(url).count() == budget
+    assert killed_at, "the worker node was never killed"
+    late = h[h["finished_at"] > killed_at[0] + 1.0]
+    assert len(late) > 0  # the search went on after losing the node ...
+    assert set(late["worker"].str.split(":").str[0]) == {"127.0.0.2"}  # ... on the surviving node
