@@ -1,7 +1,7 @@
 """Cheap analytic metrics of a subnet (MACs, parameters, storage bytes) and the accuracy entry point.
 
 MACs and parameters come from :meth:`nas.Supernet.layer_specs` alone, without a forward pass, so they cost
-microseconds and can serve as search objectives.
+well under a millisecond per config and can serve as search objectives.
 
 Conventions:
     * MACs count multiply-accumulates of convolutions (including squeeze-excite 1x1 convs) and linear layers;

@@ -309,11 +309,18 @@ class MobileNetV3Supernet(Supernet):
             LayerSpec("add", c, c, in_h=h, in_w=h, out_h=h, out_w=h, name="first_block.add"),
         ]
         size = (h, h)
-        with self.activated(cfg):
-            for s, stage in enumerate(self.stages, start=1):
-                for b, block in enumerate(stage.active_blocks()):
-                    block_specs, size = block.layer_specs(size, name=f"stage{s}.block{b}")
-                    specs += block_specs
+        for s, stage in enumerate(self.stages, start=1):
+            for b in range(int(cfg[f"stage{s}.depth"])):
+                name = f"stage{s}.block{b}"
+                block_specs, size = stage[b].layer_specs(
+                    size,
+                    name=name,
+                    expand=cfg[f"{name}.expand"],
+                    kernel=cfg[f"{name}.kernel"],
+                    bits=cfg[f"{name}.bits"] if self.quant else 32,
+                    sparsity=cfg[f"{name}.sparsity"] if self.sparsity else 1.0,
+                )
+                specs += block_specs
         h, w = size
         c, fe, fm = p.widths[-1], p.final_expand, p.feature_mix
         specs += [

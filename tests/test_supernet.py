@@ -125,3 +125,12 @@ def test_layer_specs_shapes_and_stable_keys(net):
     changed = {s.name for s, t in zip(specs, specs2) if s.key != t.key}
     assert changed == {"stage5.block0.depthwise"}
     assert LayerSpec("conv", 3, 8, 3, 2, 1, 32, 32, 16, 16).key == specs[0].key
+
+
+def test_layer_specs_do_not_touch_the_active_layers(net):
+    active = net.activate(net.space.max())
+    small = net.space.min()
+    specs = net.layer_specs(small)
+    assert net.active_config == active and net.stages[0][0].active_kernel == 7
+    with net.activated(small):  # the same specs as when the subnet is active
+        assert net.layer_specs(small) == specs

@@ -223,15 +223,27 @@ class ElasticMBConv(nn.Module):
         block = Residual(body) if self.use_residual else body
         return block.train(self.training)
 
-    def layer_specs(self, size: tuple[int, int], name: str = "") -> tuple[list[LayerSpec], tuple[int, int]]:
-        """Specs of the active block for an input of ``size`` (H, W); returns them and the output size."""
+    def layer_specs(
+        self,
+        size: tuple[int, int],
+        name: str = "",
+        expand: float | None = None,
+        kernel: int | None = None,
+        bits: int | None = None,
+        sparsity: float | str | None = None,
+    ) -> tuple[list[LayerSpec], tuple[int, int]]:
+        """Specs of the block for an input of ``size`` (H, W); returns them and the output size.
+
+        Settings left as ``None`` are the active ones; passing them describes another setting without
+        touching the layers (cheap, side-effect free).
+        """
         h, w = size
-        hidden = self.expand_conv.active_out_channels
-        k = self.active_kernel
+        hidden = self.expand_conv.active_out_channels if expand is None else self.hidden_for(expand)
+        k = self.active_kernel if kernel is None else int(kernel)
         oh, ow = conv_out_size(h, k, self.stride), conv_out_size(w, k, self.stride)
         act = self.act_name
-        bits = self.active_bits
-        density, nm = parse_sparsity(self.active_sparsity)
+        bits = self.active_bits if bits is None else int(bits)
+        density, nm = parse_sparsity(self.active_sparsity if sparsity is None else sparsity)
         sparse = {"bits": bits, "density": density, "pattern": f"{nm[0]}:{nm[1]}" if nm else ""}
         specs = [
             LayerSpec("conv", self.in_channels, hidden, 1, 1, 1, h, w, h, w, name=f"{name}.expand", **sparse),
