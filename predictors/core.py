@@ -21,6 +21,7 @@ FORMAT = "nas-predictor"
 FORMAT_VERSION = 1
 KINDS = ("auto", "ridge", "gbdt", "mlp", "lut", "ensemble")
 _AUTO_CANDIDATES = ("ridge", "lut", "gbdt", "mlp", "ensemble")
+ENSEMBLE_MEMBERS = ("gbdt", "lut")
 
 
 def _space_name(space: Any) -> str | None:
@@ -38,8 +39,9 @@ class Predictor:
     """A fitted predictor: ``predict(X)``, ``predict_std(X)``, ``save(path)``.
 
     It remembers the width (and, when given, the feature names and search-space name) of the data it was fitted
-    on and refuses inputs that do not match. Members are grouped: a group is a bag of one model family (its
-    spread is the family's uncertainty), several groups form an ensemble (averaged in target space).
+    on and refuses inputs that do not match. Members are grouped: a group is a bag of one model family fitted
+    in one target space (``log`` or ``linear``; members are averaged there), and several groups form an
+    ensemble (their predictions averaged in the units of ``y``).
 
     Example:
         >>> import numpy as np, predictors
@@ -54,21 +56,21 @@ class Predictor:
         self,
         kind: str,
         groups: Sequence[Sequence[Model]],
-        target: str,
+        targets: Sequence[str],
         n_features: int,
         feature_names: Sequence[str] | None = None,
         space: str | None = None,
         info: dict[str, Any] | None = None,
     ):
-        if target not in ("log", "linear"):
-            raise ValueError(f"target transform must be 'log' or 'linear', got {target!r}")
         if not groups or not all(groups):
             raise ValueError("a predictor needs at least one non-empty group of models")
+        if len(targets) != len(groups) or any(t not in ("log", "linear") for t in targets):
+            raise ValueError(f"need one target transform ('log' or 'linear') per group, got {list(targets)}")
         if feature_names is not None and len(feature_names) != n_features:
             raise ValueError(f"{len(feature_names)} feature names for {n_features} features")
         self.kind = kind
         self.groups = [list(g) for g in groups]
-        self.target = target
+        self.targets = [str(t) for t in targets]
         self.n_features = int(n_features)
         self.feature_names = None if feature_names is None else tuple(str(n) for n in feature_names)
         self.space = space
@@ -113,18 +115,25 @@ class Predictor:
         return X
 
     # ------------------------------------------------------------------------------------------ prediction
-    def _inverse(self, t: np.ndarray) -> np.ndarray:
-        return np.exp(t) if self.target == "log" else t
+    @property
+    def target(self) -> str:
+        """The target transform: ``log``, ``linear``, or ``mixed`` for an ensemble of both."""
+        return self.targets[0] if len(set(self.targets)) == 1 else "mixed"
 
     def _group_targets(self, X: np.ndarray) -> list[np.ndarray]:
-        """(members x samples) predictions in target space, per group."""
+        """(members x samples) predictions in each group's target space."""
         return [np.stack([m.predict(X) for m in g]) for g in self.groups]
+
+    def _group_outputs(self, X: np.ndarray) -> list[np.ndarray]:
+        """(members x samples) predictions in the units of y, per group."""
+        return [np.exp(g) if t == "log" else g for g, t in zip(self._group_targets(X), self.targets)]
 
     def predict(self, X: Any, space: Any = None) -> np.ndarray:
         """Predicted values for the rows of ``X`` (``space``, a name or space, is checked when given)."""
         X = self.check(X, space)
-        per_group = self._group_targets(X)
-        return self._inverse(np.mean([g.mean(axis=0) for g in per_group], axis=0))
+        means = [g.mean(axis=0) for g in self._group_targets(X)]
+        outs = [np.exp(m) if t == "log" else m for m, t in zip(means, self.targets)]
+        return np.mean(outs, axis=0)
 
     @property
     def has_std(self) -> bool:
@@ -146,11 +155,11 @@ class Predictor:
         if sum(len(g) for g in self.groups) == 1:
             model = self.groups[0][0]
             s = model.std(X)
-            if self.target == "log":
+            if self.targets[0] == "log":
                 # std of a log-normal variable with log-std s around the prediction
                 return np.exp(model.predict(X)) * np.sqrt(np.expm1(np.minimum(s, 20.0) ** 2))
             return s
-        outs = [self._inverse(g) for g in self._group_targets(X)]
+        outs = self._group_outputs(X)
         within = np.mean([o.var(axis=0) for o in outs], axis=0)
         between = np.var([o.mean(axis=0) for o in outs], axis=0)
         return np.sqrt(within + between)
@@ -165,7 +174,7 @@ class Predictor:
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "kind": self.kind,
-            "target": self.target,
+            "targets": self.targets,
             "n_features": self.n_features,
             "feature_names": None if self.feature_names is None else list(self.feature_names),
             "space": self.space,
@@ -211,8 +220,6 @@ class Predictor:
         space = d.get("space")
         if space is not None and not isinstance(space, str):
             raise PredictorFormatError(f"space must be null or a string, got {space!r}")
-        if d.get("target") not in ("log", "linear"):
-            raise PredictorFormatError(f"target must be 'log' or 'linear', got {d.get('target')!r}")
         raw_groups = d.get("groups")
         if (
             not isinstance(raw_groups, list)
@@ -220,9 +227,18 @@ class Predictor:
             or not all(isinstance(g, list) and g for g in raw_groups)
         ):
             raise PredictorFormatError("groups must be a non-empty list of non-empty lists of models")
+        targets = d.get("targets")
+        if (
+            not isinstance(targets, list)
+            or len(targets) != len(raw_groups)
+            or any(t not in ("log", "linear") for t in targets)
+        ):
+            raise PredictorFormatError(
+                f"targets must list 'log' or 'linear' for each of the {len(raw_groups)} groups"
+            )
         groups = [[Model.from_dict(m, n) for m in g] for g in raw_groups]
         info = d.get("info") if isinstance(d.get("info"), dict) else {}
-        return cls(str(d.get("kind")), groups, d["target"], n, names, space, info)
+        return cls(str(d.get("kind")), groups, targets, n, names, space, info)
 
 
 def load(path: str | os.PathLike[str]) -> Predictor:
@@ -244,30 +260,38 @@ def load(path: str | os.PathLike[str]) -> Predictor:
 
 
 # ------------------------------------------------------------------------------------------------ fitting
-def _fit_groups(kind: str, X: np.ndarray, t: np.ndarray, seed: int, n_bags: int) -> list[list[Model]]:
-    """Model groups of one kind fitted on (X, target-space t)."""
-    if kind == "ridge":
-        return [[LinearModel.fit_ridge(X, t)]]
-    if kind == "lut":
-        return [[LinearModel.fit_additive(X, t)]]
-    if kind == "gbdt":
-        return [[TreeEnsemble.fit_gbdt(X, t, seed=seed + i) for i in range(n_bags)]]
-    if kind == "mlp":
-        return [[MLPModel.fit_mlp(X, t, seed=seed + i) for i in range(n_bags)]]
-    if kind == "ensemble":
-        return [g for k in ("ridge", "gbdt", "mlp") for g in _fit_groups(k, X, t, seed, n_bags)]
-    raise ValueError(f"unknown predictor kind {kind!r}; use one of {list(KINDS)}")
-
-
-def _target_for(kind: str, y: np.ndarray, target: str) -> str:
+def _target_for(y: np.ndarray, target: str) -> str:
     if target not in ("auto", "log", "linear"):
         raise ValueError(f"target must be 'auto', 'log' or 'linear', got {target!r}")
     if target == "log" and np.any(y <= 0):
         raise ValueError("target='log' needs y > 0 everywhere")
     if target != "auto":
         return target
-    # Latency is multiplicative in practice (MAPE-type goals): log space; the lookup table is additive costs.
-    return "log" if kind != "lut" and np.all(y > 0) else "linear"
+    # Latency errors are relative (MAPE-type goals): fit log(y) whenever y > 0.
+    return "log" if np.all(y > 0) else "linear"
+
+
+def _fit_groups(
+    kind: str, X: np.ndarray, y: np.ndarray, seed: int, n_bags: int, target: str
+) -> list[tuple[str, list[Model]]]:
+    """(target transform, fitted bag) groups of one kind."""
+    tk = _target_for(y, target)
+    t = np.log(y) if tk == "log" else y
+    if kind == "ridge":
+        return [(tk, [LinearModel.fit_ridge(X, t)])]
+    if kind == "lut":
+        # costs add up in linear space, so the lookup table fits y itself unless told otherwise
+        tl = "linear" if target == "auto" else tk
+        return [(tl, [LinearModel.fit_additive(X, np.log(y) if tl == "log" else y)])]
+    if kind == "gbdt":
+        return [(tk, [TreeEnsemble.fit_gbdt(X, t, seed=seed + i) for i in range(n_bags)])]
+    if kind == "mlp":
+        return [(tk, [MLPModel.fit_mlp(X, t, seed=seed + i) for i in range(n_bags)])]
+    if kind == "ensemble":
+        # boosted trees catch interactions, the additive table extrapolates the per-operation costs; their
+        # errors are weakly correlated, so the average beats both on noisy devices
+        return [g for k in ENSEMBLE_MEMBERS for g in _fit_groups(k, X, y, seed, n_bags, target)]
+    raise ValueError(f"unknown predictor kind {kind!r}; use one of {list(KINDS)}")
 
 
 def _cv_predictions(
@@ -277,20 +301,15 @@ def _cv_predictions(
     rng = np.random.default_rng(seed)
     fold_of = rng.permutation(len(y)) % folds
     out = {k: np.zeros(len(y)) for k in kinds if k != "ensemble"}
-    log_t = {k: np.zeros(len(y)) for k in out}
     for f in range(folds):
         tr, te = fold_of != f, fold_of == f
         for k in out:
-            tk = _target_for(k, y[tr], target)
-            t = np.log(y[tr]) if tk == "log" else y[tr]
-            groups = _fit_groups(k, X[tr], t, seed, n_bags=1)
-            pt = np.mean([m.predict(X[te]) for g in groups for m in g], axis=0)
-            out[k][te] = np.exp(pt) if tk == "log" else pt
-            log_t[k][te] = pt
-    if "ensemble" in kinds and all(k in out for k in ("ridge", "gbdt", "mlp")):
-        tk = _target_for("ensemble", y, target)
-        mean_t = np.mean([log_t[k] for k in ("ridge", "gbdt", "mlp")], axis=0)
-        out["ensemble"] = np.exp(mean_t) if tk == "log" else mean_t
+            groups = _fit_groups(k, X[tr], y[tr], seed, 1, target)
+            out[k][te] = Predictor(k, [g for _, g in groups], [t for t, _ in groups], X.shape[1]).predict(
+                X[te]
+            )
+    if "ensemble" in kinds and all(k in out for k in ENSEMBLE_MEMBERS):
+        out["ensemble"] = np.mean([out[k] for k in ENSEMBLE_MEMBERS], axis=0)
     return out
 
 
@@ -311,12 +330,12 @@ def fit(
     Args:
         kind: ``ridge`` (standardised ridge, alpha by leave-one-out), ``gbdt`` (a bag of ``n_bags`` gradient
             boosted tree models), ``mlp`` (a bag of ReLU networks), ``lut`` (additive: non-negative per-feature
-            costs plus a fitted overhead), ``ensemble`` (ridge + gbdt + mlp averaged), or ``auto`` (the best
+            costs plus a fitted overhead), ``ensemble`` (gbdt and lut averaged), or ``auto`` (the best
             of those by ``folds``-fold cross-validation, scored by ``select_by``).
         seed: makes fitting deterministic.
         feature_names, space: recorded (space as its name) and checked at prediction time.
         target: ``log`` fits log(y) (relative errors, positive y), ``linear`` fits y; ``auto`` takes log when
-            every y > 0 (except for ``lut``, whose costs add up in linear space).
+            every y > 0 (except for ``lut``, whose costs add up in linear space; an ensemble mixes both).
         select_by: ``mape`` (default when y > 0) or ``rmse``.
 
     Example:
@@ -365,7 +384,13 @@ def fit(
             scores = {k: metrics(y, p)[select_by] for k, p in cv.items()}
             chosen = min(scores, key=lambda k: scores[k])
             info["cv"] = {"folds": folds, "select_by": select_by, "scores": scores}
-    tk = _target_for(chosen, y, target)
-    t = np.log(y) if tk == "log" else y
-    groups = _fit_groups(chosen, X, t, seed, n_bags)
-    return Predictor(chosen, groups, tk, X.shape[1], feature_names, _space_name(space), info)
+    groups = _fit_groups(chosen, X, y, seed, n_bags, target)
+    return Predictor(
+        chosen,
+        [g for _, g in groups],
+        [t for t, _ in groups],
+        X.shape[1],
+        feature_names,
+        _space_name(space),
+        info,
+    )

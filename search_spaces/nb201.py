@@ -159,6 +159,20 @@ def _structure(ops: tuple[int, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
                 f"node{node}_live_in:{op}",
                 sum(live[e] and ops[e] == k for e, (j, _) in enumerate(EDGES) if j == node),
             )
+    # which used operations feed each node and consume each node's output (operator fusion on GPUs and
+    # compilers depends on these neighbourhoods)
+    for node in (1, 2, 3):
+        for k, op in enumerate(OPS[1:], start=1):
+            add(
+                f"node{node}_used_in:{op}",
+                sum(used[e] and ops[e] == k for e, (j, _) in enumerate(EDGES) if j == node),
+            )
+    for node in (0, 1, 2):
+        for k, op in enumerate(OPS[1:], start=1):
+            add(
+                f"node{node}_used_out:{op}",
+                sum(used[e] and ops[e] == k for e, (_, i) in enumerate(EDGES) if i == node),
+            )
     # 4. path structure over live edges: longest / shortest path, most convolutions on one path, path count
     longest = [0, -99, -99, -99]
     shortest = [0, 99, 99, 99]
@@ -184,6 +198,13 @@ def _structure(ops: tuple[int, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
     add("conv3_on_longest_path", conv3[3] if connected else 0)
     add("paths", paths[3])
     add("live_nodes", sum(fwd[n] and bwd[n] for n in (1, 2)))
+    # An intermediate node whose value reaches the output is materialised (summed, stored) even when it only
+    # holds zeros: on the edge GPU each one costs about as much as a convolution.
+    for n in (1, 2):
+        add(f"node{n}_used", bwd[n])
+        add(f"node{n}_zero", not fwd[n])
+    add("used_nodes", sum(bwd[n] for n in (1, 2)))
+    add("used_zero_nodes", sum(bwd[n] and not fwd[n] for n in (1, 2)))
     # additions: a node with k non-none inputs sums k tensors (k - 1 adds); count all and live ones
     n_in = [sum(ops[e] != _NONE for e, (j, _) in enumerate(EDGES) if j == node) for node in (1, 2, 3)]
     n_live_in = [sum(live[e] for e, (j, _) in enumerate(EDGES) if j == node) for node in (1, 2, 3)]
