@@ -1,0 +1,561 @@
+"""The ``nas`` command: train, profile, fit, search, report and export from the shell.
+
+Every subcommand is a thin layer over the Python API; ``nas <command> --help`` explains each one.
+
+A day with the tool::
+
+    nas train   --space mobilenetv3 --data mnist --epochs 10 --out runs/sn
+    nas profile --space mobilenetv3 --supernet runs/sn --samples 300 --out runs/my-cpu.csv
+    nas fit     runs/my-cpu.csv --out runs/my-cpu.json
+    nas search  --space mobilenetv3 --supernet runs/sn --target runs/my-cpu.json --budget 100 \\
+                --store sqlite:///runs/search.db
+    nas report  runs/search.db --out runs/report
+    nas export  runs/search.db --target my-cpu --max-latency 4ms --format onnx --out runs/model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+SIDECAR_SUFFIX = ".nas.json"  # beside a SQLite store: how the CLI built the run (space, supernet, targets)
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def parse_duration_ms(text: str) -> float:
+    """``"4ms"``, ``"4"`` (ms), ``"0.5s"``, ``"800us"`` -> milliseconds.
+
+    Example:
+        >>> parse_duration_ms("0.5s"), parse_duration_ms("800us"), parse_duration_ms("4")
+        (500.0, 0.8, 4.0)
+    """
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(ms|s|us|µs)?\s*", str(text))
+    if not m:
+        raise CliError(f"cannot read {text!r} as a latency; write e.g. 4ms, 0.5s or 800us")
+    value, unit = float(m.group(1)), m.group(2) or "ms"
+    return value * {"ms": 1.0, "s": 1000.0, "us": 1e-3, "µs": 1e-3}[unit]
+
+
+def parse_constraint(text: str) -> tuple[str, str, float]:
+    """``"latency@raspi4<=5ms"`` -> ``("latency@raspi4", "<=", 5.0)``; ``"accuracy>=90"`` likewise."""
+    m = re.fullmatch(r"\s*([^<>=\s]+)\s*(<=|>=)\s*(.+)", text)
+    if not m:
+        raise CliError(f"cannot read constraint {text!r}; write e.g. 'latency@raspi4<=5ms' or 'accuracy>=90'")
+    metric, op, bound = m.groups()
+    value = parse_duration_ms(bound) if metric.startswith("latency") else float(bound)
+    return metric, op, value
+
+
+def store_url(text: str) -> str:
+    """A store URL from a URL or a plain path (``runs/search.db`` -> ``sqlite:///runs/search.db``)."""
+    return text if "://" in text else f"sqlite:///{text}"
+
+
+def sidecar_path(url: str) -> Path | None:
+    """Where ``nas search`` records how it built a SQLite-stored run (``None`` for other stores)."""
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///") :] + SIDECAR_SUFFIX)
+    return None
+
+
+def target_label(target: str) -> str:
+    """Name of a target in objective names: a file's stem (``runs/my-cpu.json`` -> ``my-cpu``), or the name."""
+    name = Path(target).name
+    for suffix in (".csv.gz", ".csv", ".json"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return target
+
+
+# ------------------------------------------------------------------------------------------------ spaces
+def load_space_module(name: str) -> Any:
+    import search_spaces
+
+    try:
+        return search_spaces.get(name)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _supernet_or_none(args: argparse.Namespace) -> Any:
+    if not getattr(args, "supernet", None):
+        return None
+    import search_spaces
+
+    return search_spaces.load_trained(args.supernet)
+
+
+# ------------------------------------------------------------------------------------------------ targets
+def _latency_function(space: Any, space_name: str, target: str) -> Callable[[Any], float]:
+    """A ``cfg -> ms`` function for a target: a predictor file, a profile file, a built-in profile or (for
+    nb201) a device of the benchmark table."""
+    import numpy as np
+
+    import hw_profiles
+
+    path = Path(target)
+    if path.suffix == ".json" and path.is_file():
+        import predictors
+
+        pred = predictors.load(path)
+        return lambda cfg: float(np.asarray(pred.predict(space.features(cfg)[None, :])).reshape(-1)[0])
+    if space_name == "nb201":
+        from search_spaces import nb201
+
+        device = target.removeprefix("nb201-")
+        if device in nb201.DEVICES:
+            return lambda cfg: nb201.latency(cfg, device)
+    if path.name.endswith((".csv", ".csv.gz")) and path.is_file():
+        from nas.hw.profiles import Profile
+
+        return _profile_predictor(Profile.load(path), space)
+    if target in hw_profiles.available():
+        return _profile_predictor(hw_profiles.load(target), space)
+    raise CliError(
+        f"target {target!r} is neither a predictor (.json) nor a profile file (.csv) nor a built-in profile; "
+        f"built-in profiles: {', '.join(hw_profiles.available())}"
+        + (
+            "; nb201 devices: edgegpu, raspi4, edgetpu, pixel3, eyeriss, fpga"
+            if space_name == "nb201"
+            else ""
+        )
+    )
+
+
+def _profile_predictor(profile: Any, space: Any) -> Callable[[Any], float]:
+    """Measured latency where the profile has the config, else a predictor fitted on the profile."""
+    import numpy as np
+
+    import predictors
+
+    if profile.space != space.name:
+        raise CliError(f"profile is for space {profile.space!r}, not {space.name!r}")
+    measured = {c.key: float(v) for c, v in zip(profile.configs, profile.latencies)}
+    X, y = profile.to_arrays(space)
+    pred = predictors.fit(
+        X, y, kind="auto", seed=0, feature_names=list(space.feature_names), space=space.name
+    )
+
+    def latency_ms(cfg: Any) -> float:
+        key = space.canonical(cfg).key
+        if key in measured:
+            return measured[key]
+        return float(np.asarray(pred.predict(space.features(cfg)[None, :])).reshape(-1)[0])
+
+    return latency_ms
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def cmd_spaces(args: argparse.Namespace) -> int:
+    import search_spaces
+
+    for name, desc in search_spaces.available().items():
+        print(f"{name:14s} {desc}")
+    return 0
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    import hw_profiles
+
+    for name in hw_profiles.available():
+        p = hw_profiles.load(name)
+        meta = p.metadata
+        print(
+            f"{name:18s} space={p.space:12s} rows={len(p):6d} device={meta.get('device')} ({meta.get('source', '')})"
+        )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import search_spaces
+    from nas import data as nas_data
+    from nas.train import train_supernet
+
+    spec = {
+        "space": args.space,
+        "kwargs": {
+            "preset": args.preset,
+            "num_classes": 10,
+            "in_channels": 1 if args.data in ("mnist", "digits") else 3,
+            "quant": args.quant,
+            "sparsity": args.sparsity,
+        },
+        "data": args.data,
+        "data_root": args.data_root,
+    }
+    net = search_spaces.build_supernet(spec)
+    train, _ = _dataset(nas_data, args.data, args.data_root, "train")
+    val, _ = _dataset(nas_data, args.data, args.data_root, "val")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(out / search_spaces.SUPERNET_SPEC, json.dumps(spec, indent=2))
+    train_supernet(
+        net,
+        train,
+        val_data=val,
+        strategy=args.strategy,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        distill=not args.no_distill,
+        out_dir=str(out),
+        resume=args.resume,
+        seed=args.seed,
+        num_workers=args.workers,
+    )
+    print(f"trained supernet in {out}")
+    return 0
+
+
+def _dataset(nas_data: Any, name: str, root: str | None, split: str) -> tuple[Any, str]:
+    """(dataset, description) for the train / val / test split of a named dataset."""
+    if name == "mnist":
+        return (nas_data.mnist("test" if split == "test" else "train"), "MNIST")
+    if name == "digits":
+        full = nas_data.digits()
+        train, val = nas_data.train_val_split(full, 0.2, seed=0)
+        return (train if split == "train" else val), "sklearn digits"
+    if name == "cifar10":
+        if not root:
+            raise CliError("--data cifar10 needs --data-root pointing at cifar-10-batches-bin")
+        return nas_data.cifar10(root, "test" if split in ("val", "test") else "train"), "CIFAR-10"
+    raise CliError(f"unknown dataset {name!r}; choose mnist, digits or cifar10")
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from nas.hw.cli_hooks import run_profile
+
+    net = _supernet_or_none(args)
+    if net is None:
+        module = load_space_module(args.space)
+        if not hasattr(module, "supernet"):
+            raise CliError(f"space {args.space!r} has no supernet to measure; it is a tabular benchmark")
+        net = module.supernet(preset=args.preset, in_channels=args.in_channels)
+    run_profile(
+        net,
+        backend=args.backend,
+        samples=args.samples,
+        out_path=args.out,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        seed=args.seed,
+    )
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from nas.hw.cli_hooks import run_fit
+
+    run_fit(args.profile, args.out, kind=args.kind, test_fraction=args.test_fraction, seed=args.seed)
+    return 0
+
+
+def _objectives(args: argparse.Namespace, space: Any) -> tuple[list[Any], dict[str, Any]]:
+    """Objectives of a CLI search, and the recipe recorded beside the store."""
+    from nas import search
+
+    objectives = []
+    recipe: dict[str, Any] = {"space": args.space, "targets": {}}
+    if args.space == "nb201":
+        from search_spaces import nb201
+
+        dataset = args.dataset or "cifar10"
+        objectives.append(
+            search.Objective("accuracy", lambda cfg: nb201.accuracy(cfg, dataset), "max", expensive=True)
+        )
+        recipe["dataset"] = dataset
+    else:
+        if not args.supernet:
+            raise CliError(f"searching {args.space!r} needs --supernet RUN_DIR (made by `nas train`)")
+        import search_spaces
+
+        run_dir = str(Path(args.supernet).resolve())
+        data_name = args.dataset or search_spaces.trained_spec(run_dir).get("data", "mnist")
+        recipe.update(supernet=run_dir, dataset=data_name)
+        objectives.append(
+            search.accuracy(_SupernetLoader(run_dir), _DataLoader(data_name, args.data_root), "accuracy")
+        )
+    for target in args.target or []:
+        label = target_label(target)
+        fn = _latency_function(space, args.space, target)
+        objectives.append(search.latency(label, fn))
+        recipe["targets"][label] = target
+    for extra in args.objective or []:
+        if extra not in ("macs", "params", "model_bytes"):
+            raise CliError(f"unknown extra objective {extra!r}; choose macs, params or model_bytes")
+        if args.space == "nb201":
+            raise CliError("macs/params/model_bytes need a supernet; nb201 is a tabular benchmark")
+        objectives.append(getattr(search, extra)(_SupernetLoader(recipe["supernet"])))
+    if len(objectives) < 2:
+        raise CliError("give at least one --target (or --objective macs) so there is a trade-off to search")
+    return objectives, recipe
+
+
+class _SupernetLoader:
+    """Picklable zero-argument loader (Ray actors call it once each)."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+
+    def __call__(self) -> Any:
+        import search_spaces
+
+        return search_spaces.load_trained(self.run_dir)
+
+    def __repr__(self) -> str:
+        return f"supernet {self.run_dir}"
+
+
+class _DataLoader:
+    """Picklable loader of the held-out split used to rank subnets during search."""
+
+    def __init__(self, name: str, root: str | None):
+        self.name, self.root = name, root
+
+    def __call__(self) -> Any:
+        from nas import data as nas_data
+
+        return _dataset(nas_data, self.name, self.root, "val")[0]
+
+    def __repr__(self) -> str:
+        return f"{self.name} validation data"
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from nas import search
+
+    module = load_space_module(args.space)
+    space = module.space if args.space == "nb201" else _search_space(args, module)
+    objectives, recipe = _objectives(args, space)
+    constraints = [search.Constraint(*parse_constraint(c)) for c in args.constraint or []]
+    url = store_url(args.store) if args.store else None
+    if url and sidecar_path(url):
+        sidecar = sidecar_path(url)
+        assert sidecar is not None
+        _atomic_write_text(sidecar, json.dumps(recipe, indent=2))
+    result = search.run(
+        space,
+        objectives,
+        algorithm=args.algorithm,
+        budget=args.budget,
+        seed=args.seed,
+        backend="ray" if args.ray_address or args.backend == "ray" else "local",
+        ray_address=args.ray_address,
+        max_concurrent=args.max_concurrent,
+        store=url,
+        resume=args.resume,
+        constraints=constraints,
+        progress=not args.quiet,
+    )
+    targets = result.targets or [None]
+    for target in targets:
+        front = result.pareto(target=target)
+        names = result.front_objectives(target)
+        print(
+            f"\nPareto front{' for ' + target if target else ''}: {len(front)} of {len(result)} evaluations"
+        )
+        print(front[["key", *names]].to_string(index=False, max_rows=30))
+    return 0
+
+
+def _search_space(args: argparse.Namespace, module: Any) -> Any:
+    if args.supernet:
+        import search_spaces
+
+        return search_spaces.build_supernet(search_spaces.trained_spec(args.supernet)).space
+    return module.space(preset=args.preset)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from nas.report import write_report
+
+    index = write_report(store_url(args.store), args.out)
+    print(f"report written to {index}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import search_spaces
+    from nas.export import export
+    from nas.search import SearchResult
+
+    url = store_url(args.store)
+    result = SearchResult.load(url)
+    sidecar = sidecar_path(url)
+    recipe = json.loads(sidecar.read_text()) if sidecar and sidecar.is_file() else {}
+    supernet_dir = args.supernet or recipe.get("supernet")
+    if not supernet_dir:
+        raise CliError("this run has no supernet to export from (tabular space?); pass --supernet RUN_DIR")
+    target = target_label(args.target) if args.target else (result.targets[0] if result.targets else None)
+    front = result.pareto(target=target)
+    lat_col = f"latency@{target}" if target else None
+    if args.max_latency and lat_col:
+        front = front[front[lat_col] <= parse_duration_ms(args.max_latency)]
+    if front.empty:
+        raise CliError(
+            f"no Pareto-optimal subnet for target {target!r} meets --max-latency {args.max_latency}; "
+            "relax the bound or search longer"
+        )
+    best = front.sort_values("accuracy", ascending=False).iloc[0]
+    cfg = result.configs(front.loc[[best.name]])[0]
+    net = search_spaces.load_trained(supernet_dir)
+    out = export(net, cfg, args.out, formats=tuple(args.format))
+    shown = f", {lat_col}={best[lat_col]:.3f} ms" if lat_col else ""
+    print(f"exported {cfg.key} (accuracy={best['accuracy']:.2f}{shown}) to {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nas",
+        description="Hardware-aware neural architecture search: train a weight-sharing supernet, profile "
+        "devices, fit latency predictors, search Pareto fronts per target, export the chosen subnet.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("A day with the tool::", 1)[1] if __doc__ else None,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("spaces", help="list the built-in search spaces")
+    p.set_defaults(func=cmd_spaces)
+    p = sub.add_parser("profiles", help="list the built-in hardware profiles")
+    p.set_defaults(func=cmd_profiles)
+
+    p = sub.add_parser("train", help="train a weight-sharing supernet (resumable)")
+    p.add_argument(
+        "--space", default="mobilenetv3", help="built-in space with a supernet (default mobilenetv3)"
+    )
+    p.add_argument("--preset", default="small", help="space preset: small (28-32 px) or imagenet (224 px)")
+    p.add_argument("--data", default="mnist", choices=("mnist", "digits", "cifar10"), help="training data")
+    p.add_argument("--data-root", help="folder with cifar-10-batches-bin (for --data cifar10)")
+    p.add_argument("--strategy", default="sandwich", help="sandwich, progressive, delayed or uniform")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--no-distill", action="store_true", help="no in-place distillation from the max subnet")
+    p.add_argument("--quant", action="store_true", help="add per-layer weight bit-width dimensions")
+    p.add_argument("--sparsity", action="store_true", help="add per-layer sparsity dimensions")
+    p.add_argument("--workers", type=int, default=1, help="data-parallel workers on Ray Train (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics log, final weights)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("profile", help="measure subnet latencies on this machine into a profile file")
+    p.add_argument("--space", default="mobilenetv3")
+    p.add_argument("--preset", default="small")
+    p.add_argument("--in-channels", type=int, default=1)
+    p.add_argument("--supernet", help="run directory of a trained supernet (its space is measured)")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "cuda"))
+    p.add_argument("--samples", type=int, default=300, help="random subnets to measure")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="fixed thread count (default: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="profile CSV; an existing one is extended (resume)")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("fit", help="fit a latency predictor on a profile; prints held-out error")
+    p.add_argument("profile", help="profile CSV made by `nas profile` (or a built-in profile's file)")
+    p.add_argument("--out", required=True, help="predictor JSON")
+    p.add_argument("--kind", default="auto", help="auto, ridge, gbdt, mlp, lut or ensemble")
+    p.add_argument("--test-fraction", type=float, default=0.25)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("search", help="multi-objective search; one Pareto front per --target")
+    p.add_argument("--space", required=True, help="built-in space (nas spaces)")
+    p.add_argument("--preset", default="small")
+    p.add_argument("--supernet", help="run directory of `nas train` (accuracy objective)")
+    p.add_argument("--dataset", help="nb201: cifar10, cifar100 or imagenet16; else the supernet's data")
+    p.add_argument("--data-root", help="folder of the dataset when it is not bundled")
+    p.add_argument(
+        "--target",
+        action="append",
+        help="latency target (repeatable): predictor .json, profile .csv, built-in profile name, or nb201 device",
+    )
+    p.add_argument("--objective", action="append", help="extra objective: macs, params or model_bytes")
+    p.add_argument("--constraint", action="append", help="e.g. 'latency@raspi4<=5ms' (repeatable)")
+    p.add_argument("--algorithm", default="linas", help="random, nsga2, agemoea, nsga3, tpe, gp or linas")
+    p.add_argument("--budget", type=int, default=250, help="real evaluations, counted exactly")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="local", choices=("local", "ray"))
+    p.add_argument(
+        "--ray-address", help="Ray cluster address (implies --backend ray); 'auto' for the local one"
+    )
+    p.add_argument("--max-concurrent", type=int, default=1)
+    p.add_argument("--store", help="sqlite:///path.db, postgresql://..., or a path (default: in memory)")
+    p.add_argument("--resume", action="store_true", help="continue the run held in --store to --budget")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("report", help="Pareto plots, hypervolume curves and an HTML page for a search store")
+    p.add_argument("store", help="sqlite:///runs/search.db or runs/search.db")
+    p.add_argument("--out", required=True, help="report directory")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="export the most accurate Pareto-optimal subnet within a latency bound")
+    p.add_argument("store", help="the search store")
+    p.add_argument("--target", help="hardware target of the front (default: the run's first)")
+    p.add_argument("--max-latency", help="e.g. 4ms")
+    p.add_argument("--supernet", help="supernet run directory (default: the one the search used)")
+    p.add_argument(
+        "--format",
+        action="append",
+        default=None,
+        choices=("safetensors", "torchscript", "onnx"),
+        help="repeatable; default safetensors + onnx",
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nas`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "format", "unset") is None:
+        args.format = ["safetensors", "onnx"]
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, ValueError, FileNotFoundError, KeyError) as exc:
+        # Bad input (InvalidConfigError, StoreMismatchError, ProfileFormatError... are ValueErrors): one line,
+        # no traceback; NAS_DEBUG=1 shows where it came from.
+        if os.environ.get("NAS_DEBUG"):
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"nas {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nas {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Search reports: Pareto-front plots and hypervolume curves per hardware target, as PNG, CSV and one HTML page.
+
+Example:
+    >>> from nas.report import write_report  # doctest: +SKIP
+    >>> write_report("sqlite:///runs/search.db", "runs/report")  # doctest: +SKIP
+    PosixPath('runs/report/index.html')
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nas.search.result import SearchResult
+
+__all__ = ["default_reference", "hypervolume_curve", "write_report"]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fronts(result: SearchResult) -> list[tuple[str, list[str]]]:
+    """(label, objective names) of each front: one per target, or one for a run without targets."""
+    if result.targets:
+        return [(t, result.front_objectives(t)) for t in result.targets]
+    return [("all", result.objective_names)]
+
+
+def default_reference(result: SearchResult, names: Sequence[str], margin: float = 0.1) -> dict[str, float]:
+    """Reference point for hypervolume: the worst observed value of each objective, pushed out by ``margin``
+    of the observed range (so that extreme front points still count)."""
+    direction = dict(result.objectives)
+    ok = result.history[(result.history["status"] == "ok") & result.history["feasible"]]
+    ref = {}
+    for n in names:
+        v = ok[n].to_numpy(dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            raise ValueError(f"no successful feasible evaluation has a value for {n!r}; nothing to report")
+        span = float(v.max() - v.min()) or max(abs(float(v.max())), 1.0)
+        ref[n] = float(v.max() + margin * span) if direction[n] == "min" else float(v.min() - margin * span)
+    return ref
+
+
+def hypervolume_curve(
+    result: SearchResult, names: Sequence[str], ref: dict[str, float], points: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hypervolume after the first n evaluations, for up to ``points`` values of n."""
+    total = len(result.history)
+    steps = (
+        np.unique(np.linspace(1, total, num=min(points, total)).round().astype(int))
+        if total
+        else np.array([])
+    )
+    hv = np.array([result.hypervolume(ref, objectives=names, upto=int(n)) for n in steps])
+    return steps, hv
+
+
+def _plot_front(result: SearchResult, names: Sequence[str], label: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    df = result.history[result.history["status"] == "ok"]
+    front = result.pareto(objectives=names)
+    # x: the target-specific (cost) objective when there is one, y: the first shared objective (quality).
+    x_name = next((n for n in names if "@" in n), names[-1])
+    y_name = next((n for n in names if n != x_name), names[0])
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
+    feasible = df["feasible"].astype(bool)
+    ax.scatter(df.loc[feasible, x_name], df.loc[feasible, y_name], s=10, c="#9aa7b8", label="evaluated")
+    if (~feasible).any():
+        ax.scatter(
+            df.loc[~feasible, x_name],
+            df.loc[~feasible, y_name],
+            s=10,
+            marker="x",
+            c="#d99",
+            label="infeasible",
+        )
+    f = front.sort_values(x_name)
+    ax.step(f[x_name], f[y_name], where="post", c="#c0392b", lw=1.2)
+    ax.scatter(f[x_name], f[y_name], s=22, c="#c0392b", label="Pareto front", zorder=3)
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
+    ax.set_title(f"{label}: {len(f)} Pareto-optimal of {len(df)} evaluated")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _png(fig)
+
+
+def _plot_hv(steps: np.ndarray, hv: np.ndarray, label: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
+    ax.plot(steps, hv, c="#2c3e50")
+    ax.set_xlabel("evaluations")
+    ax.set_ylabel("hypervolume")
+    ax.set_title(f"{label}: hypervolume over the run")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _table_html(df: pd.DataFrame, names: Sequence[str]) -> str:
+    cols = ["order", "key", *names, "config"]
+    rows = []
+    for _, r in df[cols].iterrows():
+        cells = []
+        for c in cols:
+            v = r[c]
+            text = f"{v:.4g}" if isinstance(v, float) else str(v)
+            if c == "config":
+                text = f"<code>{html.escape(text)}</code>"
+            else:
+                text = html.escape(text)
+            cells.append(f"<td>{text}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def write_report(source: SearchResult | str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
+    """Write ``index.html`` with one section per hardware target: a front plot, a hypervolume curve and the
+    Pareto-optimal configs (also as ``front_<target>.csv``), plus ``summary.json``.
+
+    ``source`` is a :class:`SearchResult` or a store URL/path (``sqlite:///runs/search.db``).
+    Returns the path of ``index.html``. Every file is written atomically.
+    """
+    result = source if isinstance(source, SearchResult) else SearchResult.load(str(source))
+    if not len(result):
+        raise ValueError("the run has no evaluations yet; run a search first (nas search ...)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"meta": result.meta, "evaluations": len(result), "fronts": {}}
+    sections = []
+    for label, names in _fronts(result):
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+        front = result.pareto(objectives=names)
+        ref = default_reference(result, names)
+        steps, hv = hypervolume_curve(result, names, ref)
+        _atomic_write(out / f"front_{safe}.png", _plot_front(result, names, label))
+        _atomic_write(out / f"hv_{safe}.png", _plot_hv(steps, hv, label))
+        _atomic_write(out / f"front_{safe}.csv", front.to_csv(index=False).encode())
+        summary["fronts"][label] = {
+            "objectives": list(names),
+            "reference": ref,
+            "hypervolume": float(hv[-1]) if hv.size else 0.0,
+            "front_size": len(front),
+            "front_keys": front["key"].tolist(),
+        }
+        sections.append(
+            f"<h2>{html.escape(label)}</h2>"
+            f"<p>{len(front)} Pareto-optimal configs; hypervolume {summary['fronts'][label]['hypervolume']:.4g} "
+            f"(reference {html.escape(json.dumps(ref))})</p>"
+            f'<img src="front_{safe}.png"> <img src="hv_{safe}.png">'
+            f"{_table_html(front, names)}"
+        )
+    meta = result.meta
+    title = f"nas search report: {meta.get('algorithm', '?')} on {meta.get('space', '?')}"
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>"
+        "body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;font-size:12px}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left} code{font-size:11px}"
+        "</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>"
+        f"<p>{len(result)} evaluations; objectives: "
+        f"{html.escape(', '.join(f'{n} ({d})' for n, d in result.objectives))}; seed {meta.get('seed')}, "
+        f"budget {meta.get('budget')}.</p>" + "".join(sections) + "</body></html>"
+    )
+    _atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
+    _atomic_write(out / "index.html", page.encode())
+    return out / "index.html"

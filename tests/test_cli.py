@@ -1,0 +1,65 @@
+"""The `nas` command on the tabular NAS-Bench-201 space (no training needed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nas.cli import CliError, main, parse_constraint, parse_duration_ms, target_label
+
+
+def test_parsers():
+    assert parse_duration_ms("4ms") == 4.0
+    assert parse_duration_ms("0.5s") == 500.0
+    assert parse_constraint("latency@raspi4<=5ms") == ("latency@raspi4", "<=", 5.0)
+    assert parse_constraint("accuracy >= 90") == ("accuracy", ">=", 90.0)
+    assert target_label("runs/my-cpu.json") == "my-cpu"
+    with pytest.raises(CliError, match="4ms"):
+        parse_duration_ms("fast")
+    with pytest.raises(CliError, match="latency@raspi4<=5ms"):
+        parse_constraint("latency < 5")
+
+
+def test_search_report_and_resume_on_nb201(tmp_path, capsys):
+    db = tmp_path / "search.db"
+    args = ["search", "--space", "nb201", "--target", "raspi4", "--target", "nb201-pixel3"]
+    args += ["--algorithm", "random", "--store", str(db), "--quiet", "--constraint", "latency@raspi4<=60ms"]
+    assert main([*args, "--budget", "25"]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front for raspi4" in out and "Pareto front for nb201-pixel3" in out
+    recipe = json.loads((tmp_path / "search.db.nas.json").read_text())
+    assert recipe["space"] == "nb201" and set(recipe["targets"]) == {"raspi4", "nb201-pixel3"}
+
+    # Resuming a finished run evaluates nothing more; a different budget is refused.
+    assert main([*args, "--budget", "30", "--resume"]) != 0  # the budget is part of the run's identity
+    assert main([*args, "--budget", "25", "--resume"]) == 0
+    from nas.search import SearchResult
+
+    result = SearchResult.load(f"sqlite:///{db}")
+    assert len(result) == 25 and result.history["key"].is_unique
+    assert (result.history.loc[result.history["feasible"], "latency@raspi4"] <= 60).all()
+
+    assert main(["report", str(db), "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "index.html").is_file()
+    assert (tmp_path / "rep" / "front_raspi4.png").is_file()
+
+
+def test_clear_errors(tmp_path, capsys):
+    assert main(["search", "--space", "nb201", "--target", "no-such-device", "--budget", "5", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-device" in err and "built-in profiles" in err
+    assert main(["search", "--space", "nope", "--target", "raspi4"]) == 2
+    assert "unknown search space 'nope'" in capsys.readouterr().err
+    assert main(["search", "--space", "nb201", "--budget", "5", "--quiet"]) == 2
+    assert "--target" in capsys.readouterr().err
+
+
+def test_help_lists_every_command():
+    out = subprocess.run(
+        [sys.executable, "-m", "nas.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for command in ("train", "profile", "fit", "search", "report", "export"):
+        assert command in out
