@@ -20,10 +20,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from nas.hw.profiles import Profile
 
-__all__ = ["available", "load", "path_of"]
+__all__ = ["UnknownProfileError", "available", "load", "path_of"]
 
 _DIR = Path(__file__).parent
 _SUFFIXES = (".csv.gz", ".csv")
+
+
+class UnknownProfileError(KeyError):
+    """No built-in profile has this name; the message lists those that exist."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
 
 
 def _tables() -> dict[str, Path]:
@@ -41,10 +48,11 @@ def available() -> list[str]:
 
 
 def path_of(name: str) -> Path:
-    """Path of the table of a built-in profile; raises ``KeyError`` listing the available names."""
+    """Path of the table of a built-in profile; raises :class:`UnknownProfileError` (a ``KeyError``) listing
+    the available names."""
     tables = _tables()
     if name not in tables:
-        raise KeyError(
+        raise UnknownProfileError(
             f"no built-in hardware profile {name!r}; available: {', '.join(sorted(tables)) or 'none'}"
         )
     return tables[name]
@@ -53,7 +61,7 @@ def path_of(name: str) -> Path:
 def load(name: str) -> Profile:
     """Load a built-in profile by name (see :func:`available`).
 
-    Raises ``KeyError`` naming the available profiles when ``name`` is unknown.
+    Raises :class:`UnknownProfileError` (a ``KeyError``) naming the available profiles when ``name`` is unknown.
     """
     from nas.hw.profiles import Profile
 
