@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from nas import static
@@ -224,3 +226,24 @@ def test_batchnorm_inference_fast_path_sees_updates_and_replacements():
     # With autograd on, the slow path keeps gradients flowing to the affine parameters.
     bn(x).sum().backward()
     assert bn.weight.grad is not None and bn.weight.grad[6:].abs().sum() == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    c_in=st.integers(1, 8),
+    c_out=st.integers(1, 12),
+    kernel=st.sampled_from([1, 3, 5]),
+    stride=st.sampled_from([1, 2]),
+    size=st.integers(1, 7),
+    depthwise=st.booleans(),
+    bits=st.sampled_from([4, 8, 32]),
+)
+def test_any_conv_setting_equals_its_static_copy(c_in, c_out, kernel, stride, size, depthwise, bits):
+    conv = ElasticConv2d(8, 12, kernel_sizes=(1, 3, 5), stride=stride, depthwise=depthwise, bias=True)
+    conv.set_active(out_channels=None if depthwise else c_out, kernel=kernel)
+    conv.set_policy(bits=bits)
+    x = torch.randn(2, c_in, size, size)
+    with torch.no_grad():
+        expected = conv.to_static(c_in)(x)
+        torch.testing.assert_close(conv(x), expected, rtol=0, atol=1e-6)  # cached slice
+    torch.testing.assert_close(conv(x), expected, rtol=0, atol=1e-6)  # autograd path
