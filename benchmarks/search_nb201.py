@@ -1,0 +1,145 @@
+"""Sample efficiency of the searchers on NAS-Bench-201: hypervolume found / true after 50, 100, 250 evaluations.
+
+For each hardware target (HW-NAS-Bench latency) the problem is CIFAR-10 accuracy (max) against latency (min),
+both read from the tables shipped with ``search_spaces.nb201``; every lookup counts as one real evaluation.
+The true front is that of the connected cells; the reference point is its nadir pushed out by 10% of its range
+in each objective (with the worst cell of the table as reference, random search already scores 0.99).
+
+Prints median [min - max] over seeds and writes ``benchmarks/results/search_nb201.json``.
+
+Usage:
+    python benchmarks/search_nb201.py                                  # everything: 4 targets x 4 algorithms x 10 seeds
+    python benchmarks/search_nb201.py --targets raspi4 --algorithms random linas --seeds 3
+    python benchmarks/search_nb201.py --workers 2                      # runs in parallel processes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nas.pareto import hypervolume, nondominated_mask
+
+TARGETS = ("raspi4", "pixel3", "edgegpu", "fpga")
+ALGORITHMS = ("random", "nsga2", "tpe", "linas")
+CHECKPOINTS = (50, 100, 250)
+
+
+def true_front(target: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """True front (minimisation form: -accuracy, latency) of the connected cells, reference point, its HV."""
+    from search_spaces import nb201
+
+    cells = [c for c in nb201.all_configs() if nb201.is_connected(c)]
+    F = np.array([[-nb201.accuracy(c), nb201.latency(c, target)] for c in cells])
+    front = F[nondominated_mask(F)]
+    lo, hi = front.min(axis=0), front.max(axis=0)
+    ref = hi + 0.1 * (hi - lo)
+    return front, ref, hypervolume(front, ref)
+
+
+def one_run(args: tuple[str, str, int, int]) -> dict:
+    """One search; returns the HV ratio at each checkpoint and the wall time."""
+    target, algorithm, seed, budget = args
+    import torch
+
+    torch.set_num_threads(1)
+    from nas.search import Objective, run
+    from search_spaces import nb201
+
+    _, ref, true_hv = true_front(target)
+    objectives = [
+        Objective("accuracy", nb201.accuracy, "max"),
+        # A measured latency (the HW-NAS-Bench table), so expensive: model-based searchers must learn it too.
+        Objective(f"latency@{target}", lambda c: nb201.latency(c, target), "min"),
+    ]
+    t0 = time.perf_counter()
+    result = run(nb201.space, objectives, algorithm=algorithm, budget=budget, seed=seed, progress=False)
+    wall = time.perf_counter() - t0
+    h = result.history
+    assert len(h) == budget and h["key"].is_unique, "budget or deduplication broken"
+    F = np.column_stack([-h["accuracy"].to_numpy(), h[f"latency@{target}"].to_numpy()])
+    ratios = {
+        b: float(hypervolume(F[h["order"].to_numpy() < b], ref) / true_hv) for b in CHECKPOINTS if b <= budget
+    }
+    return {"target": target, "algorithm": algorithm, "seed": seed, "ratios": ratios, "wall_s": wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
+    parser.add_argument("--seeds", type=int, default=10, help="number of seeds (0 .. n-1)")
+    parser.add_argument("--budget", type=int, default=250)
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "search_nb201.json"))
+    args = parser.parse_args()
+
+    started = time.time()
+    jobs = [(t, a, s, args.budget) for t in args.targets for a in args.algorithms for s in range(args.seeds)]
+    if args.workers > 1:
+        with ProcessPoolExecutor(args.workers) as pool:
+            runs = list(pool.map(one_run, jobs))
+    else:
+        runs = []
+        for job in jobs:
+            runs.append(one_run(job))
+            print(
+                f"  {job[0]:8s} {job[1]:7s} seed {job[2]}: {runs[-1]['ratios']} ({runs[-1]['wall_s']:.1f} s)",
+                flush=True,
+            )
+    elapsed = time.time() - started
+
+    checkpoints = [b for b in CHECKPOINTS if b <= args.budget]
+    header = f"{'target':8s} {'algorithm':9s} " + " ".join(f"{'HV@' + str(b):>22s}" for b in checkpoints)
+    header += f" {'s/run':>7s}"
+    print(f"\nHypervolume found / true, median [min - max] over {args.seeds} seeds")
+    print(header)
+    print("-" * len(header))
+    summary = []
+    for t in args.targets:
+        for a in args.algorithms:
+            rs = [r for r in runs if r["target"] == t and r["algorithm"] == a]
+            row = {"target": t, "algorithm": a, "wall_s_mean": float(np.mean([r["wall_s"] for r in rs]))}
+            cells = []
+            for b in checkpoints:
+                v = np.array([r["ratios"][b] for r in rs])
+                row[f"hv{b}"] = {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())}
+                cells.append(f"{np.median(v):.4f} [{v.min():.3f}-{v.max():.3f}]")
+            summary.append(row)
+            print(f"{t:8s} {a:9s} " + " ".join(f"{c:>22s}" for c in cells) + f" {row['wall_s_mean']:7.1f}")
+    print(
+        f"\nran {len(runs)} searches in {elapsed:.0f} s on {os.cpu_count()} CPU(s), {args.workers} worker(s)"
+    )
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps(
+            {
+                "benchmark": "search_nb201",
+                "args": vars(args),
+                "elapsed_s": elapsed,
+                "machine": platform.platform(),
+                "summary": summary,
+                "runs": [{**r, "ratios": {str(k): v for k, v in r["ratios"].items()}} for r in runs],
+            },
+            indent=1,
+        )
+    )
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
