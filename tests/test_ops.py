@@ -247,3 +247,18 @@ def test_any_conv_setting_equals_its_static_copy(c_in, c_out, kernel, stride, si
         expected = conv.to_static(c_in)(x)
         torch.testing.assert_close(conv(x), expected, rtol=0, atol=1e-6)  # cached slice
     torch.testing.assert_close(conv(x), expected, rtol=0, atol=1e-6)  # autograd path
+
+
+def test_copies_start_with_empty_caches():
+    import copy
+    import pickle
+
+    conv = ElasticConv2d(4, 8, kernel_sizes=(3,))
+    bn = ElasticBatchNorm2d(8).eval()
+    with torch.no_grad():
+        bn(conv(torch.randn(1, 4, 5, 5)))
+    assert conv._cache.value is not None and bn._eval_views
+    for clone in (copy.deepcopy(conv), pickle.loads(pickle.dumps(conv))):
+        assert clone._cache.value is None
+        assert torch.equal(clone.weight, conv.weight)
+    assert not copy.deepcopy(bn)._eval_views

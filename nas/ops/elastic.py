@@ -87,6 +87,17 @@ class _SliceCache:
     def clear(self) -> None:
         self.key = self.value = None
 
+    def __reduce__(self):
+        # Copies (deepcopy, pickling for Ray workers) start empty: cached tensors are derived data.
+        return (type(self), ())
+
+
+class _ViewCache(dict):
+    """Per-shape tensor views; empty in copies and pickles, like :class:`_SliceCache`."""
+
+    def __reduce__(self):
+        return (type(self), ())
+
 
 def _param_state(p: torch.Tensor | None) -> tuple:
     # data_ptr changes on .to(device) / re-assignment, _version on every in-place update (optimizer, copy_).
@@ -310,7 +321,7 @@ class ElasticBatchNorm2d(nn.BatchNorm2d):
             views = self._eval_views.get(key) if hasattr(self, "_eval_views") else None
             if views is None:
                 if not hasattr(self, "_eval_views") or len(self._eval_views) > 16:
-                    self._eval_views = {}
+                    self._eval_views = _ViewCache()
                 views = (self.running_mean[:c], self.running_var[:c], self.weight[:c], self.bias[:c])
                 self._eval_views[key] = views
             mean, var, weight, bias = views
