@@ -159,7 +159,7 @@ class LinearModel(Model):
 
 # ------------------------------------------------------------------------------------------------ trees
 class TreeEnsemble(Model):
-    """Sum of regression trees plus a base value (gradient boosting), evaluated on all trees at once.
+    """Sum of regression trees plus a base value (gradient boosting), evaluated in numpy.
 
     Trees are stored as flat node arrays (scikit-learn's layout): ``feature``, ``threshold``, ``left``, ``right``
     (-1 for leaves) and ``value`` (the learning rate already applied). Samples go left when
@@ -171,39 +171,21 @@ class TreeEnsemble(Model):
     def __init__(self, base: float, trees: list[dict[str, np.ndarray]]):
         self.base = float(base)
         self.trees = trees
-        m = max(len(t["value"]) for t in trees) if trees else 1
-        T = len(trees)
-        # Padded (trees x nodes) arrays: one vectorised descent step moves every sample in every tree.
-        self._feature = np.zeros((T, m), dtype=np.int64)
-        self._threshold = np.zeros((T, m))
-        self._left = np.full((T, m), -1, dtype=np.int64)
-        self._right = np.full((T, m), -1, dtype=np.int64)
-        self._value = np.zeros((T, m))
-        depth = 0
-        for t, tree in enumerate(trees):
-            k = len(tree["value"])
-            self._feature[t, :k] = tree["feature"]
-            self._threshold[t, :k] = tree["threshold"]
-            self._left[t, :k] = tree["left"]
-            self._right[t, :k] = tree["right"]
-            self._value[t, :k] = tree["value"]
-            depth = max(depth, _tree_depth(tree["left"], tree["right"]))
-        self._depth = depth
+        self._depths = [_tree_depth(tree["left"], tree["right"]) for tree in trees]
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        n, T = X.shape[0], len(self.trees)
-        if T == 0:
-            return np.full(n, self.base)
         Xf = X.astype(np.float32).astype(np.float64)
-        tree_idx = np.arange(T)[None, :]
-        node = np.zeros((n, T), dtype=np.int64)
-        rows = np.arange(n)[:, None]
-        for _ in range(self._depth):
-            feat = self._feature[tree_idx, node]
-            go_left = Xf[rows, feat] <= self._threshold[tree_idx, node]
-            nxt = np.where(go_left, self._left[tree_idx, node], self._right[tree_idx, node])
-            node = np.where(nxt >= 0, nxt, node)  # leaves stay put
-        return self.base + self._value[tree_idx, node].sum(axis=1)
+        rows = np.arange(X.shape[0])
+        out = np.full(X.shape[0], self.base)
+        # One tree at a time, all samples at once: much faster than gathering (samples x trees) blocks.
+        for t, depth in zip(self.trees, self._depths):
+            feature, threshold, left, right = t["feature"], t["threshold"], t["left"], t["right"]
+            node = np.zeros(X.shape[0], dtype=np.int64)
+            for _ in range(depth):
+                nxt = np.where(Xf[rows, feature[node]] <= threshold[node], left[node], right[node])
+                node = np.where(nxt >= 0, nxt, node)  # leaves stay put
+            out += t["value"][node]
+        return out
 
     @classmethod
     def fit_gbdt(
