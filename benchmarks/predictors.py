@@ -172,7 +172,16 @@ def main() -> None:
     parser.add_argument("--baselines", default=",".join(BASELINES), help="'' for none")
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads (the machine is shared)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predictors.json")
+    parser.add_argument(
+        "--summarize",
+        type=Path,
+        nargs="+",
+        help="only print the table of earlier result files (e.g. parallel runs)",
+    )
     args = parser.parse_args()
+    if args.summarize:
+        print(summarize([r for f in args.summarize for r in json.loads(f.read_text())]))
+        return
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(args.threads))
     devices = [d for d in args.devices.split(",") if d]
