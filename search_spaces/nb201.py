@@ -220,9 +220,13 @@ def _structure(ops: tuple[int, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
 class NB201Space(SearchSpace):
     """The NAS-Bench-201 cell space with structure-aware predictor features.
 
-    ``features(cfg)`` starts with the one-hot encoding of the six edges and adds what the cell's graph says:
-    per-op counts split by liveness (on an input-to-output path, fed only by zeros, or unused), the live ops
-    feeding each node, path depths, the most convolutions on one path and the number of additions.
+    ``features(cfg)`` starts with the one-hot encoding of the six edges (the first 30 entries, named
+    ``node2.in1=nor_conv_3x3`` etc.) and adds what the cell's graph says: the same one-hot restricted to live
+    and to used operations, per-op counts split by liveness (live: on an input-to-output path; used: the
+    result reaches the output; dead_in / zero_used: fed only by zeros; dead_out: never reaches the output),
+    the ops feeding and consuming each node, which intermediate nodes are materialised, path depths, the most
+    convolutions on one path and the number of additions. ``benchmarks/predictors.py`` measures what they
+    bring over the one-hot encoding on the HW-NAS-Bench devices.
 
     Example:
         >>> len(space.feature_names) == space.features(space.max()).shape[0]
