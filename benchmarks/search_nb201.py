@@ -21,7 +21,7 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -86,17 +86,23 @@ def main() -> None:
 
     started = time.time()
     jobs = [(t, a, s, args.budget) for t in args.targets for a in args.algorithms for s in range(args.seeds)]
+    runs = []
+
+    def report(r: dict) -> None:
+        runs.append(r)
+        ratios = " ".join(f"{b}:{v:.4f}" for b, v in r["ratios"].items())
+        print(
+            f"  {r['target']:8s} {r['algorithm']:7s} seed {r['seed']}: {ratios} ({r['wall_s']:.1f} s)",
+            flush=True,
+        )
+
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as pool:
-            runs = list(pool.map(one_run, jobs))
+            for fut in as_completed([pool.submit(one_run, job) for job in jobs]):
+                report(fut.result())
     else:
-        runs = []
         for job in jobs:
-            runs.append(one_run(job))
-            print(
-                f"  {job[0]:8s} {job[1]:7s} seed {job[2]}: {runs[-1]['ratios']} ({runs[-1]['wall_s']:.1f} s)",
-                flush=True,
-            )
+            report(one_run(job))
     elapsed = time.time() - started
 
     checkpoints = [b for b in CHECKPOINTS if b <= args.budget]
