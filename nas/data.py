@@ -1,0 +1,199 @@
+"""Datasets as ``torch.utils.data.TensorDataset`` of normalised float images ``(N, C, H, W)`` and int64 labels.
+
+* :func:`mnist`: the MNIST data bundled with the package (``nas/data_files``, sources in its README): 5,000
+  training images (500 per class) and the official 10,000 test images, 1x28x28.
+* :func:`digits`: scikit-learn's 1,797 8x8 digits, 1x8x8 (resize with :func:`nas.supernet.resize_to` for
+  networks that expect 24-32 px inputs).
+* :func:`cifar10`: CIFAR-10 from the user's copy of the *binary* version (``cifar-10-batches-bin``), read with
+  numpy (no pickle, no torchvision).
+* :func:`train_val_split`: a seeded, stratified split of any ``TensorDataset``.
+
+Normalisation uses the usual per-dataset channel mean and standard deviation (see the constants below), so
+that the same preprocessing holds for training, evaluation and export.
+
+Example:
+    >>> test = mnist("test")
+    >>> len(test), tuple(test.tensors[0].shape[1:])
+    (10000, (1, 28, 28))
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "cifar10",
+    "digits",
+    "mnist",
+    "train_val_split",
+]
+
+DATA_DIR = Path(__file__).parent / "data_files"
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # of the full 60,000 MNIST training images (pixels scaled to [0, 1])
+DIGITS_MEAN, DIGITS_STD = 0.3054, 0.3781  # of sklearn digits (pixels scaled to [0, 1] by /16)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+_MNIST_FILES = {
+    "train": ("mnist_train_5k.csv.gz",),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def _check_split(split: str, allowed: tuple[str, ...]) -> str:
+    if split not in allowed:
+        raise ValueError(f"split={split!r} is not supported; use one of {', '.join(map(repr, allowed))}")
+    return split
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format): magic (2 zero bytes, dtype code 0x08 = uint8, ndim), big-endian dims."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an uint8 IDX file (bad magic {raw[:4]!r})")
+    ndim = raw[3]
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: header says {dims} ({int(np.prod(dims))} values) but holds {data.size}")
+    return data.reshape(dims)
+
+
+def _to_dataset(images_u8: np.ndarray, labels: np.ndarray, mean, std, scale: float = 255.0) -> TensorDataset:
+    x = torch.from_numpy(np.ascontiguousarray(images_u8, dtype=np.float32)) / scale
+    mean_t = torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+    x = (x - mean_t) / std_t
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    return TensorDataset(x.contiguous(), y)
+
+
+def mnist(split: str = "train") -> TensorDataset:
+    """The bundled MNIST data: ``"train"`` (5,000 images, 500 per class) or ``"test"`` (the official 10,000).
+
+    Images are ``(N, 1, 28, 28)`` float32 normalised with ``(x/255 - 0.1307) / 0.3081``.
+
+    Example:
+        >>> x, y = mnist("train").tensors
+        >>> tuple(x.shape), int(y.bincount().min())
+        ((5000, 1, 28, 28), 500)
+    """
+    _check_split(split, ("train", "test"))
+    if split == "train":
+        path = DATA_DIR / _MNIST_FILES["train"][0]
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.uint8)
+        if table.ndim != 2 or table.shape[1] != 785:
+            raise ValueError(f"{path}: expected rows of 784 pixels + label, got shape {table.shape}")
+        images, labels = table[:, :784].reshape(-1, 1, 28, 28), table[:, 784]
+    else:
+        images = _read_idx(DATA_DIR / _MNIST_FILES["test"][0])[:, None]
+        labels = _read_idx(DATA_DIR / _MNIST_FILES["test"][1])
+    if len(images) != len(labels):
+        raise ValueError(f"MNIST {split}: {len(images)} images but {len(labels)} labels")
+    return _to_dataset(images, labels, (MNIST_MEAN,), (MNIST_STD,))
+
+
+def digits() -> TensorDataset:
+    """scikit-learn's 1,797 handwritten digits as ``(N, 1, 8, 8)`` float32, normalised, labels 0-9.
+
+    Example:
+        >>> x, y = digits().tensors
+        >>> tuple(x.shape), int(y.max())
+        ((1797, 1, 8, 8), 9)
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.asarray(bunch.images, dtype=np.float32)[:, None]  # values 0..16
+    return _to_dataset(images, bunch.target, (DIGITS_MEAN,), (DIGITS_STD,), scale=16.0)
+
+
+_CIFAR_FILES = {
+    "train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+    "test": ("test_batch.bin",),
+}
+_CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte, then 1024 R, 1024 G, 1024 B bytes
+
+
+def cifar10(root: str | Path, split: str = "train") -> TensorDataset:
+    """CIFAR-10 from the binary version: ``root`` is (or contains) ``cifar-10-batches-bin``.
+
+    ``"train"`` has 50,000 images, ``"test"`` 10,000, as ``(N, 3, 32, 32)`` float32 normalised per channel.
+    Get the data from https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz ("CIFAR-10 binary version")
+    and extract it; the Python (pickle) version is deliberately not read.
+
+    Example:
+        >>> cifar10("/nonexistent")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: CIFAR-10 binary files not found under /nonexistent...
+    """
+    _check_split(split, ("train", "test"))
+    root = Path(root)
+    folder = root / "cifar-10-batches-bin" if (root / "cifar-10-batches-bin").is_dir() else root
+    paths = [folder / name for name in _CIFAR_FILES[split]]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"CIFAR-10 binary files not found under {root} (missing {', '.join(missing)}). Download the "
+            "binary version from https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz, extract it and pass "
+            "the folder containing cifar-10-batches-bin (or that folder itself) as root."
+        )
+    images, labels = [], []
+    for path in paths:
+        raw = np.fromfile(path, dtype=np.uint8)
+        if raw.size % _CIFAR_RECORD:
+            raise ValueError(f"{path}: {raw.size} bytes is not a multiple of the {_CIFAR_RECORD}-byte record")
+        records = raw.reshape(-1, _CIFAR_RECORD)
+        if records[:, 0].max() > 9:
+            raise ValueError(f"{path}: label byte > 9; is this the CIFAR-100 binary version?")
+        labels.append(records[:, 0])
+        images.append(records[:, 1:].reshape(-1, 3, 32, 32))
+    return _to_dataset(np.concatenate(images), np.concatenate(labels), CIFAR10_MEAN, CIFAR10_STD)
+
+
+def train_val_split(
+    dataset: TensorDataset, val_fraction: float = 0.1, seed: int = 0
+) -> tuple[TensorDataset, TensorDataset]:
+    """Split a labelled ``TensorDataset`` into (train, val), stratified by label, reproducibly from ``seed``.
+
+    Each class contributes ``round(val_fraction * count)`` examples to the validation part (at least one when
+    the fraction is positive and the class has two or more examples).
+
+    Example:
+        >>> train, val = train_val_split(digits(), 0.2, seed=0)
+        >>> len(train) + len(val), len(val)
+        (1797, 359)
+    """
+    if not isinstance(dataset, TensorDataset) or len(dataset.tensors) < 2:
+        raise TypeError("train_val_split needs a TensorDataset of (inputs, labels, ...)")
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction={val_fraction!r} must lie strictly between 0 and 1")
+    labels = dataset.tensors[1].cpu().numpy()
+    rng = np.random.default_rng(seed)
+    val_idx = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        n_val = round(float(val_fraction) * len(idx))
+        if n_val == 0 and len(idx) >= 2:
+            n_val = 1
+        val_idx.append(idx[:n_val])
+    val = np.sort(np.concatenate(val_idx))
+    mask = np.ones(len(labels), dtype=bool)
+    mask[val] = False
+    train = np.flatnonzero(mask)
+    tr, va = torch.from_numpy(train), torch.from_numpy(val)
+    return TensorDataset(*(t[tr] for t in dataset.tensors)), TensorDataset(*(t[va] for t in dataset.tensors))
