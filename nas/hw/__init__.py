@@ -18,6 +18,9 @@ from typing import Any
 _LAZY: dict[str, tuple[str, str]] = {
     "Profile": ("nas.hw.profiles", "Profile"),
     "ProfileFormatError": ("nas.hw.profiles", "ProfileFormatError"),
+    "profile": ("nas.hw.measure", "profile"),
+    "BackendUnavailableError": ("nas.hw.measure", "BackendUnavailableError"),
+    "device_metadata": ("nas.hw.measure", "device_metadata"),
 }
 
 __all__ = sorted(_LAZY)

@@ -1,0 +1,264 @@
+"""What ``nas profile`` and ``nas fit`` do, as plain functions the CLI (and scripts) call.
+
+* :func:`run_profile` samples random subnets, measures them with :func:`nas.hw.measure.profile` and saves the
+  profile atomically. It resumes: when ``out_path`` already holds a profile of the same space (and backend,
+  batch size, precision), only the configs it lacks are measured and the two tables are merged.
+* :func:`run_fit` fits a latency predictor on a profile, prints held-out metrics next to the profile's noise
+  floor (median CV of the repeats) and saves the predictor as JSON.
+
+``nas.hw`` never imports ``search_spaces``: the space of a profile comes from the ``space`` argument, from a
+``resolve_space(name)`` callable the CLI passes in, or from the plain dimensions recorded in the profile's
+metadata by :func:`nas.hw.measure.profile`.
+
+Example:
+    >>> import tempfile, os
+    >>> from torch import nn
+    >>> from nas import Choice, SearchSpace
+    >>> space = SearchSpace("toy", [Choice("w", (2, 4, 8))])
+    >>> class Toy:  # the supernet protocol: space, extract, input_shape
+    ...     space = space
+    ...     def extract(self, cfg): return nn.Conv2d(3, cfg["w"], 3)
+    ...     def input_shape(self, cfg, batch_size=1): return (batch_size, 3, 8, 8)
+    >>> out = os.path.join(tempfile.mkdtemp(), "toy.csv")
+    >>> p = run_profile(Toy(), "torch", 3, out, repeats=2, rounds=1, progress=False, verbose=False)
+    >>> len(p)
+    3
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nas.hw.profiles import Profile
+from nas.space import Config
+
+__all__ = ["resolve_profile_space", "run_fit", "run_profile"]
+
+# Metadata that must agree before a saved profile may be extended with new measurements.
+_RESUME_KEYS = ("backend", "batch_size", "precision")
+
+
+def _sample_configs(space: Any, n: int, seed: int, exclude: set[str]) -> list[Config]:
+    """``n`` distinct random configs of ``space`` not in ``exclude`` (fewer if the space is that small)."""
+    rng = np.random.default_rng(seed)
+    out: list[Config] = []
+    keys = set(exclude)
+    tries = 0
+    # Sampling with a fixed seed keeps a resumed run's new configs the same as an uninterrupted run's.
+    while len(out) < n and tries < 50 * max(n, 1) + 1000:
+        tries += 1
+        cfg = space.canonical(space.sample(rng))
+        if cfg.key not in keys:
+            keys.add(cfg.key)
+            out.append(cfg)
+    return out
+
+
+def run_profile(
+    net: Any,
+    backend: str = "torch",
+    samples: int = 300,
+    out_path: str | Path = "profile.csv",
+    batch_size: int = 1,
+    threads: int | None = None,
+    seed: int = 0,
+    *,
+    warmup: int = 3,
+    repeats: int = 30,
+    rounds: int = 3,
+    precision: str = "fp32",
+    chunk: int = 50,
+    progress: bool = True,
+    verbose: bool = True,
+    device_name: str | None = None,
+) -> Profile:
+    """Measure ``samples`` random subnets of ``net`` into ``out_path``, resuming a partial file.
+
+    The target set is the first ``samples`` distinct configs drawn with ``seed``. Configs already in the file are
+    kept; the missing ones are measured in chunks of ``chunk`` and the file is re-saved atomically after each
+    chunk, so an interrupted run loses at most one chunk. A file measured with a different backend, batch size
+    or precision, or for another space, is refused rather than mixed.
+
+    Returns the full profile as saved.
+    """
+    space = net.space
+    path = Path(out_path)
+    old: Profile | None = None
+    if path.exists():
+        old = Profile.load(path)
+        if old.space != space.name:
+            raise ValueError(
+                f"{str(path)!r} holds a profile of space {old.space!r}, not {space.name!r}; "
+                "choose another --out or the matching space"
+            )
+        wanted = {"backend": backend, "batch_size": int(batch_size), "precision": precision}
+        for key in _RESUME_KEYS:
+            if key in old.metadata and old.metadata[key] != wanted[key]:
+                raise ValueError(
+                    f"{str(path)!r} was measured with {key}={old.metadata[key]!r} but this run uses "
+                    f"{key}={wanted[key]!r}; latencies of different settings must not share a profile"
+                )
+    targets = _sample_configs(space, samples, seed, exclude=set())
+    have = {c.key for c in old.configs} if old is not None else set()
+    missing = [c for c in targets if c.key not in have]
+    if verbose:
+        print(
+            f"{len(targets) - len(missing)} of {len(targets)} configs already in {path}; measuring {len(missing)}"
+        )
+    current = old
+    from nas.hw.measure import profile
+
+    for start in range(0, len(missing), max(1, chunk)):
+        part = missing[start : start + max(1, chunk)]
+        new = profile(
+            net,
+            part,
+            backend=backend,
+            batch_size=batch_size,
+            threads=threads,
+            warmup=warmup,
+            repeats=repeats,
+            rounds=rounds,
+            seed=seed + start,
+            precision=precision,
+            progress=progress,
+        )
+        if device_name:
+            new.metadata["device"] = device_name
+        current = new if current is None else _merge(current, new)
+        current.save(path)
+        if verbose:
+            print(f"saved {len(current)} configs to {path}")
+    if current is None:  # nothing to measure and no file: samples == 0
+        raise ValueError(f"samples must be >= 1 to create {str(path)!r}, got {samples}")
+    return current
+
+
+def _merge(old: Profile, new: Profile) -> Profile:
+    """Rows of ``old`` then rows of ``new`` (new configs only); metadata records both measurement runs."""
+    have = {c.key for c in old.configs}
+    rows = [i for i, c in enumerate(new.configs) if c.key not in have]
+    add = new.subset(rows)
+    meta = dict(old.metadata)
+    runs = list(meta.get("runs", []))
+    if not runs:
+        runs.append({k: old.metadata.get(k) for k in ("measured_at", "duration_s", "threads", "median_cv")})
+        runs[-1]["configs"] = len(old)
+    runs.append({k: new.metadata.get(k) for k in ("measured_at", "duration_s", "threads", "median_cv")})
+    runs[-1]["configs"] = len(add)
+    meta["runs"] = runs
+    cv = np.concatenate([old.latency_cv, add.latency_cv])
+    if np.isfinite(cv).any():
+        meta["median_cv"] = float(np.nanmedian(cv))
+    extras = {
+        k: np.concatenate([old.extras[k], add.extras.get(k, np.full(len(add), np.nan))]) for k in old.extras
+    }
+    return Profile(
+        old.space,
+        old.configs + add.configs,
+        np.concatenate([old.latency_ms, add.latency_ms]),
+        np.concatenate([old.latency_iqr_ms, add.latency_iqr_ms]),
+        cv,
+        np.concatenate([old.repeats, add.repeats]),
+        extras,
+        meta,
+    )
+
+
+def resolve_profile_space(profile: Profile, resolve_space: Callable[[str], Any] | None = None) -> Any:
+    """The search space of a profile: ``resolve_space(profile.space)`` or the dimensions in its metadata.
+
+    Raises ``ValueError`` saying what to pass when neither is available.
+    """
+    if resolve_space is not None:
+        space = resolve_space(profile.space)
+        if getattr(space, "name", None) != profile.space:
+            raise ValueError(
+                f"resolve_space({profile.space!r}) returned space {getattr(space, 'name', space)!r}; "
+                "it must return the space the profile was measured in"
+            )
+        return space
+    record = profile.metadata.get("space_dims")
+    if record is None:
+        raise ValueError(
+            f"profile of space {profile.space!r} does not record its dimensions; pass space= or "
+            "resolve_space=<name -> SearchSpace> (nas fit does this with the built-in spaces)"
+        )
+    from nas.hw.measure import space_from_record
+
+    return space_from_record(profile.space, record)
+
+
+def run_fit(
+    profile_path: str | Path,
+    out_path: str | Path,
+    kind: str = "auto",
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    *,
+    space: Any = None,
+    resolve_space: Callable[[str], Any] | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Fit a ``kind`` predictor on a profile, report held-out metrics and the noise floor, save the predictor.
+
+    A random ``test_fraction`` of the rows (at least one, seeded) is held out; the predictor saved to
+    ``out_path`` is the one fitted on the remaining rows, so the printed metrics describe exactly that file.
+
+    Returns ``{"kind", "train", "test", "metrics": {...}, "noise": {"median_cv", "median_iqr_rel"}, "out"}``.
+    """
+    import predictors
+
+    if not 0.0 <= float(test_fraction) < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+    prof = Profile.load(profile_path)  # ProfileFormatError names the file and the fault
+    if space is None:
+        space = resolve_profile_space(prof, resolve_space)
+    X, y = prof.to_arrays(space)
+    n = len(y)
+    if n < 4:
+        raise ValueError(f"{str(profile_path)!r} has {n} usable rows; a predictor needs at least 4")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    n_test = 0 if test_fraction == 0 else max(1, round(n * float(test_fraction)))
+    n_test = min(n_test, n - 2)
+    test, train = perm[:n_test], perm[n_test:]
+    pred = predictors.fit(
+        X[train], y[train], kind=kind, seed=seed, feature_names=space.feature_names, space=space
+    )
+    metrics: dict[str, float] = predictors.evaluate(pred, X[test], y[test]) if n_test else {}
+    cv = prof.latency_cv[np.isfinite(prof.latency_cv)]
+    rel_iqr = prof.latency_iqr_ms / prof.latency_ms
+    rel_iqr = rel_iqr[np.isfinite(rel_iqr)]
+    noise = {
+        "median_cv": float(np.median(cv)) if cv.size else math.nan,
+        "median_iqr_rel": float(np.median(rel_iqr)) if rel_iqr.size else math.nan,
+    }
+    out = Path(out_path)
+    pred.save(out)
+    result = {
+        "kind": getattr(pred, "kind", kind),
+        "train": len(train),
+        "test": int(n_test),
+        "metrics": metrics,
+        "noise": noise,
+        "out": str(out),
+    }
+    if verbose:
+        print(f"fitted {result['kind']} on {len(train)} configs of {prof.space!r}; held out {n_test}")
+        for k, v in metrics.items():
+            print(f"  {k:>14}: {v:.4g}")
+        if math.isnan(noise["median_cv"]):
+            print("  noise floor: not reported by this profile")
+        else:
+            print(
+                f"  noise floor: median CV of repeats {noise['median_cv']:.2%}, "
+                f"median IQR/median {noise['median_iqr_rel']:.2%}"
+            )
+        print(f"saved predictor to {out}")
+    return result

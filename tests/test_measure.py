@@ -1,0 +1,283 @@
+"""nas.hw.measure.profile and the CLI hooks run_profile / run_fit (few repeats: these test logic, not speed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nas import Choice, Config, SearchSpace
+from nas.hw import cli_hooks, measure
+from nas.hw.profiles import Profile, ProfileFormatError
+
+SPACE = SearchSpace("toy-conv", [Choice("width", (2, 4, 8, 16)), Choice("kernel", (1, 3))])
+
+
+class Tagged(nn.Module):
+    """A conv whose forward appends its tag to a shared log (to see the measuring order)."""
+
+    def __init__(self, cfg: Config, log: list[str] | None):
+        super().__init__()
+        self.conv = nn.Conv2d(3, cfg["width"], cfg["kernel"])
+        self.tag, self.log = cfg.key, log
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.log is not None:
+            self.log.append(self.tag)
+        return self.conv(x)
+
+
+class ToyNet:
+    """The supernet protocol on plain layers: space, extract(cfg), input_shape(cfg, batch)."""
+
+    space = SPACE
+
+    def __init__(self) -> None:
+        self.built: list[str] = []
+
+    def extract(self, cfg: Config) -> nn.Module:
+        self.built.append(cfg.key)
+        return Tagged(cfg, None)
+
+    def input_shape(self, cfg: Config, batch_size: int = 1) -> tuple[int, ...]:
+        return (batch_size, 3, 8, 8)
+
+
+def test_profile_rows_and_statistics() -> None:
+    configs = list(SPACE.all_configs())[:5]
+    p = measure.profile(
+        lambda c: Tagged(c, None),
+        configs + configs[:2],  # duplicates are measured once
+        input_shape=(3, 8, 8),
+        space=SPACE,
+        warmup=1,
+        repeats=6,
+        rounds=3,
+        threads=1,
+        progress=False,
+    )
+    assert len(p) == 5 and p.space == "toy-conv"
+    assert [c.key for c in p.configs] == [SPACE.canonical(c).key for c in configs]
+    assert np.all(p.latency_ms > 0) and np.all(p.latency_iqr_ms >= 0) and np.all(p.latency_cv >= 0)
+    assert p.repeats.tolist() == [6] * 5
+    m = p.metadata
+    for key in ("cpu", "cpu_count", "threads", "versions", "backend", "batch_size", "precision", "median_cv"):
+        assert key in m, key
+    assert m["threads"] == 1 and m["backend"] == "torch" and m["batch_size"] == 1 and m["precision"] == "fp32"
+    assert m["versions"]["torch"] == torch.__version__
+    assert m["space_dims"][0]["name"] == "width"
+
+
+def test_latency_stats_matches_numpy() -> None:
+    x = np.array([1.0, 1.5, 2.0, 10.0, 1.2])
+    s = measure.latency_stats(x)
+    assert s["median_ms"] == 1.5 and s["n"] == 5
+    assert s["iqr_ms"] == pytest.approx(np.percentile(x, 75) - np.percentile(x, 25))
+    assert s["cv"] == pytest.approx(x.std() / x.mean())
+    with pytest.raises(ValueError):
+        measure.latency_stats([])
+
+
+def test_measurement_is_interleaved_and_shuffled_per_round() -> None:
+    log: list[str] = []
+    configs = list(SPACE.all_configs())  # 8 configs
+    order: list[int] = []
+    measure.profile(
+        lambda c: Tagged(c, log),
+        configs,
+        input_shape=(3, 8, 8),
+        space=SPACE,
+        warmup=0,
+        repeats=3,
+        rounds=3,
+        seed=1,
+        progress=False,
+        order_log=order,
+    )
+    assert len(order) == 24
+    rounds = [order[i * 8 : (i + 1) * 8] for i in range(3)]
+    for r in rounds:  # every round visits every config exactly once
+        assert sorted(r) == list(range(8))
+    assert len({tuple(r) for r in rounds}) > 1  # each round has its own order
+    # The forward calls follow the same order: one call per config per round (repeats 3 / rounds 3).
+    keys = [SPACE.canonical(c).key for c in configs]
+    assert log == [keys[i] for i in order]
+
+
+def test_threads_fixed_and_restored() -> None:
+    before = torch.get_num_threads()
+    seen: list[int] = []
+
+    class Probe(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.get_num_threads())
+            return x
+
+    p = measure.profile(
+        lambda c: Probe(),
+        [{"width": 2, "kernel": 1}],
+        input_shape=(3, 4, 4),
+        space=SPACE,
+        threads=1,
+        warmup=0,
+        repeats=2,
+        rounds=1,
+        progress=False,
+    )
+    assert set(seen) == {1} and p.metadata["threads"] == 1
+    assert torch.get_num_threads() == before
+
+
+def test_bounded_cache_rebuilds_models() -> None:
+    net = ToyNet()
+    configs = list(SPACE.all_configs())[:4]
+    measure.profile(net, configs, warmup=0, repeats=2, rounds=2, max_cached=2, progress=False)
+    assert 4 < len(net.built) <= 8  # evicted models are rebuilt on their next visit (last ones may be hits)
+    net2 = ToyNet()
+    measure.profile(net2, configs, warmup=0, repeats=2, rounds=2, max_cached=64, progress=False)
+    assert len(net2.built) == 4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without a GPU")
+def test_cuda_backend_clear_error_without_gpu() -> None:
+    with pytest.raises(measure.BackendUnavailableError, match="CUDA GPU"):
+        measure.profile(ToyNet(), [{"width": 2, "kernel": 1}], backend="cuda", progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_backend_measures() -> None:
+    p = measure.profile(
+        ToyNet(),
+        [{"width": 2, "kernel": 1}, {"width": 4, "kernel": 1}],
+        backend="cuda",
+        repeats=4,
+        rounds=2,
+        progress=False,
+    )
+    assert len(p) == 2 and np.all(p.latency_ms > 0) and "gpu" in p.metadata
+
+
+def test_bad_arguments_are_named() -> None:
+    with pytest.raises(ValueError, match="backend"):
+        measure.profile(ToyNet(), [{"width": 2, "kernel": 1}], backend="tpu", progress=False)
+    with pytest.raises(ValueError, match="int8"):
+        measure.profile(ToyNet(), [{"width": 2, "kernel": 1}], precision="int8", progress=False)
+    with pytest.raises(ValueError, match="input_shape"):
+        measure.profile(lambda c: nn.Identity(), [{"width": 2, "kernel": 1}], space="toy", progress=False)
+    with pytest.raises(ValueError, match="repeats"):
+        measure.profile(ToyNet(), [{"width": 2, "kernel": 1}], repeats=0, progress=False)
+
+
+def test_onnxruntime_backend() -> None:
+    pytest.importorskip("onnxruntime")
+    p = measure.profile(
+        ToyNet(),
+        [{"width": 2, "kernel": 1}, {"width": 8, "kernel": 3}],
+        backend="onnxruntime",
+        threads=1,
+        warmup=1,
+        repeats=4,
+        rounds=2,
+        progress=False,
+    )
+    assert len(p) == 2 and np.all(p.latency_ms > 0)
+    assert p.metadata["backend"] == "onnxruntime" and "onnxruntime" in p.metadata["versions"]
+
+
+def test_mobilenetv3_supernet_profile() -> None:
+    from search_spaces import mobilenetv3
+
+    net = mobilenetv3.supernet("small", in_channels=1)
+    cfgs = net.space.samples(2, seed=0, unique=True)
+    p = measure.profile(net, cfgs, threads=1, warmup=1, repeats=2, rounds=1, progress=False)
+    assert p.space == net.space.name and len(p) == 2 and net.training  # the supernet's mode is untouched
+    rebuilt = measure.space_from_record(p.space, p.metadata["space_dims"])
+    assert rebuilt.names == net.space.names
+    assert np.array_equal(rebuilt.features_matrix(cfgs), net.space.features_matrix(cfgs))
+
+
+# ------------------------------------------------------------------------------------------------ CLI hooks
+def test_run_profile_resumes_measuring_only_missing(tmp_path) -> None:
+    out = tmp_path / "toy.csv"
+    net = ToyNet()
+    first = cli_hooks.run_profile(
+        net, "torch", 3, out, repeats=2, rounds=1, warmup=0, progress=False, verbose=False
+    )
+    assert len(first) == 3 and len(net.built) == 3
+    net2 = ToyNet()
+    full = cli_hooks.run_profile(
+        net2, "torch", 6, out, repeats=2, rounds=1, warmup=0, progress=False, verbose=False
+    )
+    assert len(full) == 6 and len(net2.built) == 3  # only the 3 missing configs were measured
+    assert set(net2.built).isdisjoint({c.key for c in first.configs})
+    assert [c.key for c in full.configs[:3]] == [c.key for c in first.configs]
+    assert np.array_equal(full.latency_ms[:3], first.latency_ms)  # old measurements kept as they were
+    assert len(Profile.load(out)) == 6 and len(full.metadata["runs"]) == 2
+    net3 = ToyNet()
+    cli_hooks.run_profile(net3, "torch", 6, out, repeats=2, rounds=1, progress=False, verbose=False)
+    assert net3.built == []  # complete: nothing to measure
+    with pytest.raises(ValueError, match="batch_size"):
+        cli_hooks.run_profile(ToyNet(), "torch", 7, out, batch_size=4, progress=False, verbose=False)
+
+
+def test_run_profile_refuses_other_space(tmp_path) -> None:
+    out = tmp_path / "p.csv"
+    Profile("other", [{"a": 1}], [1.0], metadata={"backend": "torch"}).save(out)
+    with pytest.raises(ValueError, match="other"):
+        cli_hooks.run_profile(ToyNet(), "torch", 2, out, progress=False, verbose=False)
+
+
+def _synthetic_profile(path, with_dims: bool = True) -> None:
+    rng = np.random.default_rng(0)
+    configs = list(SPACE.all_configs())
+    lat = [0.1 + 0.02 * c["width"] * c["kernel"] ** 2 for c in configs]
+    meta = {"backend": "torch"}
+    if with_dims:
+        meta["space_dims"] = measure.space_record(SPACE)
+    cv = rng.uniform(0.01, 0.03, len(configs))
+    Profile(
+        SPACE.name,
+        configs,
+        lat,
+        latency_iqr_ms=np.array(lat) * cv,
+        latency_cv=cv,
+        repeats=[10] * len(configs),
+        metadata=meta,
+    ).save(path)
+
+
+def test_run_fit_reports_metrics_and_noise(tmp_path, capsys) -> None:
+    prof = tmp_path / "p.csv"
+    _synthetic_profile(prof)
+    res = cli_hooks.run_fit(prof, tmp_path / "pred.json", kind="ridge", test_fraction=0.25)
+    assert res["test"] == 2 and res["train"] == 6
+    assert {"within_10pct", "mape", "kendall_tau"} <= set(res["metrics"])
+    assert 0.01 <= res["noise"]["median_cv"] <= 0.03
+    printed = capsys.readouterr().out
+    assert "noise floor" in printed and "within_10pct" in printed
+    import predictors
+
+    pred = predictors.load(tmp_path / "pred.json")
+    assert json.loads((tmp_path / "pred.json").read_text())  # plain JSON
+    assert pred.predict(SPACE.features_matrix(list(SPACE.all_configs()))).shape == (8,)
+
+
+def test_run_fit_needs_a_space(tmp_path) -> None:
+    prof = tmp_path / "p.csv"
+    _synthetic_profile(prof, with_dims=False)
+    with pytest.raises(ValueError, match="resolve_space"):
+        cli_hooks.run_fit(prof, tmp_path / "pred.json", verbose=False)
+    res = cli_hooks.run_fit(
+        prof, tmp_path / "pred.json", kind="ridge", resolve_space=lambda n: SPACE, verbose=False
+    )
+    assert res["train"] == 6
+    with pytest.raises(ValueError, match="must return"):
+        cli_hooks.run_fit(
+            prof, tmp_path / "pred.json", resolve_space=lambda n: SPACE.renamed("x"), verbose=False
+        )
+    (tmp_path / "bad.csv").write_text("garbage")
+    with pytest.raises(ProfileFormatError):
+        cli_hooks.run_fit(tmp_path / "bad.csv", tmp_path / "pred.json", verbose=False)
