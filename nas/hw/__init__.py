@@ -21,6 +21,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "profile": ("nas.hw.measure", "profile"),
     "BackendUnavailableError": ("nas.hw.measure", "BackendUnavailableError"),
     "device_metadata": ("nas.hw.measure", "device_metadata"),
+    "LatencyLUT": ("nas.hw.lut", "LatencyLUT"),
+    "LUTMissingLayerError": ("nas.hw.lut", "LUTMissingLayerError"),
+    "lut_feature": ("nas.hw.lut", "lut_feature"),
 }
 
 __all__ = sorted(_LAZY)

@@ -73,6 +73,7 @@ def run_profile(
     rounds: int = 3,
     precision: str = "fp32",
     chunk: int = 50,
+    max_cached: int = 64,
     progress: bool = True,
     verbose: bool = True,
     device_name: str | None = None,
@@ -127,6 +128,7 @@ def run_profile(
             seed=seed + start,
             precision=precision,
             progress=progress,
+            max_cached=max_cached,
         )
         if device_name:
             new.metadata["device"] = device_name
@@ -203,12 +205,14 @@ def run_fit(
     *,
     space: Any = None,
     resolve_space: Callable[[str], Any] | None = None,
+    metric: str = "latency_ms",
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Fit a ``kind`` predictor on a profile, report held-out metrics and the noise floor, save the predictor.
 
     A random ``test_fraction`` of the rows (at least one, seeded) is held out; the predictor saved to
     ``out_path`` is the one fitted on the remaining rows, so the printed metrics describe exactly that file.
+    ``metric`` picks the column to predict (``latency_ms`` = median; ``latency_p10_ms`` for the fast tail).
 
     Returns ``{"kind", "train", "test", "metrics": {...}, "noise": {"median_cv", "median_iqr_rel"}, "out"}``.
     """
@@ -219,7 +223,7 @@ def run_fit(
     prof = Profile.load(profile_path)  # ProfileFormatError names the file and the fault
     if space is None:
         space = resolve_profile_space(prof, resolve_space)
-    X, y = prof.to_arrays(space)
+    X, y = prof.to_arrays(space, metric=metric)
     n = len(y)
     if n < 4:
         raise ValueError(f"{str(profile_path)!r} has {n} usable rows; a predictor needs at least 4")

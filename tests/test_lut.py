@@ -1,0 +1,126 @@
+"""nas.hw.lut: per-layer latency lookup tables (few repeats: these test logic, not speed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nas.hw.lut import (
+    LUT_FEATURE_NAMES,
+    LatencyLUT,
+    LUTFormatError,
+    LUTMissingLayerError,
+    layer_module,
+    lut_feature,
+)
+from nas.supernet import LayerSpec
+
+
+@pytest.fixture(scope="module")
+def net():
+    from search_spaces import mobilenetv3
+
+    return mobilenetv3.supernet("small", num_classes=10, in_channels=1)
+
+
+def test_layer_modules_have_the_shapes_of_their_specs(net) -> None:
+    seen = set()
+    for cfg in [net.space.min(), net.space.max(), *net.space.samples(3, seed=0)]:
+        for s in net.layer_specs(cfg):
+            if s.key in seen:
+                continue
+            seen.add(s.key)
+            m, shape = layer_module(s, batch_size=2)
+            with torch.inference_mode():
+                y = m(torch.randn(shape))
+            channels = s.in_channels if s.kind == "se" else s.out_channels  # SE: out_channels = hidden units
+            assert y.shape[:2] == (2, channels), s.key
+            if y.dim() == 4 and s.kind != "pool":
+                assert tuple(y.shape[2:]) == (s.out_h, s.out_w), s.key
+    with pytest.raises(ValueError, match="cannot be built"):
+        layer_module(LayerSpec("attention", 4, 4))
+
+
+def test_build_save_load_predict(net, tmp_path) -> None:
+    cfgs = net.space.samples(4, seed=1, unique=True)
+    lut = LatencyLUT.build(net, cfgs[:3], threads=1, warmup=0, repeats=2, rounds=1, progress=False)
+    keys = {s.key for c in cfgs[:3] for s in net.layer_specs(c)}
+    assert set(lut.table) == keys and all(v > 0 for v in lut.table.values())
+    assert (
+        lut.metadata["backend"] == "torch"
+        and lut.metadata["threads"] == 1
+        and lut.metadata["batch_size"] == 1
+    )
+
+    raw = lut.raw_sum(net, cfgs[:3])
+    fake = 1.5 * raw + 0.25  # a known line: calibration must recover it exactly
+    fit = lut.calibrate(net, cfgs[:3], fake)
+    assert fit["scale"] == pytest.approx(1.5) and fit["overhead_ms"] == pytest.approx(0.25)
+    assert np.allclose(lut.predict(net, cfgs[:3]), fake)
+
+    path = tmp_path / "lut.json"
+    lut.save(path)
+    again = LatencyLUT.load(path)
+    assert again.table == lut.table and again.scale == lut.scale and again.overhead_ms == lut.overhead_ms
+    assert np.allclose(again.predict(net, cfgs[:3]), fake)
+    assert json.loads(path.read_text())["format_version"] == 1
+
+    # Extending measures only the new shapes.
+    before = dict(lut.table)
+    added = lut.extend(net, cfgs, threads=1, warmup=0, repeats=2, rounds=1, progress=False)
+    assert added == len(set(lut.table) - set(before)) > 0
+    assert all(lut.table[k] == v for k, v in before.items())
+    assert lut.extend(net, cfgs, progress=False) == 0
+    with pytest.raises(ValueError, match="batch_size"):
+        lut.extend(net, net.space.samples(2, seed=9), batch_size=4, progress=False)
+
+
+def test_missing_layer_is_a_clear_error(net) -> None:
+    lut = LatencyLUT({s.key: 0.01 for s in net.layer_specs(net.space.min())})
+    assert lut.predict(net, [net.space.min()])[0] > 0
+    with pytest.raises(LUTMissingLayerError, match="not in the lookup table") as err:
+        lut.predict(net, [net.space.max()])
+    assert "extend" in str(err.value) and "|" in str(err.value)  # names the shape and how to fix it
+    assert lut.missing(net, [net.space.max()])
+
+
+def test_lut_feature(net) -> None:
+    cfgs = [net.space.min(), net.space.max()]
+    lut = LatencyLUT({s.key: 0.001 * (1 + s.macs / 1e5) for c in cfgs for s in net.layer_specs(c)})
+    f = np.stack([lut_feature(net, c, lut) for c in cfgs])
+    assert f.shape == (2, len(LUT_FEATURE_NAMES))
+    assert np.allclose(f[:, 0], lut.raw_sum(net, cfgs))
+    assert np.allclose(f[:, 1:6].sum(1), f[:, 0])  # the groups split the total
+    assert f[1, 0] > f[0, 0] and f[1, -1] > f[0, -1]
+
+
+def test_load_rejects_foreign_and_corrupt_files(tmp_path) -> None:
+    bad = tmp_path / "x.json"
+    with pytest.raises(LUTFormatError, match="does not exist"):
+        LatencyLUT.load(bad)
+    bad.write_text("{not json")
+    with pytest.raises(LUTFormatError, match="not valid JSON"):
+        LatencyLUT.load(bad)
+    bad.write_text(json.dumps({"format": "nas-profile"}))
+    with pytest.raises(LUTFormatError, match="not a latency lookup table"):
+        LatencyLUT.load(bad)
+    bad.write_text(json.dumps({"format": "nas-latency-lut", "format_version": 99}))
+    with pytest.raises(LUTFormatError, match="format_version"):
+        LatencyLUT.load(bad)
+    bad.write_text(
+        json.dumps(
+            {
+                "format": "nas-latency-lut",
+                "format_version": 1,
+                "metadata": {},
+                "table": {"a": -1.0},
+                "scale": 1.0,
+                "overhead_ms": 0.0,
+            }
+        )
+    )
+    with pytest.raises(LUTFormatError, match="finite"):
+        LatencyLUT.load(bad)
