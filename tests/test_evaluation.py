@@ -1,0 +1,69 @@
+"""nas.evaluation.evaluate_subnet: BN recalibration, restoration of the supernet's state, contract."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import TensorDataset
+
+from nas import metrics
+from nas.evaluation import evaluate_subnet
+from search_spaces import mobilenetv3
+
+
+def _net_and_data():
+    torch.manual_seed(0)
+    net = mobilenetv3.supernet("small", num_classes=10, in_channels=1)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(96, 1, 28, 28, generator=g)
+    # a learnable label: the sign of the mean brightness of the left half
+    y = (x[:, :, :, :14].mean((1, 2, 3)) > 0).long()
+    return net, TensorDataset(x, y)
+
+
+def test_evaluate_restores_buffers_mode_and_active_config():
+    net, data = _net_and_data()
+    net.train()
+    cfg0 = net.activate(net.space.sample(5))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    acc = evaluate_subnet(net, net.space.min(), data, calib_batches=2, calib_batch_size=32)
+    assert 0.0 <= acc <= 100.0
+    assert net.training and net.active_config == cfg0
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(m.momentum == 0.1 for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_recalibration_matters_and_is_deterministic():
+    net, data = _net_and_data()
+    # training-mode passes through the max subnet leave running stats that do not fit the min subnet
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(data.tensors[0][:32] * 3.0 + 1.0)
+    cfg = net.space.min()
+    a = evaluate_subnet(net, cfg, data, calib_data=data)
+    b = evaluate_subnet(net, cfg, data, calib_data=data)
+    assert a == b
+    x = data.tensors[0]
+    # recalibrated statistics equal a manual computation: the first BN sees the stem conv output
+    from nas.evaluation import bn_calibration, recalibrate_bn
+
+    with bn_calibration(net):
+        net.activate(cfg)
+        recalibrate_bn(net, x, net.active_config, batches=1, batch_size=96)
+        bn = net.stem[1]
+        from nas.supernet import resize_to
+
+        feat = net.stem[0](resize_to(x, cfg))
+        assert torch.allclose(bn.running_mean, feat.mean((0, 2, 3)), atol=1e-5)
+    # and it is restored afterwards
+    assert not torch.allclose(net.stem[1].running_mean, feat.mean((0, 2, 3)), atol=1e-5)
+
+
+def test_metrics_evaluate_delegates_and_accepts_pairs():
+    net, data = _net_and_data()
+    cfg = net.space.sample(2)
+    a = metrics.evaluate(net, cfg, data, calib_data=data, calib_batches=1)
+    b = evaluate_subnet(net, cfg, data.tensors, calib_data=data.tensors, calib_batches=1)
+    assert a == b
+    assert evaluate_subnet(net, cfg, data, max_examples=10) in {10.0 * k for k in range(11)}
