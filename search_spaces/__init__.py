@@ -46,6 +46,27 @@ def get(name: str) -> ModuleType:
     return importlib.import_module(module)
 
 
+def space_by_name(name: str) -> Any:
+    """The :class:`nas.SearchSpace` whose ``.name`` is ``name`` (as recorded in profiles, predictors and stores).
+
+    Example:
+        >>> space_by_name("mobilenetv3-small-quant").name
+        'mobilenetv3-small-quant'
+    """
+    if name == "nb201":
+        return get("nb201").space
+    if name.startswith("mobilenetv3-"):
+        preset, *flags = name[len("mobilenetv3-") :].split("-")
+        unknown = set(flags) - {"quant", "sparse"}
+        if not unknown:
+            space = get("mobilenetv3").space(preset, quant="quant" in flags, sparsity="sparse" in flags)
+            if space.name == name:
+                return space
+    raise ValueError(
+        f"no built-in search space is named {name!r}; known: nb201, mobilenetv3-<preset>[-quant][-sparse]"
+    )
+
+
 def build_supernet(spec: dict[str, Any]) -> Any:
     """Build an untrained supernet from ``{"space": name, "kwargs": {...}}`` (the spec ``nas train`` records)."""
     module = get(str(spec.get("space")))
