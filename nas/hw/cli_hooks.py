@@ -188,8 +188,9 @@ def resolve_profile_space(profile: Profile, resolve_space: Callable[[str], Any] 
     record = profile.metadata.get("space_dims")
     if record is None:
         raise ValueError(
-            f"profile of space {profile.space!r} does not record its dimensions; pass space= or "
-            "resolve_space=<name -> SearchSpace> (nas fit does this with the built-in spaces)"
+            f"profile of space {profile.space!r} does not record its dimensions (only profiles measured by "
+            "nas.hw.measure.profile do); pass its space to run_fit: space=<SearchSpace> or "
+            "resolve_space=<name -> SearchSpace>, e.g. space=search_spaces.get('nb201').space"
         )
     from nas.hw.measure import space_from_record
 
