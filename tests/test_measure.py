@@ -281,3 +281,39 @@ def test_run_fit_needs_a_space(tmp_path) -> None:
     (tmp_path / "bad.csv").write_text("garbage")
     with pytest.raises(ProfileFormatError):
         cli_hooks.run_fit(tmp_path / "bad.csv", tmp_path / "pred.json", verbose=False)
+
+
+class Sleepy(nn.Module):
+    """Waits without using the CPU: wall time sees the wait, the thread's CPU time does not."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(0.02)
+        return x + 1
+
+
+def test_thread_cpu_clock_excludes_time_off_the_cpu() -> None:
+    kwargs = dict(
+        input_shape=(3, 4, 4), space="sleepy", threads=1, warmup=0, repeats=2, rounds=1, progress=False
+    )
+    wall = measure.profile(lambda c: Sleepy(), [{"k": 1}], **kwargs)
+    cpu = measure.profile(lambda c: Sleepy(), [{"k": 1}], clock="thread_cpu", **kwargs)
+    assert wall.metadata["clock"] == "wall" and cpu.metadata["clock"] == "thread_cpu"
+    assert wall.latency_ms[0] >= 20.0  # sleep() never returns early
+    assert cpu.latency_ms[0] < 20.0  # sleeping consumes (almost) no CPU time
+
+
+def test_thread_cpu_clock_needs_one_thread_on_a_cpu_backend(tmp_path) -> None:
+    with pytest.raises(ValueError, match="threads=1"):
+        measure.profile(ToyNet(), [{"width": 2, "kernel": 1}], clock="thread_cpu", threads=2, progress=False)
+    with pytest.raises(ValueError, match="unknown clock"):
+        measure.profile(ToyNet(), [{"width": 2, "kernel": 1}], clock="cycles", progress=False)
+    out = tmp_path / "p.csv"
+    cli_hooks.run_profile(
+        ToyNet(), "torch", 2, out, threads=1, repeats=1, rounds=1, progress=False, verbose=False
+    )
+    with pytest.raises(ValueError, match="clock"):  # a resumed file never mixes clocks
+        cli_hooks.run_profile(
+            ToyNet(), "torch", 3, out, threads=1, clock="thread_cpu", progress=False, verbose=False
+        )

@@ -40,7 +40,7 @@ from nas.space import Config
 __all__ = ["resolve_profile_space", "run_fit", "run_profile"]
 
 # Metadata that must agree before a saved profile may be extended with new measurements.
-_RESUME_KEYS = ("backend", "batch_size", "precision")
+_RESUME_KEYS = ("backend", "batch_size", "precision", "clock")
 
 
 def _sample_configs(space: Any, n: int, seed: int, exclude: set[str]) -> list[Config]:
@@ -77,6 +77,7 @@ def run_profile(
     progress: bool = True,
     verbose: bool = True,
     device_name: str | None = None,
+    clock: str = "wall",
 ) -> Profile:
     """Measure ``samples`` random subnets of ``net`` into ``out_path``, resuming a partial file.
 
@@ -97,7 +98,7 @@ def run_profile(
                 f"{str(path)!r} holds a profile of space {old.space!r}, not {space.name!r}; "
                 "choose another --out or the matching space"
             )
-        wanted = {"backend": backend, "batch_size": int(batch_size), "precision": precision}
+        wanted = {"backend": backend, "batch_size": int(batch_size), "precision": precision, "clock": clock}
         for key in _RESUME_KEYS:
             if key in old.metadata and old.metadata[key] != wanted[key]:
                 raise ValueError(
@@ -129,6 +130,7 @@ def run_profile(
             precision=precision,
             progress=progress,
             max_cached=max_cached,
+            clock=clock,
         )
         if device_name:
             new.metadata["device"] = device_name

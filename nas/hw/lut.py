@@ -196,13 +196,14 @@ class LatencyLUT:
         rounds: int = 3,
         seed: int = 0,
         progress: bool = True,
+        clock: str = "wall",
     ) -> LatencyLUT:
         """Measure every distinct layer of the given subnets once (interleaved) and return the table.
 
         The table is uncalibrated; call :meth:`calibrate` with a few whole-network latencies.
         """
         lut = cls({}, {})
-        lut.extend(net, configs, backend, batch_size, threads, warmup, repeats, rounds, seed, progress)
+        lut.extend(net, configs, backend, batch_size, threads, warmup, repeats, rounds, seed, progress, clock)
         return lut
 
     def missing(self, net: Any, configs: Sequence[Mapping[str, Any]]) -> dict[str, LayerSpec]:
@@ -226,6 +227,7 @@ class LatencyLUT:
         rounds: int = 3,
         seed: int = 0,
         progress: bool = True,
+        clock: str = "wall",
     ) -> int:
         """Measure the layers of ``configs`` missing from the table; returns how many were added.
 
@@ -233,7 +235,7 @@ class LatencyLUT:
         """
         from nas.hw.measure import profile
 
-        for key, value in (("backend", backend), ("batch_size", int(batch_size))):
+        for key, value in (("backend", backend), ("batch_size", int(batch_size)), ("clock", clock)):
             if key in self.metadata and self.metadata[key] != value:
                 raise ValueError(
                     f"this table was measured with {key}={self.metadata[key]!r}; cannot add layers measured "
@@ -267,6 +269,7 @@ class LatencyLUT:
             space=layer_space,
             input_shape=shape,
             max_cached=256,
+            clock=clock,
         )
         for cfg, ms in zip(prof.configs, prof.latencies):
             self.table[str(cfg["layer"])] = float(ms)

@@ -3,7 +3,8 @@
 :func:`profile` extracts each subnet as a plain model (eval mode, ``channels_last``, ``torch.inference_mode``) and
 times it with one of three backends:
 
-* ``torch``: eager PyTorch on the CPU, ``time.perf_counter_ns`` around each forward call;
+* ``torch``: eager PyTorch on the CPU, ``time.perf_counter_ns`` around each forward call (or, with
+  ``clock="thread_cpu"``, the CPU time of the calling thread: see below);
 * ``onnxruntime``: the exported ONNX model (fp32, or int8 QDQ through :func:`nas.export.export_onnx_int8`) in a
   CPU ``InferenceSession``;
 * ``cuda``: eager PyTorch on the GPU, timed with ``torch.cuda.Event`` pairs.
@@ -12,7 +13,15 @@ Latency drifts (thermal state, frequency scaling, other processes), so measureme
 config is visited once per round, rounds are shuffled independently, and each visit runs a short warm-up and a
 few timed repeats. Drift then spreads over all configs as noise instead of biasing the configs measured late.
 Thread counts are fixed for the whole run (``torch.set_num_threads`` / ``intra_op_num_threads``) and restored
-afterwards. At most ``max_cached`` built models are kept alive at once, so memory stays bounded for any number
+afterwards.
+
+On a machine shared with other jobs, wall-clock time includes the time the OS gave the core to someone else, and
+the measured latency follows the load average instead of the network. ``clock="thread_cpu"`` (single-threaded
+CPU backends only) times each call with ``time.thread_time_ns``: the CPU time this thread itself consumed, which
+excludes preemption (cache and memory-bandwidth interference from neighbours still shows). It is the compute
+cost of the network on this core, not its latency on an idle device; metadata records which clock was used.
+
+At most ``max_cached`` built models are kept alive at once, so memory stays bounded for any number
 of configs (models evicted from the cache are rebuilt on their next visit).
 
 Example:
@@ -50,6 +59,7 @@ from nas.space import Config
 
 __all__ = [
     "BACKENDS",
+    "CLOCKS",
     "PRECISIONS",
     "BackendUnavailableError",
     "device_metadata",
@@ -61,6 +71,7 @@ __all__ = [
 
 BACKENDS = ("torch", "onnxruntime", "cuda")
 PRECISIONS = ("fp32", "int8")
+CLOCKS = ("wall", "thread_cpu")
 
 Builder = Callable[[Config], nn.Module]
 ShapeLike = Sequence[int] | Callable[[Config, int], Sequence[int]]
@@ -190,15 +201,17 @@ def space_from_record(name: str, record: Sequence[Mapping[str, Any]]) -> Any:
 class _Runner:
     """One prepared model on one backend: ``time(n)`` returns ``n`` latencies in ms."""
 
+    clock: Callable[[], int] = time.perf_counter_ns
+
     def __call__(self) -> None:  # one untimed forward (warm-up)
         raise NotImplementedError
 
     def time(self, n: int) -> list[float]:
         out = []
         for _ in range(n):
-            t0 = time.perf_counter_ns()
+            t0 = self.clock()
             self()
-            out.append((time.perf_counter_ns() - t0) / 1e6)
+            out.append((self.clock() - t0) / 1e6)
         return out
 
 
@@ -339,6 +352,7 @@ def profile(
     input_shape: ShapeLike | None = None,
     max_cached: int = 64,
     order_log: list[int] | None = None,
+    clock: str = "wall",
 ) -> Profile:
     """Measure the latency of each config's static subnet and return a :class:`Profile`.
 
@@ -360,6 +374,9 @@ def profile(
         input_shape: for a plain builder, ``(C, H, W)`` or ``(cfg, batch_size) -> full shape``.
         max_cached: models kept built at once; more configs than this are rebuilt on every visit.
         order_log: if given, the index (into the de-duplicated configs) of each visit is appended in visit order.
+        clock: ``wall`` (elapsed time) or ``thread_cpu`` (CPU time of the calling thread; needs ``threads=1``
+            and a CPU backend, so that all the work runs on the timed thread). Use ``thread_cpu`` on a busy
+            shared machine, where wall time measures the load more than the network.
 
     Returns:
         A profile with per-config median latency (ms), IQR (ms), CV and repeat count, the extra columns
@@ -380,6 +397,13 @@ def profile(
     if precision == "int8" and backend != "onnxruntime":
         raise ValueError(
             f"precision='int8' is measured with backend='onnxruntime' (QDQ int8 kernels); got backend={backend!r}"
+        )
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; choose one of {list(CLOCKS)}")
+    if clock == "thread_cpu" and (backend == "cuda" or threads != 1):
+        raise ValueError(
+            "clock='thread_cpu' counts only the calling thread's CPU time, so it needs a CPU backend "
+            f"('torch' or 'onnxruntime') and threads=1; got backend={backend!r}, threads={threads!r}"
         )
     if backend == "cuda" and not torch.cuda.is_available():
         raise BackendUnavailableError(
@@ -436,6 +460,8 @@ def profile(
             r = _CudaRunner(model, x)
         else:
             r = _OrtRunner(_ort_session(model, x, precision, threads, work), x.contiguous().numpy())
+        if clock == "thread_cpu":
+            r.clock = time.thread_time_ns
         cache[i] = r
         while len(cache) > max_cached:
             cache.popitem(last=False)
@@ -480,6 +506,7 @@ def profile(
         {
             "batch_size": int(batch_size),
             "precision": precision,
+            "clock": clock,
             "warmup": int(warmup),
             "repeats": int(per_round * rounds),
             "rounds": int(rounds),
