@@ -13,6 +13,7 @@ from nas.hw.lut import (
     LatencyLUT,
     LUTFormatError,
     LUTMissingLayerError,
+    build_lut,
     layer_module,
     lut_feature,
 )
@@ -124,3 +125,30 @@ def test_load_rejects_foreign_and_corrupt_files(tmp_path) -> None:
     )
     with pytest.raises(LUTFormatError, match="finite"):
         LatencyLUT.load(bad)
+
+
+def test_build_lut_calibrates_and_saves(net, tmp_path) -> None:
+    cfgs = net.space.samples(3, seed=2, unique=True)
+    out = tmp_path / "lut.json"
+    probe = LatencyLUT.build(net, cfgs, threads=1, warmup=0, repeats=1, rounds=1, progress=False)
+    truth = 2.0 * probe.raw_sum(net, cfgs) + 1.0
+    lut = build_lut(
+        net,
+        cfgs,
+        threads=1,
+        warmup=0,
+        repeats=1,
+        rounds=1,
+        progress=False,
+        clock="thread_cpu",
+        calibrate_on=cfgs,
+        calibration_latencies_ms=truth,
+        out_path=out,
+    )
+    assert lut.metadata["clock"] == "thread_cpu" and lut.metadata["calibration"]["configs"] == 3
+    loaded = LatencyLUT.load(out)
+    assert np.allclose(loaded.predict(net, cfgs), lut.predict(net, cfgs))
+    with pytest.raises(ValueError, match="clock"):  # a table never mixes clocks
+        loaded.extend(net, net.space.samples(2, seed=9), threads=1, repeats=1, rounds=1, progress=False)
+    with pytest.raises(ValueError, match="both"):
+        build_lut(net, cfgs, threads=1, repeats=1, rounds=1, progress=False, calibrate_on=cfgs)

@@ -42,6 +42,7 @@ __all__ = [
     "LUTFormatError",
     "LUTMissingLayerError",
     "LatencyLUT",
+    "build_lut",
     "layer_module",
     "lut_feature",
 ]
@@ -384,6 +385,39 @@ class LatencyLUT:
             return cls(d["table"], d["metadata"], float(d["scale"]), float(d["overhead_ms"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise LUTFormatError(f"{str(path)!r}: {exc}") from None
+
+
+def build_lut(
+    net: Any,
+    configs: Sequence[Mapping[str, Any]],
+    backend: str = "torch",
+    *,
+    calibrate_on: Sequence[Mapping[str, Any]] | None = None,
+    calibration_latencies_ms: Sequence[float] | np.ndarray | None = None,
+    out_path: str | os.PathLike[str] | None = None,
+    **measure: Any,
+) -> LatencyLUT:
+    """Measure every distinct layer of ``configs``, optionally calibrate and save; returns the table.
+
+    ``measure`` goes to :meth:`LatencyLUT.build` (batch_size, threads, warmup, repeats, rounds, seed, progress,
+    clock). Calibration needs whole-network latencies of ``calibrate_on`` (e.g. a few rows of a profile).
+
+    Example:
+        >>> from search_spaces import mobilenetv3
+        >>> net = mobilenetv3.supernet("small", in_channels=1)
+        >>> cfgs = net.space.samples(2, seed=0)
+        >>> lut = build_lut(net, cfgs, threads=1, warmup=0, repeats=1, rounds=1, progress=False)
+        >>> lut.predict(net, cfgs).shape
+        (2,)
+    """
+    lut = LatencyLUT.build(net, configs, backend, **measure)
+    if (calibrate_on is None) != (calibration_latencies_ms is None):
+        raise ValueError("pass both calibrate_on and calibration_latencies_ms, or neither")
+    if calibrate_on is not None:
+        lut.calibrate(net, calibrate_on, calibration_latencies_ms)
+    if out_path is not None:
+        lut.save(out_path)
+    return lut
 
 
 def lut_feature(net: Any, cfg: Mapping[str, Any], lut: LatencyLUT) -> np.ndarray:
