@@ -20,10 +20,11 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from nas.atomic import write_text
 
 __all__ = ["main"]
 
@@ -35,18 +36,6 @@ class CliError(Exception):
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def parse_duration_ms(text: str) -> float:
     """``"4ms"``, ``"4"`` (ms), ``"0.5s"``, ``"800us"`` -> milliseconds.
 
@@ -213,7 +202,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     val, _ = _dataset(nas_data, args.data, args.data_root, "val")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out / search_spaces.SUPERNET_SPEC, json.dumps(spec, indent=2))
+    write_text(out / search_spaces.SUPERNET_SPEC, json.dumps(spec, indent=2))
     train_supernet(
         net,
         train,
@@ -376,7 +365,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if url and sidecar_path(url):
         sidecar = sidecar_path(url)
         assert sidecar is not None
-        _atomic_write_text(sidecar, json.dumps(recipe, indent=2))
+        write_text(sidecar, json.dumps(recipe, indent=2))
     result = search.run(
         space,
         objectives,

@@ -12,7 +12,6 @@ import html
 import io
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,20 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nas.atomic import write_bytes
 from nas.search.result import SearchResult
 
 __all__ = ["default_reference", "hypervolume_curve", "write_report"]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fronts(result: SearchResult) -> list[tuple[str, list[str]]]:
@@ -169,9 +158,9 @@ def write_report(source: SearchResult | str | os.PathLike[str], out_dir: str | o
         front = result.pareto(objectives=names)
         ref = default_reference(result, names)
         steps, hv = hypervolume_curve(result, names, ref)
-        _atomic_write(out / f"front_{safe}.png", _plot_front(result, names, label))
-        _atomic_write(out / f"hv_{safe}.png", _plot_hv(steps, hv, label))
-        _atomic_write(out / f"front_{safe}.csv", front.to_csv(index=False).encode())
+        write_bytes(out / f"front_{safe}.png", _plot_front(result, names, label))
+        write_bytes(out / f"hv_{safe}.png", _plot_hv(steps, hv, label))
+        write_bytes(out / f"front_{safe}.csv", front.to_csv(index=False).encode())
         summary["fronts"][label] = {
             "objectives": list(names),
             "reference": ref,
@@ -199,6 +188,6 @@ def write_report(source: SearchResult | str | os.PathLike[str], out_dir: str | o
         f"{html.escape(', '.join(f'{n} ({d})' for n, d in result.objectives))}; seed {meta.get('seed')}, "
         f"budget {meta.get('budget')}.</p>" + "".join(sections) + "</body></html>"
     )
-    _atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
-    _atomic_write(out / "index.html", page.encode())
+    write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
+    write_bytes(out / "index.html", page.encode())
     return out / "index.html"
