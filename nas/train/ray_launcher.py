@@ -1,0 +1,128 @@
+"""Data-parallel supernet training on Ray Train (``TorchTrainer``; gloo on CPU, nccl on GPU).
+
+Each worker runs the same training loop as a single process (:func:`nas.train.trainer._run`) on its shard of
+every epoch's permutation (every ``world``-th example) and averages gradients with an all-reduce after each
+step. Subnets are sampled from the step number, so every worker trains the same subnets. Worker 0 writes
+checkpoints, the metrics log and the final weights to ``out_dir`` (which must be on a filesystem all workers
+share when the cluster spans machines); the driver loads the final weights back into ``net``.
+
+Ray is started locally (small object store, ``RAY_AUTH_MODE=disabled``) unless an address is given, and only
+an instance started here is shut down.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["run_on_ray"]
+
+
+def _worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import torch.distributed as dist
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(config["threads"])
+    sync = config["sync_cls"](rank, world)
+    if not dist.is_initialized():  # pragma: no cover - Ray Train sets the process group up
+        raise RuntimeError("Ray Train did not initialise torch.distributed")
+    result = config["run"](
+        config["net"],
+        config["x"],
+        config["y"],
+        config["val"],
+        config["cfg"],
+        Path(config["out"]),
+        config["resume"],
+        config["progress"],
+        sync,
+    )
+    if rank == 0:
+        ray.train.report({"steps": result.steps, "seconds": result.seconds, **result.val_accuracy})
+
+
+def run_on_ray(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    val: Any,
+    cfg: Any,
+    out: Path,
+    resume: bool,
+    progress: bool,
+    num_workers: int,
+    address: str | None,
+    run: Any,
+    sync_cls: Any,
+) -> Any:
+    """Train with ``num_workers`` Ray Train workers; returns the worker-0 :class:`TrainResult`."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from nas.train.checkpoint import load_weights
+    from nas.train.trainer import SUMMARY, TrainResult
+
+    started_here = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+        else:
+            ray.init(
+                num_cpus=max(num_workers, os.cpu_count() or 1),
+                object_store_memory=150 * 1024**2,
+                include_dashboard=False,
+                runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}},
+            )
+        started_here = True
+    use_gpu = torch.cuda.is_available() and address is None
+    threads = max(1, (os.cpu_count() or 1) // num_workers)
+    try:
+        trainer = TorchTrainer(
+            _worker,
+            train_loop_config={
+                "net": net,
+                "x": x,
+                "y": y,
+                "val": val,
+                "cfg": cfg,
+                "out": str(out.resolve()),
+                "resume": resume,
+                "progress": progress,
+                "run": run,
+                "sync_cls": sync_cls,
+                "threads": threads,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}
+            ),
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            run_config=RunConfig(name=f"nas-train-{out.name}", storage_path=str((out / "ray").resolve())),
+        )
+        result = trainer.fit()
+    finally:
+        if started_here:
+            ray.shutdown()
+    if result.error is not None:
+        raise RuntimeError(f"Ray Train run failed: {result.error}") from result.error
+    load_weights(net, out)
+    net.activate(net.space.max())
+    import json
+
+    summary = json.loads((out / SUMMARY).read_text())
+    metrics = result.metrics or {}
+    return TrainResult(
+        str(out),
+        int(metrics.get("steps", summary["steps"])),
+        cfg.epochs,
+        float(summary["seconds"]),
+        dict(summary.get("val_accuracy", {})),
+        [],
+    )

@@ -1,0 +1,248 @@
+"""Weight-sharing training strategies: which subnets each step trains, with which loss weight.
+
+A strategy is a small class registered by name (:func:`register_strategy`). Each training step asks it for
+a list of :class:`SubnetTask` (config, loss weight, teacher flag). The trainer runs them in order on the same
+batch and accumulates their gradients before one optimizer step. The first task may be the *teacher* (the
+max subnet, trained on the labels); with in-place distillation the other subnets learn from its detached soft
+predictions. Strategies are pure functions of ``(step, rng)`` so that a resumed run samples exactly the subnets
+an uninterrupted run would, and every data-parallel worker samples the same ones (the rng is seeded from the
+step).
+
+Built in:
+
+* ``sandwich`` (BigNAS / AttentiveNAS): max + min + ``num_random`` random subnets per step.
+* ``uniform``: one random subnet per step (single-path baseline, no teacher).
+* ``progressive`` (Once-for-All progressive shrinking): the full network first, then elastic kernel, then
+  kernel + depth, then everything (width, resolution, quantization, sparsity); channels are re-sorted by
+  importance at each phase change.
+* ``delayed`` (DεpS, delayed ε-shrinking): the full network alone for the first ``delay`` fraction (default
+  50%) of the steps, then sandwich sampling over the whole space with the smaller subnets' effective learning
+  rate (their loss weight, which for SGD scales their update exactly like a learning rate) ramping linearly
+  from 0 to 1 over ``ramp`` of the steps.
+
+Example:
+    >>> from search_spaces import mobilenetv3
+    >>> import numpy as np
+    >>> net = mobilenetv3.supernet("small", in_channels=1)
+    >>> s = make_strategy("sandwich", net, total_steps=100, num_random=2)
+    >>> [t.teacher for t in s.tasks(0, np.random.default_rng(0))]
+    [True, False, False, False]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from nas.space import Config
+
+__all__ = [
+    "STRATEGIES",
+    "DelayedShrinking",
+    "ProgressiveShrinking",
+    "Sandwich",
+    "Strategy",
+    "SubnetTask",
+    "Uniform",
+    "make_strategy",
+    "register_strategy",
+]
+
+
+@dataclass(frozen=True)
+class SubnetTask:
+    """One subnet trained in a step: its config, loss weight and whether it is the distillation teacher."""
+
+    config: Config
+    weight: float = 1.0
+    teacher: bool = False
+
+
+class Strategy:
+    """Base class: subclasses set ``name`` and implement :meth:`tasks` (and :meth:`phase` if phased).
+
+    Args:
+        net: the supernet (its ``space`` and ``elastic_groups()`` are used).
+        total_steps: number of optimizer steps in the whole run.
+        num_random: random subnets per step (sandwich-like strategies).
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, net: Any, total_steps: int, num_random: int = 2, **options: Any):
+        if total_steps < 1:
+            raise ValueError(f"total_steps={total_steps} must be >= 1")
+        if num_random < 0:
+            raise ValueError(f"num_random={num_random} must be >= 0")
+        if options:
+            raise TypeError(f"strategy {self.name!r} got unknown options {sorted(options)}")
+        self.space = net.space
+        self.groups: dict[str, tuple[str, ...]] = dict(net.elastic_groups())
+        self.total_steps = int(total_steps)
+        self.num_random = int(num_random)
+        self._max, self._min = self.space.max(), self.space.min()
+
+    def phase(self, step: int) -> str:
+        """Name of the training phase at ``step``; the trainer re-sorts channels when it changes."""
+        return "all"
+
+    def tasks(self, step: int, rng: np.random.Generator) -> list[SubnetTask]:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description (stored in checkpoints; a resumed run must match it)."""
+        return {"name": self.name, "num_random": self.num_random, "total_steps": self.total_steps}
+
+    # ------------------------------------------------------------------ helpers
+    def sample(self, rng: np.random.Generator, elastic_kinds: tuple[str, ...] | None = None) -> Config:
+        """A random config; dimensions outside ``elastic_kinds`` (None = all) keep their max value."""
+        cfg = self.space.sample(rng)
+        if elastic_kinds is None:
+            return cfg
+        free = {n for kind in elastic_kinds for n in self.groups.get(kind, ())}
+        values = {n: (cfg[n] if n in free else self._max[n]) for n in self.space.names}
+        return self.space.canonical(values)
+
+    def sandwich(
+        self, rng: np.random.Generator, elastic_kinds: tuple[str, ...] | None = None, weight: float = 1.0
+    ) -> list[SubnetTask]:
+        """max (teacher) + the smallest subnet of the elastic part + ``num_random`` random subnets."""
+        if elastic_kinds is None:
+            smallest = self._min
+        else:
+            free = {n for kind in elastic_kinds for n in self.groups.get(kind, ())}
+            smallest = self.space.canonical(
+                {n: (self._min[n] if n in free else self._max[n]) for n in self.space.names}
+            )
+        tasks = [SubnetTask(self._max, 1.0, True), SubnetTask(smallest, weight)]
+        tasks += [SubnetTask(self.sample(rng, elastic_kinds), weight) for _ in range(self.num_random)]
+        return tasks
+
+
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register_strategy(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator adding a strategy to :data:`STRATEGIES` under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a non-empty class attribute 'name'")
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+def make_strategy(name: str, net: Any, total_steps: int, **options: Any) -> Strategy:
+    """Build a registered strategy by name."""
+    try:
+        cls = STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; use one of {', '.join(sorted(STRATEGIES))}") from None
+    return cls(net, total_steps, **options)
+
+
+@register_strategy
+class Sandwich(Strategy):
+    """The sandwich rule: max + min + ``num_random`` random subnets every step."""
+
+    name = "sandwich"
+
+    def tasks(self, step: int, rng: np.random.Generator) -> list[SubnetTask]:
+        return self.sandwich(rng)
+
+
+@register_strategy
+class Uniform(Strategy):
+    """One uniformly sampled subnet per step (single-path one-shot baseline; no teacher)."""
+
+    name = "uniform"
+
+    def tasks(self, step: int, rng: np.random.Generator) -> list[SubnetTask]:
+        return [SubnetTask(self.sample(rng))]
+
+
+@register_strategy
+class ProgressiveShrinking(Strategy):
+    """Once-for-All progressive shrinking: full -> elastic kernel -> + depth -> + width (and the rest).
+
+    ``fractions`` gives each phase's share of the steps (default equal quarters). Resolution, quantization
+    and sparsity become elastic in the last phase together with width.
+    """
+
+    name = "progressive"
+    PHASES: ClassVar[tuple[tuple[str, tuple[str, ...] | None], ...]] = (
+        ("full", ()),
+        ("kernel", ("kernel",)),
+        ("depth", ("kernel", "depth")),
+        ("width", None),
+    )
+
+    def __init__(
+        self,
+        net: Any,
+        total_steps: int,
+        num_random: int = 2,
+        fractions: tuple[float, ...] = (0.25, 0.25, 0.25, 0.25),
+        **options: Any,
+    ):
+        super().__init__(net, total_steps, num_random, **options)
+        if len(fractions) != len(self.PHASES) or min(fractions) < 0 or sum(fractions) <= 0:
+            raise ValueError(f"fractions={fractions!r}: need {len(self.PHASES)} non-negative shares")
+        total = float(sum(fractions))
+        self.fractions = tuple(float(f) / total for f in fractions)
+        self._bounds = np.cumsum(self.fractions) * self.total_steps
+
+    def _phase_index(self, step: int) -> int:
+        return min(int(np.searchsorted(self._bounds, step, side="right")), len(self.PHASES) - 1)
+
+    def phase(self, step: int) -> str:
+        return self.PHASES[self._phase_index(step)][0]
+
+    def tasks(self, step: int, rng: np.random.Generator) -> list[SubnetTask]:
+        _, kinds = self.PHASES[self._phase_index(step)]
+        if kinds == ():
+            return [SubnetTask(self._max, 1.0, True)]
+        return self.sandwich(rng, kinds)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "fractions": list(self.fractions)}
+
+
+@register_strategy
+class DelayedShrinking(Strategy):
+    """DεpS delayed shrinking: full network until ``delay`` of training, then sandwich with a ramped weight."""
+
+    name = "delayed"
+
+    def __init__(
+        self,
+        net: Any,
+        total_steps: int,
+        num_random: int = 2,
+        delay: float = 0.5,
+        ramp: float = 0.2,
+        **options,
+    ):
+        super().__init__(net, total_steps, num_random, **options)
+        if not 0.0 <= delay < 1.0 or not 0.0 <= ramp <= 1.0:
+            raise ValueError(f"delay={delay} must be in [0, 1) and ramp={ramp} in [0, 1]")
+        self.delay, self.ramp = float(delay), float(ramp)
+        self.start = round(self.delay * self.total_steps)
+
+    def phase(self, step: int) -> str:
+        return "full" if step < self.start else "shrink"
+
+    def ramp_weight(self, step: int) -> float:
+        """Loss weight (= relative learning rate under SGD) of the non-max subnets at ``step``."""
+        if step < self.start:
+            return 0.0
+        span = self.ramp * self.total_steps
+        return 1.0 if span <= 0 else min(1.0, (step - self.start + 1) / span)
+
+    def tasks(self, step: int, rng: np.random.Generator) -> list[SubnetTask]:
+        if step < self.start:
+            return [SubnetTask(self._max, 1.0, True)]
+        return self.sandwich(rng, None, weight=self.ramp_weight(step))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "delay": self.delay, "ramp": self.ramp}

@@ -1,0 +1,451 @@
+"""The weight-sharing training loop: one optimizer step trains several subnets on one batch.
+
+Each step asks the strategy (:mod:`nas.train.strategies`) for its subnets, runs them on the same batch with
+the gradients accumulated, and takes one optimizer step. With in-place distillation the max subnet (the
+strategy's *teacher*) learns from the labels and every other subnet from the teacher's detached soft
+predictions.
+
+Everything random is a pure function of ``(seed, epoch)`` or ``(seed, step)``: the data order of an epoch, the
+subnets of a step and the augmentation of a batch. Only dropout uses the global torch RNG, whose state goes into
+the checkpoint. So a run resumed from any checkpoint, and every data-parallel worker, sees exactly what an
+uninterrupted single run would see, and ends with the same weights (on CPU, same thread count).
+
+Run directory (``out_dir``):
+
+* ``checkpoint.safetensors`` every ``checkpoint_every`` steps and at each epoch end (atomic),
+* ``metrics.jsonl`` one JSON object per logged step / epoch,
+* ``supernet.safetensors`` the final weights, ``train.json`` the run's settings and final metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from nas.supernet import resize_to
+from nas.train.checkpoint import (
+    CHECKPOINT,
+    WEIGHTS,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+    save_weights,
+)
+from nas.train.strategies import STRATEGIES, Strategy, make_strategy
+
+__all__ = ["TrainConfig", "TrainResult", "train_supernet"]
+
+METRICS = "metrics.jsonl"
+SUMMARY = "train.json"
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a run (stored in checkpoints; a resumed run must use the same ones)."""
+
+    strategy: str = "sandwich"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    weight_decay: float = 3e-5
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 0.5
+    distill: bool = True
+    n_random: int = 2
+    augment: bool = True
+    seed: int = 0
+    checkpoint_every: int = 50
+    grad_clip: float = 5.0
+    channels_last: bool = True
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_supernet` returns: where the run lives and its final numbers."""
+
+    out_dir: str
+    steps: int
+    epochs: int
+    seconds: float
+    val_accuracy: dict[str, float]
+    history: list[dict[str, Any]]
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+    """Linear warmup then cosine decay to zero; a pure function of the step (nothing to checkpoint)."""
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _make_optimizer(cfg: TrainConfig, net: nn.Module) -> torch.optim.Optimizer:
+    # No weight decay on BN / biases (1-D tensors): decaying them only hurts small networks.
+    decay = [p for p in net.parameters() if p.requires_grad and p.dim() > 1]
+    no_decay = [p for p in net.parameters() if p.requires_grad and p.dim() <= 1]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    raise ValueError(f"optimizer={cfg.optimizer!r} is not supported; use 'sgd' or 'adamw'")
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator, max_shift: float = 2.0) -> torch.Tensor:
+    """Random translation by up to ``max_shift`` pixels per image (zero padding), seeded by ``gen``."""
+    n, _, h, w = x.shape
+    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * max_shift
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = 1.0
+    theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = shift[:, 0] * 2 / w
+    theta[:, 1, 2] = shift[:, 1] * 2 / h
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    # Pad with the image's background value (its minimum), not zero: inputs are normalised.
+    bg = x.amin(dim=(1, 2, 3), keepdim=True)
+    return F.grid_sample(x - bg, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + bg
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, 1, epoch]).permutation(n)
+
+
+def _step_rng(seed: int, step: int) -> np.random.Generator:
+    return np.random.default_rng([seed, 2, step])
+
+
+def _tensors(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(data, TensorDataset):
+        return data.tensors[0], data.tensors[1]
+    if isinstance(data, tuple | list) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
+        return data[0], data[1]
+    raise TypeError(
+        f"{what}: expected a TensorDataset or an (images, labels) pair, got {type(data).__name__}"
+    )
+
+
+class _Sync:
+    """Gradient averaging across data-parallel workers (no-op for one process)."""
+
+    def __init__(self, rank: int = 0, world: int = 1):
+        self.rank, self.world = rank, world
+
+    def grads(self, net: nn.Module) -> None:
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        # Every worker trained the same subnets (seeded by the step), so the same parameters have gradients;
+        # zeros for the others keep the collective calls in lock-step anyway.
+        for p in net.parameters():
+            if p.requires_grad:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+def _run(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    val: tuple[torch.Tensor, torch.Tensor] | None,
+    cfg: TrainConfig,
+    out: Path,
+    resume: bool,
+    progress: bool,
+    sync: _Sync,
+    fail_at_step: int | None = None,
+) -> TrainResult:
+    started = time.perf_counter()
+    is_main = sync.rank == 0
+    # Each worker takes every world-th example of the epoch's permutation.
+    shard = len(x) // sync.world
+    steps_per_epoch = shard // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} is larger than the {shard} training examples per worker; "
+            "use a smaller batch_size"
+        )
+    total = steps_per_epoch * cfg.epochs
+    options = {"num_random": cfg.n_random, **cfg.strategy_options}
+    strategy: Strategy = make_strategy(cfg.strategy, net, total, **options)
+    if cfg.channels_last:
+        net.to(memory_format=torch.channels_last)
+    net.train()
+    opt = _make_optimizer(cfg, net)
+    step = 0
+    torch.manual_seed(cfg.seed)
+    ckpt = out / CHECKPOINT
+    settings = {**asdict(cfg), "strategy_description": strategy.describe(), "world": sync.world}
+    if resume and ckpt.is_file():
+        state = load_checkpoint(ckpt, net, opt)
+        if state["settings"] != json.loads(json.dumps(settings)):
+            raise ValueError(
+                f"{ckpt} was written with different settings ({state['settings']}); resume with the same "
+                "arguments or start a new out_dir"
+            )
+        step = int(state["step"])
+    history: list[dict[str, Any]] = []
+    # The phase of the last step done: a run resumed exactly at a phase boundary still re-sorts channels.
+    phase = strategy.phase(max(0, step - 1))
+    log = _Log(out / METRICS if is_main else None)
+    bar = _Bar(total, step, enabled=progress and is_main, title=f"{cfg.strategy} supernet")
+
+    def checkpoint(epoch: int) -> None:
+        if is_main:
+            save_checkpoint(ckpt, net, opt, {"step": step, "epoch": epoch, "settings": settings})
+
+    val_acc: dict[str, float] = {}
+    try:
+        while step < total:
+            epoch, batch_idx = divmod(step, steps_per_epoch)
+            order = _epoch_order(cfg.seed, epoch, len(x))
+            new_phase = strategy.phase(step)
+            if new_phase != phase:
+                # OFA: re-sort channels by importance before the narrower subnets start training; momentum
+                # buffers refer to the old channel order, so they are reset.
+                if hasattr(net, "sort_channels"):
+                    net.sort_channels()
+                opt.state.clear()
+                phase = new_phase
+                log.write({"event": "phase", "step": step, "phase": phase})
+            idx = order[sync.rank :: sync.world][
+                batch_idx * cfg.batch_size : (batch_idx + 1) * cfg.batch_size
+            ]
+            xb, yb = x[torch.from_numpy(idx)], y[torch.from_numpy(idx)]
+            if cfg.augment:
+                gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + step)
+                xb = _augment(xb, gen)
+            lr = _lr_at(cfg, step, total, steps_per_epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            losses = _train_step(net, strategy.tasks(step, _step_rng(cfg.seed, step)), xb, yb, cfg)
+            sync.grads(net)
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            if fail_at_step is not None and step == fail_at_step:
+                raise _InjectedFailure(f"injected failure after step {step}")
+            bar.update(step, losses)
+            if step % 10 == 0 or step == total:
+                log.write({"step": step, "epoch": epoch, "lr": lr, **losses})
+            end_of_epoch = step % steps_per_epoch == 0
+            if end_of_epoch or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                checkpoint(step // steps_per_epoch)
+            if end_of_epoch:
+                record: dict[str, Any] = {"epoch": step // steps_per_epoch, "step": step}
+                if val is not None and is_main:
+                    val_acc = _validate(net, strategy, val, x)
+                    record.update({f"val_{k}": v for k, v in val_acc.items()})
+                record["seconds"] = round(time.perf_counter() - started, 2)
+                history.append(record)
+                log.write(record)
+                bar.message(record)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    if is_main:
+        if cfg.channels_last:
+            net.to(memory_format=torch.contiguous_format)
+        save_weights(net, out / WEIGHTS, {"settings": settings, "steps": step})
+        summary = {"settings": settings, "steps": step, "seconds": seconds, "val_accuracy": val_acc}
+        atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2))
+    net.activate(net.space.max())
+    return TrainResult(str(out), step, cfg.epochs, seconds, val_acc, history)
+
+
+class _InjectedFailure(RuntimeError):
+    """Raised by tests (``fail_at_step``) to simulate a crash in the middle of an epoch."""
+
+
+def _train_step(
+    net: nn.Module, tasks: list, xb: torch.Tensor, yb: torch.Tensor, cfg: TrainConfig
+) -> dict[str, float]:
+    soft: torch.Tensor | None = None
+    losses: dict[str, float] = {}
+    for i, task in enumerate(tasks):
+        active = net.activate(task.config)
+        inp = resize_to(xb, active) if "resolution" in active else xb
+        if cfg.channels_last:
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        logits = net(inp)
+        if soft is not None and cfg.distill:
+            # In-place distillation: soft cross-entropy against the teacher's detached predictions.
+            loss = -(soft * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        else:
+            loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+        if task.teacher:
+            soft = F.softmax(logits.detach(), dim=1)
+        if task.weight > 0:
+            (loss * task.weight).backward()
+        key = "loss_max" if task.teacher else ("loss_min" if i == 1 else "loss_other")
+        lval = float(loss.detach())
+        losses[key] = round(lval, 5) if key != "loss_other" else losses.get(key, 0.0) + lval
+    if "loss_other" in losses:
+        losses["loss_other"] = round(losses["loss_other"] / max(1, len(tasks) - 2), 5)
+    return losses
+
+
+def _validate(
+    net: nn.Module, strategy: Strategy, val: tuple[torch.Tensor, torch.Tensor], calib_x: torch.Tensor
+) -> dict[str, float]:
+    from nas.evaluation import evaluate_subnet
+
+    out = {}
+    for name, c in (("max", net.space.max()), ("min", net.space.min())):
+        out[name] = round(evaluate_subnet(net, c, val, calib_data=(calib_x, calib_x[:, 0, 0, 0])), 3)
+    net.train()
+    return out
+
+
+class _Log:
+    """Append-only JSONL metrics log (one line per record, flushed so a killed run keeps what it logged)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+
+class _Bar:
+    """A rich progress bar over optimizer steps (silent when disabled)."""
+
+    def __init__(self, total: int, done: int, enabled: bool, title: str):
+        self.progress = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(title, total=total, completed=done, info="")
+
+    def update(self, step: int, losses: dict[str, float]) -> None:
+        if self.progress is not None:
+            info = " ".join(f"{k}={v:.3f}" for k, v in losses.items())
+            self.progress.update(self.task, completed=step, info=info)
+
+    def message(self, record: dict[str, Any]) -> None:
+        if self.progress is not None:
+            self.progress.console.print(
+                " ".join(f"{k}={v}" for k, v in record.items() if k != "step"), highlight=False
+            )
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+# ------------------------------------------------------------------------------------------------ public API
+def train_supernet(
+    net: nn.Module,
+    train_data: Any,
+    val_data: Any = None,
+    strategy: str = "sandwich",
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 0.05,
+    distill: bool = True,
+    out_dir: str | os.PathLike = "runs/supernet",
+    resume: bool = False,
+    seed: int = 0,
+    num_workers: int = 1,
+    n_random: int = 2,
+    checkpoint_every: int = 50,
+    progress: bool = True,
+    ray_address: str | None = None,
+    **options: Any,
+) -> TrainResult:
+    """Train every subnet of ``net`` at once by weight sharing; resumable; data-parallel on Ray Train.
+
+    Args:
+        net: a :class:`nas.Supernet`; trained in place (its final weights are also in ``out_dir``).
+        train_data, val_data: ``TensorDataset`` (or ``(images, labels)``) at the data's native resolution;
+            batches are resized to each sampled subnet's resolution. With ``val_data`` the max and min subnets
+            are evaluated (BN recalibrated) after every epoch.
+        strategy: one of ``sandwich``, ``uniform``, ``progressive``, ``delayed`` (see
+            :mod:`nas.train.strategies`; ``strategy_options={...}`` passes e.g. ``delay`` or ``fractions``).
+        distill: in-place distillation from the max subnet (strategies with a teacher).
+        resume: continue from ``out_dir/checkpoint.safetensors`` if it exists (same arguments required).
+        num_workers: > 1 runs data-parallel workers on Ray Train (gloo on CPU, nccl on GPU), on a local Ray
+            instance, or on the cluster at ``ray_address``; all workers train the same subnets each step.
+        n_random: random subnets per step besides max and min (sandwich-like strategies).
+        checkpoint_every: also checkpoint every this many steps (checkpoints are written at epoch ends too).
+        options: other :class:`TrainConfig` fields (``optimizer``, ``weight_decay``, ``label_smoothing``,
+            ``augment``, ``channels_last``, ``warmup_epochs``, ``grad_clip``, ``strategy_options``).
+
+    Example:
+        >>> import torch, tempfile
+        >>> from torch.utils.data import TensorDataset
+        >>> from search_spaces import mobilenetv3
+        >>> net = mobilenetv3.supernet("small", num_classes=10, in_channels=1)
+        >>> data = TensorDataset(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+        >>> r = train_supernet(net, data, epochs=1, batch_size=32, out_dir=tempfile.mkdtemp(), progress=False)
+        >>> r.steps
+        2
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(sorted(STRATEGIES))}")
+    if epochs < 1 or batch_size < 2:
+        raise ValueError(f"epochs={epochs} must be >= 1 and batch_size={batch_size} >= 2 (batch norm)")
+    if num_workers < 1:
+        raise ValueError(f"num_workers={num_workers} must be >= 1")
+    fail_at_step = options.pop("_fail_at_step", None)
+    unknown = set(options) - set(TrainConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"train_supernet got unknown options {sorted(unknown)}; see nas.train.TrainConfig")
+    cfg = TrainConfig(
+        strategy=strategy,
+        epochs=int(epochs),
+        batch_size=int(batch_size),
+        lr=float(lr),
+        distill=bool(distill),
+        n_random=int(n_random),
+        seed=int(seed),
+        checkpoint_every=int(checkpoint_every),
+        **options,
+    )
+    x, y = _tensors(train_data, "train_data")
+    val = _tensors(val_data, "val_data") if val_data is not None else None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        for name in (CHECKPOINT, METRICS):
+            (out / name).unlink(missing_ok=True)
+    if num_workers == 1:
+        return _run(net, x, y, val, cfg, out, resume, progress, _Sync(), fail_at_step)
+    from nas.train.ray_launcher import run_on_ray
+
+    return run_on_ray(net, x, y, val, cfg, out, resume, progress, num_workers, ray_address, _run, _Sync)

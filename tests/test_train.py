@@ -1,0 +1,154 @@
+"""nas.train: strategies, the training loop, checkpoints and exact resume (tiny supernet, CPU)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from train_tiny import TinySupernet, tiny_data
+
+from nas.evaluation import evaluate_subnet
+from nas.train import STRATEGIES, load_weights, make_strategy, train_supernet
+from nas.train.checkpoint import CHECKPOINT, WEIGHTS
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny nets: intra-op threads only add synchronisation (and spin badly on a shared, loaded CPU).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+FAST = {"batch_size": 32, "progress": False, "checkpoint_every": 3, "channels_last": False}
+
+
+def _weights(net):
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def _same(a, b):
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_registry_and_strategy_tasks():
+    assert sorted(STRATEGIES) == ["delayed", "progressive", "sandwich", "uniform"]
+    net = TinySupernet()
+    rng = np.random.default_rng(0)
+    tasks = make_strategy("sandwich", net, 10, num_random=2).tasks(0, rng)
+    assert [t.teacher for t in tasks] == [True, False, False, False]
+    assert tasks[0].config == net.space.max() and tasks[1].config == net.space.min()
+    assert len(make_strategy("uniform", net, 10).tasks(0, rng)) == 1
+    prog = make_strategy("progressive", net, 100)
+    assert [prog.phase(s) for s in (0, 30, 60, 90)] == ["full", "kernel", "depth", "width"]
+    # in the kernel phase only the kernel varies
+    for t in prog.tasks(30, rng):
+        assert {k for k in net.space.names if t.config[k] != net.space.max()[k]} <= {"kernel"}
+    delayed = make_strategy("delayed", net, 100, delay=0.5, ramp=0.2)
+    assert len(delayed.tasks(10, rng)) == 1 and delayed.ramp_weight(49) == 0.0
+    assert 0 < delayed.ramp_weight(55) < 1 and delayed.ramp_weight(90) == 1.0
+    with pytest.raises(ValueError, match="unknown strategy 'bogus'"):
+        make_strategy("bogus", net, 10)
+
+
+@pytest.mark.parametrize("strategy", ["sandwich", "uniform", "progressive", "delayed"])
+def test_each_strategy_learns_the_tiny_task(strategy, tmp_path):
+    torch.manual_seed(0)
+    net = TinySupernet()
+    data, test = tiny_data(320, seed=0), tiny_data(200, seed=1)
+    before = evaluate_subnet(net, net.space.min(), test, calib_data=data)
+    train_supernet(net, data, strategy=strategy, epochs=4, lr=0.1, out_dir=tmp_path, **FAST)
+    after_max = evaluate_subnet(net, net.space.max(), test, calib_data=data)
+    after_min = evaluate_subnet(net, net.space.min(), test, calib_data=data)
+    assert after_max > 60 and after_min > max(before, 30), (before, after_max, after_min)
+    assert (tmp_path / WEIGHTS).is_file() and (tmp_path / "train.json").is_file()
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss_max" in r or "loss_other" in r for r in lines) and lines[-1]["epoch"] == 4
+
+
+def test_injected_failure_then_resume_gives_identical_weights(tmp_path):
+    data, val = tiny_data(256, seed=0), tiny_data(60, seed=1)
+    kw = {"strategy": "progressive", "epochs": 3, "lr": 0.1, **FAST}  # phases change mid-run: sort_channels
+    torch.manual_seed(0)
+    ref = TinySupernet()
+    init = _weights(ref)
+    train_supernet(ref, data, val_data=val, out_dir=tmp_path / "ref", **kw)
+
+    net = TinySupernet()
+    net.load_state_dict(init)
+    with pytest.raises(RuntimeError, match="injected failure after step 13"):
+        train_supernet(net, data, val_data=val, out_dir=tmp_path / "run", _fail_at_step=13, **kw)
+    assert (tmp_path / "run" / CHECKPOINT).is_file() and not (tmp_path / "run" / WEIGHTS).exists()
+    resumed = TinySupernet()  # a fresh process would start from fresh (different) weights
+    train_supernet(resumed, data, val_data=val, out_dir=tmp_path / "run", resume=True, **kw)
+    assert _same(_weights(resumed), _weights(ref))
+    again = load_weights(TinySupernet(), tmp_path / "run")
+    assert _same(_weights(again), _weights(ref))
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    data = tiny_data(128)
+    net = TinySupernet()
+    with pytest.raises(RuntimeError, match="injected"):
+        train_supernet(net, data, epochs=2, lr=0.1, out_dir=tmp_path, _fail_at_step=4, **FAST)
+    with pytest.raises(ValueError, match="different settings"):
+        train_supernet(net, data, epochs=2, lr=0.2, out_dir=tmp_path, resume=True, **FAST)
+
+
+def test_kill_9_mid_epoch_and_resume_in_a_new_process(tmp_path):
+    """A real crash: the child process SIGKILLs itself right after a mid-epoch checkpoint."""
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from train_tiny import TinySupernet, tiny_data
+        import nas.train.trainer as tr
+        from nas.train import train_supernet
+        torch.set_num_threads(1)
+        kill = sys.argv[2] == "kill"
+        if kill:
+            original = tr.save_checkpoint
+            def save_then_die(path, net, opt, state):
+                original(path, net, opt, state)
+                if state["step"] == 6:  # epoch 1 has 8 steps: this is mid-epoch
+                    os.kill(os.getpid(), signal.SIGKILL)
+            tr.save_checkpoint = save_then_die
+        torch.manual_seed(0)
+        net = TinySupernet()
+        train_supernet(net, tiny_data(256), epochs=2, lr=0.1, out_dir=sys.argv[1], resume=sys.argv[3] == "1",
+                       batch_size=32, progress=False, checkpoint_every=3, channels_last=False)
+        """
+    )
+    path = tmp_path / "child.py"
+    path.write_text(script)
+
+    def child(out, mode, resume):
+        return subprocess.run(
+            [sys.executable, str(path), str(out), mode, resume], capture_output=True, text=True
+        )
+
+    killed = child(tmp_path / "run", "kill", "0")
+    assert killed.returncode == -9, killed.stderr
+    assert not (tmp_path / "run" / WEIGHTS).exists()
+    assert child(tmp_path / "run", "ok", "1").returncode == 0
+    assert child(tmp_path / "ref", "ok", "0").returncode == 0
+    a = load_weights(TinySupernet(), tmp_path / "run")
+    b = load_weights(TinySupernet(), tmp_path / "ref")
+    assert _same(_weights(a), _weights(b))
+
+
+def test_bad_arguments(tmp_path):
+    net = TinySupernet()
+    with pytest.raises(ValueError, match="unknown strategy 'nope'"):
+        train_supernet(net, tiny_data(64), strategy="nope", out_dir=tmp_path)
+    with pytest.raises(ValueError, match="batch_size=128 is larger"):
+        train_supernet(net, tiny_data(64), batch_size=128, out_dir=tmp_path, progress=False)
+    with pytest.raises(TypeError, match="unknown options"):
+        train_supernet(net, tiny_data(64), out_dir=tmp_path, bogus=1)
