@@ -8,7 +8,7 @@ bytes (``nas.metrics.model_bytes``) and how closely the int8 ONNX model follows 
 
 Without ``--supernet RUN_DIR`` (a trained run from ``nas train``) the supernet is untrained and the inputs
 are random, so the agreement figures only show that the pipeline is consistent; accuracy-level agreement on
-MNIST needs a trained supernet and real images (``--mnist``, read through ``nas.data`` when available).
+MNIST needs a trained supernet and real images (``--mnist``: the bundled MNIST test set of ``nas.data``).
 
 Usage:
     .venv/bin/python benchmarks/quant_sparse.py [--configs 3] [--threads 1] [--supernet runs/sn] [--mnist]
@@ -39,9 +39,9 @@ from search_spaces import mobilenetv3
 def load_inputs(net, args) -> tuple[torch.Tensor, str]:
     """Evaluation/calibration images at the max resolution, and a description of where they came from."""
     if args.mnist:
-        from nas import data  # the training engineer's module; optional
+        from nas import data
 
-        images, _labels = data.load_mnist_test(limit=args.samples)  # (N, 1, 28, 28) floats
+        images = data.mnist("test").tensors[0][: args.samples]  # normalised (N, 1, 28, 28) floats
         return images.float(), f"MNIST test images ({len(images)})"
     shape = net.input_shape(net.space.max(), batch_size=args.samples)
     return torch.randn(
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument(
         "--supernet", help="a trained run directory (nas train --out DIR) built with quant=True"
     )
-    parser.add_argument("--mnist", action="store_true", help="use MNIST test images (needs nas.data)")
+    parser.add_argument("--mnist", action="store_true", help="use the bundled MNIST test images (nas.data)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--out", default=str(Path(__file__).resolve().parent / "results" / "quant_sparse.json")
