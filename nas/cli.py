@@ -264,6 +264,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         threads=args.threads,
         seed=args.seed,
+        clock=args.clock,
     )
     return 0
 
@@ -483,6 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=300, help="random subnets to measure")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="fixed thread count (default: all cores)")
+    p.add_argument(
+        "--clock",
+        default="wall",
+        choices=("wall", "thread_cpu"),
+        help="wall: real latency (quiet machine); thread_cpu: CPU time of the timed thread, robust to other "
+        "jobs on a shared machine (needs --threads 1)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="profile CSV; an existing one is extended (resume)")
     p.set_defaults(func=cmd_profile)
