@@ -283,13 +283,19 @@ def _ridge_cv_mape(X: np.ndarray, y: np.ndarray, target: str, seed: int, folds: 
 
 
 def _fit_groups(
-    kind: str, X: np.ndarray, y: np.ndarray, seed: int, n_bags: int, target: str
+    kind: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    seed: int,
+    n_bags: int,
+    target: str,
+    pick_ridge_target: bool = True,
 ) -> list[tuple[str, list[Model]]]:
     """(target transform, fitted bag) groups of one kind."""
     tk = _target_for(y, target)
     t = np.log(y) if tk == "log" else y
     if kind == "ridge":
-        if target == "auto" and tk == "log" and len(y) >= 8:
+        if pick_ridge_target and target == "auto" and tk == "log" and len(y) >= 8:
             # A linear model is right in log space when costs multiply and in linear space when they add (as
             # on simulated accelerators); pick by 4-fold relative error, it costs next to nothing.
             tk = min(("log", "linear"), key=lambda tr: _ridge_cv_mape(X, y, tr, seed))
@@ -320,7 +326,8 @@ def _cv_predictions(
     for f in range(folds):
         tr, te = fold_of != f, fold_of == f
         for k in out:
-            groups = _fit_groups(k, X[tr], y[tr], seed, 1, target)
+            # no nested CV for ridge's target inside the outer folds: it would multiply the cost by four
+            groups = _fit_groups(k, X[tr], y[tr], seed, 1, target, pick_ridge_target=False)
             out[k][te] = Predictor(k, [g for _, g in groups], [t for t, _ in groups], X.shape[1]).predict(
                 X[te]
             )
