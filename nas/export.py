@@ -27,7 +27,9 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
+import types
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -384,3 +386,14 @@ def load_exported(out_dir: str | os.PathLike) -> nn.Module:
         raise ExportError(f"{out}: weights do not fit the architecture: {exc}") from exc
     model.config_json = manifest["config_json"]
     return model.eval()
+
+
+class _CallableModule(types.ModuleType):
+    """``nas.export`` is both this module and the function :func:`export`: importing the submodule makes Python
+    bind ``nas.export`` to the module, so the module itself must be callable for ``nas.export(net, cfg, out)``."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Path:
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

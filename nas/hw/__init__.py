@@ -24,6 +24,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "LatencyLUT": ("nas.hw.lut", "LatencyLUT"),
     "LUTMissingLayerError": ("nas.hw.lut", "LUTMissingLayerError"),
     "lut_feature": ("nas.hw.lut", "lut_feature"),
+    "build_lut": ("nas.hw.lut", "build_lut"),
+    "CLOCKS": ("nas.hw.measure", "CLOCKS"),
 }
 
 __all__ = sorted(_LAZY)
