@@ -76,7 +76,7 @@ def run_on_ray(
             ray.init(address=address, runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
         else:
             ray.init(
-                num_cpus=max(num_workers, os.cpu_count() or 1),
+                num_cpus=num_workers + 1,  # the workers plus room for the Train controller
                 object_store_memory=150 * 1024**2,
                 include_dashboard=False,
                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}},

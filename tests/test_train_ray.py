@@ -1,0 +1,47 @@
+"""nas.train on Ray Train: one epoch with two data-parallel workers (gloo) on a local Ray instance."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from train_tiny import TinySupernet, tiny_data
+
+from nas.train import load_weights, train_supernet
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.mark.slow  # NOT YET PASSING here: TorchTrainer.fit() hung > 150 s on the loaded 2-core box (see report)
+def test_two_workers_one_epoch(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    # Ray workers unpickle the test's supernet class: they need this folder on their import path.
+    here = os.path.dirname(os.path.abspath(__file__))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p))
+    before = torch.get_num_threads()
+    torch.manual_seed(0)
+    net = TinySupernet()
+    init = {k: v.clone() for k, v in net.state_dict().items()}
+    try:
+        result = train_supernet(
+            net,
+            tiny_data(256),
+            epochs=1,
+            batch_size=32,
+            lr=0.1,
+            out_dir=tmp_path,
+            num_workers=2,
+            progress=False,
+            channels_last=False,
+        )
+    finally:
+        torch.set_num_threads(before)
+    assert not ray.is_initialized()  # the instance started for training was shut down
+    assert result.steps == 4  # 256 examples / 2 workers / batch 32
+    summary = json.loads((tmp_path / "train.json").read_text())
+    assert summary["settings"]["world"] == 2 and summary["steps"] == 4
+    trained = load_weights(TinySupernet(), tmp_path).state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in net.state_dict().items())
+    assert any(not torch.equal(init[k], trained[k]) for k in init if k.endswith("weight"))
