@@ -29,6 +29,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
     p.add_argument("--strategy", default="sandwich")
     p.add_argument("--n-random", type=int, default=2)
     p.add_argument("--random", type=int, default=20, help="random subnets to evaluate after training")
@@ -50,6 +51,7 @@ def main() -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         n_random=args.n_random,
+        optimizer=args.optimizer,
         out_dir=args.out,
         resume=args.resume,
         num_workers=args.workers,
