@@ -1,0 +1,60 @@
+"""The whole `nas` command pipeline on a trained (tiny) supernet: train -> profile -> fit -> search -> export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nas.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sn")
+    # sklearn digits: 1,437 training images, one short epoch; accuracy is not the point here.
+    args = ["train", "--space", "mobilenetv3", "--data", "digits", "--epochs", "1", "--batch-size", "256"]
+    assert main([*args, "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_a_loadable_run(run_dir):
+    import search_spaces
+
+    spec = json.loads((run_dir / "supernet.json").read_text())
+    assert spec["space"] == "mobilenetv3" and spec["kwargs"]["in_channels"] == 1
+    net = search_spaces.load_trained(run_dir)
+    fresh = search_spaces.build_supernet(spec)
+    changed = any(
+        not torch.equal(a, b) for a, b in zip(net.state_dict().values(), fresh.state_dict().values())
+    )
+    assert changed, "the loaded supernet should carry the trained weights, not a fresh initialisation"
+
+
+def test_profile_fit_search_export(run_dir, tmp_path, capsys):
+    prof = tmp_path / "cpu.csv"
+    assert (
+        main(["profile", "--supernet", str(run_dir), "--samples", "8", "--threads", "1", "--out", str(prof)])
+        == 0
+    )
+    assert main(["fit", str(prof), "--kind", "ridge", "--out", str(tmp_path / "cpu.json")]) == 0
+    db = tmp_path / "search.db"
+    args = [
+        "search",
+        "--space",
+        "mobilenetv3",
+        "--supernet",
+        str(run_dir),
+        "--target",
+        str(tmp_path / "cpu.json"),
+    ]
+    args += ["--algorithm", "random", "--budget", "4", "--store", str(db), "--quiet"]
+    assert main(args) == 0
+    assert "Pareto front" in capsys.readouterr().out
+    out = tmp_path / "model"
+    assert main(["export", str(db), "--max-latency", "1s", "--format", "safetensors", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["space"] == "mobilenetv3-small"
+    assert main(["export", str(db), "--max-latency", "1us", "--out", str(tmp_path / "none")]) == 2
+    assert "relax the bound" in capsys.readouterr().err
