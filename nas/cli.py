@@ -211,6 +211,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        optimizer=args.optimizer,
         distill=not args.no_distill,
         out_dir=str(out),
         resume=args.resume,
@@ -464,8 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="folder with cifar-10-batches-bin (for --data cifar10)")
     p.add_argument("--strategy", default="sandwich", help="sandwich, progressive, delayed or uniform")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
+    p.add_argument(
+        "--lr", type=float, default=3e-3, help="peak learning rate (default suits adamw; sgd: ~0.05)"
+    )
     p.add_argument("--no-distill", action="store_true", help="no in-place distillation from the max subnet")
     p.add_argument("--quant", action="store_true", help="add per-layer weight bit-width dimensions")
     p.add_argument("--sparsity", action="store_true", help="add per-layer sparsity dimensions")
