@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas.hw.profiles import _atomic_write_bytes
+from nas.atomic import write_bytes
 from nas.space import Choice, Config, SearchSpace
 from nas.supernet import LayerSpec
 
@@ -358,7 +358,7 @@ class LatencyLUT:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the table as JSON, atomically."""
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
-        _atomic_write_bytes(Path(path), text.encode())
+        write_bytes(Path(path), text.encode())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LatencyLUT:

@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import gzip
 import hashlib
@@ -31,13 +30,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nas.atomic import write_bytes
 from nas.space import Config, InvalidConfigError
 
 __all__ = ["BASE_COLUMNS", "FORMAT", "FORMAT_VERSION", "Profile", "ProfileFormatError", "meta_path"]
@@ -54,26 +53,6 @@ class ProfileFormatError(ValueError):
 def meta_path(path: str | os.PathLike[str]) -> Path:
     """Where the metadata JSON of the profile table ``path`` lives: ``<path>.meta.json``."""
     return Path(str(path) + ".meta.json")
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates 0600; give the file the permissions a plain open() would (0666 minus the umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _float_cell(x: float) -> str:
@@ -292,8 +271,8 @@ class Profile:
             "table_sha256": hashlib.sha256(table).hexdigest(),
             "metadata": self.metadata,
         }
-        _atomic_write_bytes(path, table)
-        _atomic_write_bytes(meta_path(path), (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode())
+        write_bytes(path, table)
+        write_bytes(meta_path(path), (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Profile:

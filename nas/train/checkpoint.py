@@ -13,13 +13,13 @@ Files in a run directory:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from nas.atomic import write_bytes, write_text
 
 __all__ = ["CHECKPOINT", "WEIGHTS", "load_checkpoint", "load_weights", "save_checkpoint", "save_weights"]
 
@@ -29,31 +29,14 @@ _STATE_KEY = "nas.train_state"
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with __import__("contextlib").suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_bytes(path, save(tensors, metadata=metadata))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def _model_tensors(net: nn.Module) -> dict[str, torch.Tensor]:
