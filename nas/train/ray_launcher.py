@@ -43,8 +43,9 @@ def _worker(config: dict[str, Any]) -> None:
         config["progress"],
         sync,
     )
-    if rank == 0:
-        ray.train.report({"steps": result.steps, "seconds": result.seconds, **result.val_accuracy})
+    # Every worker must report: in Ray Train v2 report() is a barrier across the workers (only rank 0's
+    # metrics are kept); a report from rank 0 alone waits forever for the others.
+    ray.train.report({"steps": result.steps, "seconds": result.seconds, **result.val_accuracy})
 
 
 def run_on_ray(
