@@ -227,9 +227,53 @@ def test_int8_export_runs_in_onnxruntime_and_reloads(qs_net, tmp_path):
     assert ver["onnx_max_abs_diff"] <= 1e-3
     ops = {n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # h-swish stages and SE pooling were rewritten, so no QLinearMul-per-h-swish / ReduceMean remains.
+    assert ver["int8_graph_rewrites"]["HardSwish"] > 0 and ver["int8_graph_rewrites"]["GlobalAveragePool"] > 0
+    assert {"HardSwish", "GlobalAveragePool"} <= ops and "ReduceMean" not in ops
     density = manifest["measured_density"]  # the 2:4 1x1 convs of stage2.block0 keep exactly half
     assert density["stage2.0.expand.1"] == density["stage2.0.project.1"] == 0.5
     loaded = load_exported(out)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), qs_net.extract(cfg).eval()(x))
+
+
+def test_fuse_for_int8_rewrites_hswish_and_se_pooling_without_changing_outputs():
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from nas.export import fuse_for_int8
+
+    nodes = [
+        helper.make_node("HardSigmoid", ["x"], ["hs"], alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["hs", "x"], ["h"]),  # h-swish, operands in either order
+        helper.make_node("ReduceMean", ["h"], ["s"], axes=[2, 3], keepdims=1),
+        helper.make_node("HardSigmoid", ["s"], ["gate"], alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["h", "gate"], ["y0"]),  # SE gating: another operand, must stay
+        helper.make_node("HardSigmoid", ["y0"], ["g2"], alpha=0.2, beta=0.5),
+        helper.make_node("Mul", ["y0", "g2"], ["y1"]),  # not h-swish (alpha 0.2): must stay
+        helper.make_node("ReduceMean", ["y1"], ["y"], axes=[1], keepdims=1),  # not spatial: must stay
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 1, 1, 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    fused = onnx.ModelProto()
+    fused.CopyFrom(model)
+    assert fuse_for_int8(fused) == {"HardSwish": 1, "GlobalAveragePool": 1}
+    onnx.checker.check_model(fused)
+    ops = [n.op_type for n in fused.graph.node]
+    assert ops.count("HardSwish") == 1 and ops.count("HardSigmoid") == 2 and ops.count("ReduceMean") == 1
+    x = np.random.default_rng(0).normal(0, 4, (2, 4, 5, 5)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x}
+        )[0]
+
+    np.testing.assert_allclose(run(fused), run(model), rtol=1e-5, atol=1e-6)
