@@ -1,11 +1,17 @@
 """Weight sharing vs training alone: max / mid / min subnets of the small MobileNetV3 on bundled MNIST.
 
 For each strategy, trains the supernet for ``--epochs`` epochs, then evaluates the max, a mid and the min
-subnet (BN recalibrated, 10,000 test images). Each of the three architectures is also extracted from an
-*untrained* supernet and trained alone (plain cross-entropy, same epochs, batch size, optimizer and schedule);
+subnet (BN recalibrated, 10,000 test images). Each of the three architectures is also trained alone from
+scratch (plain cross-entropy, no teacher; same epochs, batch size, optimizer, schedule and augmentation);
 the gap is (supernet-inherited accuracy) - (standalone accuracy). Also prints the wall time per strategy.
 
-    .venv/bin/python benchmarks/weight_sharing.py --epochs 12 --strategies sandwich,progressive,delayed,uniform
+Every finished part (one standalone architecture, one strategy) is stored in the output JSON as soon as it
+is done, and a rerun with the same recipe reuses it: an interrupted run resumes, and the parts can be run
+in separate processes (e.g. ``--parts alone`` on one core while the supernet trains on the other).
+``--reuse sandwich=RUN_DIR`` evaluates an already trained supernet (``train_supernet``'s ``out_dir`` with
+the same recipe) instead of training it again.
+
+    .venv/bin/python benchmarks/weight_sharing.py --epochs 15 --strategies sandwich,progressive,delayed,uniform
 
 Writes benchmarks/results/weight_sharing.json.
 """
@@ -23,9 +29,12 @@ import torch
 
 from nas import data
 from nas.evaluation import evaluate_subnet
-from nas.train import train_supernet
+from nas.train import load_weights, train_supernet
 from nas.train.checkpoint import atomic_write_text
+from nas.train.strategies import STRATEGIES, Strategy, SubnetTask, register_strategy
 from search_spaces import mobilenetv3
+
+RECIPE_KEYS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "augment", "n_random", "seed")
 
 
 def _mid(space):
@@ -33,103 +42,147 @@ def _mid(space):
     return space.canonical({d.name: d.values[len(d.values) // 2] for d in space.dims})
 
 
+def _recipe(args) -> dict:
+    return {k: getattr(args, k) for k in RECIPE_KEYS}
+
+
+def _train_options(args) -> dict:
+    return {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "optimizer": args.optimizer,
+        "weight_decay": args.weight_decay,
+        "augment": args.augment,
+        "seed": args.seed,
+        "progress": False,
+    }
+
+
+class _Fixed(Strategy):
+    """One fixed architecture every step: plain training of that subnet inside a fresh supernet."""
+
+    name = "_fixed"
+
+    def __init__(self, net, total_steps, num_random=0, config=None, **options):
+        super().__init__(net, total_steps, num_random, **options)
+        self.config = self.space.canonical(config)
+
+    def tasks(self, step, rng):
+        return [SubnetTask(self.config)]
+
+
+if "_fixed" not in STRATEGIES:
+    register_strategy(_Fixed)
+
+
 def _train_alone(cfg, train, test, args, out: Path) -> tuple[float, float]:
-    """Train one fixed architecture (a supernet with only that subnet trained) with the same recipe."""
     net = mobilenetv3.supernet("small", num_classes=10, in_channels=1)
-    # uniform over a one-config space == plain training of that architecture: restrict by activating it only
-    from nas.train.strategies import Strategy, SubnetTask, register_strategy
-
-    @register_strategy
-    class Fixed(Strategy):
-        name = "_fixed"
-
-        def tasks(self, step, rng):
-            return [SubnetTask(cfg)]
-
     t0 = time.perf_counter()
     train_supernet(
         net,
         train,
         strategy="_fixed",
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
         distill=False,
         out_dir=out,
-        progress=False,
+        strategy_options={"config": dict(cfg)},
+        **_train_options(args),
     )
     return evaluate_subnet(net, cfg, test, calib_data=train), time.perf_counter() - t0
 
 
+def _train_strategy(strategy, train, args, out: Path, reuse: dict[str, str]):
+    net = mobilenetv3.supernet("small", num_classes=10, in_channels=1)
+    if strategy in reuse:
+        run = Path(reuse[strategy])
+        settings = json.loads((run / "train.json").read_text())
+        load_weights(net, run)
+        return net, float(settings["seconds"]), str(run)
+    t0 = time.perf_counter()
+    train_supernet(net, train, strategy=strategy, n_random=args.n_random, out_dir=out, **_train_options(args))
+    return net, time.perf_counter() - t0, None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.004)
+    p.add_argument("--optimizer", default="adamw", choices=("sgd", "adamw"))
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--augment", default="affine", help="'affine', 'shift' or 'none'")
+    p.add_argument("--n-random", type=int, default=1, help="random subnets per step (sandwich-like)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strategies", default="sandwich,progressive,delayed,uniform")
+    p.add_argument("--parts", default="alone,strategies", help="which parts to run: alone, strategies")
+    p.add_argument("--reuse", action="append", default=[], help="STRATEGY=RUN_DIR: evaluate a trained run")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/weight_sharing.json")
     args = p.parse_args()
+    args.augment = {"none": False, "shift": True}.get(args.augment, args.augment)
     torch.set_num_threads(args.threads)
+    reuse = dict(item.split("=", 1) for item in args.reuse)
+    parts = set(args.parts.split(","))
+    out = Path(args.out)
+    cached = json.loads(out.read_text()) if out.is_file() else {}
+    if cached.get("recipe") != _recipe(args):
+        cached = {}  # another recipe: nothing to reuse
+    result = {
+        "recipe": _recipe(args),
+        "alone": cached.get("alone", {}),
+        "strategies": cached.get("strategies", {}),
+    }
+
+    def save() -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, json.dumps(result, indent=2))
+
     started = time.perf_counter()
     train, test = data.mnist("train"), data.mnist("test")
     space = mobilenetv3.supernet("small", num_classes=10, in_channels=1).space
     archs = {"max": space.max(), "mid": _mid(space), "min": space.min()}
+    result["archs"] = {n: json.loads(c.to_json()) for n, c in archs.items()}
     tmp = Path(tempfile.mkdtemp(prefix="weight_sharing_"))
 
-    alone = {}
-    for name, cfg in archs.items():
-        acc, secs = _train_alone(cfg, train, test, args, tmp / f"alone_{name}")
-        alone[name] = {"accuracy": acc, "seconds": secs}
-        print(f"alone {name}: {acc:.2f}% ({secs:.0f} s)", flush=True)
+    for name, cfg in archs.items() if "alone" in parts else ():
+        if name not in result["alone"]:
+            acc, secs = _train_alone(cfg, train, test, args, tmp / f"alone_{name}")
+            result["alone"][name] = {"accuracy": acc, "seconds": secs}
+            save()
+        print(f"alone {name}: {result['alone'][name]['accuracy']:.2f}%", flush=True)
 
-    rows = []
-    for strategy in args.strategies.split(","):
-        net = mobilenetv3.supernet("small", num_classes=10, in_channels=1)
-        t0 = time.perf_counter()
-        train_supernet(
-            net,
-            train,
-            strategy=strategy,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            out_dir=tmp / strategy,
-            progress=False,
-        )
-        secs = time.perf_counter() - t0
-        row = {"strategy": strategy, "seconds": secs}
+    for strategy in args.strategies.split(",") if "strategies" in parts else ():
+        if strategy in result["strategies"] and strategy not in reuse:
+            continue
+        net, secs, run = _train_strategy(strategy, train, args, tmp / strategy, reuse)
+        row = {"seconds": secs, "reused_run": run}
         for name, cfg in archs.items():
-            acc = evaluate_subnet(net, cfg, test, calib_data=train)
-            row[name] = acc
-            row[f"gap_{name}"] = acc - alone[name]["accuracy"]
-        rows.append(row)
-        print(f"{strategy}: done in {secs:.0f} s", flush=True)
+            row[name] = evaluate_subnet(net, cfg, test, calib_data=train)
+        result["strategies"][strategy] = row
+        save()
+        print(f"{strategy}: trained in {secs:.0f} s", flush=True)
 
-    print(f"\n{'strategy':12s} {'wall s':>7s} " + " ".join(f"{n:>7s} {'gap':>6s}" for n in archs))
-    print(
-        f"{'alone':12s} {sum(a['seconds'] for a in alone.values()):7.0f} "
-        + " ".join(f"{alone[n]['accuracy']:7.2f} {'':>6s}" for n in archs)
-    )
-    for r in rows:
+    alone = result["alone"]
+    print(f"\n{'strategy':12s} {'train s':>7s} " + " ".join(f"{n:>7s} {'gap':>6s}" for n in archs))
+    if alone:
         print(
-            f"{r['strategy']:12s} {r['seconds']:7.0f} "
-            + " ".join(f"{r[n]:7.2f} {r[f'gap_{n}']:+6.2f}" for n in archs)
+            f"{'alone':12s} {sum(a['seconds'] for a in alone.values()):7.0f} "
+            + " ".join(
+                f"{alone[n]['accuracy']:7.2f} {'':>6s}" if n in alone else f"{'-':>7s} {'':>6s}"
+                for n in archs
+            )
         )
-    total = time.perf_counter() - started
+    for strategy, r in result["strategies"].items():
+        cells = []
+        for n in archs:
+            gap = f"{r[n] - alone[n]['accuracy']:+6.2f}" if n in alone else f"{'':>6s}"
+            cells.append(f"{r[n]:7.2f} {gap}")
+        print(f"{strategy:12s} {r['seconds']:7.0f} " + " ".join(cells))
     print(
-        f"\nran {total:.0f} s; epochs={args.epochs}, threads={args.threads}, {platform.processor() or 'cpu'}"
+        f"\nran {time.perf_counter() - started:.0f} s; recipe {result['recipe']}, threads={args.threads}, "
+        f"{platform.processor() or 'cpu'}"
     )
-    result = {
-        "args": vars(args),
-        "alone": alone,
-        "strategies": rows,
-        "seconds": total,
-        "archs": {n: json.loads(c.to_json()) for n, c in archs.items()},
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(result, indent=2))
+    save()
 
 
 if __name__ == "__main__":

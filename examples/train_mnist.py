@@ -30,6 +30,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
+    p.add_argument("--weight-decay", type=float, default=3e-5)
+    p.add_argument("--augment", default="shift", choices=("shift", "affine", "none"))
     p.add_argument("--strategy", default="sandwich")
     p.add_argument("--n-random", type=int, default=2)
     p.add_argument("--random", type=int, default=20, help="random subnets to evaluate after training")
@@ -52,6 +54,8 @@ def main() -> None:
         lr=args.lr,
         n_random=args.n_random,
         optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        augment={"shift": True, "none": False}.get(args.augment, args.augment),
         out_dir=args.out,
         resume=args.resume,
         num_workers=args.workers,

@@ -152,3 +152,25 @@ def test_bad_arguments(tmp_path):
         train_supernet(net, tiny_data(64), batch_size=128, out_dir=tmp_path, progress=False)
     with pytest.raises(TypeError, match="unknown options"):
         train_supernet(net, tiny_data(64), out_dir=tmp_path, bogus=1)
+
+
+def test_augmentation_shifts_by_whole_pixels():
+    from nas.train.trainer import _augment
+
+    x = torch.randn(16, 1, 12, 12)
+    shifted = _augment(x, torch.Generator().manual_seed(0), max_shift=2)
+    moved = 0
+    for original, out in zip(x, shifted):
+        # each image equals the original moved by some (dy, dx) in [-2, 2]^2 (inside the overlap), unblurred
+        matches = []
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                ys, xs = slice(max(dy, 0), 12 + min(dy, 0)), slice(max(dx, 0), 12 + min(dx, 0))
+                rolled = torch.roll(original, (dy, dx), (1, 2))
+                if torch.allclose(rolled[:, ys, xs], out[:, ys, xs], atol=1e-5):
+                    matches.append((dy, dx))
+        assert len(matches) == 1
+        moved += matches[0] != (0, 0)
+    assert moved >= 8  # 24 of the 25 offsets move the image
+    again = _augment(x, torch.Generator().manual_seed(0), max_shift=2)
+    assert torch.equal(shifted, again)

@@ -64,7 +64,7 @@ class TrainConfig:
     warmup_epochs: float = 0.5
     distill: bool = True
     n_random: int = 2
-    augment: bool = True
+    augment: bool | str = True
     seed: int = 0
     checkpoint_every: int = 50
     grad_clip: float = 5.0
@@ -109,13 +109,32 @@ def _make_optimizer(cfg: TrainConfig, net: nn.Module) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer={cfg.optimizer!r} is not supported; use 'sgd' or 'adamw'")
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator, max_shift: float = 2.0) -> torch.Tensor:
-    """Random translation by up to ``max_shift`` pixels per image (zero padding), seeded by ``gen``."""
+def _augment(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Random translation by a whole number of pixels (up to ``max_shift``) per image, seeded by ``gen``.
+
+    Whole pixels: a sub-pixel shift resamples (blurs) every training image, which test images never are;
+    with integer offsets ``grid_sample`` lands exactly on pixel centres and copies values unchanged.
+    """
+    return _affine(x, gen, max_shift, 0.0, 0.0)
+
+
+def _affine(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    max_shift: int = 2,
+    max_degrees: float = 10.0,
+    max_scale: float = 0.1,
+) -> torch.Tensor:
+    """Whole-pixel shifts plus a random rotation (up to ``max_degrees``) and zoom (``1 +- max_scale``)."""
     n, _, h, w = x.shape
-    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * max_shift
+    shift = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=gen).to(x.dtype)
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(max_degrees)
+    scale = 1.0 + (torch.rand(n, generator=gen) * 2 - 1) * max_scale
     theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = 1.0
-    theta[:, 1, 1] = 1.0
+    theta[:, 0, 0] = torch.cos(angle) / scale
+    theta[:, 0, 1] = -torch.sin(angle) / scale
+    theta[:, 1, 0] = torch.sin(angle) / scale
+    theta[:, 1, 1] = torch.cos(angle) / scale
     theta[:, 0, 2] = shift[:, 0] * 2 / w
     theta[:, 1, 2] = shift[:, 1] * 2 / h
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
@@ -235,7 +254,7 @@ def _run(
             xb, yb = x[torch.from_numpy(idx)], y[torch.from_numpy(idx)]
             if cfg.augment:
                 gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + step)
-                xb = _augment(xb, gen)
+                xb = _affine(xb, gen) if cfg.augment == "affine" else _augment(xb, gen)
             lr = _lr_at(cfg, step, total, steps_per_epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
