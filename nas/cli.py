@@ -185,6 +185,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from nas import data as nas_data
     from nas.train import train_supernet
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     spec = {
         "space": args.space,
         "kwargs": {
@@ -212,6 +216,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        augment={"shift": True, "none": False}.get(args.augment, args.augment),
+        n_random=args.n_random,
         distill=not args.no_distill,
         out_dir=str(out),
         resume=args.resume,
@@ -470,6 +477,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lr", type=float, default=3e-3, help="peak learning rate (default suits adamw; sgd: ~0.05)"
     )
+    p.add_argument("--weight-decay", type=float, default=3e-5, help="on conv/linear weights (default 3e-5)")
+    p.add_argument(
+        "--augment",
+        default="shift",
+        choices=("shift", "affine", "none"),
+        help="shift: whole-pixel shifts up to 2 px (default); affine: + rotation and zoom; none",
+    )
+    p.add_argument(
+        "--n-random", type=int, default=2, help="random subnets per step besides max and min (default 2)"
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-distill", action="store_true", help="no in-place distillation from the max subnet")
     p.add_argument("--quant", action="store_true", help="add per-layer weight bit-width dimensions")
     p.add_argument("--sparsity", action="store_true", help="add per-layer sparsity dimensions")
