@@ -199,11 +199,22 @@ class TreeEnsemble(Model):
         subsample: float = 0.8,
         min_samples_leaf: int = 2,
         max_features: float | None = None,
+        loss: str = "squared_error",
+        alpha: float = 0.9,
     ) -> TreeEnsemble:
+        """Boosted trees by scikit-learn's ``GradientBoostingRegressor``, copied into numpy arrays.
+
+        ``loss`` is ``squared_error`` (the conditional mean), ``absolute_error`` (the median) or ``huber``
+        (squared for the ``alpha`` fraction of smallest residuals, absolute beyond): the robust losses keep
+        heavy-tailed measurement noise (a board that was busy for one cell) from pulling the fit.
+        """
         from sklearn.ensemble import GradientBoostingRegressor
 
+        if loss not in ("squared_error", "absolute_error", "huber"):
+            raise ValueError(f"loss must be 'squared_error', 'absolute_error' or 'huber', got {loss!r}")
         gb = GradientBoostingRegressor(
-            loss="squared_error",
+            loss=loss,
+            alpha=alpha,
             n_estimators=n_estimators,
             max_depth=max_depth,
             learning_rate=learning_rate,

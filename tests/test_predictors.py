@@ -67,16 +67,25 @@ def test_save_load_gives_identical_predictions(fitted, kind, tmp_path):
     assert json.loads(path.read_text())["format"] == "nas-predictor"
 
 
-def test_numpy_trees_match_scikit_learn():
+@pytest.mark.parametrize("loss", ["squared_error", "huber", "absolute_error"])
+def test_numpy_trees_match_scikit_learn(loss):
     from sklearn.ensemble import GradientBoostingRegressor
 
     from predictors.models import TreeEnsemble
 
     X, y = data(200)
     X = X + np.random.default_rng(3).normal(0, 0.3, X.shape)  # non-integer thresholds
-    ours = TreeEnsemble.fit_gbdt(X, y, seed=0, n_estimators=50)
+    # the robust losses re-fit leaf values after growing each tree; the copied arrays must carry those
+    ours = TreeEnsemble.fit_gbdt(X, y, seed=0, n_estimators=50, loss=loss, alpha=0.8)
     ref = GradientBoostingRegressor(
-        n_estimators=50, max_depth=4, learning_rate=0.05, subsample=0.8, min_samples_leaf=2, random_state=0
+        loss=loss,
+        alpha=0.8,
+        n_estimators=50,
+        max_depth=4,
+        learning_rate=0.05,
+        subsample=0.8,
+        min_samples_leaf=2,
+        random_state=0,
     ).fit(X, y)
     np.testing.assert_allclose(ours.predict(X), ref.predict(X), rtol=1e-10)
 
@@ -109,6 +118,24 @@ def test_wrong_width_and_wrong_space_are_refused(fitted):
     with pytest.raises(ValueError, match="NaN"):
         pred.predict(np.full((1, 6), np.nan))
     assert pred.predict(X, space="toy").shape == (5,)
+
+
+def test_robust_tree_loss_resists_outliers():
+    from predictors.models import TreeEnsemble
+
+    X, y = data(300)
+    X_test, y_test = data(300, seed=1)
+    noisy = y.copy()
+    noisy[::10] *= 3.0  # a tenth of the measurements taken while the device was busy
+    err = {
+        loss: np.mean(
+            np.abs(TreeEnsemble.fit_gbdt(X, noisy, seed=0, loss=loss).predict(X_test) - y_test) / y_test
+        )
+        for loss in ("squared_error", "huber")
+    }
+    assert err["huber"] < 0.75 * err["squared_error"]
+    with pytest.raises(ValueError, match="loss must be"):
+        TreeEnsemble.fit_gbdt(X, y, seed=0, loss="l1")
 
 
 def test_fit_rejects_bad_input():
