@@ -82,7 +82,8 @@ def _to_dataset(images_u8: np.ndarray, labels: np.ndarray, mean, std, scale: flo
 def mnist(split: str = "train") -> TensorDataset:
     """The bundled MNIST data: ``"train"`` (5,000 images, 500 per class) or ``"test"`` (the official 10,000).
 
-    Images are ``(N, 1, 28, 28)`` float32 normalised with ``(x/255 - 0.1307) / 0.3081``.
+    Images are ``(N, 1, 28, 28)`` float32 normalised with ``(x/255 - 0.1307) / 0.3081``. The training images
+    come in a fixed shuffled order (the shipped file is sorted by class).
 
     Example:
         >>> x, y = mnist("train").tensors
@@ -96,6 +97,9 @@ def mnist(split: str = "train") -> TensorDataset:
             table = np.loadtxt(f, delimiter=",", dtype=np.uint8)
         if table.ndim != 2 or table.shape[1] != 785:
             raise ValueError(f"{path}: expected rows of 784 pixels + label, got shape {table.shape}")
+        # The file is sorted by class: shuffle it once, reproducibly, so that any slice (a calibration set,
+        # a quick subset) holds every digit.
+        table = table[np.random.default_rng(0).permutation(len(table))]
         images, labels = table[:, :784].reshape(-1, 1, 28, 28), table[:, 784]
     else:
         images = _read_idx(DATA_DIR / _MNIST_FILES["test"][0])[:, None]

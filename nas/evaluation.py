@@ -96,8 +96,10 @@ def recalibrate_bn(
 ) -> int:
     """Re-estimate the running BN statistics of the active subnet from ``calib_x``; returns the images used.
 
-    Uses the first ``batches * batch_size`` images (a fixed set, so results are reproducible); call it inside
-    :func:`bn_calibration` to undo the change afterwards.
+    Uses ``batches * batch_size`` images drawn at random with a fixed seed (the same set on every call, so
+    results are reproducible; drawn, not the first ones, because datasets are often sorted by class and
+    statistics from a few classes skew every layer). Call it inside :func:`bn_calibration` to undo the
+    change afterwards.
     """
     if batches < 1 or batch_size < 1:
         raise ValueError(f"batches={batches} and batch_size={batch_size} must both be >= 1")
@@ -110,6 +112,8 @@ def recalibrate_bn(
             m.eval()
     used = 0
     n = min(len(calib_x), batches * batch_size)
+    if n < len(calib_x):
+        calib_x = calib_x[torch.randperm(len(calib_x), generator=torch.Generator().manual_seed(0))[:n]]
     for start in range(0, n, batch_size):
         xb = calib_x[start : min(start + batch_size, n)]
         net(resize_to(xb, cfg) if cfg is not None and "resolution" in cfg else xb)

@@ -67,3 +67,26 @@ def test_metrics_evaluate_delegates_and_accepts_pairs():
     b = evaluate_subnet(net, cfg, data.tensors, calib_data=data.tensors, calib_batches=1)
     assert a == b
     assert evaluate_subnet(net, cfg, data, max_examples=10) in {10.0 * k for k in range(11)}
+
+
+def test_recalibration_draws_from_the_whole_calibration_set():
+    # A class-sorted set (first half all 0, second half all 1): the first N images would give BN a mean of 0.
+    from torch import nn
+
+    from nas.evaluation import recalibrate_bn
+
+    net = nn.Sequential(nn.BatchNorm2d(1))
+    calib = torch.cat([torch.zeros(512, 1, 2, 2), torch.ones(512, 1, 2, 2)])
+    used = recalibrate_bn(net, calib, batches=2, batch_size=64)
+    assert used == 128
+    assert 0.3 < float(net[0].running_mean) < 0.7
+    first = float(net[0].running_mean)
+    recalibrate_bn(net, calib, batches=2, batch_size=64)
+    assert float(net[0].running_mean) == first  # the same fixed draw every call
+
+
+def test_bundled_mnist_training_images_are_not_sorted_by_class():
+    from nas import data
+
+    labels = data.mnist("train").tensors[1]
+    assert len(set(labels[:100].tolist())) == 10
