@@ -54,6 +54,7 @@ def cluster():
         c.add_node(num_cpus=1, object_store_memory=mem, node_ip_address=ip)
         for ip in ("127.0.0.2", "127.0.0.3")
     ]
+    c.wait_for_nodes()  # on a loaded machine a node can register late; the tests need both from the start
     ray.init(address=c.address, log_to_driver=False)
     try:
         yield c, workers
