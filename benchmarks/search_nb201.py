@@ -11,7 +11,6 @@ Usage:
     python benchmarks/search_nb201.py                                  # everything: 4 targets x 4 algorithms x 10 seeds
     python benchmarks/search_nb201.py --targets raspi4 --algorithms random linas --seeds 3
     python benchmarks/search_nb201.py --workers 2                      # runs in parallel processes
-    python benchmarks/search_nb201.py --algorithms linas --linas '{"local_radius": null}'   # LINAS ablation
 """
 
 from __future__ import annotations
@@ -48,9 +47,9 @@ def true_front(target: str) -> tuple[np.ndarray, np.ndarray, float]:
     return front, ref, hypervolume(front, ref)
 
 
-def one_run(args: tuple[str, str, int, int, dict]) -> dict:
+def one_run(args: tuple[str, str, int, int]) -> dict:
     """One search; returns the HV ratio at each checkpoint and the wall time."""
-    target, algorithm, seed, budget, linas_options = args
+    target, algorithm, seed, budget = args
     import torch
 
     torch.set_num_threads(1)
@@ -63,17 +62,8 @@ def one_run(args: tuple[str, str, int, int, dict]) -> dict:
         # A measured latency (the HW-NAS-Bench table), so expensive: model-based searchers must learn it too.
         Objective(f"latency@{target}", lambda c: nb201.latency(c, target), "min"),
     ]
-    options = linas_options if algorithm == "linas" else None
     t0 = time.perf_counter()
-    result = run(
-        nb201.space,
-        objectives,
-        algorithm=algorithm,
-        budget=budget,
-        seed=seed,
-        progress=False,
-        searcher_options=options,
-    )
+    result = run(nb201.space, objectives, algorithm=algorithm, budget=budget, seed=seed, progress=False)
     wall = time.perf_counter() - t0
     h = result.history
     assert len(h) == budget and h["key"].is_unique, "budget or deduplication broken"
@@ -91,19 +81,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10, help="number of seeds (0 .. n-1)")
     parser.add_argument("--budget", type=int, default=250)
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
-    parser.add_argument(
-        "--linas", type=json.loads, default={}, help="LinasSearcher options as JSON, e.g. '{\"kappa\": 1.0}'"
-    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "search_nb201.json"))
     args = parser.parse_args()
 
     started = time.time()
-    jobs = [
-        (t, a, s, args.budget, args.linas)
-        for t in args.targets
-        for a in args.algorithms
-        for s in range(args.seeds)
-    ]
+    jobs = [(t, a, s, args.budget) for t in args.targets for a in args.algorithms for s in range(args.seeds)]
     runs = []
 
     def report(r: dict) -> None:

@@ -31,7 +31,7 @@ from nas.search import (
     searchers,
 )
 from nas.search.searchers.base import Problem, Searcher
-from nas.search.searchers.linas import LinasSearcher, _front_box, hypervolume_gain
+from nas.search.searchers.linas import hypervolume_gain
 from nas.space import Choice, Config, SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,51 +128,6 @@ def test_hypervolume_gain_matches_difference_of_hypervolumes():
         base = hypervolume(front, ref)
         expected = [hypervolume(np.vstack([front, p]), ref) - base for p in pts]
         np.testing.assert_allclose(hypervolume_gain(front, pts, ref), expected, atol=1e-12)
-
-
-def test_hypervolume_gain_with_one_reference_per_point():
-    rng = np.random.default_rng(1)
-    front = rng.random((10, 2))
-    front = front[nondominated_mask(front)]
-    pts = rng.random((40, 2)) * 1.5
-    refs = np.maximum(1.1, pts + 0.1)  # some fronts points lie beyond some references
-    expected = []
-    for p, r in zip(pts, refs):
-        inside = front[(front < r).all(axis=1)]
-        expected.append(hypervolume(np.vstack([inside, p]), r) - hypervolume(inside, r))
-    np.testing.assert_allclose(hypervolume_gain(front, pts, refs), expected, atol=1e-12)
-
-
-def test_front_box_ignores_a_lone_extreme_trade_off():
-    # minimisation form: (-accuracy, latency); a 10%-accurate, nearly free network sits on the front
-    front = np.array([[-94.0, 30.0], [-92.0, 20.0], [-90.0, 8.0], [-87.0, 3.0], [-10.0, 0.01]])
-    lo, hi = _front_box(front)
-    np.testing.assert_allclose(lo, [-94.0, 0.01])
-    np.testing.assert_allclose(hi, [-87.0, 30.0])  # accuracy nadir without the outlier; latency untouched
-    np.testing.assert_allclose(_front_box(front[:-1])[1], [-87.0, 30.0])
-
-
-def test_linas_without_enumeration_uses_the_inner_search():
-    lin = [
-        found_hv(
-            run(SPACE, objectives(), LinasSearcher(seed=s, enumerate_limit=0), budget=30, progress=False)
-        )
-        for s in range(2)
-    ]
-    assert np.median(lin) / true_front_hv(REF) > 0.95
-
-
-def test_linas_rounds_start_small_and_wait_for_their_results():
-    s = LinasSearcher(seed=0, batch_fraction=0.1)
-    s.setup(Problem(SPACE, ("quality", "cost@a")))
-    told = SPACE.samples(20, seed=3, unique=True)
-    s.tell(told, np.array([[-quality(c), cost(c)] for c in told]), np.zeros(len(told)))
-    first = s.ask(10)
-    assert len(first) == 2  # ceil(0.1 * 20)
-    assert s.ask(10) == []  # the round waits for its results
-    s.tell(first, np.array([[-quality(c), cost(c)] for c in first]), np.zeros(2))
-    second = s.ask(10)
-    assert len(second) == 3 and not {c.key for c in second} & {c.key for c in told + first}
 
 
 class _Stubborn(Searcher):
