@@ -69,7 +69,7 @@ def test_two_node_cluster_runs_two_trials_at_once(cluster, tmp_path):
     url = f"sqlite:///{tmp_path / 'ray.db'}"
     result = run(
         SPACE,
-        objectives(0.3),
+        objectives(1.0),  # long enough that the two trials overlap even on a loaded machine
         algorithm="nsga2",
         budget=10,
         backend="ray",
