@@ -174,3 +174,9 @@ def test_augmentation_shifts_by_whole_pixels():
     assert moved >= 8  # 24 of the 25 offsets move the image
     again = _augment(x, torch.Generator().manual_seed(0), max_shift=2)
     assert torch.equal(shifted, again)
+
+
+def test_unknown_augmentation_is_refused(tmp_path):
+    net = TinySupernet()
+    with pytest.raises(ValueError, match="augment"):
+        train_supernet(net, tiny_data(), epochs=1, out_dir=tmp_path, progress=False, augment="cutmix")

@@ -442,6 +442,9 @@ def train_supernet(
     if num_workers < 1:
         raise ValueError(f"num_workers={num_workers} must be >= 1")
     fail_at_step = options.pop("_fail_at_step", None)
+    augment = options.get("augment", True)
+    if augment not in (True, False, "shift", "affine"):
+        raise ValueError(f"augment={augment!r}: use True / 'shift' (whole-pixel shifts), 'affine' or False")
     unknown = set(options) - set(TrainConfig.__dataclass_fields__)
     if unknown:
         raise TypeError(f"train_supernet got unknown options {sorted(unknown)}; see nas.train.TrainConfig")
