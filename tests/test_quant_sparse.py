@@ -228,8 +228,12 @@ def test_int8_export_runs_in_onnxruntime_and_reloads(qs_net, tmp_path):
     ops = {n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     # h-swish stages and SE pooling were rewritten, so no QLinearMul-per-h-swish / ReduceMean remains.
-    assert ver["int8_graph_rewrites"]["HardSwish"] > 0 and ver["int8_graph_rewrites"]["GlobalAveragePool"] > 0
-    assert {"HardSwish", "GlobalAveragePool"} <= ops and "ReduceMean" not in ops
+    rewrites = ver["int8_graph_rewrites"]
+    assert rewrites["HardSwish"] > 0 and rewrites["GlobalAveragePool"] > 0
+    assert "GlobalAveragePool" in ops and "ReduceMean" not in ops
+    # ... and h-swish / SE gates between quantizers run as integer Add / Mul (QLinearAdd / QLinearMul).
+    assert rewrites["IntegerHardSwish"] > 0 and rewrites["IntegerHardSigmoid"] > 0
+    assert ops.isdisjoint({"HardSigmoid"})
     density = manifest["measured_density"]  # the 2:4 1x1 convs of stage2.block0 keep exactly half
     assert density["stage2.0.expand.1"] == density["stage2.0.project.1"] == 0.5
     loaded = load_exported(out)
@@ -277,3 +281,93 @@ def test_fuse_for_int8_rewrites_hswish_and_se_pooling_without_changing_outputs()
         )[0]
 
     np.testing.assert_allclose(run(fused), run(model), rtol=1e-5, atol=1e-6)
+
+
+def _qdq_activation_graph(op: str, out_scale: float, out_zero: int, **attrs):
+    """``x -> Q -> DQ -> op -> Q(out_scale, out_zero) -> DQ -> y`` with uint8 activations."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [
+        numpy_helper.from_array(np.asarray(0.05, np.float32), "s"),
+        numpy_helper.from_array(np.asarray(100, np.uint8), "z"),
+        numpy_helper.from_array(np.asarray(out_scale, np.float32), "so"),
+        numpy_helper.from_array(np.asarray(out_zero, np.uint8), "zo"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        helper.make_node(op, ["xd"], ["a"], name="act", **attrs),
+        helper.make_node("QuantizeLinear", ["a", "so", "zo"], ["aq"]),
+        helper.make_node("DequantizeLinear", ["aq", "so", "zo"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 8, 8])],
+        initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(
+    ("op", "attrs", "out_scale", "out_zero", "rewritten"),
+    [
+        ("HardSwish", {}, 0.04, 20, True),
+        ("HardSigmoid", {"alpha": 1 / 6, "beta": 0.5}, 1 / 255, 0, True),
+        ("HardSigmoid", {"alpha": 1 / 6, "beta": 0.5}, 0.9 / 255, 0, True),  # range inside [0, 1]: exact
+        ("HardSigmoid", {"alpha": 1 / 6, "beta": 0.5}, 1.2 / 255, 0, False),  # saturates past 1: must stay
+        ("HardSigmoid", {"alpha": 1 / 6, "beta": 0.5}, 1 / 255, 3, False),  # range starts below 0: must stay
+        ("HardSigmoid", {"alpha": 0.2, "beta": 0.5}, 1 / 255, 0, False),  # not a hard-sigmoid of h-swish
+    ],
+)
+def test_integer_hard_activations_run_as_integer_ops_with_the_same_outputs(
+    op, attrs, out_scale, out_zero, rewritten
+):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from nas.export import integer_hard_activations
+
+    model = _qdq_activation_graph(op, out_scale, out_zero, **attrs)
+    rewritten_model = onnx.ModelProto()
+    rewritten_model.CopyFrom(model)
+    counts = integer_hard_activations(rewritten_model)
+    assert sum(counts.values()) == int(rewritten)
+    onnx.checker.check_model(rewritten_model)
+    ops = [n.op_type for n in rewritten_model.graph.node]
+    assert (op in ops) != rewritten
+    # Every representable input: the whole uint8 grid of x (scale 0.05, zero point 100), twice over.
+    x = ((np.arange(512) % 256 - 100) * 0.05).astype(np.float32).reshape(2, 4, 8, 8)
+
+    def run(m, optimized=None):
+        options = ort.SessionOptions()
+        if optimized:
+            options.optimized_model_filepath = optimized
+        session = ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})[0]
+
+    expected = run(model)
+    got = run(rewritten_model)
+    steps = np.abs(got - expected) / out_scale
+    if op == "HardSigmoid":  # saturation clips where min/max did: equal but for how exact ties round
+        assert steps.max() < 1.001 and (steps > 0.5).mean() < 0.05
+    else:  # the 8-bit gate adds rounding: within one output step, rarely off at all
+        assert steps.max() < 1.001 and (steps > 0.5).mean() < 0.1
+
+
+def test_integer_hard_activations_fuse_to_qlinear_ops_in_onnxruntime(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from nas.export import integer_hard_activations
+
+    model = _qdq_activation_graph("HardSwish", 0.04, 20)
+    integer_hard_activations(model)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
+    assert {"QLinearAdd", "QLinearMul"} <= ops and not ops & {"HardSwish", "HardSigmoid", "Mul", "Add"}
