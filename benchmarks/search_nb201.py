@@ -11,6 +11,7 @@ Usage:
     python benchmarks/search_nb201.py                                  # everything: 4 targets x 4 algorithms x 10 seeds
     python benchmarks/search_nb201.py --targets raspi4 --algorithms random linas --seeds 3
     python benchmarks/search_nb201.py --workers 2                      # runs in parallel processes
+    python benchmarks/search_nb201.py --algorithms linas --linas-option kappa=1.0   # a LINAS variant
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ def true_front(target: str) -> tuple[np.ndarray, np.ndarray, float]:
     return front, ref, hypervolume(front, ref)
 
 
-def one_run(args: tuple[str, str, int, int]) -> dict:
+def one_run(args: tuple[str, str, int, int, dict]) -> dict:
     """One search; returns the HV ratio at each checkpoint and the wall time."""
-    target, algorithm, seed, budget = args
+    target, algorithm, seed, budget, linas_options = args
     import torch
 
     torch.set_num_threads(1)
@@ -62,8 +63,17 @@ def one_run(args: tuple[str, str, int, int]) -> dict:
         # A measured latency (the HW-NAS-Bench table), so expensive: model-based searchers must learn it too.
         Objective(f"latency@{target}", lambda c: nb201.latency(c, target), "min"),
     ]
+    options = linas_options if algorithm == "linas" else None
     t0 = time.perf_counter()
-    result = run(nb201.space, objectives, algorithm=algorithm, budget=budget, seed=seed, progress=False)
+    result = run(
+        nb201.space,
+        objectives,
+        algorithm=algorithm,
+        budget=budget,
+        seed=seed,
+        progress=False,
+        searcher_options=options or None,
+    )
     wall = time.perf_counter() - t0
     h = result.history
     assert len(h) == budget and h["key"].is_unique, "budget or deduplication broken"
@@ -74,6 +84,25 @@ def one_run(args: tuple[str, str, int, int]) -> dict:
     return {"target": target, "algorithm": algorithm, "seed": seed, "ratios": ratios, "wall_s": wall}
 
 
+def parse_options(items: list[str]) -> dict:
+    """``["kappa=1.0", "predictor=sklearn-auto"]`` -> ``{"kappa": 1.0, "predictor": "sklearn-auto"}``.
+
+    Example:
+        >>> parse_options(["kappa=1", "neighbours=false", "predictor=sklearn-auto"])
+        {'kappa': 1, 'neighbours': False, 'predictor': 'sklearn-auto'}
+    """
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--linas-option needs KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
@@ -81,11 +110,24 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10, help="number of seeds (0 .. n-1)")
     parser.add_argument("--budget", type=int, default=250)
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
+    parser.add_argument(
+        "--linas-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="LinasSearcher keyword argument (repeatable); VALUE is read as JSON when it parses, else a string",
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "search_nb201.json"))
     args = parser.parse_args()
 
+    linas_options = parse_options(args.linas_option)
     started = time.time()
-    jobs = [(t, a, s, args.budget) for t in args.targets for a in args.algorithms for s in range(args.seeds)]
+    jobs = [
+        (t, a, s, args.budget, linas_options)
+        for t in args.targets
+        for a in args.algorithms
+        for s in range(args.seeds)
+    ]
     runs = []
 
     def report(r: dict) -> None:

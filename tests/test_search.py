@@ -118,6 +118,58 @@ def test_linas_finds_most_of_a_toy_front():
     assert np.median(lin) > np.median(rand)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"predictor": ["sklearn-gbdt", "sklearn-ridge-gbdt"], "target_transform": "log"},
+        {"late_batch": 4, "late_after": 20, "n_bags": 4, "bag_mean": True, "loss": "huber"},
+    ],
+)
+def test_linas_options_keep_the_budget_and_find_the_front(options):
+    calls: list[str] = []
+    result = run(
+        SPACE, objectives(calls), "linas", budget=30, seed=0, progress=False, searcher_options=options
+    )
+    assert len(calls) == 30 and len(set(calls)) == 30
+    assert found_hv(result) / true_front_hv(REF) > 0.9
+
+
+def test_linas_late_batch_proposes_few_configs_and_waits_for_them():
+    s = searchers.get("linas")(seed=0, late_batch=3, late_after=15)
+    s.setup(Problem(SPACE, ("quality", "cost@a")))
+
+    def tell(configs: list[Config]) -> None:
+        s.tell(configs, np.array([[-quality(c), cost(c)] for c in configs]), np.zeros(len(configs)))
+
+    tell(SPACE.samples(12, seed=3, unique=True))
+    early = s.ask(10)
+    assert len(early) == 10  # fewer than late_after measured: a full batch
+    tell(early)
+    late = s.ask(10)
+    assert 1 <= len(late) <= 3
+    assert s.ask(10) == []  # its configs are still pending: wait for them
+    tell(late)
+    assert 1 <= len(s.ask(10)) <= 3
+
+
+def test_linas_ridge_gbdt_learns_an_additive_cost_and_log_target_stays_positive():
+    from nas.search.searchers.linas import _LogTarget, fit_predictor
+
+    rng = np.random.default_rng(0)
+    w = rng.uniform(0.5, 3.0, 12)
+    X, Xt = rng.integers(0, 2, (60, 12)).astype(float), rng.integers(0, 2, (300, 12)).astype(float)
+    y, yt = 1.0 + X @ w, 1.0 + Xt @ w  # a sum of per-op costs
+    err = {}
+    for kind in ("sklearn-gbdt", "sklearn-ridge-gbdt"):
+        model = fit_predictor(X, y, kind, seed=0)
+        err[kind] = np.mean(np.abs(model.predict(Xt) - yt))
+        assert model.predict_std(Xt).shape == (300,) and (model.predict_std(Xt) >= 0).all()
+    assert err["sklearn-ridge-gbdt"] < 0.5 * err["sklearn-gbdt"]
+    logged = _LogTarget(fit_predictor(X, np.log(y), "sklearn-ridge-gbdt", seed=0))
+    assert (logged.predict(Xt) > 0).all()
+    assert np.mean(np.abs(logged.predict(Xt) - yt) / yt) < 0.1
+
+
 def test_hypervolume_gain_matches_difference_of_hypervolumes():
     rng = np.random.default_rng(0)
     for m in (2, 3):

@@ -113,9 +113,18 @@ class _BaggedGBDT:
     than a serialisable numpy model.
     """
 
-    def __init__(self, X: np.ndarray, y: np.ndarray, seed: int, n_bags: int = 3):
+    def __init__(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        seed: int,
+        n_bags: int = 3,
+        bag_mean: bool = False,
+        loss: str = "squared_error",
+    ):
         from sklearn.ensemble import GradientBoostingRegressor
 
+        self._bag_mean = bag_mean
         rng = np.random.default_rng(seed)
         self._models = []
         for b in range(n_bags):
@@ -127,34 +136,108 @@ class _BaggedGBDT:
                     learning_rate=0.1,
                     subsample=0.8,
                     min_samples_leaf=2,
+                    loss=loss,
                     random_state=seed + b,
                 ).fit(X[rows], y[rows])
             )
 
     def predict(self, X: np.ndarray) -> np.ndarray:
+        if self._bag_mean:
+            return np.stack([m.predict(X) for m in self._models]).mean(axis=0)
         return self._models[0].predict(X)
 
     def predict_std(self, X: np.ndarray) -> np.ndarray:
         return np.stack([m.predict(X) for m in self._models]).std(axis=0)
 
 
-_BUILTIN = {"sklearn-gbdt": _BaggedGBDT, "sklearn-auto": _AutoPredictor}
+class _RidgeBoost:
+    """Ridge regression with boosted trees on its residuals, bagged; mean and spread over the bag.
+
+    Latency is close to a sum of per-operation costs, which a linear model learns from few points; the trees
+    only have to learn the interactions (fusion, pruned branches) left in the residuals.
+    """
+
+    def __init__(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        seed: int,
+        n_bags: int = 3,
+        bag_mean: bool = False,
+        loss: str = "squared_error",
+    ):
+        from sklearn.ensemble import GradientBoostingRegressor
+        from sklearn.linear_model import RidgeCV
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        rng = np.random.default_rng(seed)
+        self._bag_mean = bag_mean
+        self._models = []
+        for b in range(n_bags):
+            rows = rng.integers(0, len(y), len(y)) if b else np.arange(len(y))
+            linear = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13))).fit(
+                X[rows], y[rows]
+            )
+            trees = GradientBoostingRegressor(
+                n_estimators=80,
+                max_depth=3,
+                learning_rate=0.1,
+                subsample=0.8,
+                min_samples_leaf=2,
+                loss=loss,
+                random_state=seed + b,
+            ).fit(X[rows], y[rows] - linear.predict(X[rows]))
+            self._models.append((linear, trees))
+
+    def _all(self, X: np.ndarray) -> np.ndarray:
+        return np.stack([lin.predict(X) + trees.predict(X) for lin, trees in self._models])
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        if self._bag_mean:
+            return self._all(X).mean(axis=0)
+        linear, trees = self._models[0]
+        return linear.predict(X) + trees.predict(X)
+
+    def predict_std(self, X: np.ndarray) -> np.ndarray:
+        return self._all(X).std(axis=0)
 
 
-def fit_predictor(X: np.ndarray, y: np.ndarray, kind: str = "sklearn-gbdt", seed: int = 0) -> Any:
+_BUILTIN = {"sklearn-gbdt": _BaggedGBDT, "sklearn-ridge-gbdt": _RidgeBoost, "sklearn-auto": _AutoPredictor}
+
+
+def fit_predictor(
+    X: np.ndarray, y: np.ndarray, kind: str = "sklearn-gbdt", seed: int = 0, **options: Any
+) -> Any:
     """A fitted regressor with ``predict`` and ``predict_std``.
 
     ``kind``: ``"sklearn-gbdt"`` (a bag of gradient-boosted trees, the best ranker of NAS-Bench-201 accuracy we
-    tried), ``"sklearn-auto"`` (ridge or extremely randomised trees, by cross-validation; fastest), or
+    tried), ``"sklearn-ridge-gbdt"`` (ridge plus boosted trees on its residuals: near-additive costs such as
+    latency), ``"sklearn-auto"`` (ridge or extremely randomised trees, by cross-validation; fastest), or
     ``"predictors:<kind>"`` for ``predictors.fit(X, y, kind=<kind>)`` (serialisable models, slower to query).
+    ``options`` go to the model class (``n_bags``, ``bag_mean`` for ``"sklearn-gbdt"``).
     """
     if kind in _BUILTIN:
-        return _BUILTIN[kind](X, y, seed)
+        return _BUILTIN[kind](X, y, seed, **options)
     if kind.startswith("predictors:"):
         import predictors
 
         return predictors.fit(X, y, kind=kind.split(":", 1)[1], seed=seed, target="linear")
     raise ValueError(f"unknown LINAS predictor {kind!r}; use {sorted(_BUILTIN)} or 'predictors:<kind>'")
+
+
+class _LogTarget:
+    """A model of ``log(y)`` for a strictly positive objective (latency: noise and op costs are multiplicative),
+    read back on the original scale; the std by the delta method (``d exp(z) = exp(z) dz``)."""
+
+    def __init__(self, model: Any):
+        self._model = model
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.exp(self._model.predict(X))
+
+    def predict_std(self, X: np.ndarray) -> np.ndarray:
+        return np.exp(self._model.predict(X)) * self._model.predict_std(X)
 
 
 def hypervolume_gain(front: np.ndarray, points: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -249,12 +332,21 @@ class LinasSearcher(Searcher):
     Args:
         seed: random seed.
         n_initial: size of the initial Latin design (default: ``max(10, 2 * n_dims)``).
-        predictor: model per objective, see :func:`fit_predictor` (``"sklearn-gbdt"``, ``"sklearn-auto"``,
-            ``"predictors:gbdt"``, ...).
+        predictor: model per objective, see :func:`fit_predictor` (``"sklearn-gbdt"``, ``"sklearn-ridge-gbdt"``,
+            ``"sklearn-auto"``, ``"predictors:gbdt"``, ...), or one kind per objective (the constraint
+            violation's model takes the first).
         kappa: weight of the predicted std in the optimistic point ``mean - kappa * std``.
         inner_pop, inner_generations: size of the inner NSGA-II run on the predictors.
         n_random: random configs added to the candidate pool each round.
         n_mutations: mutations of each measured front config added to the pool.
+        neighbours: add every one-step neighbour of the measured front to the pool.
+        target_transform: ``"none"`` or ``"log"`` (model the log of each expensive objective whose measured
+            values are all positive, e.g. latency).
+        n_bags, bag_mean, loss: bag size of the ``"sklearn-gbdt"`` / ``"sklearn-ridge-gbdt"`` predictors,
+            whether the bag's mean (rather than the model fitted on every point) is the prediction, and the
+            boosting loss (``"squared_error"`` or ``"huber"``, robust to a heavy tail of bad configs).
+        late_batch, late_after: once ``late_after`` configs are measured, propose at most ``late_batch`` per
+            round and wait for them before the next (fresher models late in a run; ``None``: off).
     """
 
     name = "linas"
@@ -264,13 +356,19 @@ class LinasSearcher(Searcher):
         self,
         seed: int = 0,
         n_initial: int | None = None,
-        predictor: str = "sklearn-gbdt",
+        predictor: str | Sequence[str] = "sklearn-gbdt",
         kappa: float = 0.5,
         inner_pop: int = 64,
         inner_generations: int = 20,
         n_random: int = 500,
         n_mutations: int = 8,
         neighbours: bool = True,
+        target_transform: str = "none",
+        n_bags: int = 3,
+        bag_mean: bool = False,
+        late_batch: int | None = None,
+        late_after: int = 150,
+        loss: str = "squared_error",
     ):
         super().__init__(seed)
         self.n_initial = n_initial
@@ -281,6 +379,14 @@ class LinasSearcher(Searcher):
         self.n_random = int(n_random)
         self.n_mutations = int(n_mutations)
         self.neighbours = bool(neighbours)
+        if target_transform not in ("none", "log"):
+            raise ValueError(f"target_transform must be 'none' or 'log', got {target_transform!r}")
+        self.target_transform = target_transform
+        self.n_bags = int(n_bags)
+        self.bag_mean = bool(bag_mean)
+        self.late_batch = None if late_batch is None else int(late_batch)
+        self.late_after = int(late_after)
+        self.loss = loss
         self._handed_out: set[str] = set()
         self._features: dict[str, np.ndarray] = {}
 
@@ -320,6 +426,10 @@ class LinasSearcher(Searcher):
         if n_ok_distinct + len(self._handed_out - set(self.known)) < n_initial or n_ok_distinct < 4:
             out = self._latin(n)
         else:
+            if self.late_batch is not None and len(self.configs) >= self.late_after:
+                if any(k not in self.known for k in self._handed_out):
+                    return []  # the engine waits for the pending results: the next models will see them
+                n = min(n, self.late_batch)
             out = self._model_based(n, ok)
         self._handed_out.update(c.key for c in out)
         return out
@@ -338,11 +448,11 @@ class LinasSearcher(Searcher):
             if j in self.problem.cheap:
                 models.append(None)
             else:
-                models.append(fit_predictor(X, F[:, j], self.predictor, seed=self.seed + len(self.configs)))
+                models.append(self._fit(X, F[:, j], self.seed + len(self.configs), j))
         v_model = None
         if self.problem.n_constraints and np.nanmax(np.nan_to_num(V, nan=0.0)) > 0:
             Vfit = np.where(np.isfinite(V), V, np.nanmax(V))
-            v_model = fit_predictor(X, Vfit, self.predictor, seed=self.seed + 1)
+            v_model = self._fit(X, Vfit, self.seed + 1, -1)
 
         def predict(
             cands: Sequence[Config], with_std: bool = True
@@ -369,6 +479,24 @@ class LinasSearcher(Searcher):
             return self.random_unseen(n, exclude=self._handed_out)
         mu, sd, viol = predict(pool)
         return self._select(n, pool, mu, sd, viol, F, V)
+
+    def _kind(self, j: int) -> str:
+        """Predictor kind of objective ``j`` (``-1``: the constraint violation, which takes the first kind)."""
+        if isinstance(self.predictor, str):
+            return self.predictor
+        return self.predictor[max(j, 0)]
+
+    def _model_options(self, kind: str) -> dict[str, Any]:
+        if kind in ("sklearn-gbdt", "sklearn-ridge-gbdt"):
+            return {"n_bags": self.n_bags, "bag_mean": self.bag_mean, "loss": self.loss}
+        return {}
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, seed: int, j: int) -> Any:
+        """A predictor of objective ``j``, on the log scale if asked and the values allow it."""
+        kind = self._kind(j)
+        if j >= 0 and self.target_transform == "log" and (y > 0).all():
+            return _LogTarget(fit_predictor(X, np.log(y), kind, seed=seed, **self._model_options(kind)))
+        return fit_predictor(X, y, kind, seed=seed, **self._model_options(kind))
 
     def _candidates(self, configs: list[Config], F: np.ndarray, V: np.ndarray, predict: Any) -> list[Config]:
         space = self.space
