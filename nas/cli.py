@@ -219,6 +219,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         augment={"shift": True, "none": False}.get(args.augment, args.augment),
         n_random=args.n_random,
+        strategy_options={"low_resolution_bias": args.low_res_bias} if args.low_res_bias else {},
         distill=not args.no_distill,
         out_dir=str(out),
         resume=args.resume,
@@ -486,6 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--n-random", type=int, default=2, help="random subnets per step besides max and min (default 2)"
+    )
+    p.add_argument(
+        "--low-res-bias",
+        type=float,
+        default=0.0,
+        help="favour low resolutions for the random subnets: weight (R - i) ** BIAS for the i-th smallest of "
+        "R resolutions (default 0 = uniform; 0.5-1 lifts low-resolution subnets)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-distill", action="store_true", help="no in-place distillation from the max subnet")

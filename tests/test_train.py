@@ -58,6 +58,35 @@ def test_registry_and_strategy_tasks():
         make_strategy("bogus", net, 10)
 
 
+def test_low_resolution_bias_favours_small_resolutions_for_random_subnets():
+    from search_spaces import mobilenetv3
+
+    net = mobilenetv3.supernet("small", in_channels=1)
+    resolutions = list(net.space["resolution"].values)
+
+    def counts(**options):
+        strategy = make_strategy("sandwich", net, 100, num_random=4, **options)
+        res = [
+            t.config["resolution"]
+            for s in range(150)
+            for t in strategy.tasks(s, np.random.default_rng(s))[2:]
+        ]
+        return np.bincount([resolutions.index(r) for r in res], minlength=len(resolutions)) / len(res)
+
+    uniform, biased = counts(), counts(low_resolution_bias=1.0)
+    assert np.all(np.abs(uniform - 1 / 3) < 0.06)
+    assert np.all(np.abs(biased - np.array([3, 2, 1]) / 6) < 0.06)  # weights 3:2:1, smallest first
+    # max and min stay pinned; describe() records the option so a resume with another value is refused
+    tasks = make_strategy("sandwich", net, 100, low_resolution_bias=2.0).tasks(0, np.random.default_rng(0))
+    assert tasks[0].config == net.space.max() and tasks[1].config == net.space.min()
+    assert (
+        make_strategy("sandwich", net, 100, low_resolution_bias=2.0).describe()["low_resolution_bias"] == 2.0
+    )
+    assert "low_resolution_bias" not in make_strategy("sandwich", net, 100).describe()
+    with pytest.raises(ValueError, match="low_resolution_bias"):
+        make_strategy("sandwich", net, 100, low_resolution_bias=-1)
+
+
 @pytest.mark.parametrize("strategy", ["sandwich", "uniform", "progressive", "delayed"])
 def test_each_strategy_learns_the_tiny_task(strategy, tmp_path):
     torch.manual_seed(0)

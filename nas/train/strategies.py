@@ -20,6 +20,11 @@ Built in:
   rate (their loss weight, which for SGD scales their update exactly like a learning rate) ramping linearly
   from 0 to 1 over ``ramp`` of the steps.
 
+Every strategy takes ``low_resolution_bias`` (default 0): random subnets then draw the resolution with weight
+``(R - i) ** bias`` for the i-th smallest of R resolutions. The max subnet trains every weight at the largest
+resolution each step, but at the smallest only the min subnet's slice is trained, so random subnets at low
+resolution otherwise trail the min subnet.
+
 Example:
     >>> from search_spaces import mobilenetv3
     >>> import numpy as np
@@ -71,7 +76,14 @@ class Strategy:
 
     name: ClassVar[str] = ""
 
-    def __init__(self, net: Any, total_steps: int, num_random: int = 2, **options: Any):
+    def __init__(
+        self,
+        net: Any,
+        total_steps: int,
+        num_random: int = 2,
+        low_resolution_bias: float = 0.0,
+        **options: Any,
+    ):
         if total_steps < 1:
             raise ValueError(f"total_steps={total_steps} must be >= 1")
         if num_random < 0:
@@ -82,6 +94,9 @@ class Strategy:
         self.groups: dict[str, tuple[str, ...]] = dict(net.elastic_groups())
         self.total_steps = int(total_steps)
         self.num_random = int(num_random)
+        if low_resolution_bias < 0:
+            raise ValueError(f"low_resolution_bias={low_resolution_bias} must be >= 0")
+        self.low_resolution_bias = float(low_resolution_bias)
         self._max, self._min = self.space.max(), self.space.min()
 
     def phase(self, step: int) -> str:
@@ -93,17 +108,39 @@ class Strategy:
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description (stored in checkpoints; a resumed run must match it)."""
-        return {"name": self.name, "num_random": self.num_random, "total_steps": self.total_steps}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "num_random": self.num_random,
+            "total_steps": self.total_steps,
+        }
+        if self.low_resolution_bias:  # only when set, so runs checkpointed before the option still resume
+            out["low_resolution_bias"] = self.low_resolution_bias
+        return out
 
     # ------------------------------------------------------------------ helpers
     def sample(self, rng: np.random.Generator, elastic_kinds: tuple[str, ...] | None = None) -> Config:
         """A random config; dimensions outside ``elastic_kinds`` (None = all) keep their max value."""
-        cfg = self.space.sample(rng)
+        cfg = self._bias_resolution(self.space.sample(rng), rng)
         if elastic_kinds is None:
             return cfg
         free = {n for kind in elastic_kinds for n in self.groups.get(kind, ())}
         values = {n: (cfg[n] if n in free else self._max[n]) for n in self.space.names}
         return self.space.canonical(values)
+
+    def _bias_resolution(self, cfg: Config, rng: np.random.Generator) -> Config:
+        """Redraw the resolution with weights ``(R - i) ** low_resolution_bias`` for the i-th smallest of R.
+
+        Why: the max subnet trains every weight at the largest resolution each step, while at the smallest
+        only the min subnet's slice is trained; random subnets at low resolution then lag behind the min.
+        A positive bias spends more of the random subnets on low resolutions (0 = uniform).
+        """
+        names = self.groups.get("resolution", ())
+        if self.low_resolution_bias == 0 or len(names) != 1:
+            return cfg
+        values = self.space[names[0]].values
+        p = np.arange(len(values), 0, -1, dtype=np.float64) ** self.low_resolution_bias
+        choice = values[int(rng.choice(len(values), p=p / p.sum()))]
+        return self.space.canonical(cfg.replace(**{names[0]: choice}))
 
     def sandwich(
         self, rng: np.random.Generator, elastic_kinds: tuple[str, ...] | None = None, weight: float = 1.0
