@@ -371,3 +371,64 @@ def test_integer_hard_activations_fuse_to_qlinear_ops_in_onnxruntime(tmp_path):
     ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     ops = {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
     assert {"QLinearAdd", "QLinearMul"} <= ops and not ops & {"HardSwish", "HardSigmoid", "Mul", "Add"}
+
+
+@pytest.mark.parametrize(
+    ("size", "stride", "quantized", "kernel_after"),
+    [
+        (2, 1, False, [3, 3]),  # 7x7 pad 3 on 2x2: only the central 3x3 taps read pixels
+        (4, 2, False, [6, 6]),  # stride 2 on 4x4: the first row / column of taps only reads padding
+        (2, 1, True, [3, 3]),  # QDQ: the int8 weights are cut, their per-channel scales kept
+        (16, 1, False, [7, 7]),  # every tap reads a pixel somewhere: unchanged
+    ],
+)
+def test_crop_dead_taps_computes_the_same_function(size, stride, quantized, kernel_after):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from nas.export import crop_dead_taps
+
+    rng = np.random.default_rng(0)
+    c = 16
+    w = rng.normal(size=(c, 1, 7, 7)).astype(np.float32)
+    inits = [numpy_helper.from_array(rng.normal(size=c).astype(np.float32), "b")]
+    nodes = []
+    if quantized:
+        scale = np.abs(w).reshape(c, -1).max(1) / 127
+        inits += [
+            numpy_helper.from_array(np.round(w / scale.reshape(-1, 1, 1, 1)).astype(np.int8), "wq"),
+            numpy_helper.from_array(scale.astype(np.float32), "ws"),
+            numpy_helper.from_array(np.zeros(c, np.int8), "wz"),
+        ]
+        nodes.append(helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0))
+    else:
+        inits.append(numpy_helper.from_array(w, "w"))
+    nodes.append(
+        helper.make_node("Conv", ["x", "w", "b"], ["y"], group=c, pads=[3, 3, 3, 3], strides=[stride] * 2)
+    )
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", c, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", c, size // stride, size // stride])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    cut = onnx.ModelProto()
+    cut.CopyFrom(model)
+    assert crop_dead_taps(cut) == int(kernel_after != [7, 7])
+    onnx.checker.check_model(cut)
+    weight = next(i for i in cut.graph.initializer if i.name == ("wq" if quantized else "w"))
+    assert list(weight.dims[2:]) == kernel_after
+    x = rng.normal(size=(3, c, size, size)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x}
+        )[0]
+
+    expected, got = run(model), run(cut)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
