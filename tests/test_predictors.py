@@ -191,6 +191,51 @@ def test_corrupted_and_foreign_files_fail_clearly(fitted, tmp_path):
         predictors.load(ridge)
 
 
+def test_calibration_shifts_to_the_densest_window_of_skewed_noise():
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 3, (600, 4)).astype(float)
+    clean = 1.0 + X @ [1.0, 0.5, 2.0, 0.25]
+    # small noise, but almost half of the runs slowed by 25-60 %: the mean sits well above the typical value
+    slow = np.where(rng.random(600) < 0.45, rng.uniform(1.25, 1.6, 600), 1.0)
+    y = clean * slow * rng.lognormal(0, 0.02, 600)
+    tr, te = slice(0, 300), slice(300, None)
+    plain = predictors.fit(X[tr], y[tr], kind="ridge", target="log")
+    cal = predictors.fit(X[tr], y[tr], kind="ridge", target="log", calibrate=0.10)
+    assert plain.scale == 1.0 and "calibration" not in plain.info
+    info = cal.info["calibration"]
+    assert cal.scale < 0.97 and info["scale"] == cal.scale and info["tolerance"] == 0.10
+    assert info["cv_within_after"] > info["cv_within_before"]
+    np.testing.assert_allclose(cal.predict(X[te]), cal.scale * plain.predict(X[te]))
+    assert (
+        predictors.evaluate(cal, X[te], y[te])["within_10pct"]
+        > predictors.evaluate(plain, X[te], y[te])["within_10pct"] + 0.05
+    )
+    with pytest.raises(ValueError, match="calibrate must be"):
+        predictors.fit(X, y, kind="ridge", calibrate=10.0)
+
+
+def test_calibration_leaves_exact_costs_alone_and_is_saved(tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.integers(0, 3, (120, 4)).astype(float)
+    y = 0.5 + X @ [1.0, 0.5, 2.0, 0.25]
+    pred = predictors.fit(X, y, kind="lut", calibrate=0.10)
+    assert pred.scale == 1.0 and pred.info["calibration"]["cv_within_after"] == 1.0
+    skewed = predictors.Predictor("lut", pred.groups, pred.targets, 4, scale=0.9)
+    path = tmp_path / "p.json"
+    skewed.save(path)
+    np.testing.assert_array_equal(predictors.load(path).predict(X), 0.9 * pred.predict(X))
+    np.testing.assert_allclose(predictors.load(path).predict_std(X), 0.9 * pred.predict_std(X))
+    # a version-1 file (before calibration existed) still loads, unscaled
+    old = json.loads(path.read_text())
+    old["format_version"] = 1
+    path.write_text(json.dumps(old))
+    np.testing.assert_array_equal(predictors.load(path).predict(X), pred.predict(X))
+    for bad in (0.0, -1.0, "1", True):
+        path.write_text(json.dumps({**old, "format_version": 2, "scale": bad}))
+        with pytest.raises(PredictorFormatError, match="scale must be"):
+            predictors.load(path)
+
+
 def test_metrics_on_hand_made_arrays():
     y = np.array([1.0, 2.0, 4.0, 10.0])
     p = np.array([1.04, 2.4, 4.0, 9.0])
