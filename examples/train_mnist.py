@@ -49,10 +49,18 @@ def main() -> None:
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
     p.add_argument("--workers", type=int, default=1, help="> 1: data-parallel on a local Ray instance")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the initial weights, data order and subnet sampling (default: torch's fixed start-up "
+        "state and training seed 0); the evaluated random subnets stay the same",
+    )
     p.add_argument("--out", default="runs/mnist-sandwich")
     p.add_argument("--resume", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
 
     train, test = data.mnist("train"), data.mnist("test")
     net = mobilenetv3.supernet("small", num_classes=10, in_channels=1)
@@ -72,6 +80,7 @@ def main() -> None:
         out_dir=args.out,
         resume=args.resume,
         num_workers=args.workers,
+        seed=0 if args.seed is None else args.seed,
     )
     train_s = time.perf_counter() - t0
     print(f"trained {result.steps} steps in {train_s:.0f} s")
