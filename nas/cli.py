@@ -468,7 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--space", default="mobilenetv3", help="built-in space with a supernet (default mobilenetv3)"
     )
-    p.add_argument("--preset", default="small", help="space preset: small (28-32 px) or imagenet (224 px)")
+    p.add_argument(
+        "--preset",
+        default="small",
+        help="space preset: small (24-32 px, MNIST-sized) or imagenet (160-224 px)",
+    )
     p.add_argument("--data", default="mnist", choices=("mnist", "digits", "cifar10"), help="training data")
     p.add_argument("--data-root", help="folder with cifar-10-batches-bin (for --data cifar10)")
     p.add_argument("--strategy", default="sandwich", help="sandwich, progressive, delayed or uniform")
@@ -500,15 +504,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quant", action="store_true", help="add per-layer weight bit-width dimensions")
     p.add_argument("--sparsity", action="store_true", help="add per-layer sparsity dimensions")
     p.add_argument("--workers", type=int, default=1, help="data-parallel workers on Ray Train (default 1)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed (data order, subnet sampling)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics log, final weights)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("profile", help="measure subnet latencies on this machine into a profile file")
     p.add_argument("--space", default="mobilenetv3")
-    p.add_argument("--preset", default="small")
-    p.add_argument("--in-channels", type=int, default=1)
+    p.add_argument("--preset", default="small", help="space preset (mobilenetv3: small or imagenet)")
+    p.add_argument(
+        "--in-channels", type=int, default=1, help="input channels of the measured nets (1: MNIST)"
+    )
     p.add_argument("--supernet", help="run directory of a trained supernet (its space is measured)")
     p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "cuda"))
     p.add_argument("--samples", type=int, default=300, help="random subnets to measure")
@@ -535,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="multi-objective search; one Pareto front per --target")
     p.add_argument("--space", required=True, help="built-in space (nas spaces)")
-    p.add_argument("--preset", default="small")
+    p.add_argument("--preset", default="small", help="space preset (mobilenetv3: small or imagenet)")
     p.add_argument("--supernet", help="run directory of `nas train` (accuracy objective)")
     p.add_argument("--dataset", help="nb201: cifar10, cifar100 or imagenet16; else the supernet's data")
     p.add_argument("--data-root", help="folder of the dataset when it is not bundled")
