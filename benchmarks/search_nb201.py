@@ -50,7 +50,7 @@ def true_front(target: str) -> tuple[np.ndarray, np.ndarray, float]:
 
 def one_run(args: tuple[str, str, int, int, dict]) -> dict:
     """One search; returns the HV ratio at each checkpoint and the wall time."""
-    target, algorithm, seed, budget, linas_options, latency_mode = args
+    target, algorithm, seed, budget, linas_options, latency_mode, batch_size = args
     import torch
 
     torch.set_num_threads(1)
@@ -80,6 +80,7 @@ def one_run(args: tuple[str, str, int, int, dict]) -> dict:
         seed=seed,
         progress=False,
         searcher_options=options or None,
+        batch_size=batch_size,
     )
     wall = time.perf_counter() - t0
     h = result.history
@@ -116,6 +117,9 @@ def main() -> None:
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
     parser.add_argument("--seeds", type=int, default=10, help="number of seeds (0 .. n-1)")
     parser.add_argument("--budget", type=int, default=250)
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="configs per ask (default: each searcher's own)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     parser.add_argument(
         "--linas-option",
@@ -137,7 +141,7 @@ def main() -> None:
     linas_options = parse_options(args.linas_option)
     started = time.time()
     jobs = [
-        (t, a, s, args.budget, linas_options, args.latency)
+        (t, a, s, args.budget, linas_options, args.latency, args.batch_size)
         for t in args.targets
         for a in args.algorithms
         for s in range(args.seeds)

@@ -152,6 +152,25 @@ def test_linas_late_batch_proposes_few_configs_and_waits_for_them():
     assert 1 <= len(s.ask(10)) <= 3
 
 
+@pytest.mark.parametrize("batch", [2, 3, 10])
+def test_linas_initial_design_uses_every_value_whatever_the_batch_size(batch):
+    # Planned per batch, a design of 3 configs would use only 3 of the 5 widths (a past bug: on NAS-Bench-201
+    # no initial cell had a 3x3 conv and the search never recovered).
+    s = searchers.get("linas")(seed=1, n_initial=10)
+    s.setup(Problem(SPACE, ("quality", "cost@a")))
+    design: list[Config] = []
+    while len(design) < 10:
+        asked = list(s.ask(min(batch, 10 - len(design))))
+        s.tell(asked, np.array([[-quality(c), cost(c)] for c in asked]), np.zeros(len(asked)))
+        design += asked
+    for dim in SPACE.dims:
+        counts = [sum(c[dim.name] == v for c in design) for v in dim.values]
+        assert min(counts) >= 10 // len(dim.values) and max(counts) <= -(-10 // len(dim.values)), (
+            dim.name,
+            counts,
+        )
+
+
 def test_linas_ridge_gbdt_learns_an_additive_cost_and_log_target_stays_positive():
     from nas.search.searchers.linas import _LogTarget, fit_predictor
 

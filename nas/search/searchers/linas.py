@@ -389,6 +389,7 @@ class LinasSearcher(Searcher):
         self.loss = loss
         self._handed_out: set[str] = set()
         self._features: dict[str, np.ndarray] = {}
+        self._design: list[Config] | None = None
 
     # ------------------------------------------------------------------------------------------ helpers
     def _feature_rows(self, configs: Sequence[Config]) -> np.ndarray:
@@ -400,22 +401,36 @@ class LinasSearcher(Searcher):
             rows.append(f)
         return np.vstack(rows)
 
-    def _latin(self, n: int) -> list[Config]:
+    def _latin_design(self, n: int) -> list[Config]:
+        """``n`` configs in which each value of each dimension appears ``n // card`` or ``n // card + 1`` times
+        (the extra uses go to the first values, the small end of a NAS dimension, where a front starts),
+        canonicalised and de-duplicated."""
         space = self.space
         columns = []
         for card in space.cardinalities:
             reps = -(-n // int(card))
-            columns.append(self.rng.permutation(np.tile(np.arange(card), reps)[:n]))
-        idx = np.stack(columns, axis=1)
+            values = np.tile(np.arange(int(card)), reps)[:n]
+            columns.append(self.rng.permutation(values))
         out: dict[str, Config] = {}
-        for row in idx:
+        for row in np.stack(columns, axis=1):
             c = space.canonical(space.from_indices(row))
+            out.setdefault(c.key, c)
+        return list(out.values())
+
+    def _latin(self, n: int, n_initial: int) -> list[Config]:
+        """The next ``n`` configs of the initial design, planned once for all ``n_initial`` configs so that a
+        small batch size does not shrink it (a design planned per batch of 3 would use only 3 values of a
+        5-valued dimension)."""
+        if self._design is None:
+            self._design = self._latin_design(max(n, n_initial))
+        found: list[Config] = []
+        while self._design and len(found) < n:
+            c = self._design.pop(0)
             if c.key not in self.known and c.key not in self._handed_out:
-                out.setdefault(c.key, c)
-        found = list(out.values())
-        if len(found) < n:
-            found += self.random_unseen(n - len(found), exclude=self._handed_out | set(out))
-        return found[:n]
+                found.append(c)
+        if not found:  # the design collapsed onto known configs (canonical duplicates): explore randomly
+            found = self.random_unseen(min(n, n_initial), exclude=self._handed_out)
+        return found  # possibly fewer than n: the engine asks again, and the models take over
 
     # ------------------------------------------------------------------------------------------ ask
     def _ask(self, n: int) -> Sequence[Config]:
@@ -424,7 +439,7 @@ class LinasSearcher(Searcher):
         ok = np.isfinite(F_all).all(axis=1) if len(F_all) else np.zeros(0, dtype=bool)
         n_ok_distinct = len({self.configs[i].key for i in np.flatnonzero(ok)})
         if n_ok_distinct + len(self._handed_out - set(self.known)) < n_initial or n_ok_distinct < 4:
-            out = self._latin(n)
+            out = self._latin(n, n_initial)
         else:
             if self.late_batch is not None and len(self.configs) >= self.late_after:
                 if any(k not in self.known for k in self._handed_out):
