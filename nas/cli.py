@@ -289,6 +289,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         test_fraction=args.test_fraction,
         seed=args.seed,
         resolve_space=search_spaces.space_by_name,
+        metric=args.metric,
     )
     return 0
 
@@ -535,6 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("profile", help="profile CSV made by `nas profile` (or a built-in profile's file)")
     p.add_argument("--out", required=True, help="predictor JSON")
     p.add_argument("--kind", default="auto", help="auto, ridge, gbdt, mlp, lut or ensemble")
+    p.add_argument(
+        "--metric",
+        default="latency_ms",
+        help="profile column to predict: latency_ms (median of the repeats, default), latency_p10_ms "
+        "(10th percentile: the stable target on shared or virtualised CPUs, where the median of a few-ms "
+        "forward pass can vary by 15%% between runs), latency_min_ms, or an extra such as energy_mj",
+    )
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_fit)

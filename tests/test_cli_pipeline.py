@@ -39,6 +39,9 @@ def test_profile_fit_search_export(run_dir, tmp_path, capsys):
         == 0
     )
     assert main(["fit", str(prof), "--kind", "ridge", "--out", str(tmp_path / "cpu.json")]) == 0
+    p10 = tmp_path / "cpu_p10.json"
+    assert main(["fit", str(prof), "--kind", "ridge", "--metric", "latency_p10_ms", "--out", str(p10)]) == 0
+    assert p10.exists()
     db = tmp_path / "search.db"
     args = [
         "search",
