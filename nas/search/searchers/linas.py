@@ -105,7 +105,42 @@ class _AutoPredictor:
         return self._model.predict_std(X)
 
 
-class _BaggedGBDT:
+class _Bag:
+    """A bag of regressors, one per bootstrap sample (the first sees every point); its prediction is that first
+    model's (or the bag mean), its std the spread over the bag. Subclasses say how one member is fitted."""
+
+    def __init__(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        seed: int,
+        n_bags: int = 3,
+        bag_mean: bool = False,
+        loss: str = "squared_error",
+    ):
+        self._bag_mean = bag_mean
+        rng = np.random.default_rng(seed)
+        self._models = []
+        for b in range(n_bags):
+            rows = rng.integers(0, len(y), len(y)) if b else np.arange(len(y))
+            self._models.append(self._fit_member(X[rows], y[rows], seed + b, loss))
+
+    def _fit_member(self, X: np.ndarray, y: np.ndarray, seed: int, loss: str) -> Any:
+        raise NotImplementedError
+
+    def _all(self, X: np.ndarray) -> np.ndarray:
+        return np.stack([m.predict(X) for m in self._models])
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        if self._bag_mean:
+            return self._all(X).mean(axis=0)
+        return self._models[0].predict(X)
+
+    def predict_std(self, X: np.ndarray) -> np.ndarray:
+        return self._all(X).std(axis=0)
+
+
+class _BaggedGBDT(_Bag):
     """A bag of gradient-boosted tree models (scikit-learn); mean and spread over the bag.
 
     The same model family as ``predictors.fit(kind="gbdt")``, kept in scikit-learn form: LINAS predicts tens of
@@ -113,94 +148,53 @@ class _BaggedGBDT:
     than a serialisable numpy model.
     """
 
-    def __init__(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        seed: int,
-        n_bags: int = 3,
-        bag_mean: bool = False,
-        loss: str = "squared_error",
-    ):
+    def _fit_member(self, X: np.ndarray, y: np.ndarray, seed: int, loss: str) -> Any:
         from sklearn.ensemble import GradientBoostingRegressor
 
-        self._bag_mean = bag_mean
-        rng = np.random.default_rng(seed)
-        self._models = []
-        for b in range(n_bags):
-            rows = rng.integers(0, len(y), len(y)) if b else np.arange(len(y))  # first model sees every point
-            self._models.append(
-                GradientBoostingRegressor(
-                    n_estimators=120,
-                    max_depth=4,
-                    learning_rate=0.1,
-                    subsample=0.8,
-                    min_samples_leaf=2,
-                    loss=loss,
-                    random_state=seed + b,
-                ).fit(X[rows], y[rows])
-            )
+        return GradientBoostingRegressor(
+            n_estimators=120,
+            max_depth=4,
+            learning_rate=0.1,
+            subsample=0.8,
+            min_samples_leaf=2,
+            loss=loss,
+            random_state=seed,
+        ).fit(X, y)
+
+
+class _LinearPlusTrees:
+    """Ridge regression plus boosted trees fitted on its residuals (one member of :class:`_RidgeBoost`)."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, seed: int, loss: str):
+        from sklearn.ensemble import GradientBoostingRegressor
+        from sklearn.linear_model import RidgeCV
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        self.linear = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13))).fit(X, y)
+        self.trees = GradientBoostingRegressor(
+            n_estimators=80,
+            max_depth=3,
+            learning_rate=0.1,
+            subsample=0.8,
+            min_samples_leaf=2,
+            loss=loss,
+            random_state=seed,
+        ).fit(X, y - self.linear.predict(X))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        if self._bag_mean:
-            return np.stack([m.predict(X) for m in self._models]).mean(axis=0)
-        return self._models[0].predict(X)
-
-    def predict_std(self, X: np.ndarray) -> np.ndarray:
-        return np.stack([m.predict(X) for m in self._models]).std(axis=0)
+        return self.linear.predict(X) + self.trees.predict(X)
 
 
-class _RidgeBoost:
+class _RidgeBoost(_Bag):
     """Ridge regression with boosted trees on its residuals, bagged; mean and spread over the bag.
 
     Latency is close to a sum of per-operation costs, which a linear model learns from few points; the trees
     only have to learn the interactions (fusion, pruned branches) left in the residuals.
     """
 
-    def __init__(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        seed: int,
-        n_bags: int = 3,
-        bag_mean: bool = False,
-        loss: str = "squared_error",
-    ):
-        from sklearn.ensemble import GradientBoostingRegressor
-        from sklearn.linear_model import RidgeCV
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        rng = np.random.default_rng(seed)
-        self._bag_mean = bag_mean
-        self._models = []
-        for b in range(n_bags):
-            rows = rng.integers(0, len(y), len(y)) if b else np.arange(len(y))
-            linear = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13))).fit(
-                X[rows], y[rows]
-            )
-            trees = GradientBoostingRegressor(
-                n_estimators=80,
-                max_depth=3,
-                learning_rate=0.1,
-                subsample=0.8,
-                min_samples_leaf=2,
-                loss=loss,
-                random_state=seed + b,
-            ).fit(X[rows], y[rows] - linear.predict(X[rows]))
-            self._models.append((linear, trees))
-
-    def _all(self, X: np.ndarray) -> np.ndarray:
-        return np.stack([lin.predict(X) + trees.predict(X) for lin, trees in self._models])
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        if self._bag_mean:
-            return self._all(X).mean(axis=0)
-        linear, trees = self._models[0]
-        return linear.predict(X) + trees.predict(X)
-
-    def predict_std(self, X: np.ndarray) -> np.ndarray:
-        return self._all(X).std(axis=0)
+    def _fit_member(self, X: np.ndarray, y: np.ndarray, seed: int, loss: str) -> Any:
+        return _LinearPlusTrees(X, y, seed, loss)
 
 
 _BUILTIN = {"sklearn-gbdt": _BaggedGBDT, "sklearn-ridge-gbdt": _RidgeBoost, "sklearn-auto": _AutoPredictor}
