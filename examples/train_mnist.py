@@ -40,6 +40,11 @@ def main() -> None:
         default=0.0,
         help="favour low resolutions for the random subnets: weights (R - i) ** bias (0 = uniform)",
     )
+    p.add_argument(
+        "--kernel-transform",
+        action="store_true",
+        help="Once-for-All kernel transformation matrices for the smaller depthwise kernels",
+    )
     p.add_argument("--random", type=int, default=20, help="random subnets to evaluate after training")
     p.add_argument(
         "--calib-batches",
@@ -63,7 +68,7 @@ def main() -> None:
         torch.manual_seed(args.seed)
 
     train, test = data.mnist("train"), data.mnist("test")
-    net = mobilenetv3.supernet("small", num_classes=10, in_channels=1)
+    net = mobilenetv3.supernet("small", num_classes=10, in_channels=1, kernel_transform=args.kernel_transform)
     t0 = time.perf_counter()
     result = train_supernet(
         net,

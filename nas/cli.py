@@ -197,6 +197,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "in_channels": 1 if args.data in ("mnist", "digits") else 3,
             "quant": args.quant,
             "sparsity": args.sparsity,
+            **({"kernel_transform": True} if args.kernel_transform else {}),
         },
         "data": args.data,
         "data_root": args.data_root,
@@ -504,6 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-distill", action="store_true", help="no in-place distillation from the max subnet")
     p.add_argument("--quant", action="store_true", help="add per-layer weight bit-width dimensions")
     p.add_argument("--sparsity", action="store_true", help="add per-layer sparsity dimensions")
+    p.add_argument(
+        "--kernel-transform",
+        action="store_true",
+        help="Once-for-All kernel transformation matrices: smaller depthwise kernels are learned linear maps "
+        "of the larger kernel's centre, not plain crops (mobilenetv3)",
+    )
     p.add_argument("--workers", type=int, default=1, help="data-parallel workers on Ray Train (default 1)")
     p.add_argument("--seed", type=int, default=0, help="training seed (data order, subnet sampling)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")

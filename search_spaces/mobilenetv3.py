@@ -149,10 +149,12 @@ class MobileNetV3Supernet(Supernet):
         in_channels: int = 3,
         quant: bool = False,
         sparsity: bool = False,
+        kernel_transform: bool = False,
     ):
         p = _preset(preset)
         super().__init__(space(p, quant=quant, sparsity=sparsity))
         self.quant, self.sparsity = bool(quant), bool(sparsity)
+        self.kernel_transform = bool(kernel_transform)
         if num_classes < 1 or in_channels < 1:
             raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}")
         self.preset = p
@@ -190,6 +192,7 @@ class MobileNetV3Supernet(Supernet):
                         act=act,
                         use_se=se,
                         quant=quant,
+                        kernel_transform=kernel_transform,
                     )
                 )
             stages.append(ElasticSequential(blocks, DEPTHS))
@@ -347,8 +350,12 @@ def supernet(
     in_channels: int = 3,
     quant: bool = False,
     sparsity: bool = False,
+    kernel_transform: bool = False,
 ) -> MobileNetV3Supernet:
     """Build the MobileNetV3 supernet of a preset (max subnet active).
+
+    ``kernel_transform`` adds Once-for-All's kernel transformation matrices to the elastic depthwise convs
+    (see :class:`nas.ops.ElasticConv2d`).
 
     Example:
         >>> net = supernet("small", num_classes=10, in_channels=1)
@@ -356,5 +363,10 @@ def supernet(
         (8, 1, 24, 24)
     """
     return MobileNetV3Supernet(
-        preset, num_classes=num_classes, in_channels=in_channels, quant=quant, sparsity=sparsity
+        preset,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        quant=quant,
+        sparsity=sparsity,
+        kernel_transform=kernel_transform,
     )

@@ -148,3 +148,47 @@ def test_bad_configs_and_presets_raise_useful_errors(small_net):
         small_net.activate({**small_net.space.max(), "stage1.block0.kernel": 4})
     with pytest.raises(ValueError, match="unknown mobilenetv3 preset 'huge'"):
         mobilenetv3.supernet("huge")
+
+
+def test_kernel_transform_starts_as_plain_crops_and_extracts_equivalently():
+    torch.manual_seed(0)
+    plain = randomize(mobilenetv3.supernet("small", num_classes=10, in_channels=3)).eval()
+    torch.manual_seed(0)
+    net = randomize(
+        mobilenetv3.supernet("small", num_classes=10, in_channels=3, kernel_transform=True)
+    ).eval()
+    cfg = net.space.min()  # kernel 3 everywhere: every transform is used
+    x = torch.randn(2, *net.input_shape(cfg)[1:], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        net.activate(cfg), plain.activate(cfg)
+        assert torch.allclose(net(x), plain(x), atol=1e-6)  # identity at start
+        transforms = [p for n, p in net.named_parameters() if "kernel_transforms." in n]
+        assert transforms and all(p.shape in ((9, 9), (25, 25)) for p in transforms)
+        g = torch.Generator().manual_seed(2)
+        for p in transforms:
+            p.add_(torch.randn(p.shape, generator=g) * 0.2)
+        assert not torch.allclose(net(x), plain(x), atol=1e-3)  # now the small kernels differ...
+        worst = 0.0
+        for c in [net.space.max(), cfg, *net.space.samples(20, seed=7)]:
+            c = net.activate(c)
+            xc = resize_to(x, c)
+            worst = max(worst, (net.extract(c).eval()(xc) - net(xc)).abs().max().item())
+        assert worst <= 1e-5, worst  # ...and extraction bakes them into plain convs
+        big = net.space.max()
+        net.activate(big), plain.activate(big)
+        xb = resize_to(x, big)
+        assert torch.allclose(net(xb), plain(xb), atol=1e-6)  # the largest kernel never uses them
+
+
+def test_kernel_transforms_learn_and_are_not_weight_decayed():
+    from nas.train.trainer import TrainConfig, _make_optimizer
+
+    net = randomize(mobilenetv3.supernet("small", num_classes=10, in_channels=1, kernel_transform=True))
+    deepest_smallest_kernels = {k: (3 if k.endswith(".kernel") else v) for k, v in net.space.max().items()}
+    cfg = net.activate(deepest_smallest_kernels)  # every block active, each using both transforms
+    net(torch.randn(2, *net.input_shape(cfg)[1:])).sum().backward()
+    transforms = {id(p): p for n, p in net.named_parameters() if "kernel_transforms." in n}
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in transforms.values())
+    opt = _make_optimizer(TrainConfig(weight_decay=0.1), net)
+    decayed = {id(p) for group in opt.param_groups if group["weight_decay"] > 0 for p in group["params"]}
+    assert decayed and not decayed & set(transforms)

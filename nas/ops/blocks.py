@@ -114,6 +114,7 @@ class ElasticMBConv(nn.Module):
         use_se: bool = False,
         divisor: int = 8,
         quant: bool = False,
+        kernel_transform: bool = False,
     ):
         super().__init__()
         self.in_channels = int(in_channels)
@@ -129,7 +130,14 @@ class ElasticMBConv(nn.Module):
         self.max_hidden = hidden
         self.expand_conv = ElasticConv2d(in_channels, hidden, 1)
         self.expand_bn = ElasticBatchNorm2d(hidden)
-        self.depthwise = ElasticConv2d(hidden, hidden, self.kernel_sizes, stride=stride, depthwise=True)
+        self.depthwise = ElasticConv2d(
+            hidden,
+            hidden,
+            self.kernel_sizes,
+            stride=stride,
+            depthwise=True,
+            kernel_transform=kernel_transform,
+        )
         self.depthwise_bn = ElasticBatchNorm2d(hidden)
         self.act = make_activation(act)
         self.se = ElasticSqueezeExcite(hidden, divisor=divisor) if use_se else None

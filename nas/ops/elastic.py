@@ -117,6 +117,11 @@ class ElasticConv2d(nn.Module):
         stride: convolution stride.
         depthwise: one filter per channel (``groups`` = active channels).
         bias: learn a bias.
+        kernel_transform: Once-for-All's kernel transformation matrices: a smaller kernel is the centre crop of
+            the next larger *transformed* kernel, ``crop(w) @ T_k`` with one learned ``k*k x k*k`` matrix per
+            smaller size, shared by all channels (identity at start). Without them the centre taps of the 7x7
+            kernel must serve as the 3x3 kernel as well; with them each size gets its own view of the shared
+            weights for ``k*k`` extra parameters per size.
 
     Example:
         >>> dw = ElasticConv2d(32, 32, kernel_sizes=(3, 5, 7), depthwise=True)
@@ -133,6 +138,7 @@ class ElasticConv2d(nn.Module):
         stride: int = 1,
         depthwise: bool = False,
         bias: bool = False,
+        kernel_transform: bool = False,
     ):
         super().__init__()
         kernels = (kernel_sizes,) if isinstance(kernel_sizes, int) else tuple(int(k) for k in kernel_sizes)
@@ -151,6 +157,11 @@ class ElasticConv2d(nn.Module):
             torch.empty(out_channels, fan_in_channels, self.max_kernel, self.max_kernel)
         )
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.kernel_transforms: nn.ParameterDict | None = None
+        if kernel_transform and len(self.kernel_sizes) > 1:
+            self.kernel_transforms = nn.ParameterDict(
+                {f"k{k}": nn.Parameter(torch.empty(k * k, k * k)) for k in self.kernel_sizes[:-1]}
+            )
         self.active_out_channels = self.max_out_channels
         self.active_kernel = self.max_kernel
         # Weight policy (issue: quantization / sparsity as dimensions): 32 bits and density 1.0 are float/dense.
@@ -166,6 +177,10 @@ class ElasticConv2d(nn.Module):
             fan_in = self.weight.shape[1] * self.max_kernel * self.max_kernel
             bound = 1 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -bound, bound)
+        if self.kernel_transforms is not None:
+            with torch.no_grad():
+                for t in self.kernel_transforms.values():
+                    t.copy_(torch.eye(t.shape[0]))
         self._cache.clear()
 
     def set_active(self, out_channels: int | None = None, kernel: int | None = None) -> None:
@@ -194,6 +209,8 @@ class ElasticConv2d(nn.Module):
         if not _SliceCache.usable(self.weight):
             return self._slice(in_channels, c_out, k)
         key = (in_channels, c_out, k, *_param_state(self.weight), *self.transform_state())
+        if self.kernel_transforms is not None:
+            key += tuple(s for t in self.kernel_transforms.values() for s in _param_state(t))
         cached = self._cache.get(key)
         if cached is None:
             cached = self._cache.put(key, self._slice(in_channels, c_out, k).contiguous())
@@ -209,8 +226,15 @@ class ElasticConv2d(nn.Module):
             if c_out != self.max_out_channels or c_in != self.max_in_channels:
                 w = w[:c_out, :c_in]
         if k != self.max_kernel:
-            start = (self.max_kernel - k) // 2
-            w = w[:, :, start : start + k, start : start + k]
+            if self.kernel_transforms is None:
+                start = (self.max_kernel - k) // 2
+                w = w[:, :, start : start + k, start : start + k]
+            else:  # crop to each smaller size in turn, transforming after each crop (as OFA does)
+                for size in reversed([s for s in self.kernel_sizes if k <= s < self.max_kernel]):
+                    start = (w.shape[-1] - size) // 2
+                    w = w[:, :, start : start + size, start : start + size]
+                    flat = w.reshape(w.shape[0], w.shape[1], size * size)
+                    w = (flat @ self.kernel_transforms[f"k{size}"]).reshape(w.shape)
         return self.transform_weight(w)
 
     def set_policy(self, bits: int | None = None, sparsity: float | str | None = None) -> None:
@@ -281,6 +305,7 @@ class ElasticConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         kind = "depthwise, " if self.depthwise else ""
+        kind += "kernel_transform, " if self.kernel_transforms is not None else ""
         return (
             f"{self.max_in_channels}, {self.max_out_channels}, {kind}kernel_sizes={self.kernel_sizes}, "
             f"stride={self.stride}, bias={self.bias is not None}, active_out={self.active_out_channels}, "

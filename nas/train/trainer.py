@@ -95,9 +95,14 @@ def _lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> flo
 
 
 def _make_optimizer(cfg: TrainConfig, net: nn.Module) -> torch.optim.Optimizer:
-    # No weight decay on BN / biases (1-D tensors): decaying them only hurts small networks.
-    decay = [p for p in net.parameters() if p.requires_grad and p.dim() > 1]
-    no_decay = [p for p in net.parameters() if p.requires_grad and p.dim() <= 1]
+    # No weight decay on BN / biases (1-D tensors): decaying them only hurts small networks. Nor on kernel
+    # transformation matrices: they start at the identity, and decay would pull them towards zero instead.
+    def exempt(name: str, p: torch.Tensor) -> bool:
+        return p.dim() <= 1 or "kernel_transforms." in name
+
+    named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if not exempt(n, p)]
+    no_decay = [p for n, p in named if exempt(n, p)]
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
