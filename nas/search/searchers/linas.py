@@ -105,6 +105,21 @@ class _AutoPredictor:
         return self._model.predict_std(X)
 
 
+def _boosted_trees(n_estimators: int, max_depth: int, loss: str, seed: int) -> Any:
+    """An unfitted scikit-learn gradient-boosted tree regressor with LINAS's small-data settings."""
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    return GradientBoostingRegressor(
+        n_estimators=n_estimators,
+        max_depth=max_depth,
+        learning_rate=0.1,
+        subsample=0.8,
+        min_samples_leaf=2,
+        loss=loss,
+        random_state=seed,
+    )
+
+
 class _Bag:
     """A bag of regressors, one per bootstrap sample (the first sees every point); its prediction is that first
     model's (or the bag mean), its std the spread over the bag. Subclasses say how one member is fitted."""
@@ -149,38 +164,19 @@ class _BaggedGBDT(_Bag):
     """
 
     def _fit_member(self, X: np.ndarray, y: np.ndarray, seed: int, loss: str) -> Any:
-        from sklearn.ensemble import GradientBoostingRegressor
-
-        return GradientBoostingRegressor(
-            n_estimators=120,
-            max_depth=4,
-            learning_rate=0.1,
-            subsample=0.8,
-            min_samples_leaf=2,
-            loss=loss,
-            random_state=seed,
-        ).fit(X, y)
+        return _boosted_trees(120, 4, loss, seed).fit(X, y)
 
 
 class _LinearPlusTrees:
     """Ridge regression plus boosted trees fitted on its residuals (one member of :class:`_RidgeBoost`)."""
 
     def __init__(self, X: np.ndarray, y: np.ndarray, seed: int, loss: str):
-        from sklearn.ensemble import GradientBoostingRegressor
         from sklearn.linear_model import RidgeCV
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
         self.linear = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13))).fit(X, y)
-        self.trees = GradientBoostingRegressor(
-            n_estimators=80,
-            max_depth=3,
-            learning_rate=0.1,
-            subsample=0.8,
-            min_samples_leaf=2,
-            loss=loss,
-            random_state=seed,
-        ).fit(X, y - self.linear.predict(X))
+        self.trees = _boosted_trees(80, 3, loss, seed).fit(X, y - self.linear.predict(X))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.linear.predict(X) + self.trees.predict(X)
