@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from nas.graph import Graph
+
 Value = int | float | str | bool
 SeedLike = int | np.random.Generator | None
 
@@ -502,6 +504,15 @@ class SearchSpace:
         """Stack :meth:`features` of many configs into a 2-D array."""
         rows = [self.features(c) for c in configs]
         return np.vstack(rows) if rows else np.zeros((0, len(self.feature_names)))
+
+    def graph(self, cfg: Mapping[str, Any]) -> Graph | None:
+        """The computational graph of ``cfg`` (a :class:`nas.graph.Graph`), or ``None`` (the default) when the
+        space has no graph structure worth a graph kernel.
+
+        Spaces of cells (NAS-Bench-201) override it; LINAS then adds a Weisfeiler-Lehman graph-kernel model to
+        its accuracy surrogate, which generalises across cells that share sub-structures.
+        """
+        return None
 
     def optuna_distributions(self) -> dict[str, Any]:
         """One ``optuna.distributions.CategoricalDistribution`` per dimension (optuna imported lazily)."""

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from nas.graph import Graph
 from nas.space import Choice, Config, InvalidConfigError, SearchSpace
 
 __all__ = [
@@ -217,6 +218,21 @@ def _structure(ops: tuple[int, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
     return arr, tuple(names)
 
 
+@functools.cache
+def _graph(ops: tuple[int, ...]) -> Graph:
+    """Live-operation graph of a cell (see :meth:`NB201Space.graph`)."""
+    fwd, bwd = _reach(ops)
+    live = [e for e, (j, i) in enumerate(EDGES) if ops[e] != _NONE and fwd[i] and bwd[j]]
+    node_of = {e: n for n, e in enumerate(live, start=1)}  # op node of each live edge
+    preds: list[tuple[int, ...]] = [()]
+    for e in live:
+        source = EDGES[e][1]
+        preds.append((0,) if source == 0 else tuple(node_of[f] for f in live if EDGES[f][0] == source))
+    preds.append(tuple(node_of[e] for e in live if EDGES[e][0] == 3))
+    labels = ("input", *(OPS[ops[e]] for e in live), "output")
+    return Graph(labels=labels, preds=tuple(preds))
+
+
 class NB201Space(SearchSpace):
     """The NAS-Bench-201 cell space with structure-aware predictor features.
 
@@ -246,6 +262,20 @@ class NB201Space(SearchSpace):
     def features_matrix(self, configs: Iterable[Mapping[str, Any]]) -> np.ndarray:
         rows = [_structure(_ops_of(c))[0] for c in configs]
         return np.vstack(rows) if rows else np.zeros((0, len(self.feature_names)))
+
+    def graph(self, cfg: Mapping[str, Any]) -> Graph:
+        """The cell as a graph of its *live* operations (on a path from the input to the output).
+
+        Operations become nodes (between an ``input`` and an ``output`` node), fed by the operations that
+        enter their source node. Dead operations change nothing the network computes, so they are left out:
+        cells that differ only in dead edges, or in the order of equivalent branches, get the same graph.
+
+        Example:
+            >>> g = space.graph(from_arch_str("|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|"))
+            >>> g.labels, g.preds
+            (('input', 'skip_connect', 'output'), ((), (0,), (1,)))
+        """
+        return _graph(_ops_of(cfg))
 
     def __reduce__(self):  # one instance per process; unpickling (Ray) rebuilds it
         return (NB201Space, ())

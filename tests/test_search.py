@@ -456,3 +456,46 @@ def test_local_threads_run_concurrently_and_keep_the_budget():
     result = run(SPACE, objs, algorithm="random", budget=24, max_concurrent=3, progress=False)
     assert len(result.history) == 24 and result.history["key"].is_unique
     assert peak[0] >= 2
+
+
+def test_linas_gbdt_wl_uses_cell_graphs_and_keeps_the_budget():
+    from search_spaces import nb201
+
+    calls: list[str] = []
+
+    def acc(c: Config) -> float:
+        calls.append(c.key)
+        return nb201.accuracy(c)
+
+    objs = [
+        Objective("accuracy", acc, "max"),
+        Objective("params", lambda c: float(nb201.index(c) % 97), "min"),
+    ]
+    options = {"predictor": ["gbdt-wl", "sklearn-gbdt"], "n_random": 100, "inner_generations": 5}
+    result = run(nb201.space, objs, "linas", budget=40, seed=0, progress=False, searcher_options=options)
+    assert len(calls) == 40 and len(set(calls)) == 40
+    # the model-based rounds must beat the initial Latin design on accuracy
+    history = result.history.sort_values("order")
+    assert history["accuracy"].iloc[12:].max() > history["accuracy"].iloc[:12].max()
+
+
+def test_linas_gbdt_wl_on_a_space_without_graphs_is_the_plain_gbdt():
+    a = run(
+        SPACE,
+        objectives(),
+        "linas",
+        budget=25,
+        seed=0,
+        progress=False,
+        searcher_options={"predictor": "gbdt-wl"},
+    )
+    b = run(
+        SPACE,
+        objectives(),
+        "linas",
+        budget=25,
+        seed=0,
+        progress=False,
+        searcher_options={"predictor": "sklearn-gbdt"},
+    )
+    assert list(a.history["key"]) == list(b.history["key"])

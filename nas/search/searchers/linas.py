@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from nas.graph import wl_labels
 from nas.pareto import hypervolume, nondominated_mask
 from nas.search.searchers.base import Searcher
 from nas.space import Config
@@ -193,7 +194,48 @@ class _RidgeBoost(_Bag):
         return _LinearPlusTrees(X, y, seed, loss)
 
 
+class _GBDTPlusWL:
+    """The bagged boosted trees (on ``space.features``) averaged with a Weisfeiler-Lehman graph-kernel GP (on
+    ``space.graph``); the std is the mean of the two models' stds plus half their disagreement.
+
+    Why: on NAS-Bench-201 accuracy with 12-250 evaluated cells the two make different errors (trees split on
+    fixed features, the GP transfers between cells sharing sub-structures), so the average ranks better and the
+    disagreement marks the candidates worth a real evaluation; either model alone searches worse.
+    ``benchmarks/search_nb201.py`` (README) has the numbers.
+    """
+
+    takes_graph = True
+
+    def __init__(self, X: np.ndarray, bags: Sequence[Any], y: np.ndarray, seed: int, **options: Any):
+        from nas.search.searchers.wl_kernel import WLKernelGP
+
+        self.trees = _BaggedGBDT(X, y, seed, **options)
+        self.gp = WLKernelGP(bags, y, seed)
+
+    def mean_std(
+        self, X: np.ndarray, bags: Sequence[Any], with_std: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        mu_t = self.trees.predict(X)
+        mu_g, sd_g = self.gp.predict(bags)
+        mean = 0.5 * (mu_t + mu_g)
+        if not with_std:
+            return mean, np.zeros_like(mean)
+        return mean, 0.5 * (self.trees.predict_std(X) + sd_g) + 0.5 * np.abs(mu_t - mu_g)
+
+
+def _mean_std(
+    model: Any, X: np.ndarray, bags: Sequence[Any] | None, with_std: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of a LINAS model, whether it reads the graph bags or only the feature rows."""
+    if getattr(model, "takes_graph", False):
+        return model.mean_std(X, bags, with_std)
+    mean = model.predict(X)
+    return mean, (model.predict_std(X) if with_std else np.zeros_like(mean))
+
+
 _BUILTIN = {"sklearn-gbdt": _BaggedGBDT, "sklearn-ridge-gbdt": _RidgeBoost, "sklearn-auto": _AutoPredictor}
+# kinds that also need the configs' graphs; on a space without graphs they fall back to the named kind
+_GRAPH_KINDS = {"gbdt-wl": "sklearn-gbdt"}
 
 
 def fit_predictor(
@@ -222,12 +264,19 @@ class _LogTarget:
 
     def __init__(self, model: Any):
         self._model = model
+        self.takes_graph = getattr(model, "takes_graph", False)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.exp(self._model.predict(X))
 
     def predict_std(self, X: np.ndarray) -> np.ndarray:
         return np.exp(self._model.predict(X)) * self._model.predict_std(X)
+
+    def mean_std(
+        self, X: np.ndarray, bags: Sequence[Any], with_std: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        mean, std = _mean_std(self._model, X, bags, with_std)
+        return np.exp(mean), np.exp(mean) * std
 
 
 def hypervolume_gain(front: np.ndarray, points: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -379,6 +428,8 @@ class LinasSearcher(Searcher):
         self.loss = loss
         self._handed_out: set[str] = set()
         self._features: dict[str, np.ndarray] = {}
+        self._bags: dict[str, Any] = {}
+        self._has_graph: bool | None = None
         self._design: list[Config] | None = None
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -390,6 +441,20 @@ class LinasSearcher(Searcher):
                 f = self._features[c.key] = np.asarray(self.space.features(c), dtype=np.float64)
             rows.append(f)
         return np.vstack(rows)
+
+    def _graph_bags(self, configs: Sequence[Config]) -> list[Any] | None:
+        """Weisfeiler-Lehman label bags of the configs' graphs, or ``None`` when the space has no graphs."""
+        if self._has_graph is None:
+            self._has_graph = self.space.graph(configs[0]) is not None if configs else False
+        if not self._has_graph:
+            return None
+        out = []
+        for c in configs:
+            bag = self._bags.get(c.key)
+            if bag is None:
+                bag = self._bags[c.key] = wl_labels(self.space.graph(c), iterations=1)
+            out.append(bag)
+        return out
 
     def _latin_design(self, n: int) -> list[Config]:
         """``n`` configs in which each value of each dimension appears ``n // card`` or ``n // card + 1`` times
@@ -446,6 +511,7 @@ class LinasSearcher(Searcher):
         F = self.values[idx]
         V = np.where(np.isfinite(self.violations[idx]), self.violations[idx], np.nan)
         X = self._feature_rows(configs)
+        bags = self._graph_bags(configs)
         m = F.shape[1]
 
         models: list[Any] = []
@@ -453,30 +519,29 @@ class LinasSearcher(Searcher):
             if j in self.problem.cheap:
                 models.append(None)
             else:
-                models.append(self._fit(X, F[:, j], self.seed + len(self.configs), j))
+                models.append(self._fit(X, bags, F[:, j], self.seed + len(self.configs), j))
         v_model = None
         if self.problem.n_constraints and np.nanmax(np.nan_to_num(V, nan=0.0)) > 0:
             Vfit = np.where(np.isfinite(V), V, np.nanmax(V))
-            v_model = self._fit(X, Vfit, self.seed + 1, -1)
+            v_model = self._fit(X, bags, Vfit, self.seed + 1, -1)
+        needs_graph = any(getattr(md, "takes_graph", False) for md in (*models, v_model))
 
         def predict(
             cands: Sequence[Config], with_std: bool = True
         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             Xc = self._feature_rows(cands)
+            bc = self._graph_bags(cands) if needs_graph else None
             mu = np.zeros((len(cands), m))
             sd = np.zeros((len(cands), m))
             for j, model in enumerate(models):
                 if model is None:
                     mu[:, j] = [self.problem.cheap[j](c) for c in cands]
                 else:
-                    mu[:, j] = model.predict(Xc)
-                    if with_std:
-                        sd[:, j] = model.predict_std(Xc)
+                    mu[:, j], sd[:, j] = _mean_std(model, Xc, bc, with_std)
             viol = np.zeros(len(cands))
             if v_model is not None:
-                viol = v_model.predict(Xc)
-                if with_std:
-                    viol = viol - self.kappa * v_model.predict_std(Xc)
+                viol, viol_sd = _mean_std(v_model, Xc, bc, with_std)
+                viol = viol - self.kappa * viol_sd
             return mu, sd, viol
 
         pool = self._candidates(configs, F, V, predict)
@@ -492,16 +557,23 @@ class LinasSearcher(Searcher):
         return self.predictor[max(j, 0)]
 
     def _model_options(self, kind: str) -> dict[str, Any]:
-        if kind in ("sklearn-gbdt", "sklearn-ridge-gbdt"):
+        if kind in ("sklearn-gbdt", "sklearn-ridge-gbdt", "gbdt-wl"):
             return {"n_bags": self.n_bags, "bag_mean": self.bag_mean, "loss": self.loss}
         return {}
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, seed: int, j: int) -> Any:
+    def _fit(self, X: np.ndarray, bags: list[Any] | None, y: np.ndarray, seed: int, j: int) -> Any:
         """A predictor of objective ``j``, on the log scale if asked and the values allow it."""
         kind = self._kind(j)
-        if j >= 0 and self.target_transform == "log" and (y > 0).all():
-            return _LogTarget(fit_predictor(X, np.log(y), kind, seed=seed, **self._model_options(kind)))
-        return fit_predictor(X, y, kind, seed=seed, **self._model_options(kind))
+        log = j >= 0 and self.target_transform == "log" and (y > 0).all()
+        target = np.log(y) if log else y
+        if kind in _GRAPH_KINDS:
+            if bags is None:  # the space has no graphs: the kind's graph-free part alone
+                kind = _GRAPH_KINDS[kind]
+            else:
+                model = _GBDTPlusWL(X, bags, target, seed, **self._model_options(kind))
+                return _LogTarget(model) if log else model
+        model = fit_predictor(X, target, kind, seed=seed, **self._model_options(kind))
+        return _LogTarget(model) if log else model
 
     def _candidates(self, configs: list[Config], F: np.ndarray, V: np.ndarray, predict: Any) -> list[Config]:
         space = self.space

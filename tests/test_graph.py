@@ -1,0 +1,65 @@
+"""Weisfeiler-Lehman graph features, NAS-Bench-201 cell graphs and the WL-kernel GP used by LINAS."""
+
+import numpy as np
+import pytest
+
+from nas.graph import Graph, wl_labels
+from nas.search.searchers.wl_kernel import WLKernelGP
+from search_spaces import nb201
+
+
+def test_wl_labels_ignore_node_order_and_see_structure():
+    a = Graph(("in", "conv", "pool", "out"), ((), (0,), (1,), (2,)))  # in -> conv -> pool -> out
+    a_renumbered = Graph(("pool", "out", "in", "conv"), ((3,), (0,), (), (2,)))
+    b = Graph(("in", "pool", "conv", "out"), ((), (0,), (1,), (2,)))  # same ops, other order
+    assert wl_labels(a, 2) == wl_labels(a_renumbered, 2)
+    assert wl_labels(a, 0) == wl_labels(b, 0)  # iteration 0 only counts operations
+    assert wl_labels(a, 1) != wl_labels(b, 1)
+    assert sum(wl_labels(a, 2).values()) == 3 * 4  # one label per node and iteration
+
+
+def test_graph_rejects_inconsistent_structure():
+    with pytest.raises(ValueError, match="one preds entry per label"):
+        Graph(("in", "out"), ((),))
+    with pytest.raises(ValueError, match="not nodes"):
+        Graph(("in", "out"), ((), (5,)))
+    with pytest.raises(ValueError, match="iterations"):
+        wl_labels(Graph(("in",), ((),)), -1)
+
+
+def test_nb201_graph_keeps_only_live_operations():
+    cell = nb201.from_arch_str("|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|nor_conv_1x1~1|none~2|")
+    # conv 0->1 then conv1x1 1->3, plus skip 0->3: all live
+    g = nb201.space.graph(cell)
+    assert sorted(g.labels) == sorted(["input", "nor_conv_3x3", "nor_conv_1x1", "skip_connect", "output"])
+    out = g.labels.index("output")
+    assert sorted(g.labels[p] for p in g.preds[out]) == ["nor_conv_1x1", "skip_connect"]
+    # an op on 1->2 is dead (node 2 reaches nothing): it changes neither the graph nor the features' bag
+    dead = nb201.from_arch_str(
+        "|nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|none~2|"
+    )
+    assert wl_labels(nb201.space.graph(dead), 1) == wl_labels(g, 1)
+    assert not np.array_equal(nb201.space.features(dead), nb201.space.features(cell))
+    disconnected = nb201.from_arch_str("|none~0|+|none~0|none~1|+|none~0|none~1|nor_conv_3x3~2|")
+    assert nb201.space.graph(disconnected) == Graph(("input", "output"), ((), ()))
+
+
+def test_spaces_without_graphs_say_so():
+    from search_spaces import mobilenetv3
+
+    space = mobilenetv3.space("small")
+    assert space.graph(space.max()) is None
+
+
+def test_wl_kernel_gp_interpolates_and_is_unsure_far_from_its_data():
+    cells = [c for c in nb201.all_configs()[::97] if nb201.is_connected(c)][:60]
+    bags = [wl_labels(nb201.space.graph(c), 1) for c in cells]
+    y = np.array([nb201.accuracy(c) for c in cells])
+    gp = WLKernelGP(bags, y, seed=0)
+    mean, std = gp.predict(bags)
+    assert np.corrcoef(mean, y)[0, 1] > 0.9
+    unseen = Graph(("input", "never_seen_op", "output"), ((), (0,), (1,)))
+    _, std_unseen = gp.predict([wl_labels(unseen, 1)])
+    assert std_unseen[0] > np.median(std)
+    with pytest.raises(ValueError, match="one bag per target"):
+        WLKernelGP(bags[:3], y[:4])
