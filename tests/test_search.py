@@ -499,3 +499,16 @@ def test_linas_gbdt_wl_on_a_space_without_graphs_is_the_plain_gbdt():
         searcher_options={"predictor": "sklearn-gbdt"},
     )
     assert list(a.history["key"]) == list(b.history["key"])
+
+
+def test_linas_kappa_schedule_switches_with_the_evaluations_and_rejects_nonsense():
+    s = searchers.get("linas")(seed=0, kappa=[(10, 0.75), (0, 0.25)])
+    s.setup(Problem(SPACE, ("quality", "cost@a")))
+    assert s._kappa_now() == 0.25
+    configs = SPACE.samples(12, seed=3, unique=True)
+    s.tell(configs, np.array([[-quality(c), cost(c)] for c in configs]), np.zeros(len(configs)))
+    assert s._kappa_now() == 0.75
+    assert searchers.get("linas")(seed=0, kappa=1)._kappa_now() == 1.0
+    for bad, match in (([(5, 0.5)], "start at 0"), ("high", "number or a list"), (-1.0, ">= 0")):
+        with pytest.raises(ValueError, match=match):
+            searchers.get("linas")(seed=0, kappa=bad)

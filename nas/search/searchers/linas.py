@@ -365,6 +365,25 @@ def _crowding(F: np.ndarray) -> np.ndarray:
     return dist
 
 
+def _kappa_schedule(kappa: float | Sequence[Sequence[float]]) -> list[tuple[int, float]]:
+    """``kappa`` as sorted ``(evaluations, kappa)`` steps starting at 0; a clear error for anything else."""
+    if isinstance(kappa, (int, float)) and not isinstance(kappa, bool):
+        steps = [(0, float(kappa))]
+    else:
+        try:
+            steps = sorted((int(at), float(k)) for at, k in kappa)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"kappa must be a number or a list of (evaluations, kappa) steps such as [(0, 0.25), (100, 0.75)], "
+                f"got {kappa!r}"
+            ) from None
+        if not steps or steps[0][0] != 0:
+            raise ValueError(f"a kappa schedule must start at 0 evaluations, got {kappa!r}")
+    if any(k < 0 for _, k in steps):
+        raise ValueError(f"kappa must be >= 0, got {kappa!r}")
+    return steps
+
+
 class LinasSearcher(Searcher):
     """Predictor-in-the-loop multi-objective search.
 
@@ -374,7 +393,9 @@ class LinasSearcher(Searcher):
         predictor: model per objective, see :func:`fit_predictor` (``"sklearn-gbdt"``, ``"sklearn-ridge-gbdt"``,
             ``"sklearn-auto"``, ``"predictors:gbdt"``, ...), or one kind per objective (the constraint
             violation's model takes the first).
-        kappa: weight of the predicted std in the optimistic point ``mean - kappa * std``.
+        kappa: weight of the predicted std in the optimistic point ``mean - kappa * std``: a number, or a
+            schedule of ``(evaluations, kappa)`` steps, e.g. ``[(0, 0.25), (100, 0.75)]`` (exploit while the
+            models are young, explore more once they have seen 100 configs).
         inner_pop, inner_generations: size of the inner NSGA-II run on the predictors.
         n_random: random configs added to the candidate pool each round.
         n_mutations: mutations of each measured front config added to the pool.
@@ -396,7 +417,7 @@ class LinasSearcher(Searcher):
         seed: int = 0,
         n_initial: int | None = None,
         predictor: str | Sequence[str] = "sklearn-gbdt",
-        kappa: float = 0.5,
+        kappa: float | Sequence[Sequence[float]] = 0.5,
         inner_pop: int = 64,
         inner_generations: int = 20,
         n_random: int = 500,
@@ -412,7 +433,8 @@ class LinasSearcher(Searcher):
         super().__init__(seed)
         self.n_initial = n_initial
         self.predictor = predictor
-        self.kappa = float(kappa)
+        self.kappa = kappa
+        self._kappa_steps = _kappa_schedule(kappa)
         self.inner_pop = int(inner_pop)
         self.inner_generations = int(inner_generations)
         self.n_random = int(n_random)
@@ -441,6 +463,11 @@ class LinasSearcher(Searcher):
                 f = self._features[c.key] = np.asarray(self.space.features(c), dtype=np.float64)
             rows.append(f)
         return np.vstack(rows)
+
+    def _kappa_now(self) -> float:
+        """The exploration weight for the number of configs evaluated so far."""
+        n = len(self.configs)
+        return next(k for at, k in reversed(self._kappa_steps) if n >= at)
 
     def _graph_bags(self, configs: Sequence[Config]) -> list[Any] | None:
         """Weisfeiler-Lehman label bags of the configs' graphs, or ``None`` when the space has no graphs."""
@@ -541,7 +568,7 @@ class LinasSearcher(Searcher):
             viol = np.zeros(len(cands))
             if v_model is not None:
                 viol, viol_sd = _mean_std(v_model, Xc, bc, with_std)
-                viol = viol - self.kappa * viol_sd
+                viol = viol - self._kappa_now() * viol_sd
             return mu, sd, viol
 
         pool = self._candidates(configs, F, V, predict)
@@ -681,7 +708,7 @@ class LinasSearcher(Searcher):
         def norm(a: np.ndarray) -> np.ndarray:
             return (a - lo) / scale
 
-        opt = norm(mu - self.kappa * sd)
+        opt = norm(mu - self._kappa_now() * sd)
         believed = norm(mu)
         cur = norm(front) if len(front) else np.zeros((0, F.shape[1]))
         predicted_ok = viol <= 0
