@@ -3,7 +3,8 @@
 Each round:
 
 1. fit one predictor per expensive objective (and one for the constraint violation) on every evaluated config
-   (``space.features``); cheap objectives are called directly;
+   (``space.features``; optionally, for accuracy on spaces of cells, averaged with a graph-kernel GP on
+   ``space.graph``); cheap objectives are called directly;
 2. search the predicted problem with an inner NSGA-II, and add mutations of the measured front and random
    configs, giving a pool of unseen candidates;
 3. pick the batch greedily by **predicted hypervolume gain** over the measured front, using the optimistic point
@@ -390,9 +391,14 @@ class LinasSearcher(Searcher):
     Args:
         seed: random seed.
         n_initial: size of the initial Latin design (default: ``max(10, 2 * n_dims)``).
-        predictor: model per objective, see :func:`fit_predictor` (``"sklearn-gbdt"``, ``"sklearn-ridge-gbdt"``,
-            ``"sklearn-auto"``, ``"predictors:gbdt"``, ...), or one kind per objective (the constraint
-            violation's model takes the first).
+        predictor: model per objective: one kind for all, or one kind per objective (the constraint
+            violation's model takes the first). Kinds: those of :func:`fit_predictor` (``"sklearn-gbdt"``,
+            the default, ``"sklearn-ridge-gbdt"``, ``"sklearn-auto"``, ``"predictors:gbdt"``, ...) and
+            ``"gbdt-wl"``: the boosted trees averaged with a Weisfeiler-Lehman graph-kernel GP on
+            ``space.graph`` (:mod:`nas.search.searchers.wl_kernel`); on a space without graphs it is
+            ``"sklearn-gbdt"``. Use it for accuracy only, e.g. ``["gbdt-wl", "sklearn-gbdt"]``: the kernel
+            compares the *share* of common structure, while costs such as latency are sums over operations
+            (mixed into a latency model it made NAS-Bench-201 searches clearly worse).
         kappa: weight of the predicted std in the optimistic point ``mean - kappa * std``: a number, or a
             schedule of ``(evaluations, kappa)`` steps, e.g. ``[(0, 0.25), (100, 0.75)]`` (exploit while the
             models are young, explore more once they have seen 100 configs).
