@@ -480,25 +480,14 @@ def test_linas_gbdt_wl_uses_cell_graphs_and_keeps_the_budget():
 
 
 def test_linas_gbdt_wl_on_a_space_without_graphs_is_the_plain_gbdt():
-    a = run(
-        SPACE,
-        objectives(),
-        "linas",
-        budget=25,
-        seed=0,
-        progress=False,
-        searcher_options={"predictor": "gbdt-wl"},
-    )
-    b = run(
-        SPACE,
-        objectives(),
-        "linas",
-        budget=25,
-        seed=0,
-        progress=False,
-        searcher_options={"predictor": "sklearn-gbdt"},
-    )
-    assert list(a.history["key"]) == list(b.history["key"])
+    def keys(predictor: str) -> list[str]:
+        options = {"predictor": predictor}
+        result = run(
+            SPACE, objectives(), "linas", budget=25, seed=0, progress=False, searcher_options=options
+        )
+        return list(result.history["key"])
+
+    assert keys("gbdt-wl") == keys("sklearn-gbdt")
 
 
 def test_linas_kappa_schedule_switches_with_the_evaluations_and_rejects_nonsense():
