@@ -509,8 +509,8 @@ class SearchSpace:
         """The computational graph of ``cfg`` (a :class:`nas.graph.Graph`), or ``None`` (the default) when the
         space has no graph structure worth a graph kernel.
 
-        Spaces of cells (NAS-Bench-201) override it; LINAS then adds a Weisfeiler-Lehman graph-kernel model to
-        its accuracy surrogate, which generalises across cells that share sub-structures.
+        Spaces of cells (NAS-Bench-201) override it; LINAS's ``"gbdt-wl"`` predictor then adds a
+        Weisfeiler-Lehman graph-kernel model, which generalises across cells that share sub-structures.
         """
         return None
 

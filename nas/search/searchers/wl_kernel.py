@@ -3,7 +3,8 @@
 The kernel between two architectures is the cosine similarity of their bags of WL subtree labels
 (:func:`nas.graph.wl_labels`): the share of sub-structures they have in common. As in NAS-BOWL (Ru et al.,
 ICLR 2021), a GP with this kernel generalises from a few dozen evaluated cells to cells that recombine their
-parts, where trees on fixed features need many more points. LINAS averages it with its boosted trees.
+parts, where trees on fixed features need many more points. LINAS's opt-in ``"gbdt-wl"`` predictor averages
+it with its boosted trees.
 
 Example:
     >>> from nas.graph import Graph, wl_labels
