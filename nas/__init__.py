@@ -28,7 +28,18 @@ _LAZY = {
 }
 # Submodules reachable as attributes (``nas.metrics.macs``) without importing them all up front.
 # ``nas.export`` is the module nas/export.py, made callable: ``nas.export(net, cfg, out_dir)`` exports.
-_SUBMODULES = ("export", "metrics", "search", "hw", "data", "train", "pareto", "report", "evaluation")
+_SUBMODULES = (
+    "export",
+    "metrics",
+    "search",
+    "hw",
+    "data",
+    "train",
+    "pareto",
+    "report",
+    "evaluation",
+    "semi_structured",
+)
 
 __all__ = ["Choice", "Config", "InvalidConfigError", "SearchSpace", "__version__", "export", *_LAZY]
 

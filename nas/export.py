@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas import static
+from nas import semi_structured, static
 from nas.supernet import Supernet
 
 __all__ = [
@@ -140,7 +141,6 @@ def onnx_max_abs_diff(path: Path, model: nn.Module, inputs: Sequence[torch.Tenso
 
 def _without_act_quant(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with the 8-bit activation fake-quantizers replaced by identities."""
-    import copy
 
     clone = copy.deepcopy(model)
     for module in list(clone.modules()):
@@ -519,6 +519,29 @@ def export_onnx_int8(
     }
 
 
+def check_semi_structured(model: nn.Module, sample: torch.Tensor) -> dict[str, Any] | None:
+    """Which layers of ``model`` can run as 2:4 semi-structured sparse matmuls, and how they run (manifest entry).
+
+    ``None`` when no layer follows 2:4. Otherwise ``eligible`` lists them; on a CUDA GPU with sparse tensor
+    cores (compute capability 8.0+) the model is also converted (:func:`nas.semi_structured.to_semi_structured`,
+    float16) and ``layers`` says per layer whether it runs sparse, with ``max_abs_diff`` to the dense float16
+    model on ``sample``. Without such a GPU ``cuda`` is ``False`` and the exported files stay dense (with zeros).
+    """
+    eligible = [name for name, _ in semi_structured.eligible_layers(model)]
+    if not eligible:
+        return None
+    entry: dict[str, Any] = {"eligible": eligible, "cuda": semi_structured.cuda_supports_2to4()}
+    if entry["cuda"]:
+        fast, report = semi_structured.to_semi_structured(model)
+        dense = copy.deepcopy(model).to(device="cuda", dtype=torch.float16).eval()
+        x = sample.to(device="cuda", dtype=torch.float16)
+        with torch.no_grad():
+            entry["max_abs_diff"] = float((fast(x).float() - dense(x).float()).abs().max())
+        entry["layers"] = report
+        entry["device"] = torch.cuda.get_device_name()
+    return entry
+
+
 def measured_density(model: nn.Module) -> dict[str, float]:
     """Fraction of non-zero weights of every conv / linear layer that has zeros (module path -> density)."""
     out = {}
@@ -611,6 +634,9 @@ def export(
             held_out = None if eval_data is None else eval_data.detach().cpu().float()
             extra.update(export_onnx_int8(model, tmp / ONNX_INT8, calib, eval_inputs=held_out))
             files[ONNX_INT8] = "onnx-int8"
+        sparse_2to4 = check_semi_structured(model, sample_input)
+        if sparse_2to4 is not None:
+            extra["semi_structured_2to4"] = sparse_2to4
         manifest = {
             "format_version": MANIFEST_VERSION,
             "space": net.space.name,

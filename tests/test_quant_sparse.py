@@ -432,3 +432,77 @@ def test_crop_dead_taps_computes_the_same_function(size, stride, quantized, kern
     expected, got = run(model), run(cut)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- 2:4 on GPUs
+def _two_four_model(qs_net):
+    space = qs_net.space
+    cfg = space.canonical({**space.max(), "stage2.block0.sparsity": "2:4", "stage4.block1.sparsity": "2:4"})
+    return qs_net.extract(cfg).eval()
+
+
+def test_2to4_layers_are_found_and_run_as_sparse_linears(qs_net):
+    from nas import semi_structured
+
+    model = _two_four_model(qs_net)
+    eligible = [name for name, _ in semi_structured.eligible_layers(model)]
+    # the pointwise expand / project convs of the two 2:4 blocks; their depthwise convs are not matmuls
+    assert eligible and all(n.startswith(("stage2.0.", "stage4.1.")) for n in eligible)
+    assert {n.split(".")[-2] for n in eligible} == {"expand", "project"}
+    # With a dense stand-in for torch's compression the rewired model computes the same function.
+    fast, report = semi_structured.to_semi_structured(
+        model, dtype=torch.bfloat16, device="cpu", convert=lambda w: w.clone()
+    )
+    assert set(report) == set(eligible)
+    converted = [n for n in eligible if report[n] == "2:4"]
+    # stage 2 projects 96 -> 24 channels: 24 rows are no multiple of the kernels' 16, so it stays dense
+    assert report["stage2.0.project.0"] == "dense: weight 24x96 is not a multiple of 16x16"
+    assert converted and all(
+        isinstance(fast.get_submodule(n), semi_structured.SemiStructuredLinear) for n in converted
+    )
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        dense = model.to(torch.bfloat16)(x.bfloat16()).float()
+        torch.testing.assert_close(fast(x.bfloat16()).float(), dense, rtol=0, atol=0)
+    assert not semi_structured.is_2to4(torch.ones(4, 8))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error shown without a GPU")
+def test_2to4_conversion_without_gpu_says_what_it_needs(qs_net):
+    from nas import semi_structured
+
+    with pytest.raises(RuntimeError, match=r"compute capability 8\.0"):
+        semi_structured.to_semi_structured(_two_four_model(qs_net))
+
+
+def test_export_manifest_lists_2to4_layers(qs_net, tmp_path):
+    from nas import semi_structured
+
+    space = qs_net.space
+    cfg = space.canonical({**space.max(), "stage2.block0.sparsity": "2:4"})
+    out = export(qs_net, cfg, tmp_path / "s", formats=("safetensors",))
+    entry = json.loads((out / "manifest.json").read_text())["verification"]["semi_structured_2to4"]
+    assert entry["eligible"] == ["stage2.0.expand.0", "stage2.0.project.0"]  # 32-bit: no ActQuant first
+    assert entry["cuda"] == semi_structured.cuda_supports_2to4()
+    dense = export(qs_net, space.max(), tmp_path / "d", formats=("safetensors",))
+    assert "semi_structured_2to4" not in json.loads((dense / "manifest.json").read_text())["verification"]
+
+
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8),
+    reason="needs an NVIDIA GPU with sparse tensor cores (compute capability 8.0+)",
+)
+def test_2to4_layers_run_on_sparse_tensor_cores(qs_net):
+    from torch.sparse import SparseSemiStructuredTensor
+
+    from nas import semi_structured
+
+    model = _two_four_model(qs_net)
+    fast, report = semi_structured.to_semi_structured(model)
+    converted = [n for n, how in report.items() if how == "2:4"]
+    assert converted
+    assert all(isinstance(fast.get_submodule(n).weight, SparseSemiStructuredTensor) for n in converted)
+    x = torch.randn(4, 3, 32, 32, device="cuda", dtype=torch.float16)
+    dense = model.to(device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), dense(x), rtol=2e-2, atol=2e-2)
