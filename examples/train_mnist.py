@@ -41,6 +41,14 @@ def main() -> None:
         help="favour low resolutions for the random subnets: weights (R - i) ** bias (0 = uniform)",
     )
     p.add_argument(
+        "--attentive",
+        type=int,
+        default=0,
+        metavar="K",
+        help="AttentiveNAS worst-up sampling: draw K more candidates per random subnet and train the one with "
+        "the highest loss on the batch (default 0 = off; costs K no-grad forwards on 32 images each)",
+    )
+    p.add_argument(
         "--kernel-transform",
         action="store_true",
         help="Once-for-All kernel transformation matrices for the smaller depthwise kernels",
@@ -78,7 +86,12 @@ def main() -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         n_random=args.n_random,
-        strategy_options={"low_resolution_bias": args.low_res_bias} if args.low_res_bias else {},
+        # only the options set, so runs checkpointed before an option existed still resume
+        strategy_options={
+            k: v
+            for k, v in {"low_resolution_bias": args.low_res_bias, "attentive": args.attentive}.items()
+            if v
+        },
         optimizer=args.optimizer,
         weight_decay=args.weight_decay,
         augment={"shift": True, "none": False}.get(args.augment, args.augment),

@@ -220,7 +220,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         augment={"shift": True, "none": False}.get(args.augment, args.augment),
         n_random=args.n_random,
-        strategy_options={"low_resolution_bias": args.low_res_bias} if args.low_res_bias else {},
+        # only the options set, so runs checkpointed before an option existed still resume
+        strategy_options={
+            k: v
+            for k, v in {"low_resolution_bias": args.low_res_bias, "attentive": args.attentive}.items()
+            if v
+        },
         distill=not args.no_distill,
         out_dir=str(out),
         resume=args.resume,
@@ -500,6 +505,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="favour low resolutions for the random subnets: weight (R - i) ** BIAS for the i-th smallest of "
         "R resolutions (default 0 = uniform; 0.5-1 lifts low-resolution subnets)",
+    )
+    p.add_argument(
+        "--attentive",
+        type=int,
+        default=0,
+        metavar="K",
+        help="AttentiveNAS worst-up sampling: draw K more candidates per random subnet and train the one with "
+        "the highest loss on the batch (default 0 = off; costs K no-grad forwards on 32 images each)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-distill", action="store_true", help="no in-place distillation from the max subnet")

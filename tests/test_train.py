@@ -87,6 +87,52 @@ def test_low_resolution_bias_favours_small_resolutions_for_random_subnets():
         make_strategy("sandwich", net, 100, low_resolution_bias=-1)
 
 
+def test_attentive_sampling_draws_candidates_and_trains_the_worst():
+    from nas.train.trainer import _worst_candidate
+
+    net = TinySupernet()
+    strategy = make_strategy("sandwich", net, 100, num_random=2, attentive=3)
+    tasks = strategy.tasks(0, np.random.default_rng(0))
+    assert [len(t.candidates) for t in tasks] == [0, 0, 3, 3]  # max and min stay pinned
+    again = strategy.tasks(0, np.random.default_rng(0))  # a pure function of (step, rng): resumable
+    assert [t.candidates for t in again] == [t.candidates for t in tasks]
+    assert strategy.describe()["attentive"] == 3
+    assert "attentive" not in make_strategy("sandwich", net, 100).describe()
+    with pytest.raises(ValueError, match="attentive"):
+        make_strategy("sandwich", net, 100, attentive=-1)
+
+    # The config whose predictions are furthest from the teacher's is picked.
+    x, y = torch.zeros(40, 1), torch.zeros(40, dtype=torch.long)
+    teacher = torch.nn.functional.one_hot(y, 10).float()
+    confidence = {"good": 8.0, "bad": 0.0, "fair": 3.0}
+
+    def forward(config, xb):
+        return torch.nn.functional.one_hot(torch.zeros(len(xb), dtype=torch.long), 10) * confidence[config]
+
+    def loss_of(logits, soft, labels):
+        assert len(logits) == len(soft) == len(labels) == 32  # probes at most 32 examples
+        return -(soft * torch.log_softmax(logits, dim=1)).sum(1).mean()
+
+    assert _worst_candidate(("good", "bad", "fair"), x, y, teacher, forward, loss_of) == "bad"
+    assert _worst_candidate(("good", "fair"), x, y, teacher, forward, loss_of) == "fair"
+
+
+def test_attentive_run_resumes_to_identical_weights(tmp_path):
+    data = tiny_data(256, seed=0)
+    kw = {"strategy": "sandwich", "epochs": 2, "lr": 0.1, "strategy_options": {"attentive": 2}, **FAST}
+    torch.manual_seed(0)
+    ref = TinySupernet()
+    init = _weights(ref)
+    train_supernet(ref, data, out_dir=tmp_path / "ref", **kw)
+    net = TinySupernet()
+    net.load_state_dict(init)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        train_supernet(net, data, out_dir=tmp_path / "run", _fail_at_step=7, **kw)
+    resumed = TinySupernet()
+    train_supernet(resumed, data, out_dir=tmp_path / "run", resume=True, **kw)
+    assert _same(_weights(resumed), _weights(ref))
+
+
 @pytest.mark.parametrize("strategy", ["sandwich", "uniform", "progressive", "delayed"])
 def test_each_strategy_learns_the_tiny_task(strategy, tmp_path):
     torch.manual_seed(0)

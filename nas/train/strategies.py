@@ -20,6 +20,11 @@ Built in:
   rate (their loss weight, which for SGD scales their update exactly like a learning rate) ramping linearly
   from 0 to 1 over ``ramp`` of the steps.
 
+Every strategy also takes ``attentive`` (default 0 = off; AttentiveNAS "worst-up" sampling): each random
+subnet comes with ``attentive`` more random candidates, and the trainer trains whichever of them has the highest
+loss on the step's batch (measured without gradients on up to 32 of its examples). The sandwich rule trains the
+two ends every step; this spends the random slots on the subnets that currently lag furthest behind.
+
 Every strategy takes ``low_resolution_bias`` (default 0): random subnets then draw the resolution with weight
 ``(R - i) ** bias`` for the i-th smallest of R resolutions. The max subnet trains every weight at the largest
 resolution each step, but at the smallest only the min subnet's slice is trained, so random subnets at low
@@ -58,11 +63,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SubnetTask:
-    """One subnet trained in a step: its config, loss weight and whether it is the distillation teacher."""
+    """One subnet trained in a step: its config, loss weight and whether it is the distillation teacher.
+
+    With ``candidates`` the trainer trains whichever of ``config`` and the candidates has the highest loss on
+    the step's batch (attentive sampling).
+    """
 
     config: Config
     weight: float = 1.0
     teacher: bool = False
+    candidates: tuple[Config, ...] = ()
 
 
 class Strategy:
@@ -72,6 +82,8 @@ class Strategy:
         net: the supernet (its ``space`` and ``elastic_groups()`` are used).
         total_steps: number of optimizer steps in the whole run.
         num_random: random subnets per step (sandwich-like strategies).
+        low_resolution_bias: favour low resolutions for the random subnets (see the module docs).
+        attentive: extra random candidates per random subnet; the one with the highest loss is trained.
     """
 
     name: ClassVar[str] = ""
@@ -82,6 +94,7 @@ class Strategy:
         total_steps: int,
         num_random: int = 2,
         low_resolution_bias: float = 0.0,
+        attentive: int = 0,
         **options: Any,
     ):
         if total_steps < 1:
@@ -97,6 +110,11 @@ class Strategy:
         if low_resolution_bias < 0:
             raise ValueError(f"low_resolution_bias={low_resolution_bias} must be >= 0")
         self.low_resolution_bias = float(low_resolution_bias)
+        if int(attentive) != attentive or attentive < 0:
+            raise ValueError(
+                f"attentive={attentive} must be a whole number >= 0 (extra candidates per subnet)"
+            )
+        self.attentive = int(attentive)
         self._max, self._min = self.space.max(), self.space.min()
 
     def phase(self, step: int) -> str:
@@ -115,6 +133,8 @@ class Strategy:
         }
         if self.low_resolution_bias:  # only when set, so runs checkpointed before the option still resume
             out["low_resolution_bias"] = self.low_resolution_bias
+        if self.attentive:
+            out["attentive"] = self.attentive
         return out
 
     # ------------------------------------------------------------------ helpers
@@ -154,7 +174,10 @@ class Strategy:
                 {n: (self._min[n] if n in free else self._max[n]) for n in self.space.names}
             )
         tasks = [SubnetTask(self._max, 1.0, True), SubnetTask(smallest, weight)]
-        tasks += [SubnetTask(self.sample(rng, elastic_kinds), weight) for _ in range(self.num_random)]
+        for _ in range(self.num_random):
+            config = self.sample(rng, elastic_kinds)
+            candidates = tuple(self.sample(rng, elastic_kinds) for _ in range(self.attentive))
+            tasks.append(SubnetTask(config, weight, candidates=candidates))
         return tasks
 
 

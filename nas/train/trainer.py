@@ -309,17 +309,26 @@ def _train_step(
 ) -> dict[str, float]:
     soft: torch.Tensor | None = None
     losses: dict[str, float] = {}
-    for i, task in enumerate(tasks):
-        active = net.activate(task.config)
-        inp = resize_to(xb, active) if "resolution" in active else xb
+
+    def forward(config: Any, x: torch.Tensor) -> torch.Tensor:
+        active = net.activate(config)
+        inp = resize_to(x, active) if "resolution" in active else x
         if cfg.channels_last:
             inp = inp.contiguous(memory_format=torch.channels_last)
-        logits = net(inp)
-        if soft is not None and cfg.distill:
+        return net(inp)
+
+    def loss_of(logits: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+        if teacher is not None and cfg.distill:
             # In-place distillation: soft cross-entropy against the teacher's detached predictions.
-            loss = -(soft * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-        else:
-            loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+            return -(teacher * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        return F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+
+    for i, task in enumerate(tasks):
+        config = task.config
+        if task.candidates:
+            config = _worst_candidate((config, *task.candidates), xb, yb, soft, forward, loss_of)
+        logits = forward(config, xb)
+        loss = loss_of(logits, soft, yb)
         if task.teacher:
             soft = F.softmax(logits.detach(), dim=1)
         if task.weight > 0:
@@ -330,6 +339,30 @@ def _train_step(
     if "loss_other" in losses:
         losses["loss_other"] = round(losses["loss_other"] / max(1, len(tasks) - 2), 5)
     return losses
+
+
+_PROBE_EXAMPLES = 32
+
+
+@torch.no_grad()
+def _worst_candidate(
+    configs: tuple[Any, ...],
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    soft: torch.Tensor | None,
+    forward: Any,
+    loss_of: Any,
+) -> Any:
+    """The config with the highest loss on the first ``_PROBE_EXAMPLES`` examples (attentive sampling).
+
+    The probe runs in training mode, like the step itself: batch-norm normalises with the probe's own
+    statistics (the shared running statistics belong to no particular subnet; every subnet is recalibrated
+    before it is evaluated). Ties go to the first config.
+    """
+    n = min(len(xb), _PROBE_EXAMPLES)
+    teacher = None if soft is None else soft[:n]
+    scores = [float(loss_of(forward(c, xb[:n]), teacher, yb[:n])) for c in configs]
+    return configs[int(np.argmax(scores))]
 
 
 def _validate(
