@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from nas import data
+from nas.cli import add_sampling_arguments, sampling_options
 from nas.evaluation import evaluate_subnet
 from nas.train import train_supernet
 from nas.train.checkpoint import atomic_write_text
@@ -34,20 +35,7 @@ def main() -> None:
     p.add_argument("--augment", default="shift", choices=("shift", "affine", "none"))
     p.add_argument("--strategy", default="sandwich")
     p.add_argument("--n-random", type=int, default=2)
-    p.add_argument(
-        "--low-res-bias",
-        type=float,
-        default=0.0,
-        help="favour low resolutions for the random subnets: weights (R - i) ** bias (0 = uniform)",
-    )
-    p.add_argument(
-        "--attentive",
-        type=int,
-        default=0,
-        metavar="K",
-        help="AttentiveNAS worst-up sampling: draw K more candidates per random subnet and train the one with "
-        "the highest loss on the batch (default 0 = off; costs K no-grad forwards on 32 images each)",
-    )
+    add_sampling_arguments(p)
     p.add_argument(
         "--kernel-transform",
         action="store_true",
@@ -86,12 +74,7 @@ def main() -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         n_random=args.n_random,
-        # only the options set, so runs checkpointed before an option existed still resume
-        strategy_options={
-            k: v
-            for k, v in {"low_resolution_bias": args.low_res_bias, "attentive": args.attentive}.items()
-            if v
-        },
+        strategy_options=sampling_options(args),
         optimizer=args.optimizer,
         weight_decay=args.weight_decay,
         augment={"shift": True, "none": False}.get(args.augment, args.augment),

@@ -180,6 +180,32 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_sampling_arguments(parser: Any) -> None:
+    """Add ``--low-res-bias`` and ``--attentive`` (how random subnets are drawn) to an argparse parser."""
+    parser.add_argument(
+        "--low-res-bias",
+        type=float,
+        default=0.0,
+        help="favour low resolutions for the random subnets: weight (R - i) ** BIAS for the i-th smallest of "
+        "R resolutions (default 0 = uniform; 0.5-1 lifts low-resolution subnets)",
+    )
+    parser.add_argument(
+        "--attentive",
+        type=int,
+        default=0,
+        metavar="K",
+        help="AttentiveNAS worst-up sampling: draw K more candidates per random subnet and train the one with "
+        "the highest loss on the batch (default 0 = off; costs K no-grad forwards on 32 images each)",
+    )
+
+
+def sampling_options(args: Any) -> dict[str, Any]:
+    """Strategy options from :func:`add_sampling_arguments`' flags; only those set, so that runs checkpointed
+    before an option existed still resume (their stored settings lack it)."""
+    options = {"low_resolution_bias": args.low_res_bias, "attentive": args.attentive}
+    return {k: v for k, v in options.items() if v}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import search_spaces
     from nas import data as nas_data
@@ -220,12 +246,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         augment={"shift": True, "none": False}.get(args.augment, args.augment),
         n_random=args.n_random,
-        # only the options set, so runs checkpointed before an option existed still resume
-        strategy_options={
-            k: v
-            for k, v in {"low_resolution_bias": args.low_res_bias, "attentive": args.attentive}.items()
-            if v
-        },
+        strategy_options=sampling_options(args),
         distill=not args.no_distill,
         out_dir=str(out),
         resume=args.resume,
@@ -499,21 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--n-random", type=int, default=2, help="random subnets per step besides max and min (default 2)"
     )
-    p.add_argument(
-        "--low-res-bias",
-        type=float,
-        default=0.0,
-        help="favour low resolutions for the random subnets: weight (R - i) ** BIAS for the i-th smallest of "
-        "R resolutions (default 0 = uniform; 0.5-1 lifts low-resolution subnets)",
-    )
-    p.add_argument(
-        "--attentive",
-        type=int,
-        default=0,
-        metavar="K",
-        help="AttentiveNAS worst-up sampling: draw K more candidates per random subnet and train the one with "
-        "the highest loss on the batch (default 0 = off; costs K no-grad forwards on 32 images each)",
-    )
+    add_sampling_arguments(p)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-distill", action="store_true", help="no in-place distillation from the max subnet")
     p.add_argument("--quant", action="store_true", help="add per-layer weight bit-width dimensions")
