@@ -143,8 +143,11 @@ def to_semi_structured(
                 f"2:4 semi-structured sparsity needs an NVIDIA GPU of compute capability 8.0+ (Ampere or newer); "
                 f"found {found}. Run the dense exported model instead (its zeros are kept)."
             )
-        from torch.sparse import to_sparse_semi_structured
+        from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
 
+        if not torch.backends.cusparselt.is_available():
+            # torch picks its backend from this class flag alone; builds without cuSPARSELt need CUTLASS
+            SparseSemiStructuredTensor._FORCE_CUTLASS = True
         convert = to_sparse_semi_structured
     min_rows, min_cols = _shape_limits(dtype)
     fast = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
