@@ -23,7 +23,9 @@ Built in:
 Every strategy also takes ``attentive`` (default 0 = off; AttentiveNAS "worst-up" sampling): each random
 subnet comes with ``attentive`` more random candidates, and the trainer trains whichever of them has the highest
 loss on the step's batch (measured without gradients on up to 32 of its examples). The sandwich rule trains the
-two ends every step; this spends the random slots on the subnets that currently lag furthest behind.
+two ends every step; this spends the random slots on the subnets that currently lag furthest behind. With
+data-parallel workers each one probes its own shard, so workers may train different candidates of a slot (their
+gradients are averaged like any others).
 
 Every strategy takes ``low_resolution_bias`` (default 0): random subnets then draw the resolution with weight
 ``(R - i) ** bias`` for the i-th smallest of R resolutions. The max subnet trains every weight at the largest
