@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -162,12 +161,6 @@ def to_semi_structured(
         weight = convert(module.weight.detach().reshape(out_features, in_features).contiguous())
         bias = None if module.bias is None else module.bias.detach()
         replacement = SemiStructuredLinear(weight, bias, pointwise=isinstance(module, nn.Conv2d))
-        _set_submodule(fast, name, replacement)
+        fast.set_submodule(name, replacement)
         report[name] = "2:4"
     return fast, report
-
-
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent: Any = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
