@@ -332,7 +332,13 @@ def _objectives(args: argparse.Namespace, space: Any) -> tuple[list[Any], dict[s
 
         dataset = args.dataset or "cifar10"
         objectives.append(
-            search.Objective("accuracy", lambda cfg: nb201.accuracy(cfg, dataset), "max", expensive=True)
+            search.Objective(
+                "accuracy",
+                lambda cfg: nb201.accuracy(cfg, dataset),
+                "max",
+                expensive=True,
+                graph_invariant=True,
+            )
         )
         recipe["dataset"] = dataset
     else:

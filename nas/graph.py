@@ -17,10 +17,11 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 
-__all__ = ["Graph", "wl_labels"]
+__all__ = ["Graph", "graph_key", "wl_labels"]
 
 
 @dataclass(frozen=True)
@@ -69,3 +70,33 @@ def wl_labels(graph: Graph, iterations: int = 1) -> Counter[str]:
         ]
         bag.update(f"{h}:{label}" for label in labels)
     return bag
+
+
+def graph_key(graph: Graph) -> str:
+    """A key that two graphs share exactly when their labelled DAGs are isomorphic (for DAGs with distinct
+    unfoldings, which is every cell space we ship): a hash of the sorted multiset of each node's full backward
+    unfolding (its label and, recursively, its predecessors'), i.e. Weisfeiler-Lehman run to the graph's depth.
+
+    Searchers use it to treat configs that compute the same function (cells differing only in dead edges or in
+    the order of equivalent branches) as one architecture.
+
+    Example:
+        >>> a = Graph(labels=("in", "conv", "skip", "out"), preds=((), (0,), (0,), (1, 2)))
+        >>> b = Graph(labels=("in", "skip", "conv", "out"), preds=((), (0,), (0,), (1, 2)))
+        >>> graph_key(a) == graph_key(b), graph_key(a) == graph_key(Graph(("in", "out"), ((), (0,))))
+        (True, False)
+    """
+    unfolded: list[str] = [""] * len(graph.labels)
+    done = [False] * len(graph.labels)
+
+    def unfold(v: int, depth: int = 0) -> str:
+        if depth > len(graph.labels):
+            raise ValueError("graph_key needs an acyclic graph; this one has a cycle")
+        if not done[v]:
+            parts = sorted(unfold(p, depth + 1) for p in graph.preds[v])
+            digest = hashlib.blake2b(f"{graph.labels[v]}({','.join(parts)})".encode(), digest_size=12)
+            unfolded[v], done[v] = digest.hexdigest(), True
+        return unfolded[v]
+
+    nodes = sorted(unfold(v) for v in range(len(graph.labels)))
+    return hashlib.blake2b("|".join(nodes).encode(), digest_size=16).hexdigest()

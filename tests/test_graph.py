@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nas.graph import Graph, wl_labels
+from nas.graph import Graph, graph_key, wl_labels
 from nas.search.searchers.wl_kernel import WLKernelGP
 from search_spaces import nb201
 
@@ -18,6 +18,26 @@ def test_wl_labels_ignore_node_order_and_see_structure():
     assert sum(wl_labels(a, 2).values()) == 3 * 4  # one label per node and iteration
 
 
+def test_graph_key_is_shared_by_isomorphic_graphs_only():
+    a = Graph(("in", "conv", "pool", "out"), ((), (0,), (1,), (2,)))
+    a_renumbered = Graph(("pool", "out", "in", "conv"), ((3,), (0,), (), (2,)))
+    b = Graph(("in", "pool", "conv", "out"), ((), (0,), (1,), (2,)))
+    # two branches that differ only in how their nodes are fed: same multiset of labels, same WL bag at h=1
+    c = Graph(("in", "x", "x", "y", "out"), ((), (0,), (1,), (0,), (2, 3)))
+    d = Graph(("in", "x", "x", "y", "out"), ((), (0,), (0,), (1,), (2, 3)))
+    assert graph_key(a) == graph_key(a_renumbered)
+    assert graph_key(a) != graph_key(b)
+    assert graph_key(c) != graph_key(d)
+    # NAS-Bench-201: cells that differ only in dead edges compute the same function and share a key
+    live = nb201.from_arch_str("|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|")
+    dead_edge = nb201.from_arch_str("|nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|none~1|none~2|")
+    other = nb201.from_arch_str("|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|nor_conv_1x1~1|none~2|")
+    assert graph_key(nb201.space.graph(live)) == graph_key(nb201.space.graph(dead_edge))
+    assert graph_key(nb201.space.graph(live)) != graph_key(nb201.space.graph(other))
+    cells = [c for c in nb201.all_configs() if nb201.is_connected(c)]
+    assert len({graph_key(nb201.space.graph(c)) for c in cells}) == 8764  # of 15,284 connected cells
+
+
 def test_graph_rejects_inconsistent_structure():
     with pytest.raises(ValueError, match="one preds entry per label"):
         Graph(("in", "out"), ((),))
@@ -25,6 +45,8 @@ def test_graph_rejects_inconsistent_structure():
         Graph(("in", "out"), ((), (5,)))
     with pytest.raises(ValueError, match="iterations"):
         wl_labels(Graph(("in",), ((),)), -1)
+    with pytest.raises(ValueError, match="cycle"):
+        graph_key(Graph(("a", "b"), ((1,), (0,))))
 
 
 def test_nb201_graph_keeps_only_live_operations():

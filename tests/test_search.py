@@ -479,6 +479,27 @@ def test_linas_gbdt_wl_uses_cell_graphs_and_keeps_the_budget():
     assert history["accuracy"].iloc[12:].max() > history["accuracy"].iloc[:12].max()
 
 
+@pytest.mark.parametrize("share", [True, False])
+def test_linas_rarely_measures_a_function_twice_when_accuracy_is_graph_invariant(share):
+    from nas.graph import graph_key
+    from search_spaces import nb201
+
+    objs = [
+        Objective("accuracy", nb201.accuracy, "max", graph_invariant=True),
+        Objective("latency@raspi4", lambda c: nb201.latency(c, "raspi4"), "min"),
+    ]
+    options = {"n_random": 200, "inner_generations": 5, "share_equivalent": share}
+    result = run(nb201.space, objs, "linas", budget=80, seed=0, progress=False, searcher_options=options)
+    assert len(result.history) == 80 and result.history["key"].is_unique
+    graphs = [graph_key(nb201.space.graph(Config.from_json(c))) for c in result.history["config"]]
+    if share:
+        # a second config of a measured graph only when it is surely faster (seed 0: 73 distinct graphs)
+        assert len(set(graphs)) >= 70
+    else:
+        # the accuracy model tells copies apart by their dead edges and measures them (seed 0: 46)
+        assert len(set(graphs)) < 60
+
+
 def test_linas_gbdt_wl_on_a_space_without_graphs_is_the_plain_gbdt():
     def keys(predictor: str) -> list[str]:
         options = {"predictor": predictor}

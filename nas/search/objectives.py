@@ -88,6 +88,11 @@ class Objective:
         direction: ``"max"`` or ``"min"``.
         expensive: ``True`` when it needs data or a device (accuracy, measured latency); ``False`` for cheap
             analytic or predicted values, which model-based searchers may call directly instead of modelling.
+        graph_invariant: ``True`` when the value depends only on the function the architecture computes (its
+            ``space.graph(cfg)``), not on which of several equivalent configs computes it: true of accuracy,
+            not of latency (operations whose result is never used still run). Model-based searchers then reuse
+            a measured value for every config with the same graph instead of spending evaluations on them. No
+            effect on spaces without graphs.
 
     Example:
         >>> acc = Objective("accuracy", lambda cfg: 0.9, direction="max")
@@ -99,6 +104,7 @@ class Objective:
     fn: Callable[[Config], float] = field(repr=False)
     direction: str = "min"
     expensive: bool = True
+    graph_invariant: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -224,7 +230,13 @@ def accuracy(supernet: Any, data: Any, name: str = "accuracy", **evaluate_kwargs
         net, dataset = _resolve(supernet), _resolve(data)
         return lambda cfg: float(metrics.evaluate(net, cfg, dataset, **evaluate_kwargs))
 
-    return Objective(name, LazyFunction(build, f"accuracy of {supernet!r}"), direction="max", expensive=True)
+    return Objective(
+        name,
+        LazyFunction(build, f"accuracy of {supernet!r}"),
+        direction="max",
+        expensive=True,
+        graph_invariant=True,
+    )
 
 
 def latency(

@@ -365,6 +365,7 @@ def run(
             objective_names=tuple(o.name for o in objectives),
             n_constraints=len(constraints),
             cheap={i: _minimised(o) for i, o in enumerate(objectives) if not o.expensive},
+            graph_invariant=frozenset(i for i, o in enumerate(objectives) if o.graph_invariant),
         )
     )
     batch = int(batch_size or searcher.default_batch_size)

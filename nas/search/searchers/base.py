@@ -48,12 +48,15 @@ class Problem:
         n_constraints: number of constraints (violations are told summed into one number).
         cheap: minimisation-form functions of the cheap objectives, by column index; model-based searchers may
             call them instead of modelling them.
+        graph_invariant: column indices of the objectives that depend only on ``space.graph(cfg)`` (see
+            :class:`nas.search.Objective`): configs with the same graph share their values.
     """
 
     space: SearchSpace
     objective_names: tuple[str, ...]
     n_constraints: int = 0
     cheap: dict[int, Callable[[Config], float]] = field(default_factory=dict)
+    graph_invariant: frozenset[int] = frozenset()
 
     @property
     def n_objectives(self) -> int:
