@@ -522,3 +522,21 @@ def test_linas_kappa_schedule_switches_with_the_evaluations_and_rejects_nonsense
     for bad, match in (([(5, 0.5)], "start at 0"), ("high", "number or a list"), (-1.0, ">= 0")):
         with pytest.raises(ValueError, match=match):
             searchers.get("linas")(seed=0, kappa=bad)
+
+
+def test_linas_auto_target_transform_stretches_skewed_objectives_only():
+    s = searchers.get("linas")(seed=0)
+    crowded_at_best = -np.array(
+        [94.0, 93.8, 93.5, 93.1, 92.0, 91.0, 90.5, 70.0, 40.0, 10.0]
+    )  # minimisation form
+    even = np.linspace(1.0, 10.0, 10)
+    assert s._transform(0, crowded_at_best) == "log-best"
+    assert s._transform(1, even) == "none"
+    assert searchers.get("linas")(seed=0, target_transform=["none", "log"])._transform(1, even) == "log"
+    # the log-best model reads back on the original scale and keeps the order of the best values
+    X = np.arange(10.0)[:, None]
+    model = s._fit(X, None, crowded_at_best, seed=0, j=0)
+    assert np.all(np.diff(model.predict(X[:4])) >= -1e-9)
+    assert abs(model.predict(X[:1])[0] - crowded_at_best[0]) < 1.0
+    with pytest.raises(ValueError, match="target_transform"):
+        searchers.get("linas")(seed=0, target_transform="sqrt")
