@@ -540,3 +540,5 @@ def test_linas_auto_target_transform_stretches_skewed_objectives_only():
     assert abs(model.predict(X[:1])[0] - crowded_at_best[0]) < 1.0
     with pytest.raises(ValueError, match="target_transform"):
         searchers.get("linas")(seed=0, target_transform="sqrt")
+    with pytest.raises(ValueError, match="log_best_gap"):
+        searchers.get("linas")(seed=0, log_best_gap=0.0)

@@ -483,6 +483,8 @@ class LinasSearcher(Searcher):
             skewed towards the bad end (sample skewness > 1: accuracy on NAS-Bench-201, where most cells are
             good and a few are useless), else ``"none"``. NAS-Bench-201, 10 seeds, hypervolume ratio at 100
             evaluations with ``"log-best"`` instead of ``"none"``: raspi4 0.935 -> 0.953, fpga 0.937 -> 0.970.
+        log_best_gap: how far below the best measured value ``"log-best"`` puts its zero, as a fraction of
+            the measured range (smaller: sharper at the best end).
         n_bags, bag_mean, loss: bag size of the ``"sklearn-gbdt"`` / ``"sklearn-ridge-gbdt"`` predictors,
             whether the bag's mean (rather than the model fitted on every point) is the prediction, and the
             boosting loss (``"squared_error"`` or ``"huber"``, robust to a heavy tail of bad configs).
@@ -518,6 +520,7 @@ class LinasSearcher(Searcher):
         late_after: int = 150,
         loss: str = "squared_error",
         share_equivalent: bool = True,
+        log_best_gap: float = 0.1,
     ):
         super().__init__(seed)
         self.n_initial = n_initial
@@ -542,6 +545,9 @@ class LinasSearcher(Searcher):
         self.late_after = int(late_after)
         self.loss = loss
         self.share_equivalent = bool(share_equivalent)
+        if not log_best_gap > 0:
+            raise ValueError(f"log_best_gap must be > 0, got {log_best_gap!r}")
+        self.log_best_gap = float(log_best_gap)
         self._graph_keys: dict[str, str | None] = {}
         self._handed_out_configs: dict[str, Config] = {}
         self._handed_out: set[str] = set()
@@ -730,7 +736,7 @@ class LinasSearcher(Searcher):
             # log of the distance to just below the best value: differences among the best configs weigh as
             # much as the long tail of poor ones (accuracy: 94.0 vs 94.3 matters, 40 vs 60 does not)
             span = float(y.max() - y.min())
-            shift, log = float(y.min()) - (0.1 * span if span > 0 else 1.0), True
+            shift, log = float(y.min()) - (self.log_best_gap * span if span > 0 else 1.0), True
         target = np.log(y - shift) if log else y
         if kind in _GRAPH_KINDS:
             if bags is None:  # the space has no graphs: the kind's graph-free part alone
