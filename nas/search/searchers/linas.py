@@ -729,7 +729,6 @@ class LinasSearcher(Searcher):
         """A predictor of objective ``j``, on the log scale if asked and the values allow it."""
         kind = self._kind(j)
         shift = 0.0
-        log = j >= 0 and self.target_transform == "log" and (y > 0).all()
         tt = self._transform(j, y)
         log = j >= 0 and tt == "log" and (y > 0).all()
         if j >= 0 and tt == "log-best" and len(y):
