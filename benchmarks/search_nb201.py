@@ -7,7 +7,8 @@ in each objective (with the worst cell of the table as reference, random search 
 
 Also prints, per target, what evaluating one random config of every distinct function (cells with the same
 ``space.graph``) would score: the table accuracies of equivalent cells differ by training noise, so the last ~1%
-of the true front's hypervolume is the luck of particular cells (raspi4: 0.990).
+of the true front's hypervolume is the luck of particular cells (raspi4: 0.990; edgegpu lower, 0.89, because
+there a random copy is often much slower: its dead operations still run).
 
 Prints median [min - max] over seeds and writes ``benchmarks/results/search_nb201.json``.
 
