@@ -549,8 +549,7 @@ class LinasSearcher(Searcher):
             raise ValueError(f"log_best_gap must be > 0, got {log_best_gap!r}")
         self.log_best_gap = float(log_best_gap)
         self._graph_keys: dict[str, str | None] = {}
-        self._handed_out_configs: dict[str, Config] = {}
-        self._handed_out: set[str] = set()
+        self._handed_out: dict[str, Config] = {}  # every config proposed, by key
         self._features: dict[str, np.ndarray] = {}
         self._bags: dict[str, Any] = {}
         self._has_graph: bool | None = None
@@ -629,7 +628,7 @@ class LinasSearcher(Searcher):
         F_all = self.values
         ok = np.isfinite(F_all).all(axis=1) if len(F_all) else np.zeros(0, dtype=bool)
         n_ok_distinct = len({self.configs[i].key for i in np.flatnonzero(ok)})
-        if n_ok_distinct + len(self._handed_out - set(self.known)) < n_initial or n_ok_distinct < 4:
+        if n_ok_distinct + len(self._handed_out.keys() - set(self.known)) < n_initial or n_ok_distinct < 4:
             out = self._latin(n, n_initial)
         else:
             if self.late_batch is not None and len(self.configs) >= self.late_after:
@@ -637,8 +636,7 @@ class LinasSearcher(Searcher):
                     return []  # the engine waits for the pending results: the next models will see them
                 n = min(n, self.late_batch)
             out = self._model_based(n, ok)
-        self._handed_out.update(c.key for c in out)
-        self._handed_out_configs.update((c.key, c) for c in out)
+        self._handed_out.update((c.key, c) for c in out)
         return out
 
     def _model_based(self, n: int, ok: np.ndarray) -> list[Config]:
@@ -703,7 +701,7 @@ class LinasSearcher(Searcher):
         columns = sorted(j for j in self.problem.graph_invariant if j not in self.problem.cheap)
         if not (self.share_equivalent and columns and configs and self._graph_key(configs[0]) is not None):
             return None
-        pending = [c for k, c in self._handed_out_configs.items() if k not in self.known]
+        pending = [c for k, c in self._handed_out.items() if k not in self.known]
         return _SharedGraphs(self._graph_key, configs, F, columns, pending)
 
     def _kind(self, j: int) -> str:
@@ -748,7 +746,7 @@ class LinasSearcher(Searcher):
 
     def _candidates(self, configs: list[Config], F: np.ndarray, V: np.ndarray, predict: Any) -> list[Config]:
         space = self.space
-        seen = set(self.known) | self._handed_out
+        seen = set(self.known) | self._handed_out.keys()
         pool: dict[str, Config] = {}
 
         def add(c: Config) -> None:
