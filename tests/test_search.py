@@ -123,6 +123,9 @@ def test_linas_finds_most_of_a_toy_front():
     [
         {"predictor": ["sklearn-gbdt", "sklearn-ridge-gbdt"], "target_transform": "log"},
         {"late_batch": 4, "late_after": 20, "n_bags": 4, "bag_mean": True, "loss": "huber"},
+        # the sampled pool (inner NSGA-II, mutations, neighbours, random) that large spaces use
+        {"exhaustive": 0, "explore": 0.5},
+        {"explore": 0.0},
     ],
 )
 def test_linas_options_keep_the_budget_and_find_the_front(options):
@@ -488,15 +491,15 @@ def test_linas_rarely_measures_a_function_twice_when_accuracy_is_graph_invariant
         Objective("accuracy", nb201.accuracy, "max", graph_invariant=True),
         Objective("latency@raspi4", lambda c: nb201.latency(c, "raspi4"), "min"),
     ]
-    options = {"n_random": 200, "inner_generations": 5, "share_equivalent": share}
+    options = {"share_equivalent": share}
     result = run(nb201.space, objs, "linas", budget=80, seed=0, progress=False, searcher_options=options)
     assert len(result.history) == 80 and result.history["key"].is_unique
     graphs = [graph_key(nb201.space.graph(Config.from_json(c))) for c in result.history["config"]]
     if share:
-        # a second config of a measured graph only when it is surely faster (seed 0: 73 distinct graphs)
+        # a second config of a measured graph only when it is surely faster (seed 0: 77 distinct graphs)
         assert len(set(graphs)) >= 70
     else:
-        # the accuracy model tells copies apart by their dead edges and measures them (seed 0: 46)
+        # the accuracy model tells copies apart by their dead edges and measures them (seed 0: 31)
         assert len(set(graphs)) < 60
 
 
@@ -542,3 +545,42 @@ def test_linas_auto_target_transform_stretches_skewed_objectives_only():
         searchers.get("linas")(seed=0, target_transform="sqrt")
     with pytest.raises(ValueError, match="log_best_gap"):
         searchers.get("linas")(seed=0, log_best_gap=0.0)
+
+
+def test_linas_scores_a_small_space_whole_and_samples_a_large_one():
+    s = searchers.get("linas")(seed=0)
+    s.setup(Problem(SPACE, ("quality", "cost@a")))
+    evaluated = SPACE.samples(15, seed=0, unique=True)
+    s.tell(evaluated, np.array([[-quality(c), cost(c)] for c in evaluated]), np.zeros(15))
+    F = s.values
+    pool = s._candidates(list(evaluated), F, np.zeros(len(F)), None)  # no model needed: no inner search
+    assert len(pool) == SPACE.size - 15  # every unseen config, each once
+    assert {c.key for c in pool}.isdisjoint(c.key for c in evaluated)
+
+    def no_model(cands, with_std=True):
+        m = len(cands)
+        return np.zeros((m, 2)), np.zeros((m, 2)), np.zeros(m)
+
+    big = searchers.get("linas")(seed=0, exhaustive=10, n_random=20, inner_generations=2)
+    big.setup(Problem(SPACE, ("quality", "cost@a")))
+    big.tell(evaluated, s.values, np.zeros(15))
+    sampled = big._candidates(list(evaluated), s.values, np.zeros(15), no_model)
+    assert 0 < len(sampled) < SPACE.size - 15  # a space above `exhaustive` configs: a sampled pool
+
+
+def test_linas_exploration_pick_goes_to_the_unmeasured_gap_of_the_predicted_front():
+    from nas.search.searchers.linas import LinasSearcher
+
+    measured = np.array([[0.0, 1.0], [0.1, 0.9], [0.2, 0.8]])
+    opt = np.array(
+        [
+            [0.05, 0.95],  # on the predicted front, next to measured points
+            [0.9, 0.05],  # on the predicted front, far from anything measured
+            [1.0, 1.0],  # dominated: never an exploration pick
+        ]
+    )
+    assert LinasSearcher._explore_pick(opt, measured, np.ones(3, dtype=bool)) == 1
+    assert LinasSearcher._explore_pick(opt, measured, np.array([True, False, True])) == 0
+    assert LinasSearcher._explore_pick(opt, measured, np.zeros(3, dtype=bool)) is None
+    with pytest.raises(ValueError, match="explore"):
+        LinasSearcher(explore=1.5)
