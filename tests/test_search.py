@@ -194,12 +194,12 @@ def test_linas_ridge_gbdt_learns_an_additive_cost_and_log_target_stays_positive(
 
 def test_hypervolume_gain_matches_difference_of_hypervolumes():
     rng = np.random.default_rng(0)
-    for m in (2, 3):
-        front = rng.random((8, m))
-        front = front[nondominated_mask(front)]
-        pts = rng.random((30, m)) * 1.2
+    for m, n_front in [(1, 3), (2, 8), (3, 12), (3, 0), (4, 10)]:
+        front = rng.random((n_front, m))
+        pts = rng.random((40, m)) * 1.2  # some beyond the reference point
+        pts[:3] = front[:3] if n_front >= 3 else pts[:3]  # points on the front add nothing
         ref = np.full(m, 1.1)
-        base = hypervolume(front, ref)
+        base = hypervolume(front, ref) if n_front else 0.0
         expected = [hypervolume(np.vstack([front, p]), ref) - base for p in pts]
         np.testing.assert_allclose(hypervolume_gain(front, pts, ref), expected, atol=1e-12)
 

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from nas.graph import graph_key, wl_labels
-from nas.pareto import hypervolume, nondominated_mask
+from nas.pareto import nondominated_mask
 from nas.search.searchers.base import Searcher
 from nas.space import Config
 
@@ -289,22 +289,43 @@ class _LogTarget:
 def hypervolume_gain(front: np.ndarray, points: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Hypervolume each row of ``points`` would add to ``front`` (minimisation, bounded by ``ref``).
 
-    Two objectives are done in one vectorised pass over the staircase; more fall back to one
-    hypervolume per point.
+    Two objectives are one vectorised pass over the staircase; more are sliced along the first objective
+    (between consecutive front values the covered region is a fixed front of one objective fewer), which
+    stays vectorised over the points: 15,000 candidates against a 3-objective front of 30 take milliseconds,
+    where one exact hypervolume per point took a second.
 
     Example:
         >>> hypervolume_gain(np.array([[1.0, 2.0]]), np.array([[2.0, 1.0], [1.5, 2.5]]), np.array([3.0, 3.0]))
         array([1., 0.])
     """
     points = np.asarray(points, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
     front = np.asarray(front, dtype=np.float64).reshape(-1, points.shape[1])
     front = front[(front < ref).all(axis=1)]
-    if points.shape[1] != 2:
-        base = hypervolume(front, ref) if len(front) else 0.0
-        return np.array([hypervolume(np.vstack([front, p[None]]), ref) - base for p in points])
     if len(front):
         front = front[nondominated_mask(front)]
-        front = front[np.argsort(front[:, 0])]
+    if points.shape[1] == 1:
+        best = front[:, 0].min() if len(front) else ref[0]
+        return np.clip(best - np.minimum(points[:, 0], ref[0]), 0.0, None)
+    if points.shape[1] == 2:
+        return _staircase_gain(front, points, ref)
+    # Slabs along objective 0: on [edges[k], edges[k+1]) the front points with objective 0 <= edges[k] cover
+    # the rest of the objectives; a point's gain is the sum of its (m-1)-dimensional gains times slab widths.
+    edges = np.concatenate([[-np.inf], np.unique(front[:, 0]), [ref[0]]])
+    p0 = np.minimum(points[:, 0], ref[0])
+    gain = np.zeros(len(points))
+    for k in range(len(edges) - 1):
+        width = np.clip(edges[k + 1] - np.maximum(edges[k], p0), 0.0, None)
+        live = width > 0
+        if live.any():
+            covering = front[front[:, 0] <= edges[k]][:, 1:]
+            gain[live] += width[live] * hypervolume_gain(covering, points[live, 1:], ref[1:])
+    return gain
+
+
+def _staircase_gain(front: np.ndarray, points: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """:func:`hypervolume_gain` for two objectives and a non-dominated ``front`` inside ``ref``."""
+    front = front[np.argsort(front[:, 0])]
     # Staircase as steps: on [x_i, x_{i+1}) everything above y_i is covered; left of x_0 nothing is (height ref).
     xs = np.concatenate([[-np.inf], front[:, 0], [ref[0]]])
     hs = np.concatenate([[ref[1]], front[:, 1]])
