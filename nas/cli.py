@@ -398,6 +398,25 @@ class _DataLoader:
         return f"{self.name} validation data"
 
 
+def parse_key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
+    """``["kappa=1.0", "predictor=sklearn-auto"]`` -> ``{"kappa": 1.0, "predictor": "sklearn-auto"}``.
+
+    Example:
+        >>> parse_key_values(["explore=0.3", "neighbours=false", "predictor=sklearn-auto"], "--searcher-option")
+        {'explore': 0.3, 'neighbours': False, 'predictor': 'sklearn-auto'}
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"{flag} takes KEY=VALUE, e.g. {flag} explore=0.3; got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from nas import search
 
@@ -422,7 +441,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         store=url,
         resume=args.resume,
         constraints=constraints,
+        batch_size=args.batch_size,
         progress=not args.quiet,
+        searcher_options=parse_key_values(args.searcher_option, "--searcher-option") or None,
     )
     targets = result.targets or [None]
     for target in targets:
@@ -596,6 +617,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algorithm", default="linas", help="random, nsga2, agemoea, nsga3, tpe, gp or linas")
     p.add_argument("--budget", type=int, default=250, help="real evaluations, counted exactly")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--searcher-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword argument of the searcher (repeatable; VALUE read as JSON when it parses), e.g. "
+        "'explore=0.3' or 'predictor=[\"gbdt-wl\",\"sklearn-gbdt\"]' for linas, 'pop_size=32' for nsga2; "
+        "a resumed run needs the same options",
+    )
+    p.add_argument(
+        "--batch-size", type=int, help="configs proposed per round (default: the searcher's own; linas: 10)"
+    )
     p.add_argument("--backend", default="local", choices=("local", "ray"))
     p.add_argument(
         "--ray-address", help="Ray cluster address (implies --backend ray); 'auto' for the local one"

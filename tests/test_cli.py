@@ -57,6 +57,26 @@ def test_clear_errors(tmp_path, capsys):
     assert "--target" in capsys.readouterr().err
 
 
+def test_searcher_options_and_batch_size_reach_the_searcher(tmp_path, capsys):
+    db = tmp_path / "opts.db"
+    args = ["search", "--space", "nb201", "--target", "raspi4", "--algorithm", "nsga2", "--quiet"]
+    args += ["--searcher-option", "pop_size=6", "--batch-size", "3", "--budget", "12", "--store", str(db)]
+    assert main(args) == 0
+    from nas.search import SearchResult
+
+    result = SearchResult.load(f"sqlite:///{db}")
+    assert len(result) == 12
+    assert result.meta["searcher_options"] == {"pop_size": 6}  # stored: a resume must use the same
+    capsys.readouterr()
+
+    bad = ["search", "--space", "nb201", "--target", "raspi4", "--budget", "5", "--quiet"]
+    assert main([*bad, "--searcher-option", "explor=0.3"]) == 2
+    err = capsys.readouterr().err
+    assert "no option 'explor'" in err and "explore" in err  # names the valid options
+    assert main([*bad, "--searcher-option", "explore"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
 def test_help_lists_every_command():
     out = subprocess.run(
         [sys.executable, "-m", "nas.cli", "--help"], capture_output=True, text=True, check=True

@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -358,7 +359,9 @@ def run(
             raise ValueError("searcher_options apply to an algorithm name, not to a Searcher instance")
     else:
         algo_name = str(algorithm)
-        searcher = get(algo_name)(seed=seed, **(searcher_options or {}))
+        searcher_class = get(algo_name)
+        _check_searcher_options(searcher_class, algo_name, searcher_options or {})
+        searcher = searcher_class(seed=seed, **(searcher_options or {}))
     searcher.setup(
         Problem(
             space=space,
@@ -403,6 +406,20 @@ def run(
     return SearchResult.from_records(
         st.records(), [(o.name, o.direction) for o in objectives], extra, st.read_meta(), st.url
     )
+
+
+def _check_searcher_options(cls: type, name: str, options: dict[str, Any]) -> None:
+    """A clear error for an option the searcher class does not take (instead of a bare ``TypeError``)."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if n not in ("self", "seed") and p.kind is not p.VAR_POSITIONAL]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"searcher {name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options: {', '.join(accepted) or 'none'}"
+        )
 
 
 def _minimised(objective: Objective) -> Callable[[Config], float]:
