@@ -41,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nas.cli import CliError, parse_key_values
 from nas.pareto import hypervolume, nondominated_mask
 
 TARGETS = ("raspi4", "pixel3", "edgegpu", "fpga")
@@ -126,25 +127,6 @@ def one_run(args: tuple[str, str, int, int, dict]) -> dict:
     return {"target": target, "algorithm": algorithm, "seed": seed, "ratios": ratios, "wall_s": wall}
 
 
-def parse_options(items: list[str]) -> dict:
-    """``["kappa=1.0", "predictor=sklearn-auto"]`` -> ``{"kappa": 1.0, "predictor": "sklearn-auto"}``.
-
-    Example:
-        >>> parse_options(["kappa=1", "neighbours=false", "predictor=sklearn-auto"])
-        {'kappa': 1, 'neighbours': False, 'predictor': 'sklearn-auto'}
-    """
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--linas-option needs KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
@@ -173,7 +155,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "search_nb201.json"))
     args = parser.parse_args()
 
-    linas_options = parse_options(args.linas_option)
+    try:
+        linas_options = parse_key_values(args.linas_option, "--linas-option")
+    except CliError as exc:
+        raise SystemExit(str(exc)) from None
     started = time.time()
     jobs = [
         (t, a, s, args.budget, linas_options, args.latency, args.batch_size)

@@ -909,13 +909,14 @@ class LinasSearcher(Searcher):
         chosen: list[int] = []
         available = np.ones(len(pool), dtype=bool)
         checked = norm(F)  # what the exploration picks keep away from: measured and already chosen points
+        sibling_ids = None if siblings is None else np.unique(np.asarray(siblings), return_inverse=True)[1]
 
         def take(i: int) -> None:
-            nonlocal available, checked
+            nonlocal checked
             chosen.append(i)
             available[i] = False
-            if siblings is not None:
-                available &= np.array([k != siblings[i] for k in siblings])
+            if sibling_ids is not None:
+                available[sibling_ids == sibling_ids[i]] = False
             checked = np.vstack([checked, opt[i][None]])
 
         n_take = min(n, len(pool))
