@@ -301,6 +301,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
         threads=args.threads,
         seed=args.seed,
         clock=args.clock,
+        precision=args.precision,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        rounds=args.rounds,
+        device_name=args.device_name,
     )
     return 0
 
@@ -572,7 +577,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--supernet", help="run directory of a trained supernet (its space is measured)")
     p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "cuda"))
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "int8"),
+        help="int8: static QDQ quantization of the exported model (needs --backend onnxruntime)",
+    )
     p.add_argument("--samples", type=int, default=300, help="random subnets to measure")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=30,
+        help="timed forward calls per subnet, split over --rounds (default 30)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved passes over all subnets, each in a new random order, so drift hits every subnet "
+        "alike (default 3)",
+    )
+    p.add_argument(
+        "--warmup", type=int, default=3, help="untimed calls at every visit of a subnet (default 3)"
+    )
+    p.add_argument(
+        "--device-name", help="name recorded in the profile's metadata (default: the CPU or GPU model)"
+    )
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="fixed thread count (default: all cores)")
     p.add_argument(

@@ -61,3 +61,25 @@ def test_profile_fit_search_export(run_dir, tmp_path, capsys):
     assert manifest["space"] == "mobilenetv3-small"
     assert main(["export", str(db), "--max-latency", "1us", "--out", str(tmp_path / "none")]) == 2
     assert "relax the bound" in capsys.readouterr().err
+
+
+def test_profile_int8_onnxruntime_and_measurement_settings(run_dir, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from nas.hw.profiles import Profile
+
+    out = tmp_path / "int8.csv"
+    args = ["profile", "--supernet", str(run_dir), "--samples", "2", "--threads", "1", "--out", str(out)]
+    args += ["--repeats", "4", "--rounds", "2", "--warmup", "0", "--device-name", "test-box"]
+    assert main([*args, "--backend", "onnxruntime", "--precision", "int8"]) == 0
+    prof = Profile.load(out)
+    assert len(prof) == 2
+    assert prof.metadata["precision"] == "int8" and prof.metadata["backend"] == "onnxruntime"
+    assert prof.metadata["device"] == "test-box"
+    assert prof.metadata["repeats"] == 4 and prof.metadata["rounds"] == 2
+
+    # int8 is an onnxruntime measurement: the torch backend is refused before anything is written.
+    bad = tmp_path / "bad.csv"
+    bad_args = ["profile", "--supernet", str(run_dir), "--samples", "2", "--out", str(bad)]
+    assert main([*bad_args, "--precision", "int8"]) == 2
+    assert "backend='onnxruntime'" in capsys.readouterr().err
+    assert not bad.exists()
