@@ -258,6 +258,10 @@ def test_run_fit_reports_metrics_and_noise(tmp_path, capsys) -> None:
     assert 0.01 <= res["noise"]["median_cv"] <= 0.03
     printed = capsys.readouterr().out
     assert "noise floor" in printed and "within_10pct" in printed
+    # 6 training configs with 1-3% repeat noise: a hint to measure more, none about noise
+    assert "only 6 training configs" in printed and "latency_p10_ms" not in printed
+    assert cli_hooks._fit_hints(0.15, "latency_ms", 300)[0].startswith("the repeats vary by 15%")
+    assert cli_hooks._fit_hints(0.15, "latency_p10_ms", 300) == []  # already the stable target
     import predictors
 
     pred = predictors.load(tmp_path / "pred.json")

@@ -199,6 +199,37 @@ def resolve_profile_space(profile: Profile, resolve_space: Callable[[str], Any] 
     return space_from_record(profile.space, record)
 
 
+# Above this median CV of the repeats, the median of one config's repeats moves by about that much between
+# runs, so a median-latency predictor cannot be checked to within 10% (README, profile_mobilenetv3 benchmark).
+NOISY_PROFILE_CV = 0.10
+# Fewer training configs than this rarely pin down a predictor of a supernet's dozens of features.
+FEW_TRAINING_CONFIGS = 100
+
+
+def _fit_hints(median_cv: float, metric: str, n_train: int) -> list[str]:
+    """Advice printed after a fit when the profile is too noisy or too small to fit well.
+
+    Example:
+        >>> _fit_hints(0.15, "latency_ms", 30)[0].startswith("the repeats vary by 15%")
+        True
+        >>> _fit_hints(0.03, "latency_ms", 300)
+        []
+    """
+    hints = []
+    if metric == "latency_ms" and median_cv > NOISY_PROFILE_CV:
+        hints.append(
+            f"the repeats vary by {median_cv:.0%} (median CV), so the median latency is mostly noise here; "
+            "on a shared or virtualised CPU fit the stable fast tail with --metric latency_p10_ms, or measure "
+            "on a quiet machine (`nas profile --clock thread_cpu --threads 1` keeps other jobs out)"
+        )
+    if n_train < FEW_TRAINING_CONFIGS:
+        hints.append(
+            f"only {n_train} training configs; measure more (`nas profile --samples 300 --out SAME.csv` adds "
+            "to the file) for a predictor that generalises"
+        )
+    return hints
+
+
 def run_fit(
     profile_path: str | Path,
     out_path: str | Path,
@@ -267,5 +298,7 @@ def run_fit(
                 f"  noise floor: median CV of repeats {noise['median_cv']:.2%}, "
                 f"median IQR/median {noise['median_iqr_rel']:.2%}"
             )
+        for line in _fit_hints(noise["median_cv"], metric, len(train)):  # NaN CV: no noise hint
+            print(f"  hint: {line}")
         print(f"saved predictor to {out}")
     return result
