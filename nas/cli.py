@@ -624,8 +624,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--metric",
         default="latency_ms",
         help="profile column to predict: latency_ms (median of the repeats, default), latency_p10_ms "
-        "(10th percentile: the stable target on shared or virtualised CPUs, where the median of a few-ms "
-        "forward pass can vary by 15%% between runs), latency_min_ms, or an extra such as energy_mj",
+        "(10th percentile), latency_min_ms, or an extra such as energy_mj. On a noisy profile (median CV of "
+        "the repeats above 10%%, common on shared or virtualised CPUs) the fit also scores the other of "
+        "latency_ms / latency_p10_ms on the same split and the hint says which one this machine measures "
+        "stably: it differs between machines",
     )
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)

@@ -261,12 +261,41 @@ def test_run_fit_reports_metrics_and_noise(tmp_path, capsys) -> None:
     # 6 training configs with 1-3% repeat noise: a hint to measure more, none about noise
     assert "only 6 training configs" in printed and "latency_p10_ms" not in printed
     assert cli_hooks._fit_hints(0.15, "latency_ms", 300)[0].startswith("the repeats vary by 15%")
-    assert cli_hooks._fit_hints(0.15, "latency_p10_ms", 300) == []  # already the stable target
+    assert "compare a fit of --metric latency_ms" in cli_hooks._fit_hints(0.15, "latency_p10_ms", 300)[0]
+    assert cli_hooks._fit_hints(0.15, "energy_mj", 300) == []  # not a latency column
     import predictors
 
     pred = predictors.load(tmp_path / "pred.json")
     assert json.loads((tmp_path / "pred.json").read_text())  # plain JSON
     assert pred.predict(SPACE.features_matrix(list(SPACE.all_configs()))).shape == (8,)
+
+
+def test_run_fit_on_a_noisy_profile_compares_median_and_fast_tail(tmp_path, capsys) -> None:
+    """The hint follows the held-out numbers: here the median is noise and the 10th percentile is clean."""
+    space = SearchSpace("toy-noisy", [Choice("width", tuple(range(1, 9))), Choice("kernel", (1, 3, 5, 7))])
+    configs = list(space.all_configs())
+    clean = np.array([1.0 + 0.2 * c["width"] + 0.1 * c["kernel"] for c in configs])  # additive: ridge fits it
+    noisy = clean * np.random.default_rng(0).uniform(0.6, 1.4, len(clean))
+    Profile(
+        space.name,
+        configs,
+        noisy,
+        latency_cv=np.full(len(clean), 0.2),
+        extras={"latency_p10_ms": 0.9 * clean},
+        metadata={"backend": "torch", "space_dims": measure.space_record(space)},
+    ).save(tmp_path / "noisy.csv")
+
+    res = cli_hooks.run_fit(tmp_path / "noisy.csv", tmp_path / "pred.json", kind="ridge")
+    compared = res["compared"]
+    assert compared["latency_ms"] == res["metrics"]["within_10pct"] < 0.6
+    assert compared["latency_p10_ms"] == 1.0
+    assert "refit with --metric latency_p10_ms" in capsys.readouterr().out
+
+    res = cli_hooks.run_fit(
+        tmp_path / "noisy.csv", tmp_path / "pred.json", kind="ridge", metric="latency_p10_ms"
+    )
+    assert res["compared"] == {"latency_p10_ms": 1.0, "latency_ms": compared["latency_ms"]}  # same split
+    assert "latency_p10_ms is the better column here" in capsys.readouterr().out
 
 
 def test_run_fit_needs_a_space(tmp_path) -> None:

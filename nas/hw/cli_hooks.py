@@ -204,30 +204,95 @@ def resolve_profile_space(profile: Profile, resolve_space: Callable[[str], Any] 
 NOISY_PROFILE_CV = 0.10
 # Fewer training configs than this rarely pin down a predictor of a supernet's dozens of features.
 FEW_TRAINING_CONFIGS = 100
+# The two latency columns a noisy profile's fit is compared on, each mapped to the other.
+LATENCY_COLUMNS = {"latency_ms": "latency_p10_ms", "latency_p10_ms": "latency_ms"}
+# How much better (held-out within 10%) the other column must fit before the hint says to switch.
+COLUMN_SWITCH_MARGIN = 0.05
 
 
-def _fit_hints(median_cv: float, metric: str, n_train: int) -> list[str]:
+def _fit_hints(
+    median_cv: float, metric: str, n_train: int, compared: dict[str, float] | None = None
+) -> list[str]:
     """Advice printed after a fit when the profile is too noisy or too small to fit well.
+
+    ``compared`` maps latency columns (the fitted ``metric`` and its alternative, median or 10th percentile) to
+    the held-out within-10% of the same predictor kind fitted on the same split: which column is the stable
+    one depends on the machine (on one shared VM the fast tail was, on another the median), so the advice
+    follows the numbers instead of a rule.
 
     Example:
         >>> _fit_hints(0.15, "latency_ms", 30)[0].startswith("the repeats vary by 15%")
+        True
+        >>> hint = _fit_hints(0.15, "latency_ms", 300, {"latency_ms": 0.64, "latency_p10_ms": 0.99})[0]
+        >>> "refit with --metric latency_p10_ms" in hint
         True
         >>> _fit_hints(0.03, "latency_ms", 300)
         []
     """
     hints = []
-    if metric == "latency_ms" and median_cv > NOISY_PROFILE_CV:
-        hints.append(
-            f"the repeats vary by {median_cv:.0%} (median CV), so the median latency is mostly noise here; "
-            "on a shared or virtualised CPU fit the stable fast tail with --metric latency_p10_ms, or measure "
-            "on a quiet machine (`nas profile --clock thread_cpu --threads 1` keeps other jobs out)"
+    if metric in LATENCY_COLUMNS and median_cv > NOISY_PROFILE_CV:
+        quiet = (
+            "measure on a quiet machine, or with `nas profile --clock thread_cpu --threads 1`, which keeps other "
+            "jobs out of the numbers"
         )
+        other = LATENCY_COLUMNS[metric]
+        if compared and metric in compared and other in compared:
+            scores = f"held-out within 10%: {metric} {compared[metric]:.2f}, {other} {compared[other]:.2f}"
+            if compared[other] >= compared[metric] + COLUMN_SWITCH_MARGIN:
+                advice = f"refit with --metric {other}"
+            else:
+                advice = f"{metric} is the better column here"
+            hints.append(
+                f"the repeats vary by {median_cv:.0%} (median CV), so single latencies are partly noise; "
+                f"{scores} (same kind, same split): {advice}; for a cleaner profile {quiet}"
+            )
+        else:
+            hints.append(
+                f"the repeats vary by {median_cv:.0%} (median CV), so single latencies are partly noise; "
+                f"compare a fit of --metric {other}, and for a cleaner profile {quiet}"
+            )
     if n_train < FEW_TRAINING_CONFIGS:
         hints.append(
             f"only {n_train} training configs; measure more (`nas profile --samples 300 --out SAME.csv` adds "
             "to the file) for a predictor that generalises"
         )
     return hints
+
+
+def _compare_latency_columns(
+    prof: Profile,
+    space: Any,
+    metric: str,
+    score: float,
+    train: np.ndarray,
+    test: np.ndarray,
+    kind: str,
+    seed: int,
+) -> dict[str, float]:
+    """``{metric: score, other: s}``: held-out within-10% of ``kind`` fitted on the other latency column.
+
+    ``train`` and ``test`` index the rows where ``metric`` is known (as :meth:`Profile.to_arrays` keeps them);
+    rows where the other column is missing are left out of its fit and test. Returns ``{}`` when the profile has
+    no other column or too few rows where it is known.
+    """
+    import predictors
+
+    other = LATENCY_COLUMNS[metric]
+    try:
+        known, values = np.isfinite(prof.metric(metric)), prof.metric(other)
+    except KeyError:
+        return {}
+    rows = np.flatnonzero(known)
+    values = values[rows]
+    tr, te = train[np.isfinite(values[train])], test[np.isfinite(values[test])]
+    if len(tr) < 4 or len(te) < 1:
+        return {}
+    configs = prof.configs
+    X = space.features_matrix([configs[i] for i in rows])
+    pred = predictors.fit(
+        X[tr], values[tr], kind=kind, seed=seed, feature_names=space.feature_names, space=space
+    )
+    return {metric: float(score), other: float(predictors.evaluate(pred, X[te], values[te])["within_10pct"])}
 
 
 def run_fit(
@@ -248,7 +313,10 @@ def run_fit(
     ``out_path`` is the one fitted on the remaining rows, so the printed metrics describe exactly that file.
     ``metric`` picks the column to predict (``latency_ms`` = median; ``latency_p10_ms`` for the fast tail).
 
-    Returns ``{"kind", "train", "test", "metrics": {...}, "noise": {"median_cv", "median_iqr_rel"}, "out"}``.
+    Returns ``{"kind", "train", "test", "metrics": {...}, "noise": {"median_cv", "median_iqr_rel"}, "out"}``,
+    plus ``"compared"`` (see :func:`_compare_latency_columns`) when the profile is noisy (median CV above
+    ``NOISY_PROFILE_CV``) and a latency column was fitted: the other column's fit, so the hint can say which one
+    this machine measures stably.
     """
     import predictors
 
@@ -287,6 +355,11 @@ def run_fit(
         "noise": noise,
         "out": str(out),
     }
+    if n_test and metric in LATENCY_COLUMNS and noise["median_cv"] > NOISY_PROFILE_CV:
+        # A noisy profile: which latency column is predictable depends on the machine, so measure both.
+        result["compared"] = _compare_latency_columns(
+            prof, space, metric, metrics["within_10pct"], train, test, result["kind"], seed
+        )
     if verbose:
         print(f"fitted {result['kind']} on {len(train)} configs of {prof.space!r}; held out {n_test}")
         for k, v in metrics.items():
@@ -298,7 +371,8 @@ def run_fit(
                 f"  noise floor: median CV of repeats {noise['median_cv']:.2%}, "
                 f"median IQR/median {noise['median_iqr_rel']:.2%}"
             )
-        for line in _fit_hints(noise["median_cv"], metric, len(train)):  # NaN CV: no noise hint
+        hints = _fit_hints(noise["median_cv"], metric, len(train), result.get("compared"))
+        for line in hints:  # NaN CV: no noise hint
             print(f"  hint: {line}")
         print(f"saved predictor to {out}")
     return result
