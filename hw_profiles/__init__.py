@@ -48,14 +48,29 @@ def available() -> list[str]:
 
 
 def path_of(name: str) -> Path:
-    """Path of the table of a built-in profile; raises :class:`UnknownProfileError` (a ``KeyError``) listing
-    the available names."""
+    """Path of the table of a built-in profile.
+
+    ``name`` is a full name (``nb201-raspi4``) or a device name that only one profile ends with (``raspi4``),
+    as ``nas search --target`` takes it. Raises :class:`UnknownProfileError` (a ``KeyError``) listing the
+    available names, or the candidates when a device name is ambiguous.
+
+    Example:
+        >>> path_of("raspi4") == path_of("nb201-raspi4")
+        True
+    """
     tables = _tables()
-    if name not in tables:
+    if name in tables:
+        return tables[name]
+    candidates = sorted(n for n in tables if n.endswith(f"-{name}"))
+    if len(candidates) == 1:
+        return tables[candidates[0]]
+    if candidates:
         raise UnknownProfileError(
-            f"no built-in hardware profile {name!r}; available: {', '.join(sorted(tables)) or 'none'}"
+            f"hardware profile {name!r} is ambiguous: {', '.join(candidates)}; use the full name"
         )
-    return tables[name]
+    raise UnknownProfileError(
+        f"no built-in hardware profile {name!r}; available: {', '.join(sorted(tables)) or 'none'}"
+    )
 
 
 def load(name: str) -> Profile:

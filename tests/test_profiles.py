@@ -182,6 +182,22 @@ def test_builtin_profiles_index():
     assert str(err.value).startswith("no built-in hardware profile 'nb201-rasp14'; available: nb201-edgegpu")
     for name in names:
         assert hw_profiles.path_of(name).stat().st_size < 1_000_000
+    # a device name alone, as `nas search --target` takes it
+    assert hw_profiles.load("pixel3").metadata["device"] == "pixel3"
+    with pytest.raises(KeyError, match="no built-in hardware profile 'pixel'"):
+        hw_profiles.load("pixel")
+
+
+def test_builtin_profile_device_name_must_be_unambiguous(tmp_path, monkeypatch):
+    for space in ("nb201", "mobilenetv3"):
+        (tmp_path / f"{space}-pixel3.csv").write_text("x")
+        (tmp_path / f"{space}-pixel3.csv.meta.json").write_text("{}")
+    monkeypatch.setattr(hw_profiles, "_DIR", tmp_path)
+    with pytest.raises(
+        KeyError, match="'pixel3' is ambiguous: mobilenetv3-pixel3, nb201-pixel3; use the full"
+    ):
+        hw_profiles.path_of("pixel3")
+    assert hw_profiles.path_of("nb201-pixel3").name == "nb201-pixel3.csv"
 
 
 def test_builtin_profile_contents():
