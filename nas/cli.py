@@ -16,11 +16,13 @@ A day with the tool::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +211,6 @@ def sampling_options(args: Any) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     import search_spaces
     from nas import data as nas_data
-    from nas.train import train_supernet
 
     if args.threads:
         import torch
@@ -232,8 +233,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     train, _ = _dataset(nas_data, args.data, args.data_root, "train")
     val, _ = _dataset(nas_data, args.data, args.data_root, "val")
     out = Path(args.out)
+    new_dir = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / search_spaces.SUPERNET_SPEC, json.dumps(spec, indent=2))
+    with _removed_if_nothing_trained(out, new_dir):
+        _train(args, net, train, val, out)
+    print(f"trained supernet in {out}")
+    return 0
+
+
+@contextlib.contextmanager
+def _removed_if_nothing_trained(out: Path, new_dir: bool) -> Iterator[None]:
+    """Delete a run directory this command created when training fails before writing anything but its spec.
+
+    A refused setting (``--epochs 0``) must not leave a directory that looks like a run; one with a
+    checkpoint or a metrics log is kept, so ``--resume`` can continue it.
+    """
+    try:
+        yield
+    except BaseException:
+        import search_spaces
+
+        if new_dir and {p.name for p in out.iterdir()} <= {search_spaces.SUPERNET_SPEC}:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _train(args: argparse.Namespace, net: Any, train: Any, val: Any, out: Path) -> None:
+    from nas.train import train_supernet
+
     train_supernet(
         net,
         train,
@@ -253,8 +281,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_workers=args.workers,
     )
-    print(f"trained supernet in {out}")
-    return 0
 
 
 def _dataset(nas_data: Any, name: str, root: str | None, split: str) -> tuple[Any, str]:
@@ -430,11 +456,24 @@ def cmd_search(args: argparse.Namespace) -> int:
     objectives, recipe = _objectives(args, space)
     constraints = [search.Constraint(*parse_constraint(c)) for c in args.constraint or []]
     url = store_url(args.store) if args.store else None
-    if url and sidecar_path(url):
-        sidecar = sidecar_path(url)
-        assert sidecar is not None
-        write_text(sidecar, json.dumps(recipe, indent=2))
-    result = search.run(
+    sidecar = sidecar_path(url) if url else None
+    with _sidecar_written(sidecar, recipe, url):
+        result = _run_search(args, search, space, objectives, constraints, url)
+    targets = result.targets or [None]
+    for target in targets:
+        front = result.pareto(target=target)
+        names = result.front_objectives(target)
+        print(
+            f"\nPareto front{' for ' + target if target else ''}: {len(front)} of {len(result)} evaluations"
+        )
+        print(front[["key", *names]].to_string(index=False, max_rows=30))
+    return 0
+
+
+def _run_search(
+    args: argparse.Namespace, search: Any, space: Any, objectives: list, constraints: list, url: str | None
+) -> Any:
+    return search.run(
         space,
         objectives,
         algorithm=args.algorithm,
@@ -450,15 +489,47 @@ def cmd_search(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         searcher_options=parse_key_values(args.searcher_option, "--searcher-option") or None,
     )
-    targets = result.targets or [None]
-    for target in targets:
-        front = result.pareto(target=target)
-        names = result.front_objectives(target)
-        print(
-            f"\nPareto front{' for ' + target if target else ''}: {len(front)} of {len(result)} evaluations"
-        )
-        print(front[["key", *names]].to_string(index=False, max_rows=30))
-    return 0
+
+
+@contextlib.contextmanager
+def _sidecar_written(sidecar: Path | None, recipe: dict[str, Any], url: str | None) -> Iterator[None]:
+    """Write the run's recipe beside its SQLite store, and take it back if the search recorded nothing.
+
+    The recipe is written first so that an interrupted run can be exported and resumed. A search refused before
+    its first evaluation (a bad ``--budget``, a ``--resume`` whose settings do not match the stored run) must
+    leave the files as they were: no new sidecar, and an existing run's recipe not overwritten.
+    """
+    if sidecar is None or url is None:
+        yield
+        return
+    before = sidecar.read_text() if sidecar.is_file() else None
+    n_before = _stored_evaluations(url)
+    write_text(sidecar, json.dumps(recipe, indent=2))
+    try:
+        yield
+    except BaseException:
+        if _stored_evaluations(url) == n_before:
+            if before is None:
+                sidecar.unlink(missing_ok=True)
+            else:
+                write_text(sidecar, before)
+        raise
+
+
+def _stored_evaluations(url: str) -> int | None:
+    """How many evaluations a store holds: 0 when it does not exist yet, ``None`` when it cannot be read."""
+    from nas.search.store import open_store
+
+    try:
+        store = open_store(url, create=False)
+    except FileNotFoundError:
+        return 0
+    try:
+        return len(store.records())
+    except Exception:  # not a store (yet): search.run says what is wrong with it
+        return None
+    finally:
+        store.close()
 
 
 def _search_space(args: argparse.Namespace, module: Any) -> Any:

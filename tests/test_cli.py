@@ -35,6 +35,10 @@ def test_search_report_and_resume_on_nb201(tmp_path, capsys):
 
     # Resuming a finished run evaluates nothing more; a different budget is refused.
     assert main([*args, "--budget", "30", "--resume"]) != 0  # the budget is part of the run's identity
+    # ... and a refused resume with other targets leaves the run's recipe as it was
+    other = ["search", "--space", "nb201", "--target", "fpga", "--algorithm", "random", "--store", str(db)]
+    assert main([*other, "--quiet", "--budget", "25", "--resume"]) == 2
+    assert json.loads((tmp_path / "search.db.nas.json").read_text()) == recipe
     assert main([*args, "--budget", "25", "--resume"]) == 0
     from nas.search import SearchResult
 
@@ -55,6 +59,25 @@ def test_clear_errors(tmp_path, capsys):
     assert "unknown search space 'nope'" in capsys.readouterr().err
     assert main(["search", "--space", "nb201", "--budget", "5", "--quiet"]) == 2
     assert "--target" in capsys.readouterr().err
+
+
+def test_refused_commands_leave_no_files_behind(tmp_path, capsys):
+    """A command that fails on its input must not create a store, a recipe or a run directory."""
+    missing = tmp_path / "missing.db"
+    assert main(["report", str(missing), "--out", str(tmp_path / "rep")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["export", str(missing), "--out", str(tmp_path / "model")]) == 2
+    store = tmp_path / "s.db"
+    search = ["search", "--space", "nb201", "--target", "raspi4", "--store", str(store), "--quiet"]
+    assert main([*search, "--budget", "0"]) == 2
+    assert "budget must be a positive integer" in capsys.readouterr().err
+    run_dir = tmp_path / "run"
+    assert (
+        main(["train", "--space", "mobilenetv3", "--data", "digits", "--epochs", "0", "--out", str(run_dir)])
+        == 2
+    )
+    assert "epochs=0" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_searcher_options_and_batch_size_reach_the_searcher(tmp_path, capsys):

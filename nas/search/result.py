@@ -197,7 +197,7 @@ class SearchResult:
         """
         from nas.search.store import open_store
 
-        st = open_store(store)
+        st = open_store(store, create=False)
         meta = st.read_meta()
         if meta is None:
             raise ValueError(f"store {st.url} holds no search run")

@@ -203,8 +203,13 @@ class Store:
         return f"Store({self.url!r})"
 
 
-def _sqlite(path: str, url: str) -> Store:
+def _sqlite(path: str, url: str, create: bool = True) -> Store:
     if path != ":memory:":
+        if not create and not Path(path).expanduser().is_file():
+            # sqlite3.connect would create an empty database: reading must not leave files behind.
+            raise FileNotFoundError(
+                f"store {url}: no such file {path!r}; check the path (a search writes it)"
+            )
         Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
     def connect() -> sqlite3.Connection:
@@ -229,9 +234,12 @@ def _postgres(url: str) -> Store:
     return Store(url, lambda: psycopg.connect(url), "%s", "INSERT INTO")
 
 
-def open_store(url: str | os.PathLike[str] | Store | None) -> Store:
+def open_store(url: str | os.PathLike[str] | Store | None, create: bool = True) -> Store:
     """A :class:`Store` from ``sqlite:///path.db``, ``postgresql://...``, a plain file path, or ``None``
     (an in-memory SQLite store that lasts as long as the run).
+
+    ``create=False`` opens an existing store only: a missing SQLite file raises ``FileNotFoundError`` instead of
+    being created empty (what readers such as :meth:`SearchResult.load` want).
 
     Example:
         >>> open_store(None).url
@@ -243,11 +251,11 @@ def open_store(url: str | os.PathLike[str] | Store | None) -> Store:
         return _sqlite(":memory:", "sqlite:///:memory:")
     text = os.fspath(url)
     if text.startswith("sqlite:///"):
-        return _sqlite(text[len("sqlite:///") :], text)
+        return _sqlite(text[len("sqlite:///") :], text, create)
     if text.startswith(("postgresql://", "postgres://")):
         return _postgres(text)
     if "://" in text:
         raise ValueError(
             f"unsupported store URL {text!r}; use sqlite:///path.db or postgresql://user@host/db"
         )
-    return _sqlite(text, f"sqlite:///{text}")
+    return _sqlite(text, f"sqlite:///{text}", create)
