@@ -230,6 +230,17 @@ def test_run_profile_refuses_other_space(tmp_path) -> None:
         cli_hooks.run_profile(ToyNet(), "torch", 2, out, progress=False, verbose=False)
 
 
+def test_run_profile_checks_settings_before_touching_the_file(tmp_path, capsys) -> None:
+    out = tmp_path / "p.csv"
+    with pytest.raises(ValueError, match="repeats must be an integer >= 1, got 0"):
+        cli_hooks.run_profile(ToyNet(), "torch", 2, out, repeats=0, progress=False)
+    with pytest.raises(ValueError, match="threads=1"):
+        cli_hooks.run_profile(ToyNet(), "torch", 2, out, threads=2, clock="thread_cpu", progress=False)
+    with pytest.raises(ValueError, match="samples must be >= 1"):
+        cli_hooks.run_profile(ToyNet(), "torch", 0, out, progress=False)
+    assert capsys.readouterr().out == "" and list(tmp_path.iterdir()) == []
+
+
 def _synthetic_profile(path, with_dims: bool = True) -> None:
     rng = np.random.default_rng(0)
     configs = list(SPACE.all_configs())

@@ -89,7 +89,23 @@ def run_profile(
     Returns the full profile as saved.
     """
     space = net.space
+    from nas.hw.measure import check_settings, profile
+
+    # Bad settings fail before the output file is read or anything is printed.
+    check_settings(
+        backend,
+        precision=precision,
+        clock=clock,
+        threads=threads,
+        batch_size=batch_size,
+        repeats=repeats,
+        rounds=rounds,
+        warmup=warmup,
+        max_cached=max_cached,
+    )
     path = Path(out_path)
+    if not isinstance(samples, int) or samples < 0 or (samples == 0 and not path.exists()):
+        raise ValueError(f"samples must be >= 1 to create {str(path)!r}, got {samples!r}")
     old: Profile | None = None
     if path.exists():
         old = Profile.load(path)
@@ -113,8 +129,6 @@ def run_profile(
             f"{len(targets) - len(missing)} of {len(targets)} configs already in {path}; measuring {len(missing)}"
         )
     current = old
-    from nas.hw.measure import profile
-
     for start in range(0, len(missing), max(1, chunk)):
         part = missing[start : start + max(1, chunk)]
         new = profile(
@@ -138,8 +152,7 @@ def run_profile(
         current.save(path)
         if verbose:
             print(f"saved {len(current)} configs to {path}")
-    if current is None:  # nothing to measure and no file: samples == 0
-        raise ValueError(f"samples must be >= 1 to create {str(path)!r}, got {samples}")
+    assert current is not None  # samples >= 1, or an existing file
     return current
 
 

@@ -335,6 +335,62 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def check_settings(
+    backend: str,
+    *,
+    precision: str = "fp32",
+    clock: str = "wall",
+    threads: int | None = 1,
+    batch_size: int = 1,
+    repeats: int = 30,
+    rounds: int = 3,
+    warmup: int = 10,
+    max_cached: int = 1,
+) -> None:
+    """Raise ``ValueError`` (or :class:`BackendUnavailableError`) naming the first bad measurement setting.
+
+    :func:`profile` calls it; callers that do work before measuring (``nas profile`` opens and checks the
+    output file first) call it up front, so a bad setting fails before anything is printed or written.
+
+    Example:
+        >>> check_settings("torch", repeats=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: repeats must be an integer >= 1, got 0
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
+    if precision == "int8" and backend != "onnxruntime":
+        raise ValueError(
+            f"precision='int8' is measured with backend='onnxruntime' (QDQ int8 kernels); got backend={backend!r}"
+        )
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; choose one of {list(CLOCKS)}")
+    if clock == "thread_cpu" and (backend == "cuda" or threads != 1):
+        raise ValueError(
+            "clock='thread_cpu' counts only the calling thread's CPU time, so it needs a CPU backend "
+            f"('torch' or 'onnxruntime') and threads=1; got backend={backend!r}, threads={threads!r}"
+        )
+    if backend == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError(
+            "backend='cuda' needs a CUDA GPU, but torch.cuda.is_available() is False on this machine "
+            f"(torch {torch.__version__}); measure with backend='torch' or 'onnxruntime' instead"
+        )
+    for name, value, low in (
+        ("batch_size", batch_size, 1),
+        ("repeats", repeats, 1),
+        ("rounds", rounds, 1),
+        ("warmup", warmup, 0),
+        ("max_cached", max_cached, 1),
+    ):
+        if not isinstance(value, int | np.integer) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if threads is not None and (not isinstance(threads, int | np.integer) or threads < 1):
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+
+
 def profile(
     net: Any,
     configs: Sequence[Mapping[str, Any]],
@@ -390,37 +446,17 @@ def profile(
         >>> len(p), p.metadata["threads"]
         (2, 1)
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
-    if precision == "int8" and backend != "onnxruntime":
-        raise ValueError(
-            f"precision='int8' is measured with backend='onnxruntime' (QDQ int8 kernels); got backend={backend!r}"
-        )
-    if clock not in CLOCKS:
-        raise ValueError(f"unknown clock {clock!r}; choose one of {list(CLOCKS)}")
-    if clock == "thread_cpu" and (backend == "cuda" or threads != 1):
-        raise ValueError(
-            "clock='thread_cpu' counts only the calling thread's CPU time, so it needs a CPU backend "
-            f"('torch' or 'onnxruntime') and threads=1; got backend={backend!r}, threads={threads!r}"
-        )
-    if backend == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailableError(
-            "backend='cuda' needs a CUDA GPU, but torch.cuda.is_available() is False on this machine "
-            f"(torch {torch.__version__}); measure with backend='torch' or 'onnxruntime' instead"
-        )
-    for name, value, low in (
-        ("batch_size", batch_size, 1),
-        ("repeats", repeats, 1),
-        ("rounds", rounds, 1),
-        ("warmup", warmup, 0),
-        ("max_cached", max_cached, 1),
-    ):
-        if not isinstance(value, int | np.integer) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if threads is not None and (not isinstance(threads, int | np.integer) or threads < 1):
-        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    check_settings(
+        backend,
+        precision=precision,
+        clock=clock,
+        threads=threads,
+        batch_size=batch_size,
+        repeats=repeats,
+        rounds=rounds,
+        warmup=warmup,
+        max_cached=max_cached,
+    )
 
     build, shape_of, space_name, canonical = _resolve_net(net, space, input_shape, batch_size)
     unique: list[Config] = []
