@@ -283,7 +283,9 @@ def test_run_fit_reports_metrics_and_noise(tmp_path, capsys) -> None:
 
 def test_run_fit_on_a_noisy_profile_compares_median_and_fast_tail(tmp_path, capsys) -> None:
     """The hint follows the held-out numbers: here the median is noise and the 10th percentile is clean."""
-    space = SearchSpace("toy-noisy", [Choice("width", tuple(range(1, 9))), Choice("kernel", (1, 3, 5, 7))])
+    space = SearchSpace(
+        "toy-noisy", [Choice("width", tuple(range(1, 16))), Choice("kernel", (1, 3, 5, 7, 9, 11, 13, 15))]
+    )
     configs = list(space.all_configs())
     clean = np.array([1.0 + 0.2 * c["width"] + 0.1 * c["kernel"] for c in configs])  # additive: ridge fits it
     noisy = clean * np.random.default_rng(0).uniform(0.6, 1.4, len(clean))
@@ -307,6 +309,9 @@ def test_run_fit_on_a_noisy_profile_compares_median_and_fast_tail(tmp_path, caps
     )
     assert res["compared"] == {"latency_p10_ms": 1.0, "latency_ms": compared["latency_ms"]}  # same split
     assert "latency_p10_ms is the better column here" in capsys.readouterr().out
+    assert res["test"] == 30  # FEW_TEST_CONFIGS: fewer held out and the hint does not pick a column
+    hint = cli_hooks._fit_hints(0.2, "latency_ms", 20, res["compared"], n_test=8)[0]
+    assert "too few held-out configs (8)" in hint and "refit" not in hint
 
 
 def test_run_fit_needs_a_space(tmp_path) -> None:

@@ -219,19 +219,26 @@ NOISY_PROFILE_CV = 0.10
 FEW_TRAINING_CONFIGS = 100
 # The two latency columns a noisy profile's fit is compared on, each mapped to the other.
 LATENCY_COLUMNS = {"latency_ms": "latency_p10_ms", "latency_p10_ms": "latency_ms"}
-# How much better (held-out within 10%) the other column must fit before the hint says to switch.
+# How much better (held-out within 10%) the other column must fit before the hint says to switch, and how many
+# held-out configs that comparison needs (with 8, one config moves the score by 0.125).
 COLUMN_SWITCH_MARGIN = 0.05
+FEW_TEST_CONFIGS = 30
 
 
 def _fit_hints(
-    median_cv: float, metric: str, n_train: int, compared: dict[str, float] | None = None
+    median_cv: float,
+    metric: str,
+    n_train: int,
+    compared: dict[str, float] | None = None,
+    n_test: int = 100,
 ) -> list[str]:
     """Advice printed after a fit when the profile is too noisy or too small to fit well.
 
     ``compared`` maps latency columns (the fitted ``metric`` and its alternative, median or 10th percentile) to
     the held-out within-10% of the same predictor kind fitted on the same split: which column is the stable
     one depends on the machine (on one shared VM the fast tail was, on another the median), so the advice
-    follows the numbers instead of a rule.
+    follows the numbers instead of a rule. With fewer than ``FEW_TEST_CONFIGS`` held-out configs the two
+    scores differ by chance too often to pick a column, and the hint says so.
 
     Example:
         >>> _fit_hints(0.15, "latency_ms", 30)[0].startswith("the repeats vary by 15%")
@@ -251,7 +258,9 @@ def _fit_hints(
         other = LATENCY_COLUMNS[metric]
         if compared and metric in compared and other in compared:
             scores = f"held-out within 10%: {metric} {compared[metric]:.2f}, {other} {compared[other]:.2f}"
-            if compared[other] >= compared[metric] + COLUMN_SWITCH_MARGIN:
+            if n_test < FEW_TEST_CONFIGS:
+                advice = f"too few held-out configs ({n_test}) to choose between them"
+            elif compared[other] >= compared[metric] + COLUMN_SWITCH_MARGIN:
                 advice = f"refit with --metric {other}"
             else:
                 advice = f"{metric} is the better column here"
@@ -384,7 +393,7 @@ def run_fit(
                 f"  noise floor: median CV of repeats {noise['median_cv']:.2%}, "
                 f"median IQR/median {noise['median_iqr_rel']:.2%}"
             )
-        hints = _fit_hints(noise["median_cv"], metric, len(train), result.get("compared"))
+        hints = _fit_hints(noise["median_cv"], metric, len(train), result.get("compared"), n_test)
         for line in hints:  # NaN CV: no noise hint
             print(f"  hint: {line}")
         print(f"saved predictor to {out}")
