@@ -233,6 +233,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     train, _ = _dataset(nas_data, args.data, args.data_root, "train")
     val, _ = _dataset(nas_data, args.data, args.data_root, "val")
     out = Path(args.out)
+    _check_run_directory(out, spec, args.resume)
     new_dir = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / search_spaces.SUPERNET_SPEC, json.dumps(spec, indent=2))
@@ -240,6 +241,35 @@ def cmd_train(args: argparse.Namespace) -> int:
         _train(args, net, train, val, out)
     print(f"trained supernet in {out}")
     return 0
+
+
+def _check_run_directory(out: Path, spec: dict[str, Any], resume: bool) -> None:
+    """Refuse to touch a run directory whose supernet or data differ, or to start over on a trained run.
+
+    The spec file says what the weights in ``out`` are (``nas search --supernet`` rebuilds the network and its
+    data from it), so it is never rewritten to something else; and a fresh start would overwrite the run's
+    checkpoint and weights, so it needs an empty (or new) directory.
+    """
+    import search_spaces
+    from nas.train.checkpoint import CHECKPOINT, WEIGHTS
+    from nas.train.trainer import settings_diff
+
+    spec_file = out / search_spaces.SUPERNET_SPEC
+    if spec_file.is_file():
+        try:
+            stored = json.loads(spec_file.read_text())
+        except json.JSONDecodeError:
+            stored = None
+        if isinstance(stored, dict) and stored != json.loads(json.dumps(spec)):
+            raise CliError(
+                f"{out} holds a supernet trained with other settings ({settings_diff(stored, spec)}); "
+                "use the same --space/--preset/--data options to resume it, or choose another --out"
+            )
+    if not resume and any((out / name).exists() for name in (CHECKPOINT, WEIGHTS)):
+        raise CliError(
+            f"{out} already holds a training run; add --resume to continue it, or choose another --out "
+            "(delete the directory to start over)"
+        )
 
 
 @contextlib.contextmanager

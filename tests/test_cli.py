@@ -80,6 +80,27 @@ def test_refused_commands_leave_no_files_behind(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_train_protects_an_existing_run(tmp_path, capsys):
+    """A run directory's spec says what its weights are: never rewritten, never trained over by a fresh start."""
+    run = tmp_path / "run"
+    run.mkdir()
+    spec = {
+        "space": "mobilenetv3",
+        "kwargs": {"preset": "small", "num_classes": 10, "in_channels": 1, "quant": False, "sparsity": False},
+        "data": "digits",
+        "data_root": None,
+    }
+    (run / "supernet.json").write_text(json.dumps(spec))
+    (run / "checkpoint.safetensors").write_bytes(b"weights of a run")
+    train = ["train", "--space", "mobilenetv3", "--epochs", "1", "--out", str(run)]
+    assert main([*train, "--data", "mnist", "--resume"]) == 2
+    assert "other settings (data 'digits' -> 'mnist')" in capsys.readouterr().err
+    assert main([*train, "--data", "digits"]) == 2
+    assert "already holds a training run; add --resume" in capsys.readouterr().err
+    assert json.loads((run / "supernet.json").read_text()) == spec
+    assert (run / "checkpoint.safetensors").read_bytes() == b"weights of a run"
+
+
 def test_searcher_options_and_batch_size_reach_the_searcher(tmp_path, capsys):
     db = tmp_path / "opts.db"
     args = ["search", "--space", "nb201", "--target", "raspi4", "--algorithm", "nsga2", "--quiet"]

@@ -173,7 +173,7 @@ def test_resume_refuses_other_settings(tmp_path):
     net = TinySupernet()
     with pytest.raises(RuntimeError, match="injected"):
         train_supernet(net, data, epochs=2, lr=0.1, out_dir=tmp_path, _fail_at_step=4, **FAST)
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(ValueError, match=r"different settings \(lr 0.1 -> 0.2\)"):
         train_supernet(net, data, epochs=2, lr=0.2, out_dir=tmp_path, resume=True, **FAST)
 
 

@@ -225,8 +225,8 @@ def _run(
         state = load_checkpoint(ckpt, net, opt)
         if state["settings"] != json.loads(json.dumps(settings)):
             raise ValueError(
-                f"{ckpt} was written with different settings ({state['settings']}); resume with the same "
-                "arguments or start a new out_dir"
+                f"{ckpt} was written with different settings ({settings_diff(state['settings'], settings)}); "
+                "resume with the same arguments or start a new out_dir"
             )
         step = int(state["step"])
     history: list[dict[str, Any]] = []
@@ -298,6 +298,26 @@ def _run(
         atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2))
     net.activate(net.space.max())
     return TrainResult(str(out), step, cfg.epochs, seconds, val_acc, history)
+
+
+def settings_diff(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> str:
+    """The settings that differ, as ``name stored -> current`` (nested keys joined by dots).
+
+    Example:
+        >>> settings_diff({"lr": 0.1, "s": {"steps": 22}}, {"lr": 0.1, "s": {"steps": 70}})
+        's.steps 22 -> 70'
+    """
+    current = json.loads(json.dumps(current))  # tuples -> lists, as the stored copy went through JSON
+    parts = []
+    for key in sorted(set(stored) | set(current), key=str):
+        a, b = stored.get(key, "(unset)"), current.get(key, "(unset)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = settings_diff(a, b, f"{prefix}{key}.")
+            if inner:
+                parts.append(inner)
+        elif a != b:
+            parts.append(f"{prefix}{key} {a!r} -> {b!r}")
+    return ", ".join(parts)
 
 
 class _InjectedFailure(RuntimeError):
