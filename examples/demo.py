@@ -67,6 +67,7 @@ def mobilenet_part(out: Path, epochs: int, samples: int, budget: int) -> None:
         optimizer="adamw",
         lr=3e-3,
         out_dir=out / "supernet",
+        overwrite=True,  # a demo starts afresh each time
         seed=0,
     )
     net.eval()

@@ -177,6 +177,17 @@ def test_resume_refuses_other_settings(tmp_path):
         train_supernet(net, data, epochs=2, lr=0.2, out_dir=tmp_path, resume=True, **FAST)
 
 
+def test_a_finished_run_is_not_trained_over_by_accident(tmp_path):
+    data = tiny_data(64)
+    train_supernet(TinySupernet(), data, epochs=1, lr=0.1, out_dir=tmp_path, **FAST)
+    before = (tmp_path / WEIGHTS).read_bytes()
+    with pytest.raises(FileExistsError, match="resume=True to continue it, overwrite=True to start over"):
+        train_supernet(TinySupernet(), data, epochs=1, lr=0.1, out_dir=tmp_path, **FAST)
+    assert (tmp_path / WEIGHTS).read_bytes() == before
+    train_supernet(TinySupernet(), data, epochs=1, lr=0.2, out_dir=tmp_path, overwrite=True, **FAST)
+    assert (tmp_path / WEIGHTS).read_bytes() != before
+
+
 def test_kill_9_mid_epoch_and_resume_in_a_new_process(tmp_path):
     """A real crash: the child process SIGKILLs itself right after a mid-epoch checkpoint."""
     script = textwrap.dedent(

@@ -463,6 +463,7 @@ def train_supernet(
     checkpoint_every: int = 50,
     progress: bool = True,
     ray_address: str | None = None,
+    overwrite: bool = False,
     **options: Any,
 ) -> TrainResult:
     """Train every subnet of ``net`` at once by weight sharing; resumable; data-parallel on Ray Train.
@@ -476,6 +477,9 @@ def train_supernet(
             :mod:`nas.train.strategies`; ``strategy_options={...}`` passes e.g. ``delay`` or ``fractions``).
         distill: in-place distillation from the max subnet (strategies with a teacher).
         resume: continue from ``out_dir/checkpoint.safetensors`` if it exists (same arguments required).
+        overwrite: start over in an ``out_dir`` that already holds a run (its checkpoint and weights are
+            replaced). Without it (or ``resume``) such an ``out_dir`` raises ``FileExistsError``, so a second
+            call with the same ``out_dir`` cannot silently discard a finished run.
         num_workers: > 1 runs data-parallel workers on Ray Train (gloo on CPU, nccl on GPU), on a local Ray
             instance, or on the cluster at ``ray_address``; all workers train the same subnets each step.
         n_random: random subnets per step besides max and min (sandwich-like strategies).
@@ -499,6 +503,12 @@ def train_supernet(
         raise ValueError(f"epochs={epochs} must be >= 1 and batch_size={batch_size} >= 2 (batch norm)")
     if num_workers < 1:
         raise ValueError(f"num_workers={num_workers} must be >= 1")
+    existing = [n for n in (CHECKPOINT, WEIGHTS) if (Path(out_dir) / n).exists()]
+    if existing and not (resume or overwrite):
+        raise FileExistsError(
+            f"{out_dir} already holds a training run ({', '.join(existing)}); pass resume=True to continue it, "
+            "overwrite=True to start over, or another out_dir"
+        )
     fail_at_step = options.pop("_fail_at_step", None)
     augment = options.get("augment", True)
     if augment not in (True, False, "shift", "affine"):
