@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from nas import semi_structured, static
+from nas.atomic import give_default_permissions
 from nas.supernet import Supernet
 
 __all__ = [
@@ -663,6 +664,7 @@ def export(
             json.dump(manifest, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
+        give_default_permissions(tmp)  # mkdtemp made it 0700
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import onnx
 import pytest
@@ -60,6 +62,11 @@ def test_export_writes_all_formats_and_a_complete_manifest(net, exported):
     # Kernel taps that only ever read padding were cut from the ONNX graph: nothing is left to cut.
     assert crop_dead_taps(onnx.load(str(out / "model.onnx"))) == 0
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".model.")]  # no temp dirs left
+    # the permissions of a plain mkdir/open, not mkdtemp's 0700 / a writer's 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    assert {stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {0o666 & ~umask}
 
 
 def test_onnx_runs_in_onnxruntime_with_dynamic_batch(net, exported):
