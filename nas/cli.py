@@ -618,6 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("A day with the tool::", 1)[1] if __doc__ else None,
     )
+    from nas import __version__
+
+    parser.add_argument("--version", action="version", version=f"nas {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("spaces", help="list the built-in search spaces")

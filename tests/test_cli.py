@@ -121,6 +121,14 @@ def test_searcher_options_and_batch_size_reach_the_searcher(tmp_path, capsys):
     assert "KEY=VALUE" in capsys.readouterr().err
 
 
+def test_version(capsys):
+    import nas
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"nas {nas.__version__}"
+
+
 def test_help_lists_every_command():
     out = subprocess.run(
         [sys.executable, "-m", "nas.cli", "--help"], capture_output=True, text=True, check=True
