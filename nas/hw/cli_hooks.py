@@ -91,18 +91,19 @@ def run_profile(
     space = net.space
     from nas.hw.measure import check_settings, profile
 
-    # Bad settings fail before the output file is read or anything is printed.
+    settings = {
+        "precision": precision,
+        "clock": clock,
+        "threads": threads,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "rounds": rounds,
+        "warmup": warmup,
+        "max_cached": max_cached,
+    }
     check_settings(
-        backend,
-        precision=precision,
-        clock=clock,
-        threads=threads,
-        batch_size=batch_size,
-        repeats=repeats,
-        rounds=rounds,
-        warmup=warmup,
-        max_cached=max_cached,
-    )
+        backend, **settings
+    )  # bad settings fail before the output file is read or anything printed
     path = Path(out_path)
     if not isinstance(samples, int) or samples < 0 or (samples == 0 and not path.exists()):
         raise ValueError(f"samples must be >= 1 to create {str(path)!r}, got {samples!r}")
@@ -131,21 +132,7 @@ def run_profile(
     current = old
     for start in range(0, len(missing), max(1, chunk)):
         part = missing[start : start + max(1, chunk)]
-        new = profile(
-            net,
-            part,
-            backend=backend,
-            batch_size=batch_size,
-            threads=threads,
-            warmup=warmup,
-            repeats=repeats,
-            rounds=rounds,
-            seed=seed + start,
-            precision=precision,
-            progress=progress,
-            max_cached=max_cached,
-            clock=clock,
-        )
+        new = profile(net, part, backend=backend, seed=seed + start, progress=progress, **settings)
         if device_name:
             new.metadata["device"] = device_name
         current = new if current is None else _merge(current, new)
