@@ -229,11 +229,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         "data": args.data,
         "data_root": args.data_root,
     }
+    out = Path(args.out)
+    _check_run_directory(out, spec, args.resume)
     net = search_spaces.build_supernet(spec)
     train, _ = _dataset(nas_data, args.data, args.data_root, "train")
     val, _ = _dataset(nas_data, args.data, args.data_root, "val")
-    out = Path(args.out)
-    _check_run_directory(out, spec, args.resume)
     new_dir = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / search_spaces.SUPERNET_SPEC, json.dumps(spec, indent=2))

@@ -184,8 +184,12 @@ def test_a_finished_run_is_not_trained_over_by_accident(tmp_path):
     with pytest.raises(FileExistsError, match="resume=True to continue it, overwrite=True to start over"):
         train_supernet(TinySupernet(), data, epochs=1, lr=0.1, out_dir=tmp_path, **FAST)
     assert (tmp_path / WEIGHTS).read_bytes() == before
+    log_lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     train_supernet(TinySupernet(), data, epochs=1, lr=0.2, out_dir=tmp_path, overwrite=True, **FAST)
     assert (tmp_path / WEIGHTS).read_bytes() != before
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == len(
+        log_lines
+    )  # a new log, not appended
 
 
 def test_kill_9_mid_epoch_and_resume_in_a_new_process(tmp_path):

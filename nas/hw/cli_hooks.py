@@ -101,11 +101,10 @@ def run_profile(
         "warmup": warmup,
         "max_cached": max_cached,
     }
-    check_settings(
-        backend, **settings
-    )  # bad settings fail before the output file is read or anything printed
+    # Bad settings fail before the output file is read or anything is printed.
+    check_settings(backend, **settings)
     path = Path(out_path)
-    if not isinstance(samples, int) or samples < 0 or (samples == 0 and not path.exists()):
+    if not isinstance(samples, int | np.integer) or samples < 0 or (samples == 0 and not path.exists()):
         raise ValueError(f"samples must be >= 1 to create {str(path)!r}, got {samples!r}")
     old: Profile | None = None
     if path.exists():

@@ -232,6 +232,9 @@ def _run(
     history: list[dict[str, Any]] = []
     # The phase of the last step done: a run resumed exactly at a phase boundary still re-sorts channels.
     phase = strategy.phase(max(0, step - 1))
+    if step == 0 and is_main:
+        # A run that starts from step 0 (new, overwritten, or killed before its first checkpoint) starts its log too.
+        (out / METRICS).unlink(missing_ok=True)
     log = _Log(out / METRICS if is_main else None)
     bar = _Bar(total, step, enabled=progress and is_main, title=f"{cfg.strategy} supernet")
 
