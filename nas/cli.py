@@ -580,7 +580,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     import search_spaces
-    from nas.export import export
+    from nas.export import export, read_manifest
     from nas.search import SearchResult
 
     url = store_url(args.store)
@@ -603,10 +603,50 @@ def cmd_export(args: argparse.Namespace) -> int:
     best = front.sort_values("accuracy", ascending=False).iloc[0]
     cfg = result.configs(front.loc[[best.name]])[0]
     net = search_spaces.load_trained(supernet_dir)
-    out = export(net, cfg, args.out, formats=tuple(args.format))
+    formats = tuple(args.format)
+    int8_data = _int8_calibration(supernet_dir, cfg) if "onnx-int8" in formats else {}
+    out = export(net, cfg, args.out, formats=formats, **int8_data)
     shown = f", {lat_col}={best[lat_col]:.3f} ms" if lat_col else ""
     print(f"exported {cfg.key} (accuracy={best['accuracy']:.2f}{shown}) to {out}")
+    if "onnx-int8" in formats:
+        agreement = read_manifest(out)["verification"].get("int8_top1_agreement")
+        if agreement is not None:
+            print(
+                f"int8 ONNX agrees with the float model on {agreement:.1%} of {INT8_IMAGES} held-out images"
+            )
     return 0
+
+
+INT8_IMAGES = 256  # calibration images for the int8 export, and as many held-out ones to check it on
+
+
+def _int8_calibration(supernet_dir: str, cfg: Any) -> dict[str, Any]:
+    """``calib_data`` / ``eval_data`` for an int8 export: images of the data the supernet was trained on.
+
+    Activation ranges calibrated on random noise would not fit real inputs, so the images come from the run's
+    training split (calibration) and its held-out validation split (the agreement check), at the subnet's
+    resolution.
+    """
+    import torch
+
+    import search_spaces
+    from nas import data as nas_data
+    from nas.supernet import resize_to
+
+    spec = search_spaces.trained_spec(supernet_dir)
+    name = spec.get("data")
+    if not name:
+        raise CliError(
+            f"{supernet_dir} does not record its training data, which the int8 export calibrates on; "
+            "export onnx and quantize it with nas.export.export_onnx_int8(model, path, calib_inputs)"
+        )
+    picked = {}
+    for split, key in (("train", "calib_data"), ("val", "eval_data")):
+        images = _dataset(nas_data, name, spec.get("data_root"), split)[0].tensors[0]
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:INT8_IMAGES]
+        batch = images[order].float()
+        picked[key] = resize_to(batch, cfg) if "resolution" in cfg else batch
+    return picked
 
 
 # ------------------------------------------------------------------------------------------------ parser
@@ -789,8 +829,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         action="append",
         default=None,
-        choices=("safetensors", "torchscript", "onnx"),
-        help="repeatable; default safetensors + onnx",
+        choices=("safetensors", "torchscript", "onnx", "onnx-int8"),
+        help="repeatable; default safetensors + onnx. onnx-int8: QDQ int8 for onnxruntime, calibrated on "
+        f"{INT8_IMAGES} training images of the supernet's data and checked on as many held-out ones",
     )
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_export)

@@ -59,6 +59,13 @@ def test_profile_fit_search_export(run_dir, tmp_path, capsys):
     assert main(["export", str(db), "--max-latency", "1s", "--format", "safetensors", "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["space"] == "mobilenetv3-small"
+    int8 = tmp_path / "model-int8"
+    assert main(["export", str(db), "--format", "onnx-int8", "--out", str(int8)]) == 0
+    assert "int8 ONNX agrees with the float model on" in capsys.readouterr().out
+    check = json.loads((int8 / "manifest.json").read_text())["verification"]
+    # calibrated and checked on the run's own data (digits), not on random noise
+    assert check["int8_calibration_samples"] == 256 and check["int8_samples"] == 256
+    assert (int8 / "model.int8.onnx").is_file()
     assert main(["export", str(db), "--max-latency", "1us", "--out", str(tmp_path / "none")]) == 2
     assert "relax the bound" in capsys.readouterr().err
 
