@@ -270,6 +270,7 @@ def _fit_hints(
 def _compare_latency_columns(
     prof: Profile,
     space: Any,
+    X: np.ndarray,
     metric: str,
     score: float,
     train: np.ndarray,
@@ -279,9 +280,10 @@ def _compare_latency_columns(
 ) -> dict[str, float]:
     """``{metric: score, other: s}``: held-out within-10% of ``kind`` fitted on the other latency column.
 
-    ``train`` and ``test`` index the rows where ``metric`` is known (as :meth:`Profile.to_arrays` keeps them);
-    rows where the other column is missing are left out of its fit and test. Returns ``{}`` when the profile has
-    no other column or too few rows where it is known.
+    ``X``, ``train`` and ``test`` are :func:`run_fit`'s: features of the rows where ``metric`` is known (as
+    :meth:`Profile.to_arrays` keeps them) and the split over those rows; rows where the other column is missing
+    are left out of its fit and test. Returns ``{}`` when the profile has no other column or too few rows where
+    it is known.
     """
     import predictors
 
@@ -290,13 +292,10 @@ def _compare_latency_columns(
         known, values = np.isfinite(prof.metric(metric)), prof.metric(other)
     except KeyError:
         return {}
-    rows = np.flatnonzero(known)
-    values = values[rows]
+    values = values[known]
     tr, te = train[np.isfinite(values[train])], test[np.isfinite(values[test])]
     if len(tr) < 4 or len(te) < 1:
         return {}
-    configs = prof.configs
-    X = space.features_matrix([configs[i] for i in rows])
     pred = predictors.fit(
         X[tr], values[tr], kind=kind, seed=seed, feature_names=space.feature_names, space=space
     )
@@ -366,7 +365,7 @@ def run_fit(
     if n_test and metric in LATENCY_COLUMNS and noise["median_cv"] > NOISY_PROFILE_CV:
         # A noisy profile: which latency column is predictable depends on the machine, so measure both.
         result["compared"] = _compare_latency_columns(
-            prof, space, metric, metrics["within_10pct"], train, test, result["kind"], seed
+            prof, space, X, metric, metrics["within_10pct"], train, test, result["kind"], seed
         )
     if verbose:
         print(f"fitted {result['kind']} on {len(train)} configs of {prof.space!r}; held out {n_test}")
