@@ -337,6 +337,22 @@ def test_evaluate_config_record():
 
 
 # ----------------------------------------------------------------------------------------- store and resume
+def test_a_run_that_could_not_reach_its_ray_cluster_is_replaced_by_the_rerun(tmp_path, monkeypatch):
+    import ray
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", unreachable)
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+    with pytest.raises(ConnectionError, match=r"cannot reach a Ray cluster at 'auto' \(Could not find"):
+        run(SPACE, objectives(), algorithm="tpe", budget=3, store=url, backend="ray", ray_address="auto")
+    monkeypatch.undo()
+    # the store holds that run's settings but no evaluation: nothing to lose, so the same store takes a new run
+    assert len(run(SPACE, objectives(), algorithm="random", budget=3, store=url, progress=False).history) == 3
+
+
 def test_store_records_round_trip_and_meta_checks(tmp_path):
     url = f"sqlite:///{tmp_path / 'run.db'}"
     first = run(SPACE, objectives(), algorithm="tpe", budget=10, seed=0, store=url, progress=False)

@@ -45,7 +45,13 @@ def _init_ray(address: str | None, object_store_memory: int | None, num_cpus: in
         return False
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False}
     if address is not None:
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except ConnectionError as exc:
+            raise ConnectionError(
+                f"cannot reach a Ray cluster at {address!r} ({exc}); start one (`ray start --head`), check the "
+                "address, or search locally without a Ray address"
+            ) from None
     else:
         ray.init(
             num_cpus=num_cpus,

@@ -94,20 +94,21 @@ class Store:
         """Write ``meta`` into an empty store, or check it against the stored run.
 
         Raises :class:`StoreMismatchError` when the store already holds a run and ``resume`` is false, or when
-        resuming a run whose metadata differ (naming every differing field).
+        resuming a run whose metadata differ (naming every differing field). A run that never finished an
+        evaluation (it could not reach its Ray cluster, or was stopped at once) has nothing to lose and is
+        replaced, so fixing the cause and rerunning the same command works.
         """
         stored = self.read_meta()
-        if stored is None:
-            if self.count():
-                raise StoreMismatchError(
-                    f"store {self.url} has evaluations but no run metadata; use a new store"
-                )
+        n_done = self.count()
+        if stored is None and n_done:
+            raise StoreMismatchError(f"store {self.url} has evaluations but no run metadata; use a new store")
+        if stored is None or n_done == 0:
             self.write_meta(meta)
             return
         if not resume:
             raise StoreMismatchError(
                 f"store {self.url} already holds a run ({stored.get('algorithm')} on {stored.get('space')}, "
-                f"{self.count()} evaluations); pass resume=True to continue it or use a new store"
+                f"{n_done} evaluations); pass resume=True to continue it or use a new store"
             )
         wanted = json.loads(json.dumps(dict(meta), sort_keys=True))  # same JSON normalisation as stored
         diffs = [
