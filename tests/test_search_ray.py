@@ -127,8 +127,67 @@ def test_losing_a_worker_node_still_spends_the_budget_exactly(cluster, tmp_path)
     h = result.history
     assert len(h) == budget
     assert h["key"].is_unique
+    assert (h["status"] == "ok").all()  # trials lost with the node were evaluated again, not stored as failed
     assert open_store(url).count() == budget
     assert killed_at, "the worker node was never killed"
     late = h[h["finished_at"] > killed_at[0] + 1.0]
     assert len(late) > 0  # the search went on after losing the node ...
     assert set(late["worker"].str.split(":").str[0]) == {"127.0.0.2"}  # ... on the surviving node
+
+
+class _ListEngine:
+    """The part of the runner's Engine the Tune adapter uses, over a fixed list of configs."""
+
+    batch_size = 1
+    exhausted = False
+
+    def __init__(self, configs: list[Config]):
+        self.todo = list(configs)
+        self.objectives = objectives(0.0)
+        self.records: dict[str, dict] = {}
+
+    @property
+    def remaining(self) -> int:
+        return len(self.todo)
+
+    def propose(self, n: int) -> list[Config]:
+        out, self.todo = self.todo[:n], self.todo[n:]
+        return out
+
+    def complete(self, cfg: Config, record: dict) -> None:
+        assert cfg.key not in self.records, "a config was completed twice"
+        self.records[cfg.key] = record
+
+    def release(self, cfg: Config) -> None:
+        self.todo.append(cfg)
+
+
+def test_a_trial_lost_with_its_actor_is_evaluated_again_then_stored_as_failed():
+    pytest.importorskip("ray")
+    import json
+
+    from nas.search import ray_backend
+    from nas.search.runner import evaluate_config
+
+    a, b = SPACE.sample(seed=0), SPACE.sample(seed=1)
+    engine = _ListEngine([a, b])
+    adapter = ray_backend._adapter_class()(engine, retries=2)
+
+    # Trial 1 (config a) is lost twice: each time a new trial gets the same config, and nothing is stored.
+    for trial in ("t1", "t2"):
+        assert adapter.suggest(trial)["key"] == a.key
+        adapter.on_trial_complete(trial, error=True)
+        assert engine.records == {}
+    # The third loss exceeds retries=2: stored once, as a failed evaluation naming the cause.
+    assert adapter.suggest("t3")["key"] == a.key
+    adapter.on_trial_complete("t3", error=True)
+    failed = engine.records[a.key]
+    assert failed["status"] == "failed" and "lost its actor or node 3 times" in failed["error"]
+
+    # A trial that comes back is stored as it is, and the run then ends.
+    suggested = adapter.suggest("t4")
+    assert suggested["key"] == b.key
+    record = evaluate_config(Config.from_json(suggested["config_json"]), engine.objectives, (), worker="w")
+    adapter.on_trial_complete("t4", result={ray_backend._RESULT_KEY: json.dumps(record)})
+    assert engine.records[b.key]["status"] == "ok"
+    assert adapter.suggest("t5") == adapter.FINISHED

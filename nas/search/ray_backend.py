@@ -7,8 +7,10 @@ the store and tells the searcher. The driver is the only writer of the store.
 
 Trials run in an :class:`EvaluationTrainable` actor. Tune reuses actors (``reuse_actors=True``), so objectives
 are unpickled once per actor, and a :class:`~nas.search.objectives.LazyFunction` (the supernet loader of
-``nas.search.accuracy``) builds its model once per actor. ``FailureConfig(max_failures=...)`` retries a trial
-whose actor or node died; a trial that still fails is stored as a failed evaluation, so the budget stays exact.
+``nas.search.accuracy``) builds its model once per actor. A trial whose actor or node died is evaluated again in
+a new trial, up to ``max_failures`` times per config; a config that still fails is stored as a failed evaluation,
+so the budget stays exact. (An exception raised by an objective is not a trial failure: the evaluation catches
+it and stores a failed record at once.)
 
 Example (``nas.search.run`` calls this for ``backend="ray"``)::
 
@@ -107,7 +109,7 @@ def _adapter_class() -> type:
             self.engine = engine
             self.retries = retries
             self.trials: dict[str, Config] = {}
-            self.failures: dict[str, str] = {}
+            self.lost: dict[str, int] = {}  # config key -> trials of it lost with their actor or node
             self.queue: list[Config] = []
             self.error: Exception | None = None
 
@@ -140,14 +142,30 @@ def _adapter_class() -> type:
                 return
             text = (result or {}).get(_RESULT_KEY)
             if error or text is None:
-                log.warning(
-                    "Ray trial %s for %s failed after %d retries", trial_id, cfg.to_json(), self.retries
-                )
+                # Only infrastructure ends a trial in error (objectives' exceptions come back as records): the
+                # actor or its node died. The config goes back to the front of the queue for a new trial.
+                # Retrying here rather than through Tune's FailureConfig, because Tune ends a trial for good
+                # when a second call on the same dead actor fails while the trial is already being restarted
+                # (seen when a node is lost under reused actors), which would waste an evaluation of the budget.
+                lost = self.lost.get(cfg.key, 0) + 1
+                self.lost[cfg.key] = lost
+                if lost <= self.retries:
+                    log.warning(
+                        "Ray trial %s for %s was lost with its actor or node; evaluating it again (retry %d of %d)",
+                        trial_id,
+                        cfg.to_json(),
+                        lost,
+                        self.retries,
+                    )
+                    self.queue.insert(0, cfg)
+                    return
+                log.warning("Ray trials for %s failed %d times; stored as failed", cfg.to_json(), lost)
                 record = {
                     "values": {o.name: math.nan for o in self.engine.objectives},
                     "violation": math.inf,
                     "status": "failed",
-                    "error": f"Ray trial {trial_id} failed after {self.retries} retries (actor or node lost)",
+                    "error": f"Ray trial {trial_id} failed: lost its actor or node {lost} times (max_failures="
+                    f"{self.retries} retries)",
                     "wall_time_s": None,
                     "finished_at": time.time(),
                     "worker": "ray",
@@ -165,7 +183,7 @@ def _adapter_class() -> type:
             return {"retries": self.retries}
 
         def __setstate__(self, state: dict[str, Any]) -> None:
-            self.__dict__.update(state, engine=None, trials={}, failures={}, queue=[], error=None)
+            self.__dict__.update(state, engine=None, trials={}, lost={}, queue=[], error=None)
 
         def save(self, checkpoint_path: str) -> None:
             pass
@@ -239,14 +257,14 @@ def run_ray(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=adapter,
-                num_samples=engine.remaining,
+                num_samples=-1,  # as many trials as the adapter suggests: it ends the run (FINISHED)
                 max_concurrent_trials=max_concurrent,
                 reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=f"nas-search-{int(time.time())}",
                 storage_path=storage_path,
-                failure_config=tune.FailureConfig(max_failures=max_failures),
+                failure_config=tune.FailureConfig(max_failures=0),  # the adapter retries lost trials
                 checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
                 verbose=0,
             ),
