@@ -598,6 +598,8 @@ def export(
         raise ExportError(f"export: {out} exists; pass overwrite=True to replace it")
     canonical = net.space.canonical(cfg)
     model = net.extract(canonical).eval().cpu()
+    if not hasattr(model, "architecture"):  # a supernet of the user's whose extract() skipped static.finalize
+        static.finalize(model)
     shape = net.input_shape(canonical, batch_size=2)
     if sample_input is None:
         generator = torch.Generator().manual_seed(0)

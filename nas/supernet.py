@@ -3,8 +3,9 @@
 A :class:`Supernet` owns a :class:`nas.SearchSpace` and one set of max-size weights. ``activate(cfg)`` sets
 every elastic layer for the subnet ``cfg``; ``forward`` then runs that subnet. ``extract(cfg)`` copies the
 subnet into a static model of plain ``torch.nn`` layers (see :mod:`nas.static`) that computes the same
-function. ``layer_specs(cfg)`` lists the subnet's layers analytically (no forward pass) for MACs, parameter
-counts, model size and per-layer latency tables.
+function. ``layer_specs(cfg)`` lists the subnet's layers for MACs, parameter counts, model size and per-layer
+latency tables: built-in supernets compute it analytically (no forward pass); a supernet of your own gets it
+from :func:`trace_layer_specs` on its extracted subnet unless it overrides the method.
 
 Inputs must already have the active resolution: resize with :func:`resize_to` (the supernet never resizes
 silently, so that timing and accuracy measurements see exactly the tensor that the subnet gets).
@@ -33,7 +34,7 @@ from torch import nn
 
 from nas.space import Config, SearchSpace
 
-__all__ = ["LayerSpec", "Supernet", "resize_to"]
+__all__ = ["LayerSpec", "Supernet", "resize_to", "trace_layer_specs"]
 
 ELASTIC_GROUP_KINDS = ("resolution", "depth", "kernel", "width", "quant", "sparsity")
 
@@ -195,7 +196,11 @@ class Supernet(nn.Module):
 
     # ------------------------------------------------------------------------------------------ subnets
     def extract(self, cfg: Mapping[str, Any]) -> nn.Module:
-        """A static model of plain torch layers computing subnet ``cfg`` (carries ``.architecture``)."""
+        """A static model of plain torch layers computing subnet ``cfg``.
+
+        Its ``.architecture`` (:func:`nas.static.finalize`) is what :func:`nas.export` records; export attaches
+        it when the model lacks one.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement extract(cfg)")
 
     def input_shape(self, cfg: Mapping[str, Any], batch_size: int = 1) -> tuple[int, ...]:
@@ -211,5 +216,126 @@ class Supernet(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement sort_channels()")
 
     def layer_specs(self, cfg: Mapping[str, Any]) -> list[LayerSpec]:
-        """One :class:`LayerSpec` per active layer of subnet ``cfg``, in execution order."""
-        raise NotImplementedError(f"{type(self).__name__} must implement layer_specs(cfg)")
+        """One :class:`LayerSpec` per active layer of subnet ``cfg``, in execution order.
+
+        This default traces the extracted subnet (:meth:`extract`, one forward pass on zeros of
+        :meth:`input_shape`, see :func:`trace_layer_specs`), so a supernet of your own gets MACs, parameter
+        counts and lookup-table latency without describing its layers twice. It sees float layers only:
+        override it when the space has quantization or sparsity dimensions, or to avoid the forward pass (the
+        built-in supernets compute their specs analytically).
+        """
+        canonical = self.space.canonical(cfg)
+        model = self.extract(canonical).eval()
+        return trace_layer_specs(model, self.input_shape(canonical, batch_size=1))
+
+
+def _activation_names() -> dict[type[nn.Module], str]:
+    from nas.ops.blocks import ACTIVATIONS  # nas.ops imports this module: import on use
+
+    return {cls: name for name, cls in ACTIVATIONS.items()}
+
+
+def trace_layer_specs(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerSpec]:
+    """The :class:`LayerSpec` list of a static model, read from one forward pass on zeros.
+
+    Recorded, in the order they finish: ``nn.Conv2d`` (``dwconv`` when every channel has its own filter),
+    ``nn.Linear``, ``nn.BatchNorm2d``, activation modules (``act`` named as in :mod:`nas.ops.blocks`, else the
+    lower-case class name), :class:`nas.static.SqueezeExcite` (one ``se`` spec, its inner convs not repeated),
+    global average pooling (:class:`nas.static.GlobalAvgPool`, ``nn.AdaptiveAvgPool2d(1)``) and
+    :class:`nas.static.Residual` (``add``). Parameter-free layers of other types (dropout, flatten, pooling
+    windows, activation quantizers) cost nothing here; a layer with parameters of any other type is refused,
+    naming it, since its cost would silently be missing. Weights are read as float (no bit-width or sparsity).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(128, 10))
+        >>> [(s.kind, s.out_h, s.macs) for s in trace_layer_specs(net, (1, 3, 8, 8))]
+        [('conv', 4, 3456), ('act', 4, 0), ('linear', 1, 1280)]
+    """
+    from nas.static import GlobalAvgPool, Residual, SqueezeExcite
+
+    act_names = _activation_names()
+    specs: list[LayerSpec] = []
+
+    def spatial(t: torch.Tensor) -> tuple[int, int]:
+        return (int(t.shape[-2]), int(t.shape[-1])) if t.dim() == 4 else (1, 1)
+
+    def spec_of(name: str, m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerSpec | None:
+        (ih, iw), (oh, ow) = spatial(x), spatial(y)
+        shape = {"in_h": ih, "in_w": iw, "out_h": oh, "out_w": ow, "name": name}
+        if isinstance(m, nn.Conv2d):
+            if m.kernel_size[0] != m.kernel_size[1] or m.stride[0] != m.stride[1]:
+                raise ValueError(
+                    f"trace_layer_specs: conv {name!r} has kernel {m.kernel_size} / stride {m.stride}; LayerSpec "
+                    "describes square ones only: override layer_specs(cfg) for this supernet"
+                )
+            depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+            kind = "dwconv" if depthwise else "conv"
+            return LayerSpec(
+                kind, m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.groups,
+                bias=m.bias is not None, **shape,
+            )  # fmt: skip
+        if isinstance(m, nn.Linear):
+            return LayerSpec("linear", m.in_features, m.out_features, bias=m.bias is not None, name=name)
+        if isinstance(m, nn.BatchNorm2d):
+            return LayerSpec("bn", m.num_features, m.num_features, **shape)
+        if isinstance(m, SqueezeExcite):
+            return LayerSpec("se", m.reduce.in_channels, m.reduce.out_channels, bias=True, **shape)
+        channels = int(y.shape[1]) if y.dim() >= 2 else 1
+        if isinstance(m, Residual):
+            return LayerSpec("add", channels, channels, **shape)
+        if isinstance(m, GlobalAvgPool) or (isinstance(m, nn.AdaptiveAvgPool2d) and (oh, ow) == (1, 1)):
+            return LayerSpec("pool", channels, channels, **shape)
+        if type(m) in act_names or m.__module__ == "torch.nn.modules.activation":
+            act = act_names.get(type(m), type(m).__name__.lower())
+            return LayerSpec("act", channels, channels, act=act, **shape)
+        return None
+
+    recorded = (
+        nn.Conv2d,
+        nn.Linear,
+        nn.BatchNorm2d,
+        SqueezeExcite,
+        Residual,
+        GlobalAvgPool,
+        nn.AdaptiveAvgPool2d,
+    )
+    handles = []
+    inside_se: list[str] = []
+    try:
+        for name, m in model.named_modules():
+            if any(name.startswith(prefix + ".") for prefix in inside_se):
+                continue  # the squeeze-excite spec covers its inner convs
+            if isinstance(m, SqueezeExcite):
+                inside_se.append(name)
+            is_leaf = next(m.children(), None) is None
+            if not isinstance(m, recorded) and not (
+                is_leaf and m.__module__ == "torch.nn.modules.activation"
+            ):
+                if next(m.parameters(recurse=False), None) is not None:
+                    raise ValueError(
+                        f"trace_layer_specs: layer {name!r} ({type(m).__name__}) has weights but no LayerSpec kind; "
+                        "override layer_specs(cfg) for this supernet"
+                    )
+                continue
+
+            def hook(mod: nn.Module, args: tuple, out: Any, name: str = name) -> None:
+                if not args or not isinstance(args[0], torch.Tensor) or not isinstance(out, torch.Tensor):
+                    return
+                spec = spec_of(name, mod, args[0], out)
+                if spec is not None:
+                    specs.append(spec)
+
+            handles.append(m.register_forward_hook(hook))
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        was_training = model.training
+        model.eval()  # batch norm on one all-zero example would refuse to compute batch statistics
+        try:
+            with torch.no_grad():
+                model(torch.zeros(input_shape, device=device))
+        finally:
+            model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    return specs
