@@ -93,6 +93,42 @@ def load_space_module(name: str) -> Any:
         raise CliError(str(exc)) from None
 
 
+def _supernet_kwargs(args: argparse.Namespace, num_classes: int, in_channels: int) -> dict[str, Any]:
+    """Keyword arguments of the space's ``supernet()`` from the command's options (recorded in supernet.json).
+
+    Built-in spaces get exactly what they always got; a module of the user's gets ``num_classes`` and
+    ``in_channels`` when its ``supernet()`` takes them, and an option it does not take (``--preset``,
+    ``--quant``, ...) is refused by name rather than dropped.
+    """
+    import search_spaces
+
+    if args.space == "mobilenetv3":  # what it has always recorded (a resumed run compares the spec)
+        kwargs: dict[str, Any] = {"preset": args.preset or "small"}
+        if hasattr(args, "quant"):  # nas train: the whole recipe of the network
+            kwargs.update(
+                num_classes=num_classes, in_channels=in_channels, quant=args.quant, sparsity=args.sparsity
+            )
+            if args.kernel_transform:
+                kwargs["kernel_transform"] = True
+        else:
+            kwargs["in_channels"] = in_channels
+        return kwargs
+    options = {
+        "preset": args.preset,
+        "quant": getattr(args, "quant", False) or None,
+        "sparsity": getattr(args, "sparsity", False) or None,
+        "kernel_transform": getattr(args, "kernel_transform", False) or None,
+    }
+    try:
+        return search_spaces.supernet_kwargs(
+            args.space,
+            {k: v for k, v in options.items() if v is not None},
+            {"num_classes": num_classes, "in_channels": in_channels},
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
 def _supernet_or_none(args: argparse.Namespace) -> Any:
     if not getattr(args, "supernet", None):
         return None
@@ -167,6 +203,9 @@ def cmd_spaces(args: argparse.Namespace) -> int:
 
     for name, desc in search_spaces.available().items():
         print(f"{name:14s} {desc}")
+    print(
+        "(or --space some.module of your own that defines space() and supernet(); see examples/custom_space.py)"
+    )
     return 0
 
 
@@ -216,16 +255,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    in_channels = 1 if args.data in ("mnist", "digits") else 3
     spec = {
         "space": args.space,
-        "kwargs": {
-            "preset": args.preset,
-            "num_classes": 10,
-            "in_channels": 1 if args.data in ("mnist", "digits") else 3,
-            "quant": args.quant,
-            "sparsity": args.sparsity,
-            **({"kernel_transform": True} if args.kernel_transform else {}),
-        },
+        "kwargs": _supernet_kwargs(args, num_classes=10, in_channels=in_channels),
         "data": args.data,
         "data_root": args.data_root,
     }
@@ -344,10 +377,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     net = _supernet_or_none(args)
     if net is None:
+        import search_spaces
+
         module = load_space_module(args.space)
         if not hasattr(module, "supernet"):
             raise CliError(f"space {args.space!r} has no supernet to measure; it is a tabular benchmark")
-        net = module.supernet(preset=args.preset, in_channels=args.in_channels)
+        kwargs = _supernet_kwargs(args, num_classes=10, in_channels=args.in_channels)
+        net = search_spaces.build_supernet({"space": args.space, "kwargs": kwargs})
     run_profile(
         net,
         backend=args.backend,
@@ -367,7 +403,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    import search_spaces
     from nas.hw.cli_hooks import run_fit
 
     run_fit(
@@ -376,10 +411,32 @@ def cmd_fit(args: argparse.Namespace) -> int:
         kind=args.kind,
         test_fraction=args.test_fraction,
         seed=args.seed,
-        resolve_space=search_spaces.space_by_name,
+        resolve_space=_profile_space_resolver(args.space),
         metric=args.metric,
     )
     return 0
+
+
+def _profile_space_resolver(module: str | None) -> Callable[[str], Any]:
+    """``name -> SearchSpace`` for ``nas fit``: the module's space when ``--space`` names one, a built-in space by
+    name, else ``None`` so that the dimensions recorded in the profile are used (said on stderr: a space whose
+    module defines its own ``features()`` needs ``--space`` for the predictor to see them)."""
+    import search_spaces
+
+    def resolve(name: str) -> Any:
+        try:
+            return search_spaces.space_by_name(name, module=module)
+        except ValueError:
+            if module is not None:
+                raise
+            print(
+                f"nas fit: space {name!r} is not built-in; using the dimensions the profile records (pass "
+                "--space MODULE when its space defines its own features())",
+                file=sys.stderr,
+            )
+            return None
+
+    return resolve
 
 
 def _objectives(args: argparse.Namespace, space: Any) -> tuple[list[Any], dict[str, Any]]:
@@ -567,7 +624,12 @@ def _search_space(args: argparse.Namespace, module: Any) -> Any:
         import search_spaces
 
         return search_spaces.build_supernet(search_spaces.trained_spec(args.supernet)).space
-    return module.space(preset=args.preset)
+    import search_spaces
+
+    try:
+        return search_spaces.make_space(args.space, **({"preset": args.preset} if args.preset else {}))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -670,12 +732,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a weight-sharing supernet (resumable)")
     p.add_argument(
-        "--space", default="mobilenetv3", help="built-in space with a supernet (default mobilenetv3)"
+        "--space",
+        default="mobilenetv3",
+        help="built-in space with a supernet (default mobilenetv3), or the dotted path of a module of your own "
+        "that defines space() and supernet() (e.g. examples.custom_space; imported from the working directory "
+        "or the Python path)",
     )
     p.add_argument(
         "--preset",
-        default="small",
-        help="space preset: small (24-32 px, MNIST-sized) or imagenet (160-224 px)",
+        default=None,
+        help="space preset: small (24-32 px, MNIST-sized; the default) or imagenet (160-224 px)",
     )
     p.add_argument("--data", default="mnist", choices=("mnist", "digits", "cifar10"), help="training data")
     p.add_argument("--data-root", help="folder with cifar-10-batches-bin (for --data cifar10)")
@@ -714,8 +780,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("profile", help="measure subnet latencies on this machine into a profile file")
-    p.add_argument("--space", default="mobilenetv3")
-    p.add_argument("--preset", default="small", help="space preset (mobilenetv3: small or imagenet)")
+    p.add_argument(
+        "--space",
+        default="mobilenetv3",
+        help="built-in space, or the module path of your own (see nas train)",
+    )
+    p.add_argument(
+        "--preset", default=None, help="space preset (mobilenetv3: small, the default, or imagenet)"
+    )
     p.add_argument(
         "--in-channels", type=int, default=1, help="input channels of the measured nets (1: MNIST)"
     )
@@ -773,13 +845,24 @@ def build_parser() -> argparse.ArgumentParser:
         "latency_ms / latency_p10_ms on the same split and the hint says which one this machine measures "
         "stably: it differs between machines",
     )
+    p.add_argument(
+        "--space",
+        help="the module that defines the profile's space, when it is one of your own (e.g. examples.custom_space); "
+        "built-in spaces are found from the name the profile records",
+    )
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("search", help="multi-objective search; one Pareto front per --target")
-    p.add_argument("--space", required=True, help="built-in space (nas spaces)")
-    p.add_argument("--preset", default="small", help="space preset (mobilenetv3: small or imagenet)")
+    p.add_argument(
+        "--space",
+        required=True,
+        help="built-in space (nas spaces), or the module path of your own (see nas train)",
+    )
+    p.add_argument(
+        "--preset", default=None, help="space preset (mobilenetv3: small, the default, or imagenet)"
+    )
     p.add_argument("--supernet", help="run directory of `nas train` (accuracy objective)")
     p.add_argument("--dataset", help="nb201: cifar10, cifar100 or imagenet16; else the supernet's data")
     p.add_argument("--data-root", help="folder of the dataset when it is not bundled")

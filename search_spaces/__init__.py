@@ -1,7 +1,13 @@
-"""Built-in search spaces, one module each.
+"""Built-in search spaces, one module each, and spaces of your own.
 
 Each module exposes ``space(...)`` (the :class:`nas.SearchSpace`) and, for weight-sharing spaces,
 ``supernet(...)``. Modules load on first use so that listing spaces imports no torch.
+
+A space of your own is any importable module with the same two names (``space`` a function or a
+``SearchSpace``; ``supernet(num_classes=..., in_channels=...)`` to train it): pass its dotted path wherever a
+space name goes (``nas train --space mypkg.myspace``). It is imported like ``python -m`` would, with the current
+directory on the path; on a Ray cluster it must be importable on every worker. ``examples/custom_space.py`` is
+one (``--space examples.custom_space`` from the repository root).
 
 Example:
     >>> import search_spaces
@@ -12,7 +18,11 @@ Example:
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
+import os
+import re
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -37,22 +47,110 @@ def available() -> dict[str, str]:
     return {name: desc for name, (_, desc) in _BUILTIN.items()}
 
 
+_MODULE_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is a built-in space (else it is read as a module path)."""
+    return name in _BUILTIN
+
+
 def get(name: str) -> ModuleType:
-    """The module of a built-in space, e.g. ``get("mobilenetv3").supernet(preset="small")``."""
+    """The module of a space: a built-in name or the dotted path of a module of your own.
+
+    Example: ``get("mobilenetv3").supernet(preset="small")``, ``get("mypkg.myspace").space()``.
+    """
+    if name in _BUILTIN:
+        return importlib.import_module(_BUILTIN[name][0])
+    return _user_module(name)
+
+
+def _user_module(name: str) -> ModuleType:
+    hint = (
+        f"built-in: {', '.join(_BUILTIN)}; or the dotted path of a module of your own that defines space() "
+        "(and supernet() to train it), e.g. examples.custom_space"
+    )
+    if not _MODULE_PATH.fullmatch(name):
+        raise ValueError(f"unknown search space {name!r}; {hint}")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)  # as `python -m` does: modules beside the working directory import
     try:
-        module, _ = _BUILTIN[name]
-    except KeyError:
-        raise ValueError(f"unknown search space {name!r}; available: {', '.join(_BUILTIN)}") from None
-    return importlib.import_module(module)
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+            raise ValueError(
+                f"unknown search space {name!r}: no such module under {cwd} or on the path; {hint}"
+            ) from None
+        raise ValueError(f"search space module {name!r} failed to import: {exc}") from exc
+    if not hasattr(module, "space"):
+        raise ValueError(
+            f"module {name!r} is not a search space: it defines no space (a function or a SearchSpace)"
+        )
+    return module
 
 
-def space_by_name(name: str) -> Any:
+def _accepted(factory: Any, what: str, options: dict[str, Any], optional: dict[str, Any]) -> dict[str, Any]:
+    """``options`` (each refused by name when ``factory`` does not take it) plus whichever of ``optional`` it
+    takes: the keyword arguments to call a space's ``space()`` / ``supernet()`` with."""
+    params = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    refused = [k for k in options if not (takes_any or k in params)]
+    if refused:
+        raise ValueError(
+            f"{what} takes no {', '.join(map(repr, refused))} argument; drop the matching option"
+        )
+    return {**options, **{k: v for k, v in optional.items() if takes_any or k in params}}
+
+
+def supernet_kwargs(
+    name: str, options: dict[str, Any], optional: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The keyword arguments ``supernet()`` of space ``name`` is built with (what ``supernet.json`` records).
+
+    Example:
+        >>> supernet_kwargs("mobilenetv3", {"preset": "small"}, {"in_channels": 1, "colour": "red"})
+        {'preset': 'small', 'in_channels': 1}
+    """
+    factory = getattr(get(name), "supernet", None)
+    if not callable(factory):
+        raise ValueError(f"space {name!r} has no supernet to train or measure (it defines no supernet())")
+    return _accepted(factory, f"{name}.supernet()", options, optional or {})
+
+
+def make_space(name: str, **options: Any) -> Any:
+    """The :class:`nas.SearchSpace` of space ``name`` built with ``options`` (a module whose ``space`` is a
+    ready ``SearchSpace`` takes none).
+
+    Example:
+        >>> make_space("mobilenetv3", preset="small").name
+        'mobilenetv3-small'
+    """
+    factory = get(name).space
+    if hasattr(factory, "dims"):  # already a SearchSpace
+        if options:
+            raise ValueError(f"space {name!r} is fixed and takes no {', '.join(map(repr, options))} option")
+        return factory
+    return factory(**_accepted(factory, f"{name}.space()", options, {}))
+
+
+def space_by_name(name: str, module: str | None = None) -> Any:
     """The :class:`nas.SearchSpace` whose ``.name`` is ``name`` (as recorded in profiles, predictors and stores).
+
+    Built-in spaces are found by name; a space of your own needs ``module``, the dotted path of the module that
+    defines it (its ``space()`` with default arguments must carry that name).
 
     Example:
         >>> space_by_name("mobilenetv3-small-quant").name
         'mobilenetv3-small-quant'
     """
+    if module is not None and not is_builtin(module):
+        space = make_space(module)
+        if space.name != name:
+            raise ValueError(
+                f"module {module!r} defines space {space.name!r}, not {name!r} (the one recorded here)"
+            )
+        return space
     if name == "nb201":
         return get("nb201").space
     if name.startswith("mobilenetv3-"):
@@ -63,7 +161,8 @@ def space_by_name(name: str) -> Any:
             if space.name == name:
                 return space
     raise ValueError(
-        f"no built-in search space is named {name!r}; known: nb201, mobilenetv3-<preset>[-quant][-sparse]"
+        f"no built-in search space is named {name!r}; known: nb201, mobilenetv3-<preset>[-quant][-sparse]; for a "
+        "space of your own, name the module that defines it (nas fit --space mypkg.myspace)"
     )
 
 

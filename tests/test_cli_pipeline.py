@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,3 +91,42 @@ def test_profile_int8_onnxruntime_and_measurement_settings(run_dir, tmp_path, ca
     assert main([*bad_args, "--precision", "int8"]) == 2
     assert "backend='onnxruntime'" in capsys.readouterr().err
     assert not bad.exists()
+
+
+def test_a_space_of_your_own_goes_through_the_whole_pipeline(tmp_path, monkeypatch, capsys):
+    import search_spaces
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # examples.custom_space imports from the repo root
+    own = ["--space", "examples.custom_space"]
+    sn, prof, pred, db = tmp_path / "sn", tmp_path / "p.csv", tmp_path / "p.json", tmp_path / "s.db"
+    assert (
+        main(["train", *own, "--data", "digits", "--epochs", "1", "--batch-size", "128", "--out", str(sn)])
+        == 0
+    )
+    spec = json.loads((sn / "supernet.json").read_text())
+    assert spec == {
+        "space": "examples.custom_space",
+        "kwargs": {"num_classes": 10, "in_channels": 1},  # what its supernet() takes, nothing else
+        "data": "digits",
+        "data_root": None,
+    }
+    # An option the module's supernet() does not take is refused by name, and nothing is written.
+    assert main(["train", *own, "--quant", "--data", "digits", "--out", str(tmp_path / "q")]) == 2
+    assert "takes no 'quant' argument" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
+
+    profile = ["profile", "--supernet", str(sn), "--samples", "8", "--threads", "1", "--repeats", "4"]
+    assert main([*profile, "--out", str(prof)]) == 0
+    assert main(["fit", str(prof), "--kind", "ridge", "--out", str(pred)]) == 0  # dims from the profile
+    assert "using the dimensions the profile records" in capsys.readouterr().err
+    assert main(["fit", str(prof), *own, "--kind", "ridge", "--out", str(pred)]) == 0  # the module's space
+    search = ["search", *own, "--supernet", str(sn), "--target", str(pred), "--objective", "macs"]
+    assert main([*search, "--algorithm", "random", "--budget", "5", "--store", str(db), "--quiet"]) == 0
+    assert main(["export", str(db), "--format", "safetensors", "--out", str(tmp_path / "model")]) == 0
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert manifest["space"] == "digits-convnet"
+
+    with pytest.raises(ValueError, match="no such module"):
+        search_spaces.get("examples.no_such_space")
+    with pytest.raises(ValueError, match="unknown search space 'not a module'"):
+        search_spaces.get("not a module")

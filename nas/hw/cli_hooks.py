@@ -174,12 +174,13 @@ def _merge(old: Profile, new: Profile) -> Profile:
 
 
 def resolve_profile_space(profile: Profile, resolve_space: Callable[[str], Any] | None = None) -> Any:
-    """The search space of a profile: ``resolve_space(profile.space)`` or the dimensions in its metadata.
+    """The search space of a profile: ``resolve_space(profile.space)`` or (when that is not given or returns
+    ``None``) the dimensions recorded in its metadata.
 
     Raises ``ValueError`` saying what to pass when neither is available.
     """
-    if resolve_space is not None:
-        space = resolve_space(profile.space)
+    space = resolve_space(profile.space) if resolve_space is not None else None
+    if space is not None:
         if getattr(space, "name", None) != profile.space:
             raise ValueError(
                 f"resolve_space({profile.space!r}) returned space {getattr(space, 'name', space)!r}; "
