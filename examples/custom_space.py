@@ -8,8 +8,8 @@ then comes from tracing the extracted subnet; ``sort_channels`` is needed only b
 strategy.
 
 This one is a small conv net for scikit-learn's 8x8 digits: a stem, then 1-3 blocks, each with its own kernel
-size (3 or 5) and width (8, 16 or 24 channels), then pooling and a linear classifier (3^1 x 6^3 = 702 subnets
-when counted over the active blocks). It is trained with the sandwich rule and in-place distillation, searched
+size (3 or 5) and width (8, 16 or 24 channels), then pooling and a linear classifier (6 + 6^2 + 6^3 = 258
+distinct subnets: a block's choices count only when it is active). It is trained with the sandwich rule and in-place distillation, searched
 for the accuracy / MACs trade-off with NSGA-II, and the smallest subnet within a point of the best accuracy is
 exported (safetensors + ONNX)::
 
