@@ -255,18 +255,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    in_channels = 1 if args.data in ("mnist", "digits") else 3
+    data_name = _data_name(args.data)
+    train, _ = _dataset(nas_data, data_name, args.data_root, "train")
+    val, _ = _dataset(nas_data, data_name, args.data_root, "val")
+    images, labels = train.tensors[:2]
+    num_classes = 10 if data_name in BUILTIN_DATA else int(labels.max()) + 1  # built-ins: 10 classes
     spec = {
         "space": args.space,
-        "kwargs": _supernet_kwargs(args, num_classes=10, in_channels=in_channels),
-        "data": args.data,
+        "kwargs": _supernet_kwargs(args, num_classes=num_classes, in_channels=int(images.shape[1])),
+        "data": data_name,
         "data_root": args.data_root,
     }
     out = Path(args.out)
     _check_run_directory(out, spec, args.resume)
     net = search_spaces.build_supernet(spec)
-    train, _ = _dataset(nas_data, args.data, args.data_root, "train")
-    val, _ = _dataset(nas_data, args.data, args.data_root, "val")
     new_dir = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / search_spaces.SUPERNET_SPEC, json.dumps(spec, indent=2))
@@ -346,12 +348,30 @@ def _train(args: argparse.Namespace, net: Any, train: Any, val: Any, out: Path) 
     )
 
 
+BUILTIN_DATA = ("mnist", "digits", "cifar10")
+
+
+def _data_name(data: str) -> str:
+    """A built-in dataset's name, or the absolute path of a ``.npz`` file (recorded in supernet.json, so later
+    commands find it from any working directory)."""
+    if data in BUILTIN_DATA:
+        return data
+    if data.endswith(".npz"):
+        return str(Path(data).resolve())
+    raise CliError(f"unknown dataset {data!r}; choose {', '.join(BUILTIN_DATA)}, or a .npz file of your own")
+
+
 def _dataset(nas_data: Any, name: str, root: str | None, split: str) -> tuple[Any, str]:
-    """(dataset, description) of the train / val / test split of a named dataset.
+    """(dataset, description) of the train / val / test split of a named dataset (or a ``.npz`` file).
 
     ``val`` is a fixed, stratified 10% of the training images held out from ``train``, so searches rank subnets
     on images the supernet never trained on and the test set stays untouched.
     """
+    if name.endswith(".npz"):
+        if split == "test":
+            return nas_data.npz(name, "test"), f"{name} test"
+        train, val = nas_data.train_val_split(nas_data.npz(name, "train"), 0.1, seed=0)
+        return (train if split == "train" else val), f"{Path(name).name} {split}"
     if name == "mnist":
         if split == "test":
             return nas_data.mnist("test"), "MNIST test"
@@ -369,7 +389,7 @@ def _dataset(nas_data: Any, name: str, root: str | None, split: str) -> tuple[An
             return nas_data.cifar10(root, "test"), "CIFAR-10 test"
         train, val = nas_data.train_val_split(nas_data.cifar10(root, "train"), 0.1, seed=0)
         return (train if split == "train" else val), f"CIFAR-10 {split}"
-    raise CliError(f"unknown dataset {name!r}; choose mnist, digits or cifar10")
+    raise CliError(f"unknown dataset {name!r}; choose {', '.join(BUILTIN_DATA)}, or a .npz file of your own")
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -743,7 +763,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="space preset: small (24-32 px, MNIST-sized; the default) or imagenet (160-224 px)",
     )
-    p.add_argument("--data", default="mnist", choices=("mnist", "digits", "cifar10"), help="training data")
+    p.add_argument(
+        "--data",
+        default="mnist",
+        help="training data: mnist (bundled, default), digits (scikit-learn), cifar10 (needs --data-root), or "
+        "a .npz file of your own with x_train, y_train (images N,H,W or N,C,H,W; integer labels) and optionally "
+        "x_test, y_test; 10%% of the training images are held out for validation and search",
+    )
     p.add_argument("--data-root", help="folder with cifar-10-batches-bin (for --data cifar10)")
     p.add_argument("--strategy", default="sandwich", help="sandwich, progressive, delayed or uniform")
     p.add_argument("--epochs", type=int, default=10)

@@ -6,6 +6,7 @@
   networks that expect 24-32 px inputs).
 * :func:`cifar10`: CIFAR-10 from the user's copy of the *binary* version (``cifar-10-batches-bin``), read with
   numpy (no pickle, no torchvision).
+* :func:`npz`: your own labelled images from a NumPy ``.npz`` file (read without pickle).
 * :func:`train_val_split`: a seeded, stratified split of any ``TensorDataset``.
 
 Normalisation uses the usual per-dataset channel mean and standard deviation (see the constants below), so
@@ -20,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import gzip
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,7 @@ __all__ = [
     "cifar10",
     "digits",
     "mnist",
+    "npz",
     "train_val_split",
 ]
 
@@ -166,6 +169,86 @@ def cifar10(root: str | Path, split: str = "train") -> TensorDataset:
         labels.append(records[:, 0])
         images.append(records[:, 1:].reshape(-1, 3, 32, 32))
     return _to_dataset(np.concatenate(images), np.concatenate(labels), CIFAR10_MEAN, CIFAR10_STD)
+
+
+def npz(path: str | Path, split: str = "train") -> TensorDataset:
+    """Labelled images of your own from a NumPy ``.npz`` file, normalised per channel.
+
+    The file holds ``x_train`` and ``y_train`` (and, for ``split="test"``, ``x_test`` and ``y_test``): images as
+    ``(N, H, W)`` or channels-first ``(N, C, H, W)``, ``uint8`` (0-255) or float, and integer labels
+    ``0 .. K-1``. It is read with ``allow_pickle=False``, so a file cannot run code. Both splits are normalised
+    with the per-channel mean and standard deviation of ``x_train`` (after scaling ``uint8`` to 0-1), so training,
+    evaluation and export see the same preprocessing. Write one with
+    ``np.savez(path, x_train=x, y_train=y, x_test=xt, y_test=yt)``.
+
+    Example:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "toy.npz")
+        >>> np.savez(path, x_train=np.zeros((4, 5, 5), np.uint8), y_train=np.array([0, 1, 0, 1]))
+        >>> tuple(npz(path).tensors[0].shape)
+        (4, 1, 5, 5)
+    """
+    split = _check_split(split, ("train", "test"))
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no such data file; write one with np.savez(path, x_train=..., y_train=...)"
+        )
+    if not zipfile.is_zipfile(path):  # else np.load would try the file as a pickle (and refuse it)
+        raise ValueError(
+            f"{path} is not a NumPy .npz file; write one with np.savez(path, x_train=..., y_train=...)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except ValueError as exc:  # object arrays need pickle, which is refused
+        raise ValueError(
+            f"{path}: cannot be read without pickle ({exc}); store plain numeric arrays"
+        ) from None
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{path} is not a NumPy .npz file ({exc})") from None
+    x_train = _npz_images(path, arrays, "x_train")
+    x, y = (x_train, arrays.get("y_train")) if split == "train" else (None, arrays.get("y_test"))
+    if split == "test":
+        if "x_test" not in arrays or "y_test" not in arrays:
+            raise ValueError(
+                f"{path} holds no test split: add x_test and y_test arrays, or evaluate on a split of x_train"
+            )
+        x = _npz_images(path, arrays, "x_test")
+        if x.shape[1:] != x_train.shape[1:]:
+            raise ValueError(
+                f"{path}: x_test images are {x.shape[1:]}, x_train images {x_train.shape[1:]}; they must match"
+            )
+    labels_key = f"y_{split}"
+    if y is None:
+        raise ValueError(f"{path} lacks {labels_key} (integer labels, one per image)")
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+        raise ValueError(
+            f"{path}: {labels_key} must be {len(x)} non-negative integer labels, one per image; got dtype {y.dtype}, "
+            f"shape {y.shape}"
+        )
+    scale = 255.0 if x_train.dtype == np.uint8 else 1.0
+    reference = x_train.astype(np.float64) / scale
+    mean = reference.mean(axis=(0, 2, 3))
+    std = np.maximum(reference.std(axis=(0, 2, 3)), 1e-6)
+    return _to_dataset(x, y, tuple(mean.tolist()), tuple(std.tolist()), scale=scale)
+
+
+def _npz_images(path: Path, arrays: dict[str, np.ndarray], key: str) -> np.ndarray:
+    if key not in arrays:
+        raise ValueError(
+            f"{path} lacks {key}; expected arrays x_train, y_train (and x_test, y_test), got {sorted(arrays)}"
+        )
+    x = arrays[key]
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or len(x) == 0:
+        raise ValueError(f"{path}: {key} must be images (N, H, W) or (N, C, H, W), got shape {x.shape}")
+    if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        raise ValueError(f"{path}: {key} looks channels-last {x.shape}; store it channels-first (N, C, H, W)")
+    if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
+        raise ValueError(f"{path}: {key} must be uint8 or float images, got {x.dtype}")
+    return x
 
 
 def train_val_split(

@@ -130,3 +130,31 @@ def test_a_space_of_your_own_goes_through_the_whole_pipeline(tmp_path, monkeypat
         search_spaces.get("examples.no_such_space")
     with pytest.raises(ValueError, match="unknown search space 'not a module'"):
         search_spaces.get("not a module")
+
+
+def test_training_and_searching_on_a_npz_file_of_your_own(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    digits = load_digits()
+    images = (digits.images * 16).clip(0, 255).astype(np.uint8)  # (N, 8, 8) uint8
+    labels = digits.target % 5  # five classes, to see the class count come from the data
+    path = tmp_path / "mine.npz"
+    np.savez(path, x_train=images[:1200], y_train=labels[:1200], x_test=images[1200:], y_test=labels[1200:])
+    sn = tmp_path / "sn"
+    train = ["train", "--space", "examples.custom_space", "--data", str(path), "--epochs", "1"]
+    assert main([*train, "--batch-size", "128", "--out", str(sn)]) == 0
+    spec = json.loads((sn / "supernet.json").read_text())
+    assert spec["data"] == str(path.resolve())
+    assert spec["kwargs"] == {"num_classes": 5, "in_channels": 1}
+    db = tmp_path / "s.db"
+    search = ["search", "--space", "examples.custom_space", "--supernet", str(sn), "--objective", "macs"]
+    assert main([*search, "--algorithm", "random", "--budget", "3", "--store", str(db), "--quiet"]) == 0
+    assert "Pareto front" in capsys.readouterr().out
+    assert main(["export", str(db), "--format", "onnx-int8", "--out", str(tmp_path / "m")]) == 0
+    check = json.loads((tmp_path / "m" / "manifest.json").read_text())["verification"]
+    assert check["int8_calibration_samples"] == 256  # calibrated on the file's own images
+
+    assert main(["train", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x")]) == 2
+    assert "a .npz file of your own" in capsys.readouterr().err

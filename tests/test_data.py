@@ -81,3 +81,53 @@ def test_cifar10_binary_reader(tmp_path):
 def test_cifar10_missing_says_where_to_get_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"cifar-10-binary\.tar\.gz"):
         data.cifar10(tmp_path, "train")
+
+
+def test_npz_reads_your_own_images_normalised_by_the_training_split(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(20, 3, 6, 6), dtype=np.uint8)
+    xt = rng.integers(0, 256, size=(5, 3, 6, 6), dtype=np.uint8)
+    path = tmp_path / "mine.npz"
+    np.savez(path, x_train=x, y_train=np.arange(20) % 4, x_test=xt, y_test=np.arange(5) % 4)
+    train, test = data.npz(path), data.npz(path, "test")
+    assert tuple(train.tensors[0].shape) == (20, 3, 6, 6) and tuple(test.tensors[0].shape) == (5, 3, 6, 6)
+    assert train.tensors[1].dtype == torch.int64 and train.tensors[1].tolist() == (np.arange(20) % 4).tolist()
+    per_channel = train.tensors[0].transpose(0, 1).reshape(3, -1)
+    assert torch.allclose(per_channel.mean(1), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(per_channel.std(1, unbiased=False), torch.ones(3), atol=1e-4)
+    # the test split uses the training statistics
+    expected = (xt[0, 0, 0, 0] / 255.0 - (x[:, 0] / 255.0).mean()) / (x[:, 0] / 255.0).std()
+    assert test.tensors[0][0, 0, 0, 0].item() == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"x": np.zeros((4, 5, 5))}, "lacks x_train"),
+        ({"x_train": np.zeros((4, 5, 5, 3)), "y_train": np.zeros(4, int)}, "channels-first"),
+        (
+            {"x_train": np.zeros((4, 5, 5)), "y_train": np.zeros(3, int)},
+            "must be 4 non-negative integer labels",
+        ),
+        ({"x_train": np.zeros((4, 5, 5)), "y_train": np.zeros(4)}, "integer labels"),
+        ({"x_train": np.zeros((4, 5, 5), dtype=np.int32), "y_train": np.zeros(4, int)}, "uint8 or float"),
+        ({"x_train": np.zeros((4, 5, 5)), "y_train": np.array([None] * 4, dtype=object)}, "without pickle"),
+    ],
+)
+def test_npz_bad_files_say_what_is_wrong(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=message):
+        data.npz(path)
+
+
+def test_npz_missing_file_or_test_split(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"np\.savez"):
+        data.npz(tmp_path / "none.npz")
+    path = tmp_path / "train-only.npz"
+    np.savez(path, x_train=np.zeros((4, 5, 5), np.uint8), y_train=np.zeros(4, int))
+    with pytest.raises(ValueError, match="holds no test split"):
+        data.npz(path, "test")
+    (tmp_path / "text.npz").write_text("not numpy")
+    with pytest.raises(ValueError, match=r"not a NumPy \.npz file"):
+        data.npz(tmp_path / "text.npz")
