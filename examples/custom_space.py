@@ -4,8 +4,8 @@ A supernet is a torch module over a :class:`nas.SearchSpace` that computes which
 from the elastic layers in ``nas.ops`` (they slice their max-size weights to the active size) and implement
 five methods: ``_set_active`` (set the layers for a config), ``forward``, ``extract`` (the subnet as plain torch
 layers), ``input_shape`` and ``elastic_groups``. ``layer_specs`` (MACs, parameters, per-layer latency tables)
-then comes from tracing the extracted subnet; ``sort_channels`` is needed only by the ``progressive``
-strategy.
+then comes from tracing the extracted subnet; ``sort_channels`` (channel re-sorting) is needed by the
+``progressive`` and ``delayed`` strategies.
 
 This one is a small conv net for scikit-learn's 8x8 digits: a stem, then 1-3 blocks, each with its own kernel
 size (3 or 5) and width (8, 16 or 24 channels), then pooling and a linear classifier (6 + 6^2 + 6^3 = 258
@@ -104,6 +104,24 @@ class DigitsSupernet(Supernet):
                 channels = width
             layers += [GlobalAvgPool(keepdim=False), self.head.to_static(channels)]
         return nn.Sequential(*layers).train(self.training)
+
+    @torch.no_grad()
+    def sort_channels(self) -> None:
+        """Most important block channels first, so narrow subnets keep them (for ``progressive``/``delayed``).
+
+        Every block writes its output into the same channel positions (the head reads whichever block is
+        last), so one order serves all blocks: a channel's importance is the L1 norm of the weights that read
+        it downstream (the next blocks' convs and the head), as Once-for-All ranks channels.
+        """
+        convs = [block[0] for block in self.blocks]
+        importance = self.head.weight.abs().sum(0) + sum(c.weight.abs().sum((0, 2, 3)) for c in convs[1:])
+        order = torch.argsort(importance, descending=True)
+        for b, (conv, bn, _relu) in enumerate(self.blocks):
+            conv.permute_channels(order, dim=0)
+            if b > 0:
+                conv.permute_channels(order, dim=1)
+            bn.permute_channels(order)
+        self.head.weight.copy_(self.head.weight[:, order])
 
     def input_shape(self, cfg: Mapping[str, Any], batch_size: int = 1) -> tuple[int, ...]:
         return (int(batch_size), self.in_channels, 8, 8)

@@ -67,3 +67,45 @@ def test_custom_space_example_trains_searches_and_exports(example, tmp_path):
     model = load_exported(summary["export"])
     assert json.loads(model.config_json) == summary["chosen"]
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_user_supernet_channel_sorting_keeps_every_full_width_subnet(example):
+    torch.manual_seed(0)
+    net = example.DigitsSupernet().eval()
+    x = torch.randn(4, 1, 8, 8)
+    full = [dict(net.space.max(), depth=d) for d in (1, 2, 3)]
+    before = []
+    for cfg in full:
+        with net.activated(cfg):
+            before.append(net(x))
+    net.sort_channels()
+    for cfg, out in zip(full, before):
+        with net.activated(cfg):
+            assert torch.allclose(net(x), out, atol=1e-5)
+    importance = net.head.weight.abs().sum(0)
+    assert importance[0] >= importance[-1]  # the head's most-read channels come first
+
+
+def test_phased_strategies_need_channel_sorting_and_say_so_before_writing(example, tmp_path):
+    from nas import data
+    from nas.train import train_supernet
+
+    class NoSorting(example.DigitsSupernet):
+        sort_channels = Supernet.sort_channels  # what a supernet that never defined it inherits
+
+    train, _ = data.train_val_split(data.digits(), 0.2, seed=0)
+    for strategy in ("progressive", "delayed"):
+        with pytest.raises(ValueError, match="does not implement sort_channels"):
+            train_supernet(NoSorting(), train, strategy=strategy, epochs=1, out_dir=tmp_path / strategy)
+        assert not (tmp_path / strategy).exists()
+    result = train_supernet(
+        example.DigitsSupernet(),
+        train,
+        strategy="progressive",
+        epochs=1,
+        batch_size=128,
+        out_dir=tmp_path / "ok",
+    )
+    assert result.steps == 11  # 1,437 images, batches of 128
+    events = [json.loads(line) for line in (tmp_path / "ok" / "metrics.jsonl").read_text().splitlines()]
+    assert len([e for e in events if e.get("event") == "phase"]) >= 3  # channels were re-sorted at each change

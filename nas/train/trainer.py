@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from nas.supernet import resize_to
+from nas.supernet import Supernet, resize_to
 from nas.train.checkpoint import (
     CHECKPOINT,
     WEIGHTS,
@@ -506,6 +506,14 @@ def train_supernet(
         raise ValueError(f"epochs={epochs} must be >= 1 and batch_size={batch_size} >= 2 (batch norm)")
     if num_workers < 1:
         raise ValueError(f"num_workers={num_workers} must be >= 1")
+    phased = STRATEGIES[strategy].phase is not Strategy.phase
+    if phased and getattr(type(net), "sort_channels", None) is Supernet.sort_channels:
+        # Found now rather than at the first phase change, minutes or hours into the run.
+        raise ValueError(
+            f"strategy {strategy!r} re-sorts channels by importance between its phases, and "
+            f"{type(net).__name__} does not implement sort_channels() (see examples/custom_space.py); "
+            "implement it, or train with 'sandwich' or 'uniform'"
+        )
     existing = [n for n in (CHECKPOINT, WEIGHTS) if (Path(out_dir) / n).exists()]
     if existing and not (resume or overwrite):
         raise FileExistsError(
