@@ -9,9 +9,9 @@ then comes from tracing the extracted subnet; ``sort_channels`` (channel re-sort
 
 This one is a small conv net for scikit-learn's 8x8 digits: a stem, then 1-3 blocks, each with its own kernel
 size (3 or 5) and width (8, 16 or 24 channels), then pooling and a linear classifier (6 + 6^2 + 6^3 = 258
-distinct subnets: a block's choices count only when it is active). It is trained with the sandwich rule and in-place distillation, searched
-for the accuracy / MACs trade-off with NSGA-II, and the smallest subnet within a point of the best accuracy is
-exported (safetensors + ONNX)::
+distinct subnets: a block's choices count only when it is active). It is trained with the sandwich rule and
+in-place distillation, searched for the accuracy / MACs trade-off with NSGA-II, and the cheapest subnet within a
+point of the best accuracy is exported (safetensors + ONNX; about 40 s on a 2-core CPU)::
 
     .venv/bin/python examples/custom_space.py --epochs 20 --budget 40 --out runs/custom
 
@@ -21,8 +21,6 @@ repository root; any importable module of yours works the same way)::
     nas train  --space examples.custom_space --data digits --epochs 20 --out runs/custom-sn
     nas search --space examples.custom_space --supernet runs/custom-sn --objective macs --budget 40 \\
                --store runs/custom.db
-
-About 30 s on a 2-core CPU.
 """
 
 from __future__ import annotations
