@@ -956,8 +956,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
         return int(args.func(args) or 0)
-    except (CliError, ValueError, FileNotFoundError, KeyError, ConnectionError) as exc:
-        # Bad input (InvalidConfigError, StoreMismatchError, ProfileFormatError... are ValueErrors): one line,
+    except (CliError, ValueError, FileNotFoundError, KeyError, ConnectionError, NotImplementedError) as exc:
+        # Bad input (InvalidConfigError, StoreMismatchError, ProfileFormatError... are ValueErrors; a supernet
+        # of the user's that lacks a method the command needs raises NotImplementedError naming it): one line,
         # no traceback; NAS_DEBUG=1 shows where it came from.
         if os.environ.get("NAS_DEBUG"):
             raise

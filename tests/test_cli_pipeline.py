@@ -158,3 +158,22 @@ def test_training_and_searching_on_a_npz_file_of_your_own(tmp_path, monkeypatch,
 
     assert main(["train", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x")]) == 2
     assert "a .npz file of your own" in capsys.readouterr().err
+
+
+def test_a_module_supernet_missing_a_method_gets_a_one_line_error(tmp_path, monkeypatch, capsys):
+    (tmp_path / "half_done_space.py").write_text(
+        "from nas import Choice, SearchSpace, Supernet\n"
+        "def space():\n"
+        "    return SearchSpace('half-done', [Choice('w', (1, 2))])\n"
+        "class Half(Supernet):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(space())\n"
+        "    def _set_active(self, cfg):\n"
+        "        pass\n"
+        "def supernet():\n"
+        "    return Half()\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    args = ["profile", "--space", "half_done_space", "--samples", "2", "--out", str(tmp_path / "p.csv")]
+    assert main(args) == 2
+    assert "Half must implement" in capsys.readouterr().err

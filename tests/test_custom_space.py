@@ -108,4 +108,6 @@ def test_phased_strategies_need_channel_sorting_and_say_so_before_writing(exampl
     )
     assert result.steps == 11  # 1,437 images, batches of 128
     events = [json.loads(line) for line in (tmp_path / "ok" / "metrics.jsonl").read_text().splitlines()]
-    assert len([e for e in events if e.get("event") == "phase"]) >= 3  # channels were re-sorted at each change
+    assert (
+        len([e for e in events if e.get("event") == "phase"]) >= 3
+    )  # channels were re-sorted at each change
