@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn import functional as F
 
 from nas import static
 from nas.ops import (
@@ -46,6 +47,29 @@ def test_conv_matches_static_slice(c_in, c_out, k):
         static_conv.weight, conv.weight[:c_out, :c_in, start : start + k, start : start + k]
     )
     torch.testing.assert_close(conv(x), static_conv(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [1, 2, 5])
+@pytest.mark.parametrize("bias", [False, True])
+def test_pointwise_conv_on_channels_last_cpu_input_computes_like_conv2d(size, bias):
+    # On CPU a 1x1 convolution of channels-last input runs as a matrix product (faster than oneDNN's
+    # backward pass at small maps); values, gradients and the output layout must not change.
+    conv = ElasticConv2d(12, 16, kernel_sizes=1, bias=bias)
+    conv.set_active(out_channels=10)
+    x = torch.randn(3, 9, size, size).to(memory_format=torch.channels_last).requires_grad_()
+    y = conv(x)
+    assert y.is_contiguous(memory_format=torch.channels_last) and y.shape == (3, 10, size, size)
+    weight = conv.weight[:10, :9]
+    reference = F.conv2d(x, weight, conv.bias[:10] if bias else None)
+    torch.testing.assert_close(y, reference, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, conv.weight), grad)
+    want = torch.autograd.grad(reference, (x, conv.weight), grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    if size > 1:  # NCHW memory keeps the convolution itself
+        plain = x.detach().contiguous()
+        assert torch.equal(conv(plain), F.conv2d(plain, weight, conv.bias[:10] if bias else None))
 
 
 def test_depthwise_conv_follows_input_channels():
