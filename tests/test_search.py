@@ -600,3 +600,31 @@ def test_linas_exploration_pick_goes_to_the_unmeasured_gap_of_the_predicted_fron
     assert LinasSearcher._explore_pick(opt, measured, np.zeros(3, dtype=bool)) is None
     with pytest.raises(ValueError, match="explore"):
         LinasSearcher(explore=1.5)
+
+
+def test_local_threads_score_supernet_accuracy_as_one_thread_does():
+    # Evaluating a subnet activates it and recalibrates batch norm in place: threads sharing one supernet
+    # scored each other's subnets (different accuracies than a one-at-a-time search) before each thread got
+    # its own copy.
+    import torch
+
+    from nas import data
+    from nas.search import accuracy, macs
+    from search_spaces import mobilenetv3
+
+    torch.manual_seed(0)
+    net = mobilenetv3.supernet("small", num_classes=10, in_channels=1)
+    images, labels = data.mnist("test").tensors
+    dataset = (images[:200], labels[:200])
+
+    def scores(max_concurrent: int) -> dict[str, float]:
+        objs = [accuracy(net, dataset, calib_batches=1, calib_batch_size=64), macs(net)]
+        result = run(
+            net.space, objs, algorithm="random", budget=8, max_concurrent=max_concurrent, progress=False
+        )
+        return dict(zip(result.history["key"], result.history["accuracy"]))
+
+    one_at_a_time = scores(1)
+    assert len(set(one_at_a_time.values())) > 2  # the subnets score differently, so a mix-up would show
+    assert scores(4) == one_at_a_time
+    assert net.active_config is not None  # the caller's own supernet is still usable

@@ -214,11 +214,41 @@ def _resolve(obj: Any) -> Any:
     return obj() if callable(obj) and not hasattr(obj, "forward") and not hasattr(obj, "activate") else obj
 
 
+class _PerThread:
+    """One copy of a stateful model per thread: the first thread gets ``model`` itself, every other thread its
+    own deep copy of ``model`` as it was handed over.
+
+    Why: evaluating a subnet activates it and recalibrates batch-norm statistics in place, so two threads of a
+    local search (``max_concurrent > 1``) sharing one supernet would score each other's subnets.
+    """
+
+    def __init__(self, model: Any):
+        import copy
+
+        self._first = threading.get_ident()
+        self._model = model
+        self._template = copy.deepcopy(model)  # taken before any evaluation changes the model's state
+        self._lock = threading.Lock()
+        self._copies: dict[int, Any] = {}
+
+    def get(self) -> Any:
+        import copy
+
+        ident = threading.get_ident()
+        if ident == self._first:
+            return self._model
+        with self._lock:
+            if ident not in self._copies:
+                self._copies[ident] = copy.deepcopy(self._template)
+            return self._copies[ident]
+
+
 def accuracy(supernet: Any, data: Any, name: str = "accuracy", **evaluate_kwargs: Any) -> Objective:
     """Top-1 accuracy of the subnet ``cfg`` of a weight-sharing supernet, via ``nas.metrics.evaluate``.
 
     ``supernet`` and ``data`` may be objects or zero-argument loaders; loaders run once per process (once per
-    Ray actor), on the first evaluation.
+    Ray actor), on the first evaluation. Evaluation threads of a local search (``max_concurrent > 1``) each
+    get their own copy of the supernet (evaluating a subnet changes the model's state).
 
     Example:
         >>> obj = accuracy(lambda: load_supernet("runs/sn"), lambda: load_data("mnist"))  # doctest: +SKIP
@@ -227,8 +257,8 @@ def accuracy(supernet: Any, data: Any, name: str = "accuracy", **evaluate_kwargs
     def build() -> Callable[[Config], float]:
         from nas import metrics  # lazy: torch
 
-        net, dataset = _resolve(supernet), _resolve(data)
-        return lambda cfg: float(metrics.evaluate(net, cfg, dataset, **evaluate_kwargs))
+        nets, dataset = _PerThread(_resolve(supernet)), _resolve(data)
+        return lambda cfg: float(metrics.evaluate(nets.get(), cfg, dataset, **evaluate_kwargs))
 
     return Objective(
         name,
@@ -283,8 +313,8 @@ def _metric_objective(metric: str, net: Any, name: str | None) -> Objective:
         from nas import metrics  # lazy: torch
 
         fn = getattr(metrics, metric)
-        model = _resolve(net)
-        return lambda cfg: float(fn(model, cfg))
+        models = _PerThread(_resolve(net))  # a traced layer_specs extracts (activates) the subnet
+        return lambda cfg: float(fn(models.get(), cfg))
 
     return Objective(
         name or metric, LazyFunction(build, f"{metric} of {net!r}"), direction="min", expensive=False
