@@ -7,7 +7,9 @@ Once-for-All and BigNAS): it resets the running statistics, runs ``calib_batches
 in training mode without gradients, with cumulative averaging (``momentum=None``), then measures top-1
 accuracy in eval mode. Afterwards every buffer of the supernet (BN running statistics, quantization observers)
 and the train/eval mode are restored, so that calling it changes nothing. Only the buffers are saved (no deep
-copy of the supernet), which keeps the cost of a call at one calibration pass plus one evaluation pass.
+copy of the supernet), which keeps the cost of a call at one calibration pass plus one evaluation pass. On CPU
+the supernet's convolution weights are switched to channels-last memory for the call (and back afterwards):
+oneDNN's channels-last kernels evaluate a MobileNetV3 subnet about 2x faster than NCHW ones.
 
 Accuracy is returned in **percent** (0-100).
 
@@ -34,7 +36,14 @@ from torch.utils.data import Dataset, TensorDataset
 
 from nas.supernet import resize_to
 
-__all__ = ["CALIB_BATCHES", "CALIB_BATCH_SIZE", "bn_calibration", "evaluate_subnet", "recalibrate_bn"]
+__all__ = [
+    "CALIB_BATCHES",
+    "CALIB_BATCH_SIZE",
+    "bn_calibration",
+    "channels_last_on_cpu",
+    "evaluate_subnet",
+    "recalibrate_bn",
+]
 
 CALIB_BATCHES = 8
 CALIB_BATCH_SIZE = 256
@@ -84,6 +93,30 @@ def bn_calibration(net: nn.Module) -> Iterator[None]:
             m.momentum = momentum
         for m, training in modes:
             m.training = training
+
+
+@contextlib.contextmanager
+def channels_last_on_cpu(net: nn.Module) -> Iterator[None]:
+    """Hold a CPU model's 4-D (convolution) weights in channels-last memory for the block, then put the
+    original tensors back.
+
+    Values are unchanged; only the memory layout (and so oneDNN's choice of kernels) differs. Weights on
+    other devices and weights already laid out channels-last are left alone. Not for a model another thread
+    uses meanwhile, nor for one whose weights change inside the block (the originals come back).
+    """
+    switched = []
+    for p in net.parameters():
+        if p.dim() != 4 or p.device.type != "cpu":
+            continue
+        channels_last = p.data.contiguous(memory_format=torch.channels_last)
+        if channels_last.data_ptr() != p.data_ptr():
+            switched.append((p, p.data))
+            p.data = channels_last
+    try:
+        yield
+    finally:
+        for p, original in switched:
+            p.data = original
 
 
 @torch.no_grad()
@@ -160,7 +193,7 @@ def evaluate_subnet(
         raise ValueError("data: no examples to evaluate")
     calib_x = _tensors(calib_data, "calib_data")[0] if calib_data is not None else x
     previous = getattr(net, "active_config", None)
-    with bn_calibration(net):
+    with bn_calibration(net), channels_last_on_cpu(net):
         active = net.activate(cfg) if hasattr(net, "activate") else cfg
         try:
             if recalibrate:

@@ -33,6 +33,24 @@ def test_evaluate_restores_buffers_mode_and_active_config():
     assert all(m.momentum == 0.1 for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
+def test_cpu_evaluation_in_channels_last_memory_scores_alike_and_restores_the_layout(monkeypatch):
+    import contextlib
+
+    import nas.evaluation
+
+    net, data = _net_and_data()
+    cfgs = [net.space.max(), net.space.min(), net.space.sample(3)]
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        net.to(memory_format=memory_format)
+        layout = {name: (p.data_ptr(), p.stride()) for name, p in net.named_parameters()}
+        fast = [evaluate_subnet(net, c, data, calib_batches=2, calib_batch_size=32) for c in cfgs]
+        assert {name: (p.data_ptr(), p.stride()) for name, p in net.named_parameters()} == layout
+        with monkeypatch.context() as m:
+            m.setattr(nas.evaluation, "channels_last_on_cpu", lambda net: contextlib.nullcontext())
+            plain = [evaluate_subnet(net, c, data, calib_batches=2, calib_batch_size=32) for c in cfgs]
+        assert fast == plain and len(set(fast)) > 1
+
+
 def test_recalibration_matters_and_is_deterministic():
     net, data = _net_and_data()
     # training-mode passes through the max subnet leave running stats that do not fit the min subnet
