@@ -108,7 +108,7 @@ def channels_last_on_cpu(net: nn.Module) -> Iterator[None]:
     for p in net.parameters():
         if p.dim() != 4 or p.device.type != "cpu":
             continue
-        channels_last = p.data.contiguous(memory_format=torch.channels_last)
+        channels_last = p.data.to(memory_format=torch.channels_last)  # restrides size-1 dims too
         if channels_last.data_ptr() != p.data_ptr():
             switched.append((p, p.data))
             p.data = channels_last

@@ -49,6 +49,13 @@ def test_cpu_evaluation_in_channels_last_memory_scores_alike_and_restores_the_la
             m.setattr(nas.evaluation, "channels_last_on_cpu", lambda net: contextlib.nullcontext())
             plain = [evaluate_subnet(net, c, data, calib_batches=2, calib_batch_size=32) for c in cfgs]
         assert fast == plain and len(set(fast)) > 1
+    net.to(memory_format=torch.contiguous_format)
+    with nas.evaluation.channels_last_on_cpu(net):
+        # every conv weight, 1x1 and depthwise ones included, is strided channels-last inside the block
+        convs = [p for p in net.parameters() if p.dim() == 4]
+        assert all(p.stride() == p.to(memory_format=torch.channels_last).stride() for p in convs)
+        assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert all(p.is_contiguous() and p.stride() == p.contiguous().stride() for p in convs)
 
 
 def test_recalibration_matters_and_is_deterministic():
