@@ -628,3 +628,29 @@ def test_local_threads_score_supernet_accuracy_as_one_thread_does():
     assert len(set(one_at_a_time.values())) > 2  # the subnets score differently, so a mix-up would show
     assert scores(4) == one_at_a_time
     assert net.active_config is not None  # the caller's own supernet is still usable
+
+
+def test_a_model_that_cannot_be_copied_is_shared_by_threads_taking_turns():
+    from nas.search.objectives import _PerThread
+
+    class Device:  # holds a lock, as a handle to a measured device might: deepcopy refuses it
+        def __init__(self):
+            self.handle = threading.Lock()
+            self.inside = 0
+            self.most_inside = 0
+
+    def measure(device: Device, cfg: int) -> float:
+        device.inside += 1
+        device.most_inside = max(device.most_inside, device.inside)
+        time.sleep(0.01)
+        device.inside -= 1
+        return float(cfg)
+
+    device = Device()
+    calls = _PerThread(device)
+    threads = [threading.Thread(target=calls, args=(measure, i)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert device.most_inside == 1

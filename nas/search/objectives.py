@@ -215,11 +215,17 @@ def _resolve(obj: Any) -> Any:
 
 
 class _PerThread:
-    """One copy of a stateful model per thread: the first thread gets ``model`` itself, every other thread its
-    own deep copy of ``model`` as it was handed over.
+    """Calls ``fn(model, cfg)`` with one copy of a stateful model per thread: the first thread uses ``model``
+    itself, every other thread its own deep copy of ``model`` as it was handed over.
 
     Why: evaluating a subnet activates it and recalibrates batch-norm statistics in place, so two threads of a
-    local search (``max_concurrent > 1``) sharing one supernet would score each other's subnets.
+    local search (``max_concurrent > 1``) sharing one supernet would score each other's subnets. A model that
+    cannot be deep-copied is shared, and the calls on it take turns.
+
+    Example:
+        >>> calls = _PerThread([0])
+        >>> calls(lambda model, cfg: model[0] + cfg, 2)
+        2
     """
 
     def __init__(self, model: Any):
@@ -227,11 +233,21 @@ class _PerThread:
 
         self._first = threading.get_ident()
         self._model = model
-        self._template = copy.deepcopy(model)  # taken before any evaluation changes the model's state
         self._lock = threading.Lock()
         self._copies: dict[int, Any] = {}
+        try:
+            self._template = copy.deepcopy(model)  # taken before any evaluation changes the model's state
+        except Exception:  # e.g. a model holding a lock or an open device handle
+            self._template = None
+            self._shared = threading.Lock()
 
-    def get(self) -> Any:
+    def __call__(self, fn: Callable[[Any, Config], float], cfg: Config) -> float:
+        if self._template is None:
+            with self._shared:
+                return fn(self._model, cfg)
+        return fn(self._for_this_thread(), cfg)
+
+    def _for_this_thread(self) -> Any:
         import copy
 
         ident = threading.get_ident()
@@ -258,7 +274,9 @@ def accuracy(supernet: Any, data: Any, name: str = "accuracy", **evaluate_kwargs
         from nas import metrics  # lazy: torch
 
         nets, dataset = _PerThread(_resolve(supernet)), _resolve(data)
-        return lambda cfg: float(metrics.evaluate(nets.get(), cfg, dataset, **evaluate_kwargs))
+        return lambda cfg: float(
+            nets(lambda net, c: metrics.evaluate(net, c, dataset, **evaluate_kwargs), cfg)
+        )
 
     return Objective(
         name,
@@ -314,7 +332,7 @@ def _metric_objective(metric: str, net: Any, name: str | None) -> Objective:
 
         fn = getattr(metrics, metric)
         models = _PerThread(_resolve(net))  # a traced layer_specs extracts (activates) the subnet
-        return lambda cfg: float(fn(models.get(), cfg))
+        return lambda cfg: float(models(fn, cfg))
 
     return Objective(
         name or metric, LazyFunction(build, f"{metric} of {net!r}"), direction="min", expensive=False
