@@ -918,7 +918,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ray-address", help="Ray cluster address (implies --backend ray); 'auto' for the local one"
     )
-    p.add_argument("--max-concurrent", type=int, default=1)
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=1,
+        help="evaluations at once (default 1): threads of this process, each with its own copy of the supernet, "
+        "or Ray trials with --backend ray / --ray-address",
+    )
     p.add_argument("--store", help="sqlite:///path.db, postgresql://..., or a path (default: in memory)")
     p.add_argument("--resume", action="store_true", help="continue the run held in --store to --budget")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
