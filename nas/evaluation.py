@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from nas.ops.elastic import clear_slice_caches
 from nas.supernet import resize_to
 
 __all__ = [
@@ -117,6 +118,8 @@ def channels_last_on_cpu(net: nn.Module) -> Iterator[None]:
     finally:
         for p, original in switched:
             p.data = original
+        if switched:  # slices cached from the channels-last copies must not outlive them
+            clear_slice_caches(net)
 
 
 @torch.no_grad()

@@ -58,6 +58,26 @@ def test_cpu_evaluation_in_channels_last_memory_scores_alike_and_restores_the_la
     assert all(p.is_contiguous() and p.stride() == p.contiguous().stride() for p in convs)
 
 
+def test_evaluation_after_the_weights_changed_sees_the_new_weights():
+    # The layout switch swaps weight tensors in and out; slices cached from the temporary copies must not be
+    # served after training changed the weights (a new copy may reuse a freed address).
+    from nas.ops.elastic import _SliceCache
+
+    net, data = _net_and_data()
+    cfg = net.space.sample(4)
+    evaluate_subnet(net, cfg, data, calib_batches=1, calib_batch_size=32)
+    caches = [v for m in net.modules() for v in vars(m).values() if isinstance(v, _SliceCache)]
+    assert caches and all(c.key is None for c in caches)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.dim() == 4:
+                p.mul_(-1.5)
+    again = evaluate_subnet(net, cfg, data, calib_batches=1, calib_batch_size=32)
+    fresh, _ = _net_and_data()
+    fresh.load_state_dict(net.state_dict())
+    assert again == evaluate_subnet(fresh, cfg, data, calib_batches=1, calib_batch_size=32)
+
+
 def test_recalibration_matters_and_is_deterministic():
     net, data = _net_and_data()
     # training-mode passes through the max subnet leave running stats that do not fit the min subnet

@@ -92,6 +92,18 @@ class _SliceCache:
         return (type(self), ())
 
 
+def clear_slice_caches(module: nn.Module) -> None:
+    """Forget the weight slices every elastic layer of ``module`` cached.
+
+    Needed after a layer's weight tensor was swapped out and back (``param.data = ...``): a later tensor at a
+    freed address with the same version counter would otherwise match a cache key and return a stale slice.
+    """
+    for m in module.modules():
+        for value in vars(m).values():
+            if isinstance(value, _SliceCache):
+                value.clear()
+
+
 class _ViewCache(dict):
     """Per-shape tensor views; empty in copies and pickles, like :class:`_SliceCache`."""
 
