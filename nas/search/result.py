@@ -8,8 +8,8 @@ Example:
     >>> r = SearchResult(h, [("accuracy", "max"), ("latency@cpu", "min")])
     >>> r.pareto()["key"].tolist()
     ['a', 'b']
-    >>> r.hypervolume(ref={"accuracy": 60.0, "latency@cpu": 4.0})
-    50.0
+    >>> r.hypervolume(ref={"accuracy": 60.0, "latency@cpu": 4.0})  # b: 20 x 3, plus a's 10 x 1 above it
+    70.0
 """
 
 from __future__ import annotations
