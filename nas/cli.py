@@ -675,6 +675,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     target = target_label(args.target) if args.target else (result.targets[0] if result.targets else None)
     front = result.pareto(target=target)
     lat_col = f"latency@{target}" if target else None
+    if args.max_latency and not lat_col:
+        # Without a latency column there is nothing to bound: exporting the most accurate subnet regardless
+        # would hand over a model that may break the bound the user asked for.
+        raise CliError(
+            f"--max-latency needs a latency target, but this run has none (objectives: "
+            f"{', '.join(result.objective_names)}); search with --target, or drop --max-latency"
+        )
     if args.max_latency and lat_col:
         front = front[front[lat_col] <= parse_duration_ms(args.max_latency)]
     if front.empty:

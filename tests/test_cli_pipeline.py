@@ -152,6 +152,10 @@ def test_training_and_searching_on_a_npz_file_of_your_own(tmp_path, monkeypatch,
     search = ["search", "--space", "examples.custom_space", "--supernet", str(sn), "--objective", "macs"]
     assert main([*search, "--algorithm", "random", "--budget", "3", "--store", str(db), "--quiet"]) == 0
     assert "Pareto front" in capsys.readouterr().out
+    # No latency target was searched: a latency bound cannot be honoured, so it is refused, not ignored.
+    assert main(["export", str(db), "--max-latency", "1ms", "--out", str(tmp_path / "fast")]) == 2
+    assert "--max-latency needs a latency target" in capsys.readouterr().err
+    assert not (tmp_path / "fast").exists()
     assert main(["export", str(db), "--format", "onnx-int8", "--out", str(tmp_path / "m")]) == 0
     check = json.loads((tmp_path / "m" / "manifest.json").read_text())["verification"]
     assert check["int8_calibration_samples"] == 256  # calibrated on the file's own images
