@@ -698,11 +698,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     shown = f", {lat_col}={best[lat_col]:.3f} ms" if lat_col else ""
     print(f"exported {cfg.key} (accuracy={best['accuracy']:.2f}{shown}) to {out}")
     if "onnx-int8" in formats:
-        agreement = read_manifest(out)["verification"].get("int8_top1_agreement")
+        check = read_manifest(out)["verification"]
+        agreement = check.get("int8_top1_agreement")
         if agreement is not None:
-            print(
-                f"int8 ONNX agrees with the float model on {agreement:.1%} of {INT8_IMAGES} held-out images"
-            )
+            # a small validation split holds fewer than INT8_IMAGES images: say how many were compared
+            n = check.get("int8_samples", INT8_IMAGES)
+            print(f"int8 ONNX agrees with the float model on {agreement:.1%} of {n} held-out images")
     return 0
 
 
@@ -953,7 +954,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         choices=("safetensors", "torchscript", "onnx", "onnx-int8"),
         help="repeatable; default safetensors + onnx. onnx-int8: QDQ int8 for onnxruntime, calibrated on "
-        f"{INT8_IMAGES} training images of the supernet's data and checked on as many held-out ones",
+        f"{INT8_IMAGES} training images of the supernet's data and checked on as many held-out ones (or all, "
+        "when fewer)",
     )
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_export)

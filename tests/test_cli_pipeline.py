@@ -159,6 +159,9 @@ def test_training_and_searching_on_a_npz_file_of_your_own(tmp_path, monkeypatch,
     assert main(["export", str(db), "--format", "onnx-int8", "--out", str(tmp_path / "m")]) == 0
     check = json.loads((tmp_path / "m" / "manifest.json").read_text())["verification"]
     assert check["int8_calibration_samples"] == 256  # calibrated on the file's own images
+    # checked on the whole held-out split (10% of 1,200 images), and the message says so
+    assert check["int8_samples"] == 120
+    assert "of 120 held-out images" in capsys.readouterr().out
 
     assert main(["train", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x")]) == 2
     assert "a .npz file of your own" in capsys.readouterr().err
