@@ -469,6 +469,8 @@ def _objectives(args: argparse.Namespace, space: Any) -> tuple[list[Any], dict[s
         from search_spaces import nb201
 
         dataset = args.dataset or "cifar10"
+        if dataset not in nb201.DATASETS:  # checked here: every evaluation would fail on it
+            raise CliError(f"unknown nb201 dataset {dataset!r}; choose {', '.join(nb201.DATASETS)}")
         objectives.append(
             search.Objective(
                 "accuracy",
@@ -485,7 +487,17 @@ def _objectives(args: argparse.Namespace, space: Any) -> tuple[list[Any], dict[s
         import search_spaces
 
         run_dir = str(Path(args.supernet).resolve())
-        data_name = args.dataset or search_spaces.trained_spec(run_dir).get("data", "mnist")
+        # --dataset is checked (and a .npz path made absolute) before the search: a bad one would fail every
+        # evaluation and spend the whole budget on errors.
+        data_name = (
+            _data_name(args.dataset)
+            if args.dataset
+            else search_spaces.trained_spec(run_dir).get("data", "mnist")
+        )
+        if data_name.endswith(".npz") and not Path(data_name).is_file():
+            raise CliError(
+                f"{data_name}: no such data file; pass --dataset with the .npz file to rank subnets on"
+            )
         recipe.update(supernet=run_dir, dataset=data_name)
         objectives.append(
             search.accuracy(_SupernetLoader(run_dir), _DataLoader(data_name, args.data_root), "accuracy")

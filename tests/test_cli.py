@@ -59,6 +59,14 @@ def test_clear_errors(tmp_path, capsys):
     assert "unknown search space 'nope'" in capsys.readouterr().err
     assert main(["search", "--space", "nb201", "--budget", "5", "--quiet"]) == 2
     assert "--target" in capsys.readouterr().err
+    # a misspelt dataset is refused before the search, not met by every evaluation failing
+    store = tmp_path / "s.db"
+    args = ["search", "--space", "nb201", "--target", "raspi4", "--dataset", "cifar1000", "--budget", "5"]
+    assert main([*args, "--store", str(store), "--quiet"]) == 2
+    assert (
+        "unknown nb201 dataset 'cifar1000'; choose cifar10, cifar100, imagenet16" in capsys.readouterr().err
+    )
+    assert not store.exists()
 
 
 def test_refused_commands_leave_no_files_behind(tmp_path, capsys):

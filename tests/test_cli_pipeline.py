@@ -152,6 +152,13 @@ def test_training_and_searching_on_a_npz_file_of_your_own(tmp_path, monkeypatch,
     search = ["search", "--space", "examples.custom_space", "--supernet", str(sn), "--objective", "macs"]
     assert main([*search, "--algorithm", "random", "--budget", "3", "--store", str(db), "--quiet"]) == 0
     assert "Pareto front" in capsys.readouterr().out
+    # A --dataset that does not exist is refused before any evaluation is spent on it.
+    bad = ["--algorithm", "random", "--budget", "3", "--store", str(tmp_path / "bad.db"), "--quiet"]
+    assert main([*search, "--dataset", str(tmp_path / "nope.npz"), *bad]) == 2
+    assert "nope.npz: no such data file" in capsys.readouterr().err
+    assert main([*search, "--dataset", "mnits", *bad]) == 2
+    assert "unknown dataset 'mnits'" in capsys.readouterr().err
+    assert not (tmp_path / "bad.db").exists()
     # No latency target was searched: a latency bound cannot be honoured, so it is refused, not ignored.
     assert main(["export", str(db), "--max-latency", "1ms", "--out", str(tmp_path / "fast")]) == 2
     assert "--max-latency needs a latency target" in capsys.readouterr().err
