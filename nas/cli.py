@@ -394,6 +394,7 @@ def _dataset(nas_data: Any, name: str, root: str | None, split: str) -> tuple[An
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from nas.hw.cli_hooks import run_profile
+    from nas.hw.measure import BackendUnavailableError
 
     net = _supernet_or_none(args)
     if net is None:
@@ -404,21 +405,24 @@ def cmd_profile(args: argparse.Namespace) -> int:
             raise CliError(f"space {args.space!r} has no supernet to measure; it is a tabular benchmark")
         kwargs = _supernet_kwargs(args, num_classes=10, in_channels=args.in_channels)
         net = search_spaces.build_supernet({"space": args.space, "kwargs": kwargs})
-    run_profile(
-        net,
-        backend=args.backend,
-        samples=args.samples,
-        out_path=args.out,
-        batch_size=args.batch_size,
-        threads=args.threads,
-        seed=args.seed,
-        clock=args.clock,
-        precision=args.precision,
-        warmup=args.warmup,
-        repeats=args.repeats,
-        rounds=args.rounds,
-        device_name=args.device_name,
-    )
+    try:
+        run_profile(
+            net,
+            backend=args.backend,
+            samples=args.samples,
+            out_path=args.out,
+            batch_size=args.batch_size,
+            threads=args.threads,
+            seed=args.seed,
+            clock=args.clock,
+            precision=args.precision,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            rounds=args.rounds,
+            device_name=args.device_name,
+        )
+    except BackendUnavailableError as exc:  # a RuntimeError, but about this machine: say so in one line
+        raise CliError(str(exc)) from None
     return 0
 
 
@@ -674,7 +678,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     import search_spaces
-    from nas.export import export, read_manifest
+    from nas.export import ExportError, export, read_manifest
     from nas.search import SearchResult
 
     url = store_url(args.store)
@@ -706,7 +710,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     net = search_spaces.load_trained(supernet_dir)
     formats = tuple(args.format)
     int8_data = _int8_calibration(supernet_dir, cfg) if "onnx-int8" in formats else {}
-    out = export(net, cfg, args.out, formats=formats, **int8_data)
+    try:
+        out = export(net, cfg, args.out, formats=formats, **int8_data)
+    except ExportError as exc:  # e.g. --out is a directory of other files: one line, like any bad input
+        raise CliError(str(exc)) from None
     shown = f", {lat_col}={best[lat_col]:.3f} ms" if lat_col else ""
     print(f"exported {cfg.key} (accuracy={best['accuracy']:.2f}{shown}) to {out}")
     if "onnx-int8" in formats:

@@ -69,6 +69,13 @@ def test_profile_fit_search_export(run_dir, tmp_path, capsys):
     assert (int8 / "model.int8.onnx").is_file()
     assert main(["export", str(db), "--max-latency", "1us", "--out", str(tmp_path / "none")]) == 2
     assert "relax the bound" in capsys.readouterr().err
+    # --out naming a folder of other files: refused in one line, and the folder is left alone
+    occupied = tmp_path / "notes"
+    occupied.mkdir()
+    (occupied / "todo.txt").write_text("keep me")
+    assert main(["export", str(db), "--format", "safetensors", "--out", str(occupied)]) == 2
+    assert "is not a previous export; refusing to replace it" in capsys.readouterr().err
+    assert [p.name for p in occupied.iterdir()] == ["todo.txt"]
 
 
 def test_profile_int8_onnxruntime_and_measurement_settings(run_dir, tmp_path, capsys):
@@ -91,6 +98,10 @@ def test_profile_int8_onnxruntime_and_measurement_settings(run_dir, tmp_path, ca
     assert main([*bad_args, "--precision", "int8"]) == 2
     assert "backend='onnxruntime'" in capsys.readouterr().err
     assert not bad.exists()
+    if not torch.cuda.is_available():  # a backend this machine lacks: one line, not a traceback
+        assert main([*bad_args, "--backend", "cuda"]) == 2
+        assert "backend='cuda' needs a CUDA GPU" in capsys.readouterr().err
+        assert not bad.exists()
 
 
 def test_a_space_of_your_own_goes_through_the_whole_pipeline(tmp_path, monkeypatch, capsys):
