@@ -375,6 +375,16 @@ def test_store_records_round_trip_and_meta_checks(tmp_path):
     assert calls == [] and len(again.history) == 10
 
 
+def test_a_file_that_is_not_a_store_is_named_and_left_alone(tmp_path):
+    profile = tmp_path / "cpu.csv"
+    profile.write_text("config_json,key,latency_ms\n")
+    with pytest.raises(ValueError, match=r"cpu\.csv' is not a SQLite database"):
+        open_store(str(profile))  # nas search --store (creates a store where none is)
+    with pytest.raises(ValueError, match="is not a SQLite database"):
+        SearchResult.load(f"sqlite:///{profile}")  # nas report / nas export
+    assert profile.read_text() == "config_json,key,latency_ms\n"
+
+
 def test_postgres_url_without_driver_says_what_to_install():
     try:
         import psycopg  # noqa: F401

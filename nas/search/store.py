@@ -218,7 +218,14 @@ def _sqlite(path: str, url: str, create: bool = True) -> Store:
         conn = sqlite3.connect(path, check_same_thread=False, timeout=30.0, isolation_level=None)
         if path != ":memory:":
             # WAL: a crash loses nothing committed and readers (nas report) never block the writer.
-            conn.execute("PRAGMA journal_mode=WAL")
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.DatabaseError as exc:  # e.g. a profile .csv passed where the .db belongs
+                conn.close()
+                raise ValueError(
+                    f"store {url}: {path!r} is not a SQLite database ({exc}); pass the .db file a search "
+                    "wrote, or a new path"
+                ) from None
             conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
