@@ -392,10 +392,17 @@ def _dataset(nas_data: Any, name: str, root: str | None, split: str) -> tuple[An
     raise CliError(f"unknown dataset {name!r}; choose {', '.join(BUILTIN_DATA)}, or a .npz file of your own")
 
 
+def _check_out_file(out: str, example: str) -> None:
+    """Refuse an ``--out`` that names a folder where a file is written, before any work is done."""
+    if Path(out).is_dir():
+        raise CliError(f"--out {out} is a folder; give the file to write, e.g. {Path(out) / example}")
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     from nas.hw.cli_hooks import run_profile
     from nas.hw.measure import BackendUnavailableError
 
+    _check_out_file(args.out, "my-cpu.csv")
     net = _supernet_or_none(args)
     if net is None:
         import search_spaces
@@ -429,6 +436,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_fit(args: argparse.Namespace) -> int:
     from nas.hw.cli_hooks import run_fit
 
+    _check_out_file(args.out, "my-cpu.json")
     run_fit(
         args.profile,
         args.out,
@@ -990,9 +998,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
         return int(args.func(args) or 0)
-    except (CliError, ValueError, FileNotFoundError, KeyError, ConnectionError, NotImplementedError) as exc:
+    except (
+        CliError,
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        IsADirectoryError,
+        NotADirectoryError,
+        KeyError,
+        ConnectionError,
+        NotImplementedError,
+    ) as exc:
         # Bad input (InvalidConfigError, StoreMismatchError, ProfileFormatError... are ValueErrors; a supernet
-        # of the user's that lacks a method the command needs raises NotImplementedError naming it): one line,
+        # of the user's that lacks a method the command needs raises NotImplementedError naming it; an --out
+        # that is a file where a folder belongs, or the reverse, raises one of the path errors): one line,
         # no traceback; NAS_DEBUG=1 shows where it came from.
         if os.environ.get("NAS_DEBUG"):
             raise

@@ -88,6 +88,46 @@ def test_refused_commands_leave_no_files_behind(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_an_out_of_the_wrong_kind_gets_a_one_line_error(tmp_path, capsys):
+    """--out naming a file where a folder is written (or a folder where a file is): one line, nothing written."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    train = ["train", "--space", "mobilenetv3", "--data", "digits", "--epochs", "1"]
+    assert main([*train, "--out", str(notes)]) == 2
+    assert "File exists" in capsys.readouterr().err
+    assert main([*train, "--out", str(notes / "run")]) == 2
+    assert "Not a directory" in capsys.readouterr().err
+    db = tmp_path / "s.db"
+    assert (
+        main(
+            [
+                "search",
+                "--space",
+                "nb201",
+                "--target",
+                "raspi4",
+                "--budget",
+                "3",
+                "--store",
+                str(db),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert main(["report", str(db), "--out", str(notes)]) == 2
+    assert "File exists" in capsys.readouterr().err
+    # a folder where the profile / predictor file belongs is refused before any measuring or fitting
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    assert main(["fit", "nb201-raspi4.csv", "--out", str(folder)]) == 2
+    assert f"--out {folder} is a folder; give the file to write" in capsys.readouterr().err
+    assert main(["profile", "--samples", "2", "--out", str(folder)]) == 2
+    assert f"--out {folder} is a folder; give the file to write" in capsys.readouterr().err
+    assert notes.read_text() == "keep me" and not any(folder.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "runs", "s.db", "s.db.nas.json"]
+
+
 def test_train_protects_an_existing_run(tmp_path, capsys):
     """A run directory's spec says what its weights are: never rewritten, never trained over by a fresh start."""
     run = tmp_path / "run"
