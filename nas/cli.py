@@ -667,7 +667,17 @@ def _search_space(args: argparse.Namespace, module: Any) -> Any:
     if args.supernet:
         import search_spaces
 
-        return search_spaces.build_supernet(search_spaces.trained_spec(args.supernet)).space
+        spec = search_spaces.trained_spec(args.supernet)
+        # The supernet decides the space; a --space or --preset that says otherwise would be recorded with the
+        # run (and believed) while another space is searched.
+        preset = spec.get("kwargs", {}).get("preset")
+        if spec["space"] != args.space or (args.preset and args.preset != preset):
+            trained = spec["space"] + (f" --preset {preset}" if preset else "")
+            raise CliError(
+                f"{args.supernet} is a supernet of --space {trained}; search it with those options "
+                "(or pass the --supernet of the space you named)"
+            )
+        return search_spaces.build_supernet(spec).space
     import search_spaces
 
     try:

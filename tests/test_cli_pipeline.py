@@ -56,6 +56,11 @@ def test_profile_fit_search_export(run_dir, tmp_path, capsys):
     args += ["--algorithm", "random", "--budget", "4", "--store", str(db), "--quiet"]
     assert main(args) == 0
     assert "Pareto front" in capsys.readouterr().out
+    # a --preset the supernet was not trained with is refused, not ignored (and recorded) while it searches
+    other = tmp_path / "other.db"
+    assert main([*args[:7], "--preset", "imagenet", "--budget", "2", "--store", str(other), "--quiet"]) == 2
+    assert "is a supernet of --space mobilenetv3 --preset small" in capsys.readouterr().err
+    assert not other.exists()
     out = tmp_path / "model"
     assert main(["export", str(db), "--max-latency", "1s", "--format", "safetensors", "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
@@ -133,6 +138,10 @@ def test_a_space_of_your_own_goes_through_the_whole_pipeline(tmp_path, monkeypat
     assert main(["fit", str(prof), *own, "--kind", "ridge", "--out", str(pred)]) == 0  # the module's space
     search = ["search", *own, "--supernet", str(sn), "--target", str(pred), "--objective", "macs"]
     assert main([*search, "--algorithm", "random", "--budget", "5", "--store", str(db), "--quiet"]) == 0
+    # naming another space than the supernet's is refused: the run would record a space it did not search
+    wrong = ["search", "--space", "mobilenetv3", "--supernet", str(sn), "--objective", "macs", "--quiet"]
+    assert main([*wrong, "--budget", "2"]) == 2
+    assert "is a supernet of --space examples.custom_space" in capsys.readouterr().err
     assert main(["export", str(db), "--format", "safetensors", "--out", str(tmp_path / "model")]) == 0
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
     assert manifest["space"] == "digits-convnet"
