@@ -218,6 +218,7 @@ def cmd_profiles(args: argparse.Namespace) -> int:
         print(
             f"{name:18s} space={p.space:12s} rows={len(p):6d} device={meta.get('device')} ({meta.get('source', '')})"
         )
+        print(f"{'':18s} file={hw_profiles.path_of(name)}")
     return 0
 
 
@@ -438,7 +439,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     _check_out_file(args.out, "my-cpu.json")
     run_fit(
-        args.profile,
+        _profile_file(args.profile),
         args.out,
         kind=args.kind,
         test_fraction=args.test_fraction,
@@ -447,6 +448,23 @@ def cmd_fit(args: argparse.Namespace) -> int:
         metric=args.metric,
     )
     return 0
+
+
+def _profile_file(name: str) -> str:
+    """The profile file ``nas fit`` reads: ``name`` itself, or the table of the built-in profile so named.
+
+    A file that exists wins; otherwise a built-in name (``nb201-raspi4``, or a device name only one built-in
+    profile ends with, as ``nas search --target`` takes it) resolves to its table. A name that is neither is
+    passed on, so the error names the missing file.
+    """
+    if Path(name).exists():
+        return name
+    import hw_profiles
+
+    names = hw_profiles.available()
+    if name in names or any(n.endswith(f"-{name}") for n in names):
+        return str(hw_profiles.path_of(name))  # an ambiguous device name: the error lists the candidates
+    return name
 
 
 def _profile_space_resolver(module: str | None) -> Callable[[str], Any]:
@@ -905,7 +923,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("fit", help="fit a latency predictor on a profile; prints held-out error")
-    p.add_argument("profile", help="profile CSV made by `nas profile` (or a built-in profile's file)")
+    p.add_argument(
+        "profile",
+        help="profile CSV made by `nas profile`, or the name of a built-in profile (`nas profiles`, e.g. "
+        "nb201-raspi4 or raspi4)",
+    )
     p.add_argument("--out", required=True, help="predictor JSON")
     p.add_argument("--kind", default="auto", help="auto, ridge, gbdt, mlp, lut or ensemble")
     p.add_argument(

@@ -183,3 +183,15 @@ def test_help_lists_every_command():
     ).stdout
     for command in ("train", "profile", "fit", "search", "report", "export"):
         assert command in out
+
+
+def test_fit_takes_a_builtin_profile_by_name(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a name is a file first: make sure no file of that name is around
+    assert main(["fit", "fpga", "--kind", "ridge", "--out", "fpga.json"]) == 0
+    saved = json.loads((tmp_path / "fpga.json").read_text())
+    assert saved["space"] == "nb201"
+    assert "saved predictor to fpga.json" in capsys.readouterr().out
+    # a name that is neither a file nor a built-in profile still ends in one line naming it
+    assert main(["fit", "no-such-profile", "--out", "x.json"]) == 2
+    assert "no-such-profile" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
