@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,31 @@ def _supernet_kwargs(args: argparse.Namespace, num_classes: int, in_channels: in
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
+
+
+def _refuse_options_the_supernet_decides(args: argparse.Namespace, spec: Mapping[str, Any]) -> None:
+    """Refuse a ``--space``, ``--preset`` or ``--in-channels`` that contradicts the ``--supernet``'s own.
+
+    The trained supernet decides what is measured or searched; an option saying otherwise would be silently
+    ignored (or recorded with the run and believed later). Options left unset (``None``) agree with anything.
+    """
+    kwargs = spec.get("kwargs", {})
+    trained = {
+        "space": spec.get("space"),
+        "preset": kwargs.get("preset"),
+        "in_channels": kwargs.get("in_channels"),
+    }
+    given = {k: getattr(args, k, None) for k in trained}
+    differ = [k for k, v in given.items() if v is not None and trained[k] is not None and v != trained[k]]
+    if given["preset"] is not None and trained["preset"] is None:
+        differ.append("preset")  # a space without presets
+    if differ:
+        said = ", ".join(f"--{k.replace('_', '-')} {given[k]}" for k in differ)
+        was = ", ".join(f"--{k.replace('_', '-')} {trained[k]}" for k in differ)
+        raise CliError(
+            f"{args.supernet} is a supernet trained with {was}, not {said}; use {was} (the supernet decides "
+            "them) or pass the --supernet you meant"
+        )
 
 
 def _supernet_or_none(args: argparse.Namespace) -> Any:
@@ -404,10 +429,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from nas.hw.measure import BackendUnavailableError
 
     _check_out_file(args.out, "my-cpu.csv")
+    if args.supernet:
+        import search_spaces
+
+        _refuse_options_the_supernet_decides(args, search_spaces.trained_spec(args.supernet))
     net = _supernet_or_none(args)
     if net is None:
         import search_spaces
 
+        args.space = args.space or "mobilenetv3"
+        args.in_channels = args.in_channels or 1
         module = load_space_module(args.space)
         if not hasattr(module, "supernet"):
             raise CliError(f"space {args.space!r} has no supernet to measure; it is a tabular benchmark")
@@ -688,13 +719,7 @@ def _search_space(args: argparse.Namespace, module: Any) -> Any:
         spec = search_spaces.trained_spec(args.supernet)
         # The supernet decides the space; a --space or --preset that says otherwise would be recorded with the
         # run (and believed) while another space is searched.
-        preset = spec.get("kwargs", {}).get("preset")
-        if spec["space"] != args.space or (args.preset and args.preset != preset):
-            trained = spec["space"] + (f" --preset {preset}" if preset else "")
-            raise CliError(
-                f"{args.supernet} is a supernet of --space {trained}; search it with those options "
-                "(or pass the --supernet of the space you named)"
-            )
+        _refuse_options_the_supernet_decides(args, spec)
         return search_spaces.build_supernet(spec).space
     import search_spaces
 
@@ -872,16 +897,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="measure subnet latencies on this machine into a profile file")
     p.add_argument(
         "--space",
-        default="mobilenetv3",
-        help="built-in space, or the module path of your own (see nas train)",
+        default=None,
+        help="built-in space, or the module path of your own (see nas train); default mobilenetv3, or the "
+        "--supernet's space",
     )
     p.add_argument(
         "--preset", default=None, help="space preset (mobilenetv3: small, the default, or imagenet)"
     )
     p.add_argument(
-        "--in-channels", type=int, default=1, help="input channels of the measured nets (1: MNIST)"
+        "--in-channels",
+        type=int,
+        default=None,
+        help="input channels of the measured nets (default 1: MNIST; with --supernet, its own)",
     )
-    p.add_argument("--supernet", help="run directory of a trained supernet (its space is measured)")
+    p.add_argument(
+        "--supernet",
+        help="run directory of a trained supernet: its space, preset and input channels are measured (a "
+        "--space, --preset or --in-channels that says otherwise is refused)",
+    )
     p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "cuda"))
     p.add_argument(
         "--precision",

@@ -40,6 +40,14 @@ def test_profile_fit_search_export(run_dir, tmp_path, capsys):
         == 0
     )
     assert main(["fit", str(prof), "--kind", "ridge", "--out", str(tmp_path / "cpu.json")]) == 0
+    # options the supernet decides are refused when they say otherwise (they used to be ignored silently)
+    for option in (["--in-channels", "3"], ["--space", "examples.custom_space"], ["--preset", "imagenet"]):
+        bad = tmp_path / "bad.csv"
+        assert (
+            main(["profile", "--supernet", str(run_dir), *option, "--samples", "2", "--out", str(bad)]) == 2
+        )
+        assert f"not {' '.join(option)}" in capsys.readouterr().err
+        assert not bad.exists()
     p10 = tmp_path / "cpu_p10.json"
     assert main(["fit", str(prof), "--kind", "ridge", "--metric", "latency_p10_ms", "--out", str(p10)]) == 0
     assert p10.exists()
@@ -59,7 +67,7 @@ def test_profile_fit_search_export(run_dir, tmp_path, capsys):
     # a --preset the supernet was not trained with is refused, not ignored (and recorded) while it searches
     other = tmp_path / "other.db"
     assert main([*args[:7], "--preset", "imagenet", "--budget", "2", "--store", str(other), "--quiet"]) == 2
-    assert "is a supernet of --space mobilenetv3 --preset small" in capsys.readouterr().err
+    assert "trained with --preset small, not --preset imagenet" in capsys.readouterr().err
     assert not other.exists()
     out = tmp_path / "model"
     assert main(["export", str(db), "--max-latency", "1s", "--format", "safetensors", "--out", str(out)]) == 0
@@ -141,7 +149,7 @@ def test_a_space_of_your_own_goes_through_the_whole_pipeline(tmp_path, monkeypat
     # naming another space than the supernet's is refused: the run would record a space it did not search
     wrong = ["search", "--space", "mobilenetv3", "--supernet", str(sn), "--objective", "macs", "--quiet"]
     assert main([*wrong, "--budget", "2"]) == 2
-    assert "is a supernet of --space examples.custom_space" in capsys.readouterr().err
+    assert "trained with --space examples.custom_space, not --space mobilenetv3" in capsys.readouterr().err
     assert main(["export", str(db), "--format", "safetensors", "--out", str(tmp_path / "model")]) == 0
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
     assert manifest["space"] == "digits-convnet"
