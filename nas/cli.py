@@ -635,6 +635,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     space = module.space if args.space == "nb201" else _search_space(args, module)
     objectives, recipe = _objectives(args, space)
     constraints = [search.Constraint(*parse_constraint(c)) for c in args.constraint or []]
+    names = [o.name for o in objectives]
+    for c in constraints:  # the library's error suggests fn=, which the shell cannot pass
+        if c.metric not in names:
+            raise CliError(
+                f"--constraint {c.metric}{c.op}{c.bound:g} names no objective of this search; use one of "
+                f"{', '.join(names)} (a target adds latency@NAME, --objective adds macs, params, ...)"
+            )
     url = store_url(args.store) if args.store else None
     sidecar = sidecar_path(url) if url else None
     with _sidecar_written(sidecar, recipe, url):
@@ -1046,7 +1053,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         choices=("safetensors", "torchscript", "onnx", "onnx-int8"),
-        help="repeatable; default safetensors + onnx. onnx-int8: QDQ int8 for onnxruntime, calibrated on "
+        help="repeatable; default safetensors + onnx (model.safetensors and manifest.json are always written: "
+        "nas.export.load_exported reads them). onnx-int8: QDQ int8 for onnxruntime, calibrated on "
         f"{INT8_IMAGES} training images of the supernet's data and checked on as many held-out ones (or all, "
         "when fewer)",
     )

@@ -195,3 +195,24 @@ def test_fit_takes_a_builtin_profile_by_name(tmp_path, capsys, monkeypatch):
     assert main(["fit", "no-such-profile", "--out", "x.json"]) == 2
     assert "no-such-profile" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_constraint_on_no_objective_names_the_ones_there_are(tmp_path, capsys):
+    db = tmp_path / "s.db"
+    args = [
+        "search",
+        "--space",
+        "nb201",
+        "--target",
+        "raspi4",
+        "--budget",
+        "3",
+        "--store",
+        str(db),
+        "--quiet",
+    ]
+    assert main([*args, "--constraint", "latency<=5ms"]) == 2
+    err = capsys.readouterr().err
+    assert "--constraint latency<=5 names no objective" in err and "latency@raspi4" in err
+    assert "fn=" not in err  # Python advice has no place in the shell
+    assert not db.exists()
