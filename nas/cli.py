@@ -1034,7 +1034,12 @@ def build_parser() -> argparse.ArgumentParser:
         "or Ray trials with --backend ray / --ray-address",
     )
     p.add_argument("--store", help="sqlite:///path.db, postgresql://..., or a path (default: in memory)")
-    p.add_argument("--resume", action="store_true", help="continue the run held in --store to --budget")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run held in --store to --budget (a larger --budget extends a finished run; the other "
+        "options must be the same)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_search)
 

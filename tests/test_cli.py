@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from nas.cli import CliError, main, parse_constraint, parse_duration_ms, target_label
+from nas.search import SearchResult
 
 
 def test_parsers():
@@ -33,17 +34,18 @@ def test_search_report_and_resume_on_nb201(tmp_path, capsys):
     recipe = json.loads((tmp_path / "search.db.nas.json").read_text())
     assert recipe["space"] == "nb201" and set(recipe["targets"]) == {"raspi4", "nb201-pixel3"}
 
-    # Resuming a finished run evaluates nothing more; a different budget is refused.
-    assert main([*args, "--budget", "30", "--resume"]) != 0  # the budget is part of the run's identity
+    # Resuming with a larger budget extends the finished run; a budget below what it holds is refused.
+    assert main([*args, "--budget", "30", "--resume"]) == 0
+    assert len(SearchResult.load(str(db)).history) == 30
+    assert main([*args, "--budget", "20", "--resume"]) == 2
+    assert "already holds 30 evaluations" in capsys.readouterr().err
     # ... and a refused resume with other targets leaves the run's recipe as it was
     other = ["search", "--space", "nb201", "--target", "fpga", "--algorithm", "random", "--store", str(db)]
     assert main([*other, "--quiet", "--budget", "25", "--resume"]) == 2
     assert json.loads((tmp_path / "search.db.nas.json").read_text()) == recipe
-    assert main([*args, "--budget", "25", "--resume"]) == 0
-    from nas.search import SearchResult
-
+    assert main([*args, "--budget", "30", "--resume"]) == 0  # a finished run: nothing more to evaluate
     result = SearchResult.load(f"sqlite:///{db}")
-    assert len(result) == 25 and result.history["key"].is_unique
+    assert len(result) == 30 and result.history["key"].is_unique
     assert (result.history.loc[result.history["feasible"], "latency@raspi4"] <= 60).all()
 
     assert main(["report", str(db), "--out", str(tmp_path / "rep")]) == 0

@@ -365,14 +365,42 @@ def test_store_records_round_trip_and_meta_checks(tmp_path):
         run(SPACE, objectives(), algorithm="tpe", budget=10, seed=0, store=url, progress=False)
     with pytest.raises(StoreMismatchError, match="algorithm: stored 'tpe', requested 'nsga2'"):
         run(SPACE, objectives(), algorithm="nsga2", budget=10, seed=0, store=url, resume=True, progress=False)
-    with pytest.raises(StoreMismatchError, match="budget"):
-        run(SPACE, objectives(), algorithm="tpe", budget=12, seed=0, store=url, resume=True, progress=False)
+    with pytest.raises(
+        StoreMismatchError, match="already holds 10 evaluations; give a budget of at least 10"
+    ):
+        run(SPACE, objectives(), algorithm="tpe", budget=8, seed=0, store=url, resume=True, progress=False)
     # Resuming a finished run evaluates nothing.
     calls: list[str] = []
     again = run(
         SPACE, objectives(calls), algorithm="tpe", budget=10, seed=0, store=url, resume=True, progress=False
     )
     assert calls == [] and len(again.history) == 10
+
+
+@pytest.mark.parametrize("algorithm", ["nsga2", "linas", "tpe", "random"])
+def test_a_larger_budget_extends_a_finished_run(tmp_path, algorithm):
+    once = run(SPACE, objectives(), algorithm=algorithm, budget=16, seed=3, progress=False)
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+    first = run(SPACE, objectives(), algorithm=algorithm, budget=10, seed=3, store=url, progress=False)
+    calls: list[str] = []
+    extended = run(
+        SPACE,
+        objectives(calls),
+        algorithm=algorithm,
+        budget=16,
+        seed=3,
+        store=url,
+        resume=True,
+        progress=False,
+    )
+    keys = extended.history["key"].tolist()
+    assert len(calls) == 6 and keys[:10] == first.history["key"].tolist()  # only the new evaluations are made
+    assert len(set(keys)) == 16
+    assert extended.meta["budget"] == 16  # the store now describes the extended run
+    if algorithm in ("random", "tpe"):
+        # one config per ask: the continuation is exactly what a run with the larger budget asked (a batch
+        # searcher's last batch was cut at the old budget, so its continuation may differ)
+        assert keys == once.history["key"].tolist()
 
 
 def test_a_file_that_is_not_a_store_is_named_and_left_alone(tmp_path):

@@ -331,7 +331,8 @@ def run(
         ray_address: Ray cluster address (``"auto"``, ``"ray://host:10001"``); ``None`` starts a local Ray.
         max_concurrent: evaluations running at once.
         store: ``sqlite:///path.db``, ``postgresql://...``, a path, a Store, or ``None`` (in memory).
-        resume: continue the run held in ``store`` (its settings must match) to exactly ``budget``.
+        resume: continue the run held in ``store`` (its settings must match) to exactly ``budget``; a larger
+            budget than the stored run's extends it.
         constraints: :class:`~nas.search.Constraint` list; infeasible results are stored but not on fronts.
         batch_size: configs per ask (default: the searcher's own, e.g. 10 for linas).
         progress: show a rich progress bar.

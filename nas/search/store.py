@@ -97,6 +97,10 @@ class Store:
         resuming a run whose metadata differ (naming every differing field). A run that never finished an
         evaluation (it could not reach its Ray cluster, or was stopped at once) has nothing to lose and is
         replaced, so fixing the cause and rerunning the same command works.
+
+        The ``budget`` may change on resume, so a finished run can be extended (as more trials extend an Optuna
+        study): the stored evaluations are replayed into the searcher, which then asks for the rest, as in any
+        resumed run. It cannot go below the evaluations already done.
         """
         stored = self.read_meta()
         n_done = self.count()
@@ -114,13 +118,21 @@ class Store:
         diffs = [
             f"{k}: stored {stored.get(k)!r}, requested {wanted.get(k)!r}"
             for k in sorted(set(stored) | set(wanted))
-            if stored.get(k) != wanted.get(k)
+            if stored.get(k) != wanted.get(k) and k != "budget"
         ]
         if diffs:
             raise StoreMismatchError(
                 f"cannot resume the run in {self.url}: it was started with different settings; "
                 + "; ".join(diffs)
             )
+        budget = wanted.get("budget")
+        if budget is not None and budget != stored.get("budget"):
+            if budget < n_done:
+                raise StoreMismatchError(
+                    f"cannot resume the run in {self.url} with budget {budget}: it already holds {n_done} "
+                    f"evaluations; give a budget of at least {n_done} (stored: {stored.get('budget')})"
+                )
+            self.write_meta({**stored, "budget": budget})
 
     # ------------------------------------------------------------------------------------------ records
     def add(self, record: Mapping[str, Any]) -> int:
