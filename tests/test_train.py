@@ -270,3 +270,21 @@ def test_unknown_augmentation_is_refused(tmp_path):
     net = TinySupernet()
     with pytest.raises(ValueError, match="augment"):
         train_supernet(net, tiny_data(), epochs=1, out_dir=tmp_path, progress=False, augment="cutmix")
+
+
+def test_a_torn_checkpoint_or_weights_file_is_a_clear_error(tmp_path):
+    """A file cut short after it was written (a copy, a full disk) names itself and the fix, and is kept."""
+    data = tiny_data(64)
+    train_supernet(TinySupernet(), data, epochs=1, lr=0.1, out_dir=tmp_path, **FAST)
+    for name in (CHECKPOINT, WEIGHTS):
+        path = tmp_path / name
+        path.write_bytes(path.read_bytes()[:1000])
+    torn = (tmp_path / CHECKPOINT).read_bytes()
+    with pytest.raises(ValueError, match=rf"{CHECKPOINT} is not a readable safetensors file .*move it away"):
+        train_supernet(TinySupernet(), data, epochs=1, lr=0.1, out_dir=tmp_path, resume=True, **FAST)
+    assert (tmp_path / CHECKPOINT).read_bytes() == torn
+    with pytest.raises(
+        ValueError, match=rf"{WEIGHTS} is not a readable safetensors file .*nas train --resume"
+    ):
+        load_weights(TinySupernet(), tmp_path)
+
