@@ -288,3 +288,13 @@ def test_a_torn_checkpoint_or_weights_file_is_a_clear_error(tmp_path):
     ):
         load_weights(TinySupernet(), tmp_path)
 
+
+def test_resuming_a_finished_run_keeps_its_validation_accuracy(tmp_path):
+    data, val = tiny_data(64, seed=0), tiny_data(40, seed=1)
+    kw = {"epochs": 1, "lr": 0.1, "val_data": val, "out_dir": tmp_path, **FAST}
+    train_supernet(TinySupernet(), data, **kw)
+    before = json.loads((tmp_path / "train.json").read_text())["val_accuracy"]
+    assert set(before) == {"max", "min"}
+    # nothing left to train (a finished run, or one killed during its final validation): validated again
+    train_supernet(TinySupernet(), data, resume=True, **kw)
+    assert json.loads((tmp_path / "train.json").read_text())["val_accuracy"] == before
