@@ -953,6 +953,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: How to continue each resumable command after Ctrl-C (nas profile has no --resume: it extends its --out file).
+RESUME_HINTS = {
+    "train": "; rerun with --resume to continue",
+    "search": "; rerun with --resume to continue",
+    "profile": "; rerun the same command to measure the configs still missing (the profile is extended)",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nas`` command."""
     parser = build_parser()
@@ -972,7 +980,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nas {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"nas {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
+        print(f"nas {args.command}: interrupted{RESUME_HINTS.get(args.command, '')}", file=sys.stderr)
         return 130
 
 

@@ -135,3 +135,36 @@ def test_help_lists_every_command():
     ).stdout
     for command in ("train", "profile", "fit", "search", "report", "export"):
         assert command in out
+
+
+@pytest.mark.parametrize(
+    ("command", "hint"),
+    [
+        ("train", "rerun with --resume"),
+        ("search", "rerun with --resume"),
+        ("profile", "rerun the same command"),  # nas profile has no --resume: it extends its --out file
+        ("fit", None),
+    ],
+)
+def test_ctrl_c_names_a_way_to_continue_that_the_command_has(command, hint, monkeypatch, capsys):
+    import nas.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nas.cli, f"cmd_{command}", interrupted)
+    argv = {
+        "train": ["train", "--out", "runs/x"],
+        "search": ["search", "--space", "nb201"],
+        "profile": ["profile", "--out", "p.csv"],
+        "fit": ["fit", "p.csv", "--out", "p.json"],
+    }[command]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"nas {command}: interrupted")
+    if hint is None:
+        assert err == f"nas {command}: interrupted"
+    else:
+        assert hint in err
+        if command == "profile":
+            assert "--resume" not in err
