@@ -150,6 +150,11 @@ def _latency_function(space: Any, space_name: str, target: str) -> Callable[[Any
         import predictors
 
         pred = predictors.load(path)
+        try:
+            # Checked now: a predictor of another space would fail every evaluation, after its accuracy cost.
+            pred.check(space.features(space.max()), space)
+        except ValueError as exc:
+            raise CliError(f"target {target}: {exc}") from None
         return lambda cfg: float(np.asarray(pred.predict(space.features(cfg)[None, :])).reshape(-1)[0])
     if space_name == "nb201":
         from search_spaces import nb201

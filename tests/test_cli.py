@@ -168,3 +168,24 @@ def test_ctrl_c_names_a_way_to_continue_that_the_command_has(command, hint, monk
         assert hint in err
         if command == "profile":
             assert "--resume" not in err
+
+
+def test_a_predictor_of_another_space_is_refused_before_the_search(tmp_path):
+    """It would fail every evaluation (each after its accuracy was paid for) and then stop the search."""
+    import numpy as np
+
+    import predictors
+    from nas.cli import _latency_function
+    from search_spaces import mobilenetv3, nb201
+
+    rng = np.random.default_rng(0)
+    configs = [nb201.space.sample(rng) for _ in range(8)]
+    X = nb201.space.features_matrix(configs)
+    pred = predictors.fit(X, rng.uniform(1, 2, len(X)), kind="ridge", space="nb201")
+    pred.save(tmp_path / "nb201-cpu.json")
+    space = mobilenetv3.space()
+    with pytest.raises(
+        CliError, match=r"nb201-cpu.json: this predictor was fitted on features of space 'nb201'"
+    ):
+        _latency_function(space, space.name, str(tmp_path / "nb201-cpu.json"))
+
