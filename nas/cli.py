@@ -569,8 +569,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     constraints = [search.Constraint(*parse_constraint(c)) for c in args.constraint or []]
     url = store_url(args.store) if args.store else None
     sidecar = sidecar_path(url) if url else None
-    with _sidecar_written(sidecar, recipe, url):
-        result = _run_search(args, search, space, objectives, constraints, url)
+    try:
+        with _sidecar_written(sidecar, recipe, url):
+            result = _run_search(args, search, space, objectives, constraints, url)
+    except search.SearchFailedError as exc:  # a broken objective: its error, in one line
+        raise CliError(str(exc)) from None
     targets = result.targets or [None]
     for target in targets:
         front = result.pareto(target=target)

@@ -189,3 +189,18 @@ def test_a_predictor_of_another_space_is_refused_before_the_search(tmp_path):
     ):
         _latency_function(space, space.name, str(tmp_path / "nb201-cpu.json"))
 
+
+def test_a_search_whose_evaluations_all_fail_ends_with_one_line(tmp_path, monkeypatch, capsys):
+    from search_spaces import nb201
+
+    def broken(cfg, dataset="cifar10"):
+        raise OSError("benchmark table unreadable")
+
+    monkeypatch.setattr(nb201, "accuracy", broken)
+    db = tmp_path / "s.db"
+    argv = ["search", "--space", "nb201", "--target", "raspi4", "--algorithm", "random", "--budget", "20"]
+    assert main([*argv, "--store", str(db), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nas search: error: the first 5 evaluations all failed")
+    assert "benchmark table unreadable" in err and "\n" not in err
+    assert (tmp_path / "s.db.nas.json").is_file()  # the failed evaluations are kept with their recipe
