@@ -375,6 +375,29 @@ def test_store_records_round_trip_and_meta_checks(tmp_path):
     assert calls == [] and len(again.history) == 10
 
 
+def test_a_damaged_or_foreign_sqlite_file_is_refused_and_left_as_it_was(tmp_path):
+    with sqlite3.connect(tmp_path / "run.db") as conn:
+        conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("CREATE TABLE evaluations (key TEXT PRIMARY KEY, config TEXT)")
+        conn.executemany("INSERT INTO evaluations VALUES (?, ?)", [(str(i), "x" * 500) for i in range(100)])
+    conn.close()
+    (tmp_path / "cut.db").write_bytes((tmp_path / "run.db").read_bytes()[:8192])  # a copy cut short
+    (tmp_path / "notes.db").write_text("not a database\n")
+    with sqlite3.connect(tmp_path / "app.db") as conn:  # another program's database
+        conn.execute("CREATE TABLE people (name TEXT)")
+    conn.close()
+    cases = {"cut.db": "is not a readable SQLite database", "notes.db": "is not a readable SQLite database"}
+    cases["app.db"] = r"is a SQLite database of something else \(tables: people\)"
+    for name, message in cases.items():
+        before = (tmp_path / name).read_bytes()
+        with pytest.raises(ValueError, match=message):
+            run(SPACE, objectives(), budget=5, store=tmp_path / name, resume=True, progress=False)
+        with pytest.raises(ValueError, match=message):
+            SearchResult.load(f"sqlite:///{tmp_path / name}")
+        assert (tmp_path / name).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db", "cut.db", "notes.db", "run.db"]
+
+
 def test_postgres_url_without_driver_says_what_to_install():
     try:
         import psycopg  # noqa: F401
