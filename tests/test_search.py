@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import pickle
 import signal
@@ -314,6 +315,25 @@ def test_failed_evaluations_are_stored_and_a_broken_objective_fails_fast():
 
     with pytest.raises(RuntimeError, match=r"all failed.*labels"):
         run(SPACE, [Objective("q", broken)], budget=20, progress=False)
+
+
+def test_an_infinite_objective_value_is_a_failed_evaluation(tmp_path):
+    """The store keeps no infinities: inf read back as NaN in an "ok" row, so a reloaded run disagreed."""
+
+    def quality_or_inf(c):
+        return math.inf if c["w"] == 2 else quality(c)
+
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+    objs = [Objective("quality", quality_or_inf, "max"), Objective("cost", cost)]
+    result = run(SPACE, objs, algorithm="random", budget=20, seed=0, store=url, progress=False)
+    h = result.history
+    assert (h["status"] == "failed").eq(h["config"].str.contains(r'"w":2[,}]')).all() and (
+        h["status"] == "failed"
+    ).any()
+    assert h.loc[h["status"] == "failed", "error"].str.contains("returned inf").all()
+    assert h.loc[h["status"] == "ok", "quality"].notna().all()
+    loaded = SearchResult.load(url).history
+    assert loaded["status"].tolist() == h["status"].tolist()
 
 
 def test_lazy_function_builds_once_and_pickles_without_its_state():
