@@ -670,7 +670,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     import search_spaces
-    from nas.export import export, read_manifest
+    from nas.export import ExportError, export, read_manifest
     from nas.search import SearchResult
 
     url = store_url(args.store)
@@ -695,7 +695,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     net = search_spaces.load_trained(supernet_dir)
     formats = tuple(args.format)
     int8_data = _int8_calibration(supernet_dir, cfg) if "onnx-int8" in formats else {}
-    out = export(net, cfg, args.out, formats=formats, **int8_data)
+    try:
+        out = export(net, cfg, args.out, formats=formats, **int8_data)
+    except ExportError as exc:  # a RuntimeError, so not among main()'s one-line errors
+        raise CliError(str(exc)) from None
     shown = f", {lat_col}={best[lat_col]:.3f} ms" if lat_col else ""
     print(f"exported {cfg.key} (accuracy={best['accuracy']:.2f}{shown}) to {out}")
     if "onnx-int8" in formats:
