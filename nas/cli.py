@@ -175,6 +175,11 @@ def _latency_function(space: Any, space_name: str, target: str) -> Callable[[Any
         import predictors
 
         pred = predictors.load(path)
+        try:
+            # Checked now: a predictor of another space would fail every evaluation, after its accuracy cost.
+            pred.check(space.features(space.max()), space)
+        except ValueError as exc:
+            raise CliError(f"target {target}: {exc}") from None
         return lambda cfg: float(np.asarray(pred.predict(space.features(cfg)[None, :])).reshape(-1)[0])
     if space_name == "nb201":
         from search_spaces import nb201
@@ -644,8 +649,11 @@ def cmd_search(args: argparse.Namespace) -> int:
             )
     url = store_url(args.store) if args.store else None
     sidecar = sidecar_path(url) if url else None
-    with _sidecar_written(sidecar, recipe, url):
-        result = _run_search(args, search, space, objectives, constraints, url)
+    try:
+        with _sidecar_written(sidecar, recipe, url):
+            result = _run_search(args, search, space, objectives, constraints, url)
+    except search.SearchFailedError as exc:  # a broken objective: its error, in one line
+        raise CliError(str(exc)) from None
     targets = result.targets or [None]
     for target in targets:
         front = result.pareto(target=target)
@@ -1068,6 +1076,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: How to continue each resumable command after Ctrl-C (nas profile has no --resume: it extends its --out file).
+RESUME_HINTS = {
+    "train": "; rerun with --resume to continue",
+    "search": "; rerun with --resume to continue",
+    "profile": "; rerun the same command to measure the configs still missing (the profile is extended)",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nas`` command."""
     parser = build_parser()
@@ -1098,7 +1114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nas {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"nas {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
+        print(f"nas {args.command}: interrupted{RESUME_HINTS.get(args.command, '')}", file=sys.stderr)
         return 130
 
 

@@ -593,7 +593,10 @@ def export(
         raise ValueError(f"export: unknown format(s) {unknown}; choose from {list(FORMATS)}")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).exists())):
-        raise ExportError(f"export: {out} exists and is not a previous export; refusing to replace it")
+        raise ExportError(
+            f"export: {out} exists and is not a previous export; refusing to replace it (choose a new or empty "
+            "output directory)"
+        )
     if out.exists() and not overwrite:
         raise ExportError(f"export: {out} exists; pass overwrite=True to replace it")
     canonical = net.space.canonical(cfg)

@@ -193,6 +193,13 @@ class Choice:
             if any(_same_value(v, w) for w in values[:i]):
                 raise InvalidConfigError(f"{self.name!r}: value {v!r} is listed twice in {values!r}")
         object.__setattr__(self, "values", values)
+        for k, v in dict(self.when).items():
+            # A bare value would be iterated: "relu" as ("r", "e", "l", "u"), 2 as a TypeError.
+            if isinstance(v, str | bytes) or not isinstance(v, Iterable):
+                raise InvalidConfigError(
+                    f"{self.name!r}: when={{{k!r}: {v!r}}} must list the allowed values of {k!r}, "
+                    f"e.g. when={{{k!r}: ({v!r},)}}"
+                )
         when = {str(k): tuple(_check_scalar(k, x) for x in v) for k, v in dict(self.when).items()}
         object.__setattr__(self, "when", when)
         canonical = values[0] if self.canonical is None else _check_scalar(self.name, self.canonical)

@@ -218,3 +218,72 @@ def test_a_constraint_on_no_objective_names_the_ones_there_are(tmp_path, capsys)
     assert "--constraint latency<=5 names no objective" in err and "latency@raspi4" in err
     assert "fn=" not in err  # Python advice has no place in the shell
     assert not db.exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "hint"),
+    [
+        ("train", "rerun with --resume"),
+        ("search", "rerun with --resume"),
+        ("profile", "rerun the same command"),  # nas profile has no --resume: it extends its --out file
+        ("fit", None),
+    ],
+)
+def test_ctrl_c_names_a_way_to_continue_that_the_command_has(command, hint, monkeypatch, capsys):
+    import nas.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nas.cli, f"cmd_{command}", interrupted)
+    argv = {
+        "train": ["train", "--out", "runs/x"],
+        "search": ["search", "--space", "nb201"],
+        "profile": ["profile", "--out", "p.csv"],
+        "fit": ["fit", "p.csv", "--out", "p.json"],
+    }[command]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"nas {command}: interrupted")
+    if hint is None:
+        assert err == f"nas {command}: interrupted"
+    else:
+        assert hint in err
+        if command == "profile":
+            assert "--resume" not in err
+
+
+def test_a_predictor_of_another_space_is_refused_before_the_search(tmp_path):
+    """It would fail every evaluation (each after its accuracy was paid for) and then stop the search."""
+    import numpy as np
+
+    import predictors
+    from nas.cli import _latency_function
+    from search_spaces import mobilenetv3, nb201
+
+    rng = np.random.default_rng(0)
+    configs = [nb201.space.sample(rng) for _ in range(8)]
+    X = nb201.space.features_matrix(configs)
+    pred = predictors.fit(X, rng.uniform(1, 2, len(X)), kind="ridge", space="nb201")
+    pred.save(tmp_path / "nb201-cpu.json")
+    space = mobilenetv3.space()
+    with pytest.raises(
+        CliError, match=r"nb201-cpu.json: this predictor was fitted on features of space 'nb201'"
+    ):
+        _latency_function(space, space.name, str(tmp_path / "nb201-cpu.json"))
+
+
+def test_a_search_whose_evaluations_all_fail_ends_with_one_line(tmp_path, monkeypatch, capsys):
+    from search_spaces import nb201
+
+    def broken(cfg, dataset="cifar10"):
+        raise OSError("benchmark table unreadable")
+
+    monkeypatch.setattr(nb201, "accuracy", broken)
+    db = tmp_path / "s.db"
+    argv = ["search", "--space", "nb201", "--target", "raspi4", "--algorithm", "random", "--budget", "20"]
+    assert main([*argv, "--store", str(db), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nas search: error: the first 5 evaluations all failed")
+    assert "benchmark table unreadable" in err and "\n" not in err
+    assert (tmp_path / "s.db.nas.json").is_file()  # the failed evaluations are kept with their recipe

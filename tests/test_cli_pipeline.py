@@ -89,6 +89,11 @@ def test_profile_fit_search_export(run_dir, tmp_path, capsys):
     assert main(["export", str(db), "--format", "safetensors", "--out", str(occupied)]) == 2
     assert "is not a previous export; refusing to replace it" in capsys.readouterr().err
     assert [p.name for p in occupied.iterdir()] == ["todo.txt"]
+    # a directory that is not an earlier export (here the supernet's run) is refused in one line, untouched
+    before = sorted(p.name for p in run_dir.iterdir())
+    assert main(["export", str(db), "--format", "safetensors", "--out", str(run_dir)]) == 2
+    assert "is not a previous export; refusing to replace it" in capsys.readouterr().err
+    assert sorted(p.name for p in run_dir.iterdir()) == before
 
 
 def test_profile_int8_onnxruntime_and_measurement_settings(run_dir, tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import pickle
 import signal
@@ -316,6 +317,25 @@ def test_failed_evaluations_are_stored_and_a_broken_objective_fails_fast():
         run(SPACE, [Objective("q", broken)], budget=20, progress=False)
 
 
+def test_an_infinite_objective_value_is_a_failed_evaluation(tmp_path):
+    """The store keeps no infinities: inf read back as NaN in an "ok" row, so a reloaded run disagreed."""
+
+    def quality_or_inf(c):
+        return math.inf if c["w"] == 2 else quality(c)
+
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+    objs = [Objective("quality", quality_or_inf, "max"), Objective("cost", cost)]
+    result = run(SPACE, objs, algorithm="random", budget=20, seed=0, store=url, progress=False)
+    h = result.history
+    assert (h["status"] == "failed").eq(h["config"].str.contains(r'"w":2[,}]')).all() and (
+        h["status"] == "failed"
+    ).any()
+    assert h.loc[h["status"] == "failed", "error"].str.contains("returned inf").all()
+    assert h.loc[h["status"] == "ok", "quality"].notna().all()
+    loaded = SearchResult.load(url).history
+    assert loaded["status"].tolist() == h["status"].tolist()
+
+
 def test_lazy_function_builds_once_and_pickles_without_its_state():
     built = []
 
@@ -406,11 +426,34 @@ def test_a_larger_budget_extends_a_finished_run(tmp_path, algorithm):
 def test_a_file_that_is_not_a_store_is_named_and_left_alone(tmp_path):
     profile = tmp_path / "cpu.csv"
     profile.write_text("config_json,key,latency_ms\n")
-    with pytest.raises(ValueError, match=r"cpu\.csv' is not a SQLite database"):
+    with pytest.raises(ValueError, match=r"cpu\.csv' is not a readable SQLite database"):
         open_store(str(profile))  # nas search --store (creates a store where none is)
-    with pytest.raises(ValueError, match="is not a SQLite database"):
+    with pytest.raises(ValueError, match="is not a readable SQLite database"):
         SearchResult.load(f"sqlite:///{profile}")  # nas report / nas export
     assert profile.read_text() == "config_json,key,latency_ms\n"
+
+
+def test_a_damaged_or_foreign_sqlite_file_is_refused_and_left_as_it_was(tmp_path):
+    with sqlite3.connect(tmp_path / "run.db") as conn:
+        conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("CREATE TABLE evaluations (key TEXT PRIMARY KEY, config TEXT)")
+        conn.executemany("INSERT INTO evaluations VALUES (?, ?)", [(str(i), "x" * 500) for i in range(100)])
+    conn.close()
+    (tmp_path / "cut.db").write_bytes((tmp_path / "run.db").read_bytes()[:8192])  # a copy cut short
+    (tmp_path / "notes.db").write_text("not a database\n")
+    with sqlite3.connect(tmp_path / "app.db") as conn:  # another program's database
+        conn.execute("CREATE TABLE people (name TEXT)")
+    conn.close()
+    cases = {"cut.db": "is not a readable SQLite database", "notes.db": "is not a readable SQLite database"}
+    cases["app.db"] = r"is a SQLite database of something else \(tables: people\)"
+    for name, message in cases.items():
+        before = (tmp_path / name).read_bytes()
+        with pytest.raises(ValueError, match=message):
+            run(SPACE, objectives(), budget=5, store=tmp_path / name, resume=True, progress=False)
+        with pytest.raises(ValueError, match=message):
+            SearchResult.load(f"sqlite:///{tmp_path / name}")
+        assert (tmp_path / name).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db", "cut.db", "notes.db", "run.db"]
 
 
 def test_postgres_url_without_driver_says_what_to_install():

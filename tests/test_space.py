@@ -210,6 +210,14 @@ def test_bad_space_definitions_are_rejected():
         Choice("x", ([1, 2],))
 
 
+def test_a_condition_on_a_single_value_must_still_list_it():
+    # when={"act": "relu"} was read as the values ("r", "e", "l", "u") and when={"depth": 2} as a TypeError
+    for value in ("relu", 2):
+        with pytest.raises(InvalidConfigError, match=rf"must list the allowed values.*\({value!r},\)"):
+            Choice("k", (3, 5), when={"act": value})
+    assert Choice("k", (3, 5), when={"act": ["relu"]}).when == {"act": ("relu",)}
+
+
 def test_samples_unique_and_too_many():
     tiny = SearchSpace("tiny", [Choice("a", (1, 2)), Choice("b", ("x", "y"))])
     got = tiny.samples(4, seed=0, unique=True)

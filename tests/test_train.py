@@ -270,3 +270,31 @@ def test_unknown_augmentation_is_refused(tmp_path):
     net = TinySupernet()
     with pytest.raises(ValueError, match="augment"):
         train_supernet(net, tiny_data(), epochs=1, out_dir=tmp_path, progress=False, augment="cutmix")
+
+
+def test_a_torn_checkpoint_or_weights_file_is_a_clear_error(tmp_path):
+    """A file cut short after it was written (a copy, a full disk) names itself and the fix, and is kept."""
+    data = tiny_data(64)
+    train_supernet(TinySupernet(), data, epochs=1, lr=0.1, out_dir=tmp_path, **FAST)
+    for name in (CHECKPOINT, WEIGHTS):
+        path = tmp_path / name
+        path.write_bytes(path.read_bytes()[:1000])
+    torn = (tmp_path / CHECKPOINT).read_bytes()
+    with pytest.raises(ValueError, match=rf"{CHECKPOINT} is not a readable safetensors file .*move it away"):
+        train_supernet(TinySupernet(), data, epochs=1, lr=0.1, out_dir=tmp_path, resume=True, **FAST)
+    assert (tmp_path / CHECKPOINT).read_bytes() == torn
+    with pytest.raises(
+        ValueError, match=rf"{WEIGHTS} is not a readable safetensors file .*nas train --resume"
+    ):
+        load_weights(TinySupernet(), tmp_path)
+
+
+def test_resuming_a_finished_run_keeps_its_validation_accuracy(tmp_path):
+    data, val = tiny_data(64, seed=0), tiny_data(40, seed=1)
+    kw = {"epochs": 1, "lr": 0.1, "val_data": val, "out_dir": tmp_path, **FAST}
+    train_supernet(TinySupernet(), data, **kw)
+    before = json.loads((tmp_path / "train.json").read_text())["val_accuracy"]
+    assert set(before) == {"max", "min"}
+    # nothing left to train (a finished run, or one killed during its final validation): validated again
+    train_supernet(TinySupernet(), data, resume=True, **kw)
+    assert json.loads((tmp_path / "train.json").read_text())["val_accuracy"] == before

@@ -23,13 +23,14 @@ from nas.search.objectives import (
     params,
 )
 from nas.search.result import SearchResult
-from nas.search.runner import evaluate_config, run
+from nas.search.runner import SearchFailedError, evaluate_config, run
 from nas.search.store import Store, StoreMismatchError, open_store
 
 __all__ = [
     "Constraint",
     "LazyFunction",
     "Objective",
+    "SearchFailedError",
     "SearchResult",
     "Store",
     "StoreMismatchError",

@@ -132,8 +132,10 @@ class Objective:
             value = float(value)
         except (TypeError, ValueError):
             raise TypeError(f"objective {self.name!r} returned {value!r}; it must return a number") from None
-        if math.isnan(value):
-            raise ValueError(f"objective {self.name!r} returned NaN for config {cfg.to_json()}")
+        if not math.isfinite(value):
+            # Stores keep no infinities (SQL has none): an infinite value would read back as NaN, so a resumed
+            # or reloaded run would see an "ok" evaluation without a value. Such a config counts as failed.
+            raise ValueError(f"objective {self.name!r} returned {value} for config {cfg.to_json()}")
         return value
 
     def describe(self) -> dict[str, Any]:

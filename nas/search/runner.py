@@ -42,7 +42,7 @@ from nas.search.searchers.base import Problem, Searcher, get
 from nas.search.store import Store, open_store
 from nas.space import Config, SearchSpace
 
-__all__ = ["evaluate_config", "run"]
+__all__ = ["SearchFailedError", "evaluate_config", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,11 @@ log = logging.getLogger(__name__)
 _MAX_STALLED_ASKS = 30
 #: a run whose first evaluations all fail stops, instead of spending the budget on a broken objective
 _FAIL_FAST_AFTER = 5
+
+
+class SearchFailedError(RuntimeError):
+    """The run's first evaluations all failed: an objective is broken (wrong data, a predictor of another space),
+    so the search stops instead of spending its budget; the failed evaluations stay in the store."""
 
 
 def evaluate_config(
@@ -226,7 +231,7 @@ class Engine:
         else:
             self.n_failed_streak += 1
             if self.n_ok == 0 and self.n_failed_streak >= _FAIL_FAST_AFTER:
-                raise RuntimeError(
+                raise SearchFailedError(
                     f"the first {self.n_failed_streak} evaluations all failed; last error: {record['error']}"
                 )
         if self.progress is not None:

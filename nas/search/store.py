@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -216,6 +217,35 @@ class Store:
         return f"Store({self.url!r})"
 
 
+def _check_sqlite_file(path: Path, url: str) -> None:
+    """Refuse an existing file that is not a readable SQLite store, before anything writes to it.
+
+    Opened read-only, so the file stays as it was: a damaged database or another kind of file would otherwise
+    end in a ``sqlite3.DatabaseError`` traceback, and another program's database would silently get the store's
+    tables added to it.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.OperationalError:
+        return  # locked, unreadable directory, ...: connecting for real reports it
+    except sqlite3.DatabaseError as exc:
+        check = str(exc)
+    if check != "ok":
+        raise ValueError(
+            f"store {url}: {str(path)!r} is not a readable SQLite database ({check}); it is damaged or another "
+            "kind of file: restore it from a copy, or use a new store path"
+        )
+    if tables and not tables & {"meta", "evaluations"}:
+        raise ValueError(
+            f"store {url}: {str(path)!r} is a SQLite database of something else (tables: "
+            f"{', '.join(sorted(tables))}); use a new store path"
+        )
+
+
 def _sqlite(path: str, url: str, create: bool = True) -> Store:
     if path != ":memory:":
         if not create and not Path(path).expanduser().is_file():
@@ -224,6 +254,7 @@ def _sqlite(path: str, url: str, create: bool = True) -> Store:
                 f"store {url}: no such file {path!r}; check the path (a search writes it)"
             )
         Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        _check_sqlite_file(Path(path).expanduser(), url)
 
     def connect() -> sqlite3.Connection:
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) so writes wait for the lock.

@@ -72,16 +72,30 @@ def save_checkpoint(
     _atomic_save(tensors, Path(path), meta)
 
 
+def _read_safetensors(path: Path, fix: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file.
+
+    Files are written atomically, so a torn or foreign file was damaged afterwards (a copy cut short, a full
+    disk, another program): the reader's ``SafetensorError`` would end a command with a traceback, so it becomes
+    a ``ValueError`` naming the file and ``fix``.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except SafetensorError as exc:
+        raise ValueError(f"{path} is not a readable safetensors file ({exc}); {fix}") from None
+    return tensors, meta
+
+
 def load_checkpoint(path: str | Path, net: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore a checkpoint written by :func:`save_checkpoint` in place; returns its JSON state."""
-    from safetensors import safe_open
-
     path = Path(path)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if _STATE_KEY not in meta:
-            raise ValueError(f"{path} is not a nas training checkpoint (no {_STATE_KEY!r} metadata)")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    tensors, meta = _read_safetensors(path, "restore it from a copy, or move it away to train from the start")
+    if _STATE_KEY not in meta:
+        raise ValueError(f"{path} is not a nas training checkpoint (no {_STATE_KEY!r} metadata)")
     state = json.loads(meta[_STATE_KEY])
     _load_model(net, {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     opt_json = state.pop("optimizer")
@@ -139,8 +153,6 @@ def load_weights(net: nn.Module, run_dir: str | Path) -> nn.Module:
         >>> bool(torch.equal(a.classifier[1].weight, b.classifier[1].weight))
         True
     """
-    from safetensors.torch import load_file
-
     path = Path(run_dir)
     if path.is_dir():
         path = path / WEIGHTS
@@ -149,5 +161,10 @@ def load_weights(net: nn.Module, run_dir: str | Path) -> nn.Module:
         if (path.parent / CHECKPOINT).is_file():
             hint = f"; training has not finished there (a {CHECKPOINT} exists: resume it with resume=True)"
         raise FileNotFoundError(f"{path} not found: no trained supernet weights in {run_dir}{hint}")
-    _load_model(net, load_file(str(path)), path)
+    fix = "restore it from a copy"
+    if (path.parent / CHECKPOINT).is_file():
+        fix += (
+            f", or rewrite it from the run's {CHECKPOINT} by resuming the training run (nas train --resume)"
+        )
+    _load_model(net, _read_safetensors(path, fix)[0], path)
     return net

@@ -292,6 +292,10 @@ def _run(
                 bar.message(record)
     finally:
         bar.close()
+    if val is not None and is_main and not history:
+        # Resumed after the last epoch ended (a finished run, or one killed during its final validation): no
+        # epoch ended in this session, so validate now rather than write an empty val_accuracy over train.json.
+        val_acc = _validate(net, strategy, val, x)
     seconds = time.perf_counter() - started
     if is_main:
         if cfg.channels_last:
