@@ -404,11 +404,33 @@ class SearchSpace:
         return Config((d.name, d.values[d.index(cfg[d.name])]) for d in self.dims)
 
     def canonical(self, cfg: Mapping[str, Any]) -> Config:
-        """Validate ``cfg`` and set every inactive dimension to its canonical value."""
-        values = dict(self.validate(cfg))
-        for d in self.dims:  # parents precede children, so one pass sees final parent values
-            if d.when and not d.is_active(values):
+        """Validate ``cfg`` and set every inactive dimension to its canonical value.
+
+        An inactive dimension may be left out (``{"depth": 2}`` where ``block3.kernel`` only matters at depth 3);
+        every active one must be given. Raises :class:`InvalidConfigError` naming unknown keys, bad values and
+        missing active dimensions.
+
+        Example:
+            >>> s = SearchSpace("toy", [Choice("depth", (2, 3)), Choice("k3", (3, 5), when={"depth": (3,)})])
+            >>> s.canonical({"depth": 2})
+            Config({'depth': 2, 'k3': 3})
+        """
+        if not isinstance(cfg, Mapping):
+            return self.validate(cfg)  # raises, naming the type
+        unknown = [k for k in cfg if k not in self._by_name]
+        if unknown:
+            raise InvalidConfigError(self._unknown_message(unknown[0]) + f" (unknown keys: {unknown[:5]})")
+        values: dict[str, Value] = {}
+        missing: list[str] = []
+        for d in self.dims:  # parents precede children, so each condition sees its parents' final values
+            if d.when and not missing and not d.is_active(values):
                 values[d.name] = d.canonical
+            elif d.name in cfg:
+                values[d.name] = d.values[d.index(cfg[d.name])]  # InvalidConfigError names a bad value
+            else:
+                missing.append(d.name)
+        if missing:
+            return self.validate(cfg)  # raises, naming the missing dimensions
         return Config(values)
 
     def is_active(self, cfg: Mapping[str, Value], name: str) -> bool:

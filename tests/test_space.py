@@ -235,3 +235,22 @@ def test_optuna_distributions_cover_every_dimension():
 def test_space_prints_its_dimensions():
     text = repr(SPACE)
     assert "stage1.block0.kernel" in text and "size=" in text
+
+
+def test_canonical_fills_inactive_dimensions_that_are_left_out():
+    s = stage_space("s")
+    short = {
+        "s.depth": 2,
+        **{f"s.block{b}.{k}": 5 if k == "kernel" else 4 for b in (0, 1) for k in ("kernel", "expand")},
+    }
+    cfg = s.canonical(short)
+    assert cfg["s.block3.kernel"] == 3 and cfg["s.block2.expand"] == 3  # inactive: their canonical values
+    assert cfg == s.canonical(
+        {**short, "s.block2.kernel": 7, "s.block3.expand": 6}
+    )  # given ones are reset too
+    with pytest.raises(InvalidConfigError, match="lacks"):
+        s.canonical({**short, "s.depth": 3})  # block2 is active at depth 3 and must be given
+    with pytest.raises(InvalidConfigError, match=r"s\.depth"):
+        s.canonical({**short, "s.depth": 9})  # a bad parent value is named, not a missing child
+    with pytest.raises(InvalidConfigError, match="unknown"):
+        s.canonical({**short, "s.nope": 1})
