@@ -117,6 +117,29 @@ def test_attentive_sampling_draws_candidates_and_trains_the_worst():
     assert _worst_candidate(("good", "fair"), x, y, teacher, forward, loss_of) == "fair"
 
 
+def _log_records(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(s).items() if k not in ("time", "seconds")} for s in lines]
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    """Steps logged after the last checkpoint of a killed run are trained again; the log keeps them once."""
+    data, val = tiny_data(256, seed=0), tiny_data(60, seed=1)
+    kw = {"strategy": "progressive", "epochs": 3, "lr": 0.1, **FAST}
+    torch.manual_seed(0)
+    ref = TinySupernet()
+    init = _weights(ref)
+    train_supernet(ref, data, val_data=val, out_dir=tmp_path / "ref", **kw)
+    net = TinySupernet()
+    net.load_state_dict(init)
+    with pytest.raises(RuntimeError, match="injected failure"):  # step 10 logged, last checkpoint at 9
+        train_supernet(net, data, val_data=val, out_dir=tmp_path / "run", _fail_at_step=11, **kw)
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 11, "epo')  # a line cut short by the kill
+    train_supernet(TinySupernet(), data, val_data=val, out_dir=tmp_path / "run", resume=True, **kw)
+    assert _log_records(tmp_path / "run") == _log_records(tmp_path / "ref")
+
+
 def test_attentive_run_resumes_to_identical_weights(tmp_path):
     data = tiny_data(256, seed=0)
     kw = {"strategy": "sandwich", "epochs": 2, "lr": 0.1, "strategy_options": {"attentive": 2}, **FAST}

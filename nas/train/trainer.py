@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from nas import atomic
 from nas.supernet import Supernet, resize_to
 from nas.train.checkpoint import (
     CHECKPOINT,
@@ -236,6 +237,9 @@ def _run(
         # A run that starts from step 0 (new, overwritten, or killed before its first checkpoint) starts its log too.
         (out / METRICS).unlink(missing_ok=True)
     log = _Log(out / METRICS if is_main else None)
+    if step > 0:
+        # Steps logged after the checkpoint we resume from are trained (and logged) again.
+        log.drop_after(step)
     bar = _Bar(total, step, enabled=progress and is_main, title=f"{cfg.strategy} supernet")
 
     def checkpoint(epoch: int) -> None:
@@ -415,6 +419,28 @@ class _Log:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+    def drop_after(self, step: int) -> None:
+        """Forget the records of steps after ``step`` (and a line cut short by a kill), atomically.
+
+        A run killed between checkpoints logged steps that its resumed session trains again; without this they
+        would appear twice in the log.
+        """
+        if self.path is None or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the last line of a killed run may be half-written
+            if not isinstance(record, dict):
+                continue
+            at = int(record.get("step", 0))
+            # a phase event at the resumed step is logged again: the resumed session starts that step
+            if at < step or (at == step and "event" not in record):
+                kept.append(line + "\n")
+        atomic.write_text(self.path, "".join(kept))
 
 
 class _Bar:
