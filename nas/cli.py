@@ -190,7 +190,10 @@ def _latency_function(space: Any, space_name: str, target: str) -> Callable[[Any
     if path.name.endswith((".csv", ".csv.gz")) and path.is_file():
         from nas.hw.profiles import Profile
 
-        return _profile_predictor(Profile.load(path), space)
+        try:
+            return _profile_predictor(Profile.load(path), space)
+        except ValueError as exc:  # e.g. an empty profile: say which target it was
+            raise CliError(f"target {target}: {exc}") from None
     if target in hw_profiles.available():
         return _profile_predictor(hw_profiles.load(target), space)
     raise CliError(

@@ -287,3 +287,27 @@ def test_a_search_whose_evaluations_all_fail_ends_with_one_line(tmp_path, monkey
     assert err.startswith("nas search: error: the first 5 evaluations all failed")
     assert "benchmark table unreadable" in err and "\n" not in err
     assert (tmp_path / "s.db.nas.json").is_file()  # the failed evaluations are kept with their recipe
+
+
+def test_an_empty_profile_target_is_named(tmp_path, capsys):
+    from nas.hw.profiles import Profile
+
+    empty = tmp_path / "empty.csv"
+    Profile("nb201", [], []).save(empty)
+    db = tmp_path / "s.db"
+    argv = [
+        "search",
+        "--space",
+        "nb201",
+        "--target",
+        str(empty),
+        "--budget",
+        "3",
+        "--store",
+        str(db),
+        "--quiet",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"target {empty}: " in err and "need at least 2 samples" in err
+    assert not db.exists()

@@ -119,8 +119,9 @@ class Profile:
         if bad.size:
             i = int(bad[0])
             raise ValueError(
-                f"latency_ms must be finite and > 0; row {i} ({self._configs[i].to_json()}) has "
-                f"{self.latency_ms[i]!r} ({bad.size} bad rows). Drop unmeasured configs instead of storing them."
+                # the config's key, not its JSON: a mobilenetv3 config runs to 2,000 characters on one line
+                f"latency_ms must be finite and > 0; row {i} (config key {self._configs[i].key}) has "
+                f"{float(self.latency_ms[i])} ({bad.size} bad rows). Drop unmeasured configs instead of storing them."
             )
         self.latency_iqr_ms = _as_column(latency_iqr_ms, n, "latency_iqr_ms")
         self.latency_cv = _as_column(latency_cv, n, "latency_cv")
