@@ -282,6 +282,16 @@ def test_several_targets_share_accuracy_and_give_one_front_each():
         result.pareto(target="c")
 
 
+def test_a_misspelt_front_objective_is_named_not_a_key_error():
+    result = run(SPACE, objectives(), algorithm="random", budget=6, progress=False)
+    with pytest.raises(ValueError, match=r"unknown objective\(s\) \['cost@A'\]; objectives are"):
+        result.pareto(objectives=["quality", "cost@A"])
+    with pytest.raises(ValueError, match=r"unknown objective\(s\) \['cost'\]"):
+        result.hypervolume({"quality": 0.0, "cost": 10.0}, objectives=["quality", "cost"])
+    # One name is one objective, not its letters.
+    assert set(result.pareto(objectives="quality")["quality"]) == {result.history["quality"].max()}
+
+
 # ----------------------------------------------------------------------------------------- objectives
 def test_objective_and_constraint_validation():
     with pytest.raises(ValueError, match="direction"):
