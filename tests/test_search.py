@@ -307,6 +307,17 @@ def test_objective_and_constraint_validation():
         latency("cpu")
 
 
+def test_latency_refuses_a_predictor_fitted_on_another_space():
+    import predictors
+
+    X = np.vstack([SPACE.features(c) for c in SPACE.samples(20, seed=0)])
+    pred = predictors.fit(X, X.sum(1) + 1.0, kind="ridge", space=SPACE, feature_names=SPACE.feature_names)
+    assert latency("cpu", pred, space=SPACE)(SPACE.max()) > 0
+    other = SPACE.renamed("other")  # as many features: predict(X) alone would not notice
+    with pytest.raises(ValueError, match=r"latency\('cpu'\): this predictor was fitted on features of space"):
+        latency("cpu", pred, space=other)
+
+
 def test_failed_evaluations_are_stored_and_a_broken_objective_fails_fast():
     def flaky(c):
         if c["w"] == 5:
