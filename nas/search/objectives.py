@@ -269,7 +269,11 @@ def accuracy(supernet: Any, data: Any, name: str = "accuracy", **evaluate_kwargs
     get their own copy of the supernet (evaluating a subnet changes the model's state).
 
     Example:
-        >>> obj = accuracy(lambda: load_supernet("runs/sn"), lambda: load_data("mnist"))  # doctest: +SKIP
+        >>> import search_spaces
+        >>> from nas import data
+        >>> obj = accuracy(lambda: search_spaces.load_trained("runs/sn"), lambda: data.mnist("test"))
+        >>> obj.name, obj.direction, obj.expensive
+        ('accuracy', 'max', True)
     """
 
     def build() -> Callable[[Config], float]:
