@@ -50,8 +50,8 @@ CALIB_BATCHES = 8
 CALIB_BATCH_SIZE = 256
 
 
-def _tensors(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images, labels) of a TensorDataset or an ``(x, y)`` pair."""
+def _tensors(data: Any, what: str, labels: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of a TensorDataset or an ``(x, y)`` pair; ``labels=False``: only the images are used."""
     if isinstance(data, TensorDataset):
         x, y = data.tensors[0], data.tensors[1]
     elif isinstance(data, tuple | list) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
@@ -61,14 +61,51 @@ def _tensors(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.stack([torch.as_tensor(a) for a, _ in items])
         y = torch.as_tensor([int(b) for _, b in items])
     else:
-        raise TypeError(
-            f"{what}: expected a TensorDataset or an (images, labels) pair, got {type(data).__name__}"
-        )
+        raise TypeError(f"{what}: expected a TensorDataset or an (images, labels) pair, got {_kind_of(data)}")
+    if not labels:
+        return check_images_and_labels(x, torch.zeros(len(x), dtype=torch.long), what)  # a (N, C, H, W) check
+    return check_images_and_labels(x, y, what)
+
+
+def _kind_of(data: Any) -> str:
+    """What ``data`` is, for an error message: for a pair, also the types inside it and how to convert them."""
+    if isinstance(data, tuple | list) and len(data) == 2:
+        inner = ", ".join(type(t).__name__ for t in data)
+        return f"a {type(data).__name__} of ({inner}); convert them with torch.as_tensor"
+    return type(data).__name__
+
+
+def check_images_and_labels(x: torch.Tensor, y: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float images ``(N, C, H, W)`` and N integer class labels (as ``int64``), or a ``ValueError`` naming what
+    is wrong.
+
+    Why: uint8 images, one-hot or float labels otherwise fail deep inside a convolution or the loss, with
+    torch's message about dtypes and sizes instead of one about the data.
+
+    Example:
+        >>> x, y = check_images_and_labels(torch.zeros(2, 1, 4, 4), torch.tensor([1, 0], dtype=torch.int32), "data")
+        >>> y.dtype
+        torch.int64
+    """
     if x.dim() != 4 or len(x) != len(y):
         raise ValueError(
             f"{what}: expected images (N, C, H, W) and N labels, got {tuple(x.shape)} / {len(y)}"
         )
-    return x, y
+    if not x.is_floating_point():
+        raise ValueError(
+            f"{what}: images are {x.dtype}; pass float images normalised as for training (e.g. "
+            "(x.float() / 255 - mean) / std per channel, as nas.data.npz does)"
+        )
+    if y.dim() != 1:
+        raise ValueError(
+            f"{what}: labels must be class indices of shape (N,), got shape {tuple(y.shape)}"
+            + (" (one-hot? use y.argmax(1))" if y.dim() == 2 else "")
+        )
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"{what}: labels are {y.dtype}; class indices must be integers (e.g. y.long())")
+    if len(y) and int(y.min()) < 0:
+        raise ValueError(f"{what}: labels must be class indices >= 0, found {int(y.min())}")
+    return x, y.long()
 
 
 def _bn_layers(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -194,7 +231,7 @@ def evaluate_subnet(
         x, y = x[:max_examples], y[:max_examples]
     if len(x) == 0:
         raise ValueError("data: no examples to evaluate")
-    calib_x = _tensors(calib_data, "calib_data")[0] if calib_data is not None else x
+    calib_x = _tensors(calib_data, "calib_data", labels=False)[0] if calib_data is not None else x
     previous = getattr(net, "active_config", None)
     with bn_calibration(net), channels_last_on_cpu(net):
         active = net.activate(cfg) if hasattr(net, "activate") else cfg

@@ -190,11 +190,44 @@ _leaf(
         "bias": m.bias is not None,
     },
 )
+
+
+def _size_arg(value: Any) -> Any:
+    """A pooling size as JSON: an int (or None) stays, a tuple becomes a list."""
+    return list(value) if isinstance(value, tuple | list) else value
+
+
+def _pool(name: str, cls: type[nn.Module], fields: tuple[str, ...]) -> None:
+    """Parameter-free pooling that a user's ``extract`` may use (``trace_layer_specs`` costs it already)."""
+    sizes = ("output_size", "kernel_size", "stride", "padding", "dilation")
+
+    def args(m: nn.Module) -> dict[str, Any]:
+        if getattr(m, "return_indices", False):
+            raise ValueError(f"describe: {name} with return_indices=True is not supported")
+        return {f: _size_arg(getattr(m, f)) if f in sizes else getattr(m, f) for f in fields}
+
+    def make(a: dict[str, Any], _children: list[tuple[str, nn.Module]]) -> nn.Module:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in a.items()})
+
+    register(Codec(name, cls, args, make))
+
+
+_pool("AdaptiveAvgPool2d", nn.AdaptiveAvgPool2d, ("output_size",))
+_pool("MaxPool2d", nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode"))
+_pool(
+    "AvgPool2d",
+    nn.AvgPool2d,
+    ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+)
 _leaf("ReLU", nn.ReLU, lambda m: {})
 _leaf("ReLU6", nn.ReLU6, lambda m: {})
 _leaf("Hardswish", nn.Hardswish, lambda m: {})
 _leaf("Hardsigmoid", nn.Hardsigmoid, lambda m: {})
 _leaf("GELU", nn.GELU, lambda m: {"approximate": m.approximate})
+# The activations a latency lookup table can time (nas.hw.lut) besides those above.
+_leaf("SiLU", nn.SiLU, lambda m: {})
+_leaf("Sigmoid", nn.Sigmoid, lambda m: {})
+_leaf("Tanh", nn.Tanh, lambda m: {})
 _leaf("Identity", nn.Identity, lambda m: {})
 _leaf("Dropout", nn.Dropout, lambda m: {"p": m.p})
 _leaf("Flatten", nn.Flatten, lambda m: {"start_dim": m.start_dim, "end_dim": m.end_dim})
@@ -212,15 +245,24 @@ register(Codec("Residual", Residual, lambda m: {}, lambda a, ch: Residual(dict(c
 def describe(module: nn.Module) -> dict[str, Any]:
     """The JSON-able description of a tree of registered modules.
 
-    Raises ``TypeError`` naming the first module type that has no codec.
+    Raises ``TypeError`` naming the first module type that has no codec and where it sits in the tree.
     """
+    return _describe(module, "root")
+
+
+def _describe(module: nn.Module, path: str) -> dict[str, Any]:
     codec = _BY_CLASS.get(type(module))
     if codec is None:
         known = ", ".join(sorted(_BY_NAME))
-        raise TypeError(f"describe: no codec for {type(module).__name__}; registered types: {known}")
+        raise TypeError(
+            f"describe: no codec for {type(module).__name__} (at {path}); registered types: {known}. "
+            "Build the extracted subnet from those, or add the type with nas.static.register(Codec(...))"
+        )
     spec: dict[str, Any] = {"type": codec.name, "args": codec.args(module)}
     if codec.container:
-        spec["children"] = [[name, describe(child)] for name, child in module.named_children()]
+        spec["children"] = [
+            [name, _describe(child, f"{path}.{name}")] for name, child in module.named_children()
+        ]
     return spec
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.data import TensorDataset
 
@@ -112,6 +113,28 @@ def test_metrics_evaluate_delegates_and_accepts_pairs():
     b = evaluate_subnet(net, cfg, data.tensors, calib_data=data.tensors, calib_batches=1)
     assert a == b
     assert evaluate_subnet(net, cfg, data, max_examples=10) in {10.0 * k for k in range(11)}
+
+
+def test_images_and_labels_of_the_wrong_kind_are_named():
+    net, data = _net_and_data()
+    x, y = data.tensors
+    cfg = net.space.min()
+    kw = {"calib_batches": 1}
+    with pytest.raises(
+        TypeError, match=r"a tuple of \(ndarray, ndarray\); convert them with torch.as_tensor"
+    ):
+        evaluate_subnet(net, cfg, (x.numpy(), y.numpy()), **kw)
+    with pytest.raises(ValueError, match=r"images are torch\.uint8; pass float images"):
+        evaluate_subnet(net, cfg, (x.clamp(0, 1).mul(255).to(torch.uint8), y), **kw)
+    with pytest.raises(ValueError, match=r"shape \(96, 2\) \(one-hot\? use y.argmax\(1\)\)"):
+        evaluate_subnet(net, cfg, (x, torch.nn.functional.one_hot(y, 2)), **kw)
+    with pytest.raises(ValueError, match=r"labels are torch\.float32; class indices must be integers"):
+        evaluate_subnet(net, cfg, (x, y.float()), **kw)
+    # Other integer labels are class indices too; calibration images come with labels that are never read.
+    assert evaluate_subnet(net, cfg, (x, y.int()), **kw) == evaluate_subnet(net, cfg, data, **kw)
+    assert evaluate_subnet(net, cfg, data, calib_data=(x, y.float()), **kw) == evaluate_subnet(
+        net, cfg, data, **kw
+    )
 
 
 def test_recalibration_draws_from_the_whole_calibration_set():

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from nas.hw.lut import (
     LUT_FEATURE_NAMES,
@@ -17,7 +18,7 @@ from nas.hw.lut import (
     layer_module,
     lut_feature,
 )
-from nas.supernet import LayerSpec
+from nas.supernet import LayerSpec, trace_layer_specs
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +153,10 @@ def test_build_lut_calibrates_and_saves(net, tmp_path) -> None:
         loaded.extend(net, net.space.samples(2, seed=9), threads=1, repeats=1, rounds=1, progress=False)
     with pytest.raises(ValueError, match="both"):
         build_lut(net, cfgs, threads=1, repeats=1, rounds=1, progress=False, calibrate_on=cfgs)
+
+
+def test_a_traced_unpadded_conv_is_timed_at_the_output_size_it_computes():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=0), nn.Conv2d(4, 4, 5, stride=2, padding=2))
+    for spec in trace_layer_specs(model, (1, 1, 9, 9)):
+        module, shape = layer_module(spec)
+        assert tuple(module(torch.zeros(shape)).shape[-2:]) == (spec.out_h, spec.out_w)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -226,9 +228,33 @@ def test_static_describe_build_round_trip():
     assert str(rebuilt) == str(model)
 
 
+def test_static_describes_the_pooling_and_activations_a_traced_supernet_may_use():
+    # trace_layer_specs (MACs, lookup tables) and the LUT accept these, so export must too.
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.SiLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.Tanh(),
+        nn.AvgPool2d((2, 2), stride=1, count_include_pad=False),
+        nn.Sigmoid(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+    arch = json.loads(json.dumps(static.describe(model)))  # as the manifest stores it
+    rebuilt = static.build(arch).eval()
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(model(x), rebuilt(x))
+    assert str(rebuilt) == str(model)
+
+
 def test_static_errors_name_the_problem():
     with pytest.raises(TypeError, match="no codec for LSTM"):
         static.describe(nn.LSTM(2, 2))
+    with pytest.raises(TypeError, match=r"no codec for LSTM \(at root\.1\.body\).*nas\.static\.register"):
+        static.describe(nn.Sequential(nn.ReLU(), static.Residual(nn.LSTM(2, 2))))
     with pytest.raises(ValueError, match="unknown type 'Bogus'"):
         static.build({"type": "Sequential", "args": {}, "children": [["0", {"type": "Bogus"}]]})
     with pytest.raises(ValueError, match=r"root\.0 \(Conv2d\)"):

@@ -282,6 +282,16 @@ def test_several_targets_share_accuracy_and_give_one_front_each():
         result.pareto(target="c")
 
 
+def test_a_misspelt_front_objective_is_named_not_a_key_error():
+    result = run(SPACE, objectives(), algorithm="random", budget=6, progress=False)
+    with pytest.raises(ValueError, match=r"unknown objective\(s\) \['cost@A'\]; objectives are"):
+        result.pareto(objectives=["quality", "cost@A"])
+    with pytest.raises(ValueError, match=r"unknown objective\(s\) \['cost'\]"):
+        result.hypervolume({"quality": 0.0, "cost": 10.0}, objectives=["quality", "cost"])
+    # One name is one objective, not its letters.
+    assert set(result.pareto(objectives="quality")["quality"]) == {result.history["quality"].max()}
+
+
 # ----------------------------------------------------------------------------------------- objectives
 def test_objective_and_constraint_validation():
     with pytest.raises(ValueError, match="direction"):
@@ -295,6 +305,17 @@ def test_objective_and_constraint_validation():
     assert (lat.name, lat.target, lat.expensive) == ("latency@cpu", "cpu", False)
     with pytest.raises(ValueError, match="exactly one"):
         latency("cpu")
+
+
+def test_latency_refuses_a_predictor_fitted_on_another_space():
+    import predictors
+
+    X = np.vstack([SPACE.features(c) for c in SPACE.samples(20, seed=0)])
+    pred = predictors.fit(X, X.sum(1) + 1.0, kind="ridge", space=SPACE, feature_names=SPACE.feature_names)
+    assert latency("cpu", pred, space=SPACE)(SPACE.max()) > 0
+    other = SPACE.renamed("other")  # as many features: predict(X) alone would not notice
+    with pytest.raises(ValueError, match=r"latency\('cpu'\): this predictor was fitted on features of space"):
+        latency("cpu", pred, space=other)
 
 
 def test_failed_evaluations_are_stored_and_a_broken_objective_fails_fast():

@@ -295,6 +295,21 @@ def test_unknown_augmentation_is_refused(tmp_path):
         train_supernet(net, tiny_data(), epochs=1, out_dir=tmp_path, progress=False, augment="cutmix")
 
 
+def test_labels_of_the_wrong_kind_are_named_before_training(tmp_path):
+    net = TinySupernet()
+    x, y = tiny_data(64).tensors
+    with pytest.raises(
+        ValueError, match=r"train_data: labels are torch\.float32; class indices must be integers"
+    ):
+        train_supernet(net, (x, y.float()), epochs=1, out_dir=tmp_path, **FAST)
+    with pytest.raises(TypeError, match=r"val_data: .* a tuple of \(ndarray, ndarray\)"):
+        train_supernet(net, (x, y), (x.numpy(), y.numpy()), epochs=1, out_dir=tmp_path, **FAST)
+    with pytest.raises(ValueError, match=r"train_data: expected images \(N, C, H, W\) and N labels"):
+        train_supernet(net, (x[:, 0], y), epochs=1, out_dir=tmp_path, **FAST)
+    # int32 labels (numpy's default on some platforms) train as int64 ones do.
+    assert train_supernet(net, (x, y.int()), epochs=1, out_dir=tmp_path, overwrite=True, **FAST).steps == 2
+
+
 def test_a_torn_checkpoint_or_weights_file_is_a_clear_error(tmp_path):
     """A file cut short after it was written (a copy, a full disk) names itself and the fix, and is kept."""
     data = tiny_data(64)

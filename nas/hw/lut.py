@@ -96,6 +96,22 @@ def _activation(name: str) -> nn.Module:
         raise ValueError(f"layer activation {name!r} has no module here; known: {sorted(acts)}") from None
 
 
+def _padding(spec: LayerSpec) -> int:
+    """The padding that gives the spec's output size: ``kernel // 2`` ("same", the elastic layers' padding)
+    when it does, else the smallest that does. Why: a traced layer of a user's own supernet (``padding=0``)
+    would otherwise be timed on a larger output map than it computes."""
+    k, stride = spec.kernel, spec.stride
+
+    def fits(pad: int) -> bool:
+        out = [(size + 2 * pad - k) // stride + 1 for size in (spec.in_h, spec.in_w)]
+        return out == [spec.out_h, spec.out_w]
+
+    for pad in (k // 2, *range(k)):
+        if fits(pad):
+            return pad
+    return k // 2
+
+
 def layer_module(spec: LayerSpec, batch_size: int = 1) -> tuple[nn.Module, tuple[int, ...]]:
     """A standalone eval-mode module computing the layer ``spec`` and the input shape it takes.
 
@@ -114,7 +130,7 @@ def layer_module(spec: LayerSpec, batch_size: int = 1) -> tuple[nn.Module, tuple
     if spec.kind in ("conv", "dwconv"):
         groups = spec.in_channels if spec.kind == "dwconv" else spec.groups
         module: nn.Module = nn.Conv2d(
-            spec.in_channels, spec.out_channels, k, spec.stride, k // 2, groups=groups, bias=spec.bias
+            spec.in_channels, spec.out_channels, k, spec.stride, _padding(spec), groups=groups, bias=spec.bias
         )
     elif spec.kind == "linear":
         module, image = nn.Linear(spec.in_channels, spec.out_channels, bias=spec.bias), (b, spec.in_channels)

@@ -269,7 +269,11 @@ def accuracy(supernet: Any, data: Any, name: str = "accuracy", **evaluate_kwargs
     get their own copy of the supernet (evaluating a subnet changes the model's state).
 
     Example:
-        >>> obj = accuracy(lambda: load_supernet("runs/sn"), lambda: load_data("mnist"))  # doctest: +SKIP
+        >>> import search_spaces
+        >>> from nas import data
+        >>> obj = accuracy(lambda: search_spaces.load_trained("runs/sn"), lambda: data.mnist("test"))
+        >>> obj.name, obj.direction, obj.expensive
+        ('accuracy', 'max', True)
     """
 
     def build() -> Callable[[Config], float]:
@@ -302,7 +306,8 @@ def latency(
     Args:
         target: hardware target; the objective is named ``"latency@<target>"`` unless ``name`` is given.
         predictor: an object with ``predict(X)`` on ``space.features`` rows (``space`` required), or a plain
-            function ``cfg -> ms``; both count as cheap.
+            function ``cfg -> ms``; both count as cheap. A ``predictors.Predictor`` fitted on another space (or
+            other features) is refused here, naming both spaces.
         measure: a function ``cfg -> ms`` that runs on the device (expensive).
 
     Example:
@@ -318,6 +323,13 @@ def latency(
     if hasattr(predictor, "predict"):
         if space is None:
             raise ValueError(f"latency({target!r}): a predictor object needs space= to compute features")
+        if callable(getattr(predictor, "check", None)):
+            # A nas predictor knows its space and features, but predict(X) sees bare rows: a predictor of another
+            # space with as many features would price every config silently wrong. Checked once, here.
+            try:
+                predictor.check(space.features(space.max())[None, :], space)
+            except ValueError as exc:
+                raise ValueError(f"latency({target!r}): {exc}") from None
 
         def predicted(cfg: Config) -> float:
             return float(np.asarray(predictor.predict(space.features(cfg)[None, :])).reshape(-1)[0])

@@ -77,11 +77,21 @@ class SearchResult:
             raise ValueError(f"unknown target {target!r}; this run's targets are {targets}")
         return [n for n in self.objective_names if "@" not in n or n.split("@", 1)[1] == target]
 
-    def _minimisation(self, names: Sequence[str], df: pd.DataFrame) -> np.ndarray:
-        direction = dict(self.objectives)
-        unknown = [n for n in names if n not in direction]
+    def _front_names(self, target: str | None, objectives: Sequence[str] | None) -> list[str]:
+        """The objectives of a front, checked here: a misspelt name would otherwise surface as a bare
+        ``KeyError`` from the history DataFrame."""
+        if objectives is None:
+            return self.front_objectives(target)
+        if isinstance(objectives, str):  # one name would be read letter by letter
+            objectives = [objectives]
+        names = list(objectives)
+        unknown = [n for n in names if n not in dict(self.objectives)]
         if unknown:
             raise ValueError(f"unknown objective(s) {unknown}; objectives are {self.objective_names}")
+        return names
+
+    def _minimisation(self, names: Sequence[str], df: pd.DataFrame) -> np.ndarray:
+        direction = dict(self.objectives)
         cols = [df[n].to_numpy(dtype=np.float64) * (1.0 if direction[n] == "min" else -1.0) for n in names]
         return np.column_stack(cols) if cols else np.zeros((len(df), 0))
 
@@ -98,7 +108,7 @@ class SearchResult:
 
         Example: ``result.pareto(target="raspi4")`` -- accuracy against raspi4 latency.
         """
-        names = list(objectives) if objectives is not None else self.front_objectives(target)
+        names = self._front_names(target, objectives)
         cand = self._candidates(names)
         if cand.empty:
             return cand.copy()
@@ -120,7 +130,7 @@ class SearchResult:
         latency of interest), as a mapping by name or a sequence in front-objective order. ``upto`` uses only
         the first ``upto`` evaluations (hypervolume after ``upto`` evaluations).
         """
-        names = list(objectives) if objectives is not None else self.front_objectives(target)
+        names = self._front_names(target, objectives)
         if isinstance(ref, Mapping):
             missing = [n for n in names if n not in ref]
             if missing:

@@ -158,13 +158,15 @@ def _step_rng(seed: int, step: int) -> np.random.Generator:
 
 
 def _tensors(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from nas.evaluation import _kind_of, check_images_and_labels
+
     if isinstance(data, TensorDataset):
-        return data.tensors[0], data.tensors[1]
-    if isinstance(data, tuple | list) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
-        return data[0], data[1]
-    raise TypeError(
-        f"{what}: expected a TensorDataset or an (images, labels) pair, got {type(data).__name__}"
-    )
+        x, y = data.tensors[0], data.tensors[1]
+    elif isinstance(data, tuple | list) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
+        x, y = data[0], data[1]
+    else:
+        raise TypeError(f"{what}: expected a TensorDataset or an (images, labels) pair, got {_kind_of(data)}")
+    return check_images_and_labels(x, y, what)
 
 
 class _Sync:
