@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import pickle
@@ -756,3 +757,20 @@ def test_a_model_that_cannot_be_copied_is_shared_by_threads_taking_turns():
     for t in threads:
         t.join()
     assert device.most_inside == 1
+
+
+def test_linas_survives_a_cheap_objective_that_fails_for_some_configs():
+    """A lookup table missing a layer fails those configs' evaluations, not the whole search."""
+
+    def cost_or_fail(c: Config) -> float:
+        if c["w"] == 4:
+            raise KeyError("no table entry for w=4")
+        return cost(c)
+
+    objs = [Objective("quality", quality, "max"), Objective("cost@a", cost_or_fail, "min", expensive=False)]
+    result = run(SPACE, objs, algorithm="linas", budget=30, seed=0, progress=False)
+    h = result.history
+    assert len(h) == 30 and h["key"].is_unique
+    ok = h["status"] == "ok"
+    assert ok.sum() >= 20  # the model steers away from configs it cannot score
+    assert all(json.loads(c)["w"] != 4 for c in h.loc[ok, "config"])

@@ -705,9 +705,11 @@ class LinasSearcher(Searcher):
             bc = self._graph_bags(cands) if needs_graph else None
             mu = np.zeros((len(cands), m))
             sd = np.zeros((len(cands), m))
+            failed = np.zeros(len(cands), dtype=bool)
             for j, model in enumerate(models):
                 if model is None:
-                    mu[:, j] = [self.problem.cheap[j](c) for c in cands]
+                    mu[:, j], bad = _cheap_values(self.problem.cheap[j], cands)
+                    failed |= bad
                 else:
                     mu[:, j], sd[:, j] = _mean_std(model, Xc, bc, with_std)
             if shared is not None:
@@ -716,6 +718,9 @@ class LinasSearcher(Searcher):
             if v_model is not None:
                 viol, viol_sd = _mean_std(v_model, Xc, bc, with_std)
                 viol = viol - self._kappa_now() * viol_sd
+            # A config whose cheap objective cannot be computed ranks below every feasible one; if it is
+            # proposed all the same, its evaluation fails and is recorded like any failed evaluation.
+            viol = np.where(failed, np.maximum(viol, 0.0) + _FAILED_CHEAP_VIOLATION, viol)
             return mu, sd, viol
 
         pool = self._candidates(configs, F, V, predict)
@@ -951,3 +956,28 @@ class LinasSearcher(Searcher):
         front = idx[nondominated_mask(opt[idx])]
         dist = np.abs(opt[front][:, None, :] - measured[None, :, :]).max(axis=2).min(axis=1)
         return int(front[int(np.argmax(dist))])
+
+
+#: violation given to a candidate whose cheap objective raised: far beyond any predicted constraint violation
+_FAILED_CHEAP_VIOLATION = 1e6
+
+
+def _cheap_values(fn: Any, cands: Sequence[Config]) -> tuple[np.ndarray, np.ndarray]:
+    """``fn`` on every candidate, and which ones failed (raised or gave a non-finite value).
+
+    Failed entries get the worst value of the others so the inner search's arithmetic stays finite (the
+    caller marks them infeasible). Why not let it raise: a cheap objective that fails for some configs (a
+    lookup table missing a layer) fails those evaluations in every other searcher, not the whole search.
+    """
+    values = np.empty(len(cands))
+    failed = np.zeros(len(cands), dtype=bool)
+    for i, c in enumerate(cands):
+        try:
+            values[i] = float(fn(c))
+        except Exception:
+            failed[i] = True
+            continue
+        failed[i] = not np.isfinite(values[i])
+    if failed.any():
+        values[failed] = values[~failed].max() if (~failed).any() else 0.0
+    return values, failed
