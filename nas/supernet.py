@@ -70,8 +70,9 @@ class LayerSpec:
     ``in_channels`` with ``out_channels`` hidden units), ``bn``, ``act`` (``act`` names it), ``pool``
     (global average), ``add`` (residual). Spatial sizes are the input and output height/width (1 for linear).
     ``bits`` (weight bit-width, 32 = float) and ``density`` (fraction of weights kept; ``pattern`` such as
-    ``"2:4"`` for N:M sparsity) describe quantization and sparsity. ``name`` is the layer's path in the
-    supernet and is not part of :attr:`key`.
+    ``"2:4"`` for N:M sparsity) describe quantization and sparsity. ``dilation`` is a convolution's (it enters
+    :attr:`key` only when it is not 1). ``name`` is the layer's path in the supernet and is not part of
+    :attr:`key`.
 
     Example:
         >>> s = LayerSpec("conv", 16, 32, kernel=3, stride=2, in_h=8, in_w=8, out_h=4, out_w=4)
@@ -97,6 +98,7 @@ class LayerSpec:
     density: float = 1.0
     pattern: str = ""
     name: str = ""
+    dilation: int = 1
 
     @property
     def key(self) -> str:
@@ -113,6 +115,8 @@ class LayerSpec:
             f"w{self.bits}",
             f"d{float(self.density)}" + (f":{self.pattern}" if self.pattern else ""),
         ]
+        if self.dilation != 1:  # only then, so keys (and lookup tables) of undilated layers stay as they were
+            parts.append(f"dil{self.dilation}")
         return "|".join(parts)
 
     @property
@@ -263,16 +267,20 @@ def trace_layer_specs(model: nn.Module, input_shape: tuple[int, ...]) -> list[La
         (ih, iw), (oh, ow) = spatial(x), spatial(y)
         shape = {"in_h": ih, "in_w": iw, "out_h": oh, "out_w": ow, "name": name}
         if isinstance(m, nn.Conv2d):
-            if m.kernel_size[0] != m.kernel_size[1] or m.stride[0] != m.stride[1]:
+            if (
+                m.kernel_size[0] != m.kernel_size[1]
+                or m.stride[0] != m.stride[1]
+                or m.dilation[0] != m.dilation[1]
+            ):
                 raise ValueError(
-                    f"trace_layer_specs: conv {name!r} has kernel {m.kernel_size} / stride {m.stride}; LayerSpec "
-                    "describes square ones only: override layer_specs(cfg) for this supernet"
+                    f"trace_layer_specs: conv {name!r} has kernel {m.kernel_size} / stride {m.stride} / dilation "
+                    f"{m.dilation}; LayerSpec describes square ones only: override layer_specs(cfg) for this supernet"
                 )
             depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
             kind = "dwconv" if depthwise else "conv"
             return LayerSpec(
                 kind, m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.groups,
-                bias=m.bias is not None, **shape,
+                bias=m.bias is not None, dilation=m.dilation[0], **shape,
             )  # fmt: skip
         if isinstance(m, nn.Linear):
             return LayerSpec("linear", m.in_features, m.out_features, bias=m.bias is not None, name=name)

@@ -160,3 +160,20 @@ def test_a_traced_unpadded_conv_is_timed_at_the_output_size_it_computes():
     for spec in trace_layer_specs(model, (1, 1, 9, 9)):
         module, shape = layer_module(spec)
         assert tuple(module(torch.zeros(shape)).shape[-2:]) == (spec.out_h, spec.out_w)
+
+
+def test_a_dilated_conv_is_its_own_layer_and_is_timed_as_dilated():
+    """A dilated conv computes with the same MACs as a plain one but other memory access: its own table row."""
+    from nas.hw.lut import layer_module
+    from nas.supernet import trace_layer_specs
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 3, padding=2, dilation=2)
+    )
+    plain, dilated = trace_layer_specs(model, (1, 4, 8, 8))
+    assert plain.macs == dilated.macs and plain.key != dilated.key and dilated.key.endswith("|dil2")
+    module, shape = layer_module(dilated)
+    assert module.dilation == (2, 2) and tuple(module(torch.zeros(shape)).shape) == (1, 4, 8, 8)
+    unpadded = trace_layer_specs(torch.nn.Conv2d(4, 4, 3, dilation=2), (1, 4, 8, 8))[0]  # 8x8 -> 4x4
+    module, shape = layer_module(unpadded)
+    assert tuple(module(torch.zeros(shape)).shape) == (1, 4, 4, 4)

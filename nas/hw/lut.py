@@ -100,7 +100,7 @@ def _padding(spec: LayerSpec) -> int:
     """The padding that gives the spec's output size: ``kernel // 2`` ("same", the elastic layers' padding)
     when it does, else the smallest that does. Why: a traced layer of a user's own supernet (``padding=0``)
     would otherwise be timed on a larger output map than it computes."""
-    k, stride = spec.kernel, spec.stride
+    k, stride = spec.dilation * (spec.kernel - 1) + 1, spec.stride  # the extent a dilated kernel covers
 
     def fits(pad: int) -> bool:
         out = [(size + 2 * pad - k) // stride + 1 for size in (spec.in_h, spec.in_w)]
@@ -130,7 +130,14 @@ def layer_module(spec: LayerSpec, batch_size: int = 1) -> tuple[nn.Module, tuple
     if spec.kind in ("conv", "dwconv"):
         groups = spec.in_channels if spec.kind == "dwconv" else spec.groups
         module: nn.Module = nn.Conv2d(
-            spec.in_channels, spec.out_channels, k, spec.stride, _padding(spec), groups=groups, bias=spec.bias
+            spec.in_channels,
+            spec.out_channels,
+            k,
+            spec.stride,
+            _padding(spec),
+            dilation=spec.dilation,
+            groups=groups,
+            bias=spec.bias,
         )
     elif spec.kind == "linear":
         module, image = nn.Linear(spec.in_channels, spec.out_channels, bias=spec.bias), (b, spec.in_channels)
