@@ -191,3 +191,38 @@ def test_a_trial_lost_with_its_actor_is_evaluated_again_then_stored_as_failed():
     adapter.on_trial_complete("t4", result={ray_backend._RESULT_KEY: json.dumps(record)})
     assert engine.records[b.key]["status"] == "ok"
     assert adapter.suggest("t5") == adapter.FINISHED
+
+
+def test_ctrl_c_stops_the_search_with_keyboard_interrupt_and_it_resumes(cluster, tmp_path):
+    """Tune's own SIGINT handler used to end fit() quietly: run() returned the partial run as if finished."""
+    import signal
+
+    c, _ = cluster
+    db = tmp_path / "ray-sigint.db"
+    url = f"sqlite:///{db}"
+    budget = 10
+
+    def interrupt_when_running() -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                    if conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0] >= 2:
+                        break
+            except sqlite3.Error:
+                pass  # not created yet
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends to the driver
+
+    options = dict(
+        algorithm="random", seed=5, backend="ray", ray_address=c.address, store=url, progress=False
+    )
+    interrupter = threading.Thread(target=interrupt_when_running, daemon=True)
+    interrupter.start()
+    with pytest.raises(KeyboardInterrupt):
+        run(SPACE, objectives(0.3), budget=budget, **options)
+    interrupter.join(timeout=5)
+    assert 2 <= open_store(url).count() < budget
+    result = run(SPACE, objectives(0.0), budget=budget, resume=True, **options)
+    h = result.history
+    assert len(h) == budget and h["key"].is_unique and (h["status"] == "ok").all()

@@ -112,6 +112,7 @@ def _adapter_class() -> type:
             self.lost: dict[str, int] = {}  # config key -> trials of it lost with their actor or node
             self.queue: list[Config] = []
             self.error: Exception | None = None
+            self.finished = False  # said FINISHED: Tune's run ended because the adapter ended it
 
         def set_search_properties(
             self, metric: str | None, mode: str | None, config: dict, **spec: Any
@@ -121,20 +122,24 @@ def _adapter_class() -> type:
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
             eng = self.engine
             if self.error is not None:
-                return TuneSearcher.FINISHED
+                return self._finish()
             if not self.queue:
                 want = min(eng.batch_size, eng.remaining)
                 if want <= 0:
                     # Budget fully handed out: finished once nothing is running any more.
-                    return TuneSearcher.FINISHED if not self.trials else None
+                    return self._finish() if not self.trials else None
                 self.queue.extend(eng.propose(want))
                 if not self.queue:
                     if eng.exhausted and not self.trials:
-                        return TuneSearcher.FINISHED
+                        return self._finish()
                     return None  # the searcher waits for running trials
             cfg = self.queue.pop(0)
             self.trials[trial_id] = cfg
             return {"config_json": cfg.to_json(), "key": cfg.key}
+
+        def _finish(self) -> str:
+            self.finished = True
+            return TuneSearcher.FINISHED
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             cfg = self.trials.pop(trial_id, None)
@@ -183,7 +188,7 @@ def _adapter_class() -> type:
             return {"retries": self.retries}
 
         def __setstate__(self, state: dict[str, Any]) -> None:
-            self.__dict__.update(state, engine=None, trials={}, lost={}, queue=[], error=None)
+            self.__dict__.update(state, engine=None, trials={}, lost={}, queue=[], error=None, finished=False)
 
         def save(self, checkpoint_path: str) -> None:
             pass
@@ -203,6 +208,12 @@ def _adapter_class() -> type:
 
 
 TuneSearcherAdapter = None  # replaced by the real class on first use (see _adapter_class)
+
+
+def _no_restore_hint(record: logging.LogRecord) -> bool:
+    """Drop Tune's "interrupted ... Resume experiment with: Tuner.restore(...)" hint (a search resumes from its
+    store, and the hint's folder is a temporary one, deleted at once)."""
+    return "Tuner.restore(" not in record.getMessage()
 
 
 def run_ray(
@@ -240,6 +251,7 @@ def run_ray(
 
     # Tune's end-of-run analysis looks for per-trial result files that we deliberately do not write.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    logging.getLogger("ray.tune.tune").addFilter(_no_restore_hint)
     started = _init_ray(address, object_store_memory, num_cpus)
     adapter = TuneSearcherAdapter(engine, max_failures)
     tmp = None
@@ -272,6 +284,11 @@ def run_ray(
         tuner.fit()
         if adapter.error is not None:
             raise adapter.error
+        if not adapter.finished:
+            # Only Ctrl-C (Tune's SIGINT handler) ends the run before the adapter does. Tune stops the trials and
+            # returns as if the run were complete; raise as the local backend does, so that a partial run is
+            # not taken for a finished one (the store holds every evaluation that came back: it resumes).
+            raise KeyboardInterrupt("the Ray Tune run was interrupted")
     finally:
         adapter.release_queue()
         if started:
