@@ -135,6 +135,27 @@ def test_losing_a_worker_node_still_spends_the_budget_exactly(cluster, tmp_path)
     assert set(late["worker"].str.split(":").str[0]) == {"127.0.0.2"}  # ... on the surviving node
 
 
+def test_an_address_nothing_answers_at_fails_at_once(monkeypatch):
+    """ray.init retried such an address for about 12 minutes: a mistyped --ray-address looked like a hang."""
+    ray = pytest.importorskip("ray")
+    import socket
+
+    from nas.search import ray_backend
+
+    with socket.socket() as s:  # a port that was just free: nothing listens at it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # the module's cluster may be up already
+    monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail("ray.init was called"))
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        start = time.time()
+        with pytest.raises(
+            ConnectionError, match=f"cannot reach a Ray cluster at '{address}'.*nothing answers"
+        ):
+            ray_backend._init_ray(address, None, None)
+        assert time.time() - start < 10
+
+
 class _ListEngine:
     """The part of the runner's Engine the Tune adapter uses, over a fixed list of configs."""
 

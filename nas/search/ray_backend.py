@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import socket
 import tempfile
 import time
 from typing import Any
@@ -34,6 +35,22 @@ __all__ = ["EvaluationTrainable", "TuneSearcherAdapter", "run_ray"]
 _RESULT_KEY = "nas_record"
 
 log = logging.getLogger(__name__)
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Raise ``ConnectionError`` when nothing listens at a ``host:port`` (or ``ray://host:port``) address.
+
+    ``ray.init`` retries an address that does not answer for about 12 minutes (20 attempts of ~35 s) before it
+    gives up, so a mistyped address looked like a hung search. ``"auto"`` and other forms are left to Ray (it
+    reports a missing local cluster at once).
+    """
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if "://" in host or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {host}:{port}: {exc}") from None
 
 
 def _init_ray(address: str | None, object_store_memory: int | None, num_cpus: int | None) -> bool:
@@ -48,6 +65,7 @@ def _init_ray(address: str | None, object_store_memory: int | None, num_cpus: in
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False}
     if address is not None:
         try:
+            _check_reachable(address)
             ray.init(address=address, **kwargs)
         except ConnectionError as exc:
             raise ConnectionError(
