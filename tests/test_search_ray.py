@@ -154,6 +154,39 @@ def test_an_address_nothing_answers_at_fails_at_once(monkeypatch):
         ):
             ray_backend._init_ray(address, None, None)
         assert time.time() - start < 10
+    # Ray's own RAY_ADDRESS names the cluster when no address is given (Ray would refuse num_cpus for it).
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(ConnectionError, match=f"cannot reach a Ray cluster at '127.0.0.1:{port}'"):
+        ray_backend._init_ray(None, None, None)
+
+
+def test_no_address_starts_a_local_ray_despite_a_cluster_recorded_by_ray_start(tmp_path):
+    """ray.init() without an address attached to the cluster `ray start` recorded (here a dead one) and then
+    refused object_store_memory: `nas search --backend ray` failed after any `ray start` on the machine."""
+    pytest.importorskip("ray")
+    import shutil
+    import subprocess
+
+    tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's socket paths must stay short
+    try:
+        os.makedirs(os.path.join(tmp, "ray"))
+        with open(os.path.join(tmp, "ray", "ray_current_cluster"), "w") as f:
+            f.write("127.0.0.1:1")  # what a `ray start --head` leaves behind until `ray stop`
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env.update(RAY_TMPDIR=tmp, RAY_AUTH_MODE="disabled")
+        code = (
+            "import ray; from nas.search.ray_backend import _init_ray\n"
+            "assert _init_ray(None, 80 * 1024 * 1024, 1)\n"
+            "print('started', ray.cluster_resources()['CPU'])\n"
+            "ray.shutdown()\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "started 1.0" in done.stdout
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class _ListEngine:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -20,6 +22,14 @@ def test_two_workers_one_epoch(tmp_path, monkeypatch):
     # Ray workers unpickle the test's supernet class: they need this folder on their import path.
     here = os.path.dirname(os.path.abspath(__file__))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p))
+    # A cluster recorded by `ray start` (here a dead one): Ray attached to it without an address, and refused
+    # num_cpus. A Ray temp folder of the test's own, its paths short for Ray's sockets.
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    os.makedirs(os.path.join(ray_tmp, "ray"))
+    with open(os.path.join(ray_tmp, "ray", "ray_current_cluster"), "w") as f:
+        f.write("127.0.0.1:1")
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
     before = torch.get_num_threads()
     torch.manual_seed(0)
     net = TinySupernet()
@@ -38,6 +48,7 @@ def test_two_workers_one_epoch(tmp_path, monkeypatch):
         )
     finally:
         torch.set_num_threads(before)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert not ray.is_initialized()  # the instance started for training was shut down
     assert result.steps == 4  # 256 examples / 2 workers / batch 32
     summary = json.loads((tmp_path / "train.json").read_text())

@@ -63,6 +63,7 @@ def _init_ray(address: str | None, object_store_memory: int | None, num_cpus: in
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False}
+    address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable names a cluster too
     if address is not None:
         try:
             _check_reachable(address)
@@ -73,7 +74,10 @@ def _init_ray(address: str | None, object_store_memory: int | None, num_cpus: in
                 "address, or search locally without a Ray address"
             ) from None
     else:
+        # "local": a new instance. Without an address Ray attaches to the cluster `ray start` last recorded in
+        # its temp folder (even one that has since died), and then refuses num_cpus and object_store_memory.
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             object_store_memory=object_store_memory or 150 * 1024 * 1024,
             **kwargs,
@@ -251,8 +255,8 @@ def run_ray(
     Args:
         engine: the runner's engine (budget, cache, store, searcher).
         max_concurrent: trials running at once.
-        address: Ray address (``"auto"``, ``"ray://head:10001"``); ``None`` starts a local Ray (or uses the one
-            already initialised in this process).
+        address: Ray address (``"auto"``, ``"ray://head:10001"``); ``None`` starts a local Ray (or uses the
+            cluster at ``$RAY_ADDRESS``, or the one already initialised in this process).
         max_failures: retries of a trial whose actor or node died.
         cpus_per_trial, gpus_per_trial: resources of one evaluation actor.
         object_store_memory, num_cpus: for a Ray started here.
