@@ -56,3 +56,18 @@ def test_two_workers_one_epoch(tmp_path, monkeypatch):
     trained = load_weights(TinySupernet(), tmp_path).state_dict()
     assert all(torch.equal(trained[k], v) for k, v in net.state_dict().items())
     assert any(not torch.equal(init[k], trained[k]) for k in init if k.endswith("weight"))
+
+
+@pytest.mark.ray
+def test_more_workers_than_the_cluster_has_cpus_is_refused(tmp_path, monkeypatch):
+    """Ray Train waited forever for CPUs that a cluster of 1 CPU does not have."""
+    here = os.path.dirname(os.path.abspath(__file__))  # for the workers to unpickle TinySupernet
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p))
+    ray.init(address="local", num_cpus=1, object_store_memory=80 * 1024**2, include_dashboard=False)
+    try:
+        with pytest.raises(ValueError, match=r"2 training workers need 2 CPUs .* has 1"):
+            train_supernet(
+                TinySupernet(), tiny_data(64), epochs=1, out_dir=tmp_path, num_workers=2, progress=False
+            )
+    finally:
+        ray.shutdown()

@@ -90,6 +90,13 @@ def run_on_ray(
     use_gpu = torch.cuda.is_available() and address is None
     threads = max(1, (os.cpu_count() or 1) // num_workers)
     try:
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if cpus < num_workers:
+            # Ray Train would wait for the missing CPUs forever, with no message.
+            raise ValueError(
+                f"{num_workers} training workers need {num_workers} CPUs (one each), and the Ray cluster has "
+                f"{cpus:g}; ask for fewer workers or add nodes"
+            )
         trainer = TorchTrainer(
             _worker,
             train_loop_config={
