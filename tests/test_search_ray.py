@@ -135,6 +135,60 @@ def test_losing_a_worker_node_still_spends_the_budget_exactly(cluster, tmp_path)
     assert set(late["worker"].str.split(":").str[0]) == {"127.0.0.2"}  # ... on the surviving node
 
 
+def test_an_address_nothing_answers_at_fails_at_once(monkeypatch):
+    """ray.init retried such an address for about 12 minutes: a mistyped --ray-address looked like a hang."""
+    ray = pytest.importorskip("ray")
+    import socket
+
+    from nas.search import ray_backend
+
+    with socket.socket() as s:  # a port that was just free: nothing listens at it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # the module's cluster may be up already
+    monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail("ray.init was called"))
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        start = time.time()
+        with pytest.raises(
+            ConnectionError, match=f"cannot reach a Ray cluster at '{address}'.*nothing answers"
+        ):
+            ray_backend._init_ray(address, None, None)
+        assert time.time() - start < 10
+    # Ray's own RAY_ADDRESS names the cluster when no address is given (Ray would refuse num_cpus for it).
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(ConnectionError, match=f"cannot reach a Ray cluster at '127.0.0.1:{port}'"):
+        ray_backend._init_ray(None, None, None)
+
+
+def test_no_address_starts_a_local_ray_despite_a_cluster_recorded_by_ray_start(tmp_path):
+    """ray.init() without an address attached to the cluster `ray start` recorded (here a dead one) and then
+    refused object_store_memory: `nas search --backend ray` failed after any `ray start` on the machine."""
+    pytest.importorskip("ray")
+    import shutil
+    import subprocess
+
+    tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's socket paths must stay short
+    try:
+        os.makedirs(os.path.join(tmp, "ray"))
+        with open(os.path.join(tmp, "ray", "ray_current_cluster"), "w") as f:
+            f.write("127.0.0.1:1")  # what a `ray start --head` leaves behind until `ray stop`
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env.update(RAY_TMPDIR=tmp, RAY_AUTH_MODE="disabled")
+        code = (
+            "import ray; from nas.search.ray_backend import _init_ray\n"
+            "assert _init_ray(None, 80 * 1024 * 1024, 1)\n"
+            "print('started', ray.cluster_resources()['CPU'])\n"
+            "ray.shutdown()\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "started 1.0" in done.stdout
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 class _ListEngine:
     """The part of the runner's Engine the Tune adapter uses, over a fixed list of configs."""
 
@@ -191,3 +245,38 @@ def test_a_trial_lost_with_its_actor_is_evaluated_again_then_stored_as_failed():
     adapter.on_trial_complete("t4", result={ray_backend._RESULT_KEY: json.dumps(record)})
     assert engine.records[b.key]["status"] == "ok"
     assert adapter.suggest("t5") == adapter.FINISHED
+
+
+def test_ctrl_c_stops_the_search_with_keyboard_interrupt_and_it_resumes(cluster, tmp_path):
+    """Tune's own SIGINT handler used to end fit() quietly: run() returned the partial run as if finished."""
+    import signal
+
+    c, _ = cluster
+    db = tmp_path / "ray-sigint.db"
+    url = f"sqlite:///{db}"
+    budget = 10
+
+    def interrupt_when_running() -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                    if conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0] >= 2:
+                        break
+            except sqlite3.Error:
+                pass  # not created yet
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends to the driver
+
+    options = dict(
+        algorithm="random", seed=5, backend="ray", ray_address=c.address, store=url, progress=False
+    )
+    interrupter = threading.Thread(target=interrupt_when_running, daemon=True)
+    interrupter.start()
+    with pytest.raises(KeyboardInterrupt):
+        run(SPACE, objectives(0.3), budget=budget, **options)
+    interrupter.join(timeout=5)
+    assert 2 <= open_store(url).count() < budget
+    result = run(SPACE, objectives(0.0), budget=budget, resume=True, **options)
+    h = result.history
+    assert len(h) == budget and h["key"].is_unique and (h["status"] == "ok").all()

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import socket
 import tempfile
 import time
 from typing import Any
@@ -36,6 +37,22 @@ _RESULT_KEY = "nas_record"
 log = logging.getLogger(__name__)
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Raise ``ConnectionError`` when nothing listens at a ``host:port`` (or ``ray://host:port``) address.
+
+    ``ray.init`` retries an address that does not answer for about 12 minutes (20 attempts of ~35 s) before it
+    gives up, so a mistyped address looked like a hung search. ``"auto"`` and other forms are left to Ray (it
+    reports a missing local cluster at once).
+    """
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if "://" in host or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {host}:{port}: {exc}") from None
+
+
 def _init_ray(address: str | None, object_store_memory: int | None, num_cpus: int | None) -> bool:
     """Connect to (or start) Ray; returns True when this call started it (and must shut it down)."""
     import ray
@@ -46,8 +63,10 @@ def _init_ray(address: str | None, object_store_memory: int | None, num_cpus: in
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False}
+    address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable names a cluster too
     if address is not None:
         try:
+            _check_reachable(address)
             ray.init(address=address, **kwargs)
         except ConnectionError as exc:
             raise ConnectionError(
@@ -55,7 +74,10 @@ def _init_ray(address: str | None, object_store_memory: int | None, num_cpus: in
                 "address, or search locally without a Ray address"
             ) from None
     else:
+        # "local": a new instance. Without an address Ray attaches to the cluster `ray start` last recorded in
+        # its temp folder (even one that has since died), and then refuses num_cpus and object_store_memory.
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             object_store_memory=object_store_memory or 150 * 1024 * 1024,
             **kwargs,
@@ -112,6 +134,7 @@ def _adapter_class() -> type:
             self.lost: dict[str, int] = {}  # config key -> trials of it lost with their actor or node
             self.queue: list[Config] = []
             self.error: Exception | None = None
+            self.finished = False  # said FINISHED: Tune's run ended because the adapter ended it
 
         def set_search_properties(
             self, metric: str | None, mode: str | None, config: dict, **spec: Any
@@ -121,20 +144,24 @@ def _adapter_class() -> type:
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
             eng = self.engine
             if self.error is not None:
-                return TuneSearcher.FINISHED
+                return self._finish()
             if not self.queue:
                 want = min(eng.batch_size, eng.remaining)
                 if want <= 0:
                     # Budget fully handed out: finished once nothing is running any more.
-                    return TuneSearcher.FINISHED if not self.trials else None
+                    return self._finish() if not self.trials else None
                 self.queue.extend(eng.propose(want))
                 if not self.queue:
                     if eng.exhausted and not self.trials:
-                        return TuneSearcher.FINISHED
+                        return self._finish()
                     return None  # the searcher waits for running trials
             cfg = self.queue.pop(0)
             self.trials[trial_id] = cfg
             return {"config_json": cfg.to_json(), "key": cfg.key}
+
+        def _finish(self) -> str:
+            self.finished = True
+            return TuneSearcher.FINISHED
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             cfg = self.trials.pop(trial_id, None)
@@ -183,7 +210,7 @@ def _adapter_class() -> type:
             return {"retries": self.retries}
 
         def __setstate__(self, state: dict[str, Any]) -> None:
-            self.__dict__.update(state, engine=None, trials={}, lost={}, queue=[], error=None)
+            self.__dict__.update(state, engine=None, trials={}, lost={}, queue=[], error=None, finished=False)
 
         def save(self, checkpoint_path: str) -> None:
             pass
@@ -205,6 +232,12 @@ def _adapter_class() -> type:
 TuneSearcherAdapter = None  # replaced by the real class on first use (see _adapter_class)
 
 
+def _no_restore_hint(record: logging.LogRecord) -> bool:
+    """Drop Tune's "interrupted ... Resume experiment with: Tuner.restore(...)" hint (a search resumes from its
+    store, and the hint's folder is a temporary one, deleted at once)."""
+    return "Tuner.restore(" not in record.getMessage()
+
+
 def run_ray(
     engine: Any,
     max_concurrent: int,
@@ -222,8 +255,8 @@ def run_ray(
     Args:
         engine: the runner's engine (budget, cache, store, searcher).
         max_concurrent: trials running at once.
-        address: Ray address (``"auto"``, ``"ray://head:10001"``); ``None`` starts a local Ray (or uses the one
-            already initialised in this process).
+        address: Ray address (``"auto"``, ``"ray://head:10001"``); ``None`` starts a local Ray (or uses the
+            cluster at ``$RAY_ADDRESS``, or the one already initialised in this process).
         max_failures: retries of a trial whose actor or node died.
         cpus_per_trial, gpus_per_trial: resources of one evaluation actor.
         object_store_memory, num_cpus: for a Ray started here.
@@ -240,6 +273,7 @@ def run_ray(
 
     # Tune's end-of-run analysis looks for per-trial result files that we deliberately do not write.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    logging.getLogger("ray.tune.tune").addFilter(_no_restore_hint)
     started = _init_ray(address, object_store_memory, num_cpus)
     adapter = TuneSearcherAdapter(engine, max_failures)
     tmp = None
@@ -272,6 +306,11 @@ def run_ray(
         tuner.fit()
         if adapter.error is not None:
             raise adapter.error
+        if not adapter.finished:
+            # Only Ctrl-C (Tune's SIGINT handler) ends the run before the adapter does. Tune stops the trials and
+            # returns as if the run were complete; raise as the local backend does, so that a partial run is
+            # not taken for a finished one (the store holds every evaluation that came back: it resumes).
+            raise KeyboardInterrupt("the Ray Tune run was interrupted")
     finally:
         adapter.release_queue()
         if started:

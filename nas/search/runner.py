@@ -333,7 +333,8 @@ def run(
         budget: exact number of real evaluations (the run ends earlier only if the space is exhausted).
         seed: seed of the searcher.
         backend: ``"local"`` (this process, ``max_concurrent`` threads) or ``"ray"`` (Ray Tune).
-        ray_address: Ray cluster address (``"auto"``, ``"ray://host:10001"``); ``None`` starts a local Ray.
+        ray_address: Ray cluster address (``"auto"``, ``"ray://host:10001"``); ``None`` starts a local Ray
+            (or uses the cluster at ``$RAY_ADDRESS``).
         max_concurrent: evaluations running at once.
         store: ``sqlite:///path.db``, ``postgresql://...``, a path, a Store, or ``None`` (in memory).
         resume: continue the run held in ``store`` (its settings must match) to exactly ``budget``; a larger

@@ -72,11 +72,15 @@ def run_on_ray(
     from nas.train.trainer import SUMMARY, TrainResult
 
     started_here = False
+    address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable names a cluster too
     if not ray.is_initialized():
         if address:
             ray.init(address=address, runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
         else:
+            # "local": a new instance. Without an address Ray attaches to the cluster `ray start` last recorded
+            # in its temp folder (even one that has since died), and then refuses num_cpus.
             ray.init(
+                address="local",
                 num_cpus=num_workers + 1,  # the workers plus room for the Train controller
                 object_store_memory=150 * 1024**2,
                 include_dashboard=False,
@@ -86,6 +90,13 @@ def run_on_ray(
     use_gpu = torch.cuda.is_available() and address is None
     threads = max(1, (os.cpu_count() or 1) // num_workers)
     try:
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if cpus < num_workers:
+            # Ray Train would wait for the missing CPUs forever, with no message.
+            raise ValueError(
+                f"{num_workers} training workers need {num_workers} CPUs (one each), and the Ray cluster has "
+                f"{cpus:g}; ask for fewer workers or add nodes"
+            )
         trainer = TorchTrainer(
             _worker,
             train_loop_config={
