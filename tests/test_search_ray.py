@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -42,6 +43,7 @@ def cluster():
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
     tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's socket paths must stay short
+    previous_tmpdir = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = tmp
     # Worker processes cannot import this test module: ship its functions by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -62,6 +64,11 @@ def cluster():
         ray.shutdown()
         c.shutdown()
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        if previous_tmpdir is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = previous_tmpdir
+        shutil.rmtree(tmp, ignore_errors=True)  # session logs and sockets: dozens piled up in /tmp
 
 
 def test_two_node_cluster_runs_two_trials_at_once(cluster, tmp_path):
