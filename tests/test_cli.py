@@ -201,18 +201,8 @@ def test_fit_takes_a_builtin_profile_by_name(tmp_path, capsys, monkeypatch):
 
 def test_a_constraint_on_no_objective_names_the_ones_there_are(tmp_path, capsys):
     db = tmp_path / "s.db"
-    args = [
-        "search",
-        "--space",
-        "nb201",
-        "--target",
-        "raspi4",
-        "--budget",
-        "3",
-        "--store",
-        str(db),
-        "--quiet",
-    ]
+    args = ["search", "--space", "nb201", "--target", "raspi4", "--budget", "3"]
+    args += ["--quiet", "--store", str(db)]
     assert main([*args, "--constraint", "latency<=5ms"]) == 2
     err = capsys.readouterr().err
     assert "--constraint latency<=5 names no objective" in err and "latency@raspi4" in err
