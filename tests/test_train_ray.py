@@ -71,3 +71,19 @@ def test_more_workers_than_the_cluster_has_cpus_is_refused(tmp_path, monkeypatch
             )
     finally:
         ray.shutdown()
+
+
+def test_training_on_an_address_nothing_answers_at_fails_at_once(tmp_path, monkeypatch):
+    """ray.init retries a dead address for about 12 minutes; the launcher checks it first."""
+    import socket
+
+    with socket.socket() as s:  # a port that was just free: nothing listens at it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail("ray.init was called"))
+    with pytest.raises(ConnectionError, match=f"cannot reach a Ray cluster at '127.0.0.1:{port}'"):
+        train_supernet(
+            TinySupernet(), tiny_data(64), epochs=1, batch_size=16, out_dir=tmp_path, progress=False,
+            num_workers=2, ray_address=f"127.0.0.1:{port}",
+        )  # fmt: skip

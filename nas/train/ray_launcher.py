@@ -75,6 +75,15 @@ def run_on_ray(
     address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable names a cluster too
     if not ray.is_initialized():
         if address:
+            from nas.search.ray_backend import _check_reachable
+
+            try:
+                _check_reachable(address)  # ray.init would retry a dead address for ~12 minutes
+            except ConnectionError as exc:
+                raise ConnectionError(
+                    f"cannot reach a Ray cluster at {address!r} ({exc}); start one (`ray start --head`) or fix the "
+                    "address, or train without a Ray address"
+                ) from None
             ray.init(address=address, runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
         else:
             # "local": a new instance. Without an address Ray attaches to the cluster `ray start` last recorded
