@@ -358,6 +358,25 @@ def test_an_infinite_objective_value_is_a_failed_evaluation(tmp_path):
     assert loaded["status"].tolist() == h["status"].tolist()
 
 
+def test_an_infinite_constraint_value_is_a_failed_evaluation(tmp_path):
+    """A constraint fn returning inf was stored as NaN and counted infeasible, even for a ``>=`` bound it met."""
+
+    def size_or_inf(c):
+        return math.inf if c["w"] == 2 else float(c["w"])
+
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+    c = Constraint("size", ">=", 0.0, fn=size_or_inf)
+    result = run(
+        SPACE, objectives(), algorithm="random", budget=20, seed=0, constraints=[c], store=url, progress=False
+    )
+    h = result.history
+    inf_rows = h["config"].str.contains(r'"w":2[,}]')
+    assert inf_rows.any() and (h["status"] == "failed").eq(inf_rows).all()
+    assert h.loc[inf_rows, "error"].str.contains(r"constraint on 'size'.*returned inf").all()
+    assert h.loc[~inf_rows, "feasible"].all()
+    assert SearchResult.load(url).history["status"].tolist() == h["status"].tolist()
+
+
 def test_lazy_function_builds_once_and_pickles_without_its_state():
     built = []
 

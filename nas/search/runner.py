@@ -57,6 +57,26 @@ class SearchFailedError(RuntimeError):
     so the search stops instead of spending its budget; the failed evaluations stay in the store."""
 
 
+def _constraint_value(constraint: Constraint, cfg: Config) -> float:
+    """The value of a constraint's own ``fn``; a non-number or a non-finite one fails the evaluation.
+
+    Stores keep no infinities (SQL has none): an infinite value would read back as NaN and the evaluation as
+    infeasible even where it meets a ``>=`` bound, so it counts as failed, as an objective's would.
+    """
+    value = constraint.fn(cfg)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"constraint on {constraint.metric!r}: its fn returned {value!r}; it must return a number"
+        ) from None
+    if not math.isfinite(value):
+        raise ValueError(
+            f"constraint on {constraint.metric!r}: its fn returned {value} for config {cfg.to_json()}"
+        )
+    return value
+
+
 def evaluate_config(
     cfg: Config,
     objectives: Sequence[Objective],
@@ -76,7 +96,7 @@ def evaluate_config(
             values[o.name] = o(cfg)
         for c in constraints:
             if c.fn is not None:
-                values[c.metric] = float(c.fn(cfg))
+                values[c.metric] = _constraint_value(c, cfg)
     except Exception as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         log.warning("evaluation of %s failed: %s", cfg.to_json(), error)
