@@ -310,6 +310,16 @@ def test_labels_of_the_wrong_kind_are_named_before_training(tmp_path):
     assert train_supernet(net, (x, y.int()), epochs=1, out_dir=tmp_path, overwrite=True, **FAST).steps == 2
 
 
+def test_a_label_beyond_the_supernets_outputs_is_named(tmp_path):
+    """torch said only "Target 10 is out of bounds." from inside the loss."""
+    x, y = tiny_data(64).tensors
+    y = y.clone()
+    y[5] = 10
+    for distill in (True, False):
+        with pytest.raises(ValueError, match=r"label 10 is out of range .* 10 outputs .* num_classes=11"):
+            train_supernet(TinySupernet(), (x, y), epochs=1, out_dir=tmp_path, distill=distill, **FAST)
+
+
 def test_a_torn_checkpoint_or_weights_file_is_a_clear_error(tmp_path):
     """A file cut short after it was written (a copy, a full disk) names itself and the fix, and is kept."""
     data = tiny_data(64)

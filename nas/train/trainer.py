@@ -354,7 +354,14 @@ def _train_step(
         if teacher is not None and cfg.distill:
             # In-place distillation: soft cross-entropy against the teacher's detached predictions.
             return -(teacher * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-        return F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+        try:
+            return F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+        except IndexError:  # torch: "Target 10 is out of bounds."; name the data and the fix instead
+            top, n = int(labels.max()), logits.shape[1]
+            raise ValueError(
+                f"train_data: label {top} is out of range for the supernet's {n} outputs (classes 0-{n - 1}); "
+                f"build the supernet with num_classes={top + 1} (or more), or relabel the data"
+            ) from None
 
     for i, task in enumerate(tasks):
         config = task.config
