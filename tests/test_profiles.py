@@ -91,6 +91,40 @@ def test_constructor_rejects_bad_rows():
         Profile("toy", cfgs, [1.0, 2.0], extras={"key": [1, 2]})
 
 
+class _Crash(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("new_table_in_place", [False, True])
+def test_a_save_cut_by_a_crash_leaves_a_loadable_profile(tmp_path, monkeypatch, new_table_in_place):
+    """The table used to be renamed into place before its metadata was written: a crash between the two left a
+    pair the loader rejected (checksum), so `nas profile` could not go on until the user restored a file."""
+    path = tmp_path / "p.csv"
+    old = make_profile(4)
+    old.save(path)
+    new = make_profile(6)
+    real_replace = os.replace
+
+    def crash_at(src, dst):
+        # the pending metadata, then the table, then the metadata are renamed: cut before one of the last two
+        if str(dst) == str(meta_path(path) if new_table_in_place else path):
+            raise _Crash
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_at)
+    with pytest.raises(_Crash):
+        new.save(path)
+    monkeypatch.setattr(os, "replace", real_replace)
+    loaded = Profile.load(path)
+    assert loaded.configs == (new if new_table_in_place else old).configs
+    if new_table_in_place:  # the load finished the save: the metadata is in place, the pending copy gone
+        assert not (tmp_path / "p.csv.meta.json.pending").exists()
+        assert json.loads(meta_path(path).read_text())["rows"] == 6
+    new.save(path)  # a stale pending file from a save cut earlier does not get in the way
+    assert Profile.load(path).configs == new.configs
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["p.csv", "p.csv.meta.json"]
+
+
 def test_corrupted_files_fail_clearly(tmp_path):
     path = tmp_path / "p.csv.gz"
     make_profile().save(path)

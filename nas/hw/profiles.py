@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -53,6 +54,31 @@ class ProfileFormatError(ValueError):
 def meta_path(path: str | os.PathLike[str]) -> Path:
     """Where the metadata JSON of the profile table ``path`` lives: ``<path>.meta.json``."""
     return Path(str(path) + ".meta.json")
+
+
+def _pending_meta_path(path: str | os.PathLike[str]) -> Path:
+    # The metadata of a table being saved, written before the table: see Profile.save.
+    return Path(str(path) + ".meta.json.pending")
+
+
+def _finish_interrupted_save(path: Path, table: bytes) -> bool:
+    """Complete a save cut between renaming the new table and its metadata into place; True when it did.
+
+    The pending metadata counts only when its checksum is the table's, so a save cut before the table was
+    renamed (the old table and old metadata still agree) leaves nothing to finish.
+    """
+    pending = _pending_meta_path(path)
+    try:
+        meta = json.loads(pending.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if not isinstance(meta, dict) or meta.get("table_sha256") != hashlib.sha256(table).hexdigest():
+        return False
+    try:
+        os.replace(pending, meta_path(path))
+    except OSError:
+        return False  # a read-only folder: leave it to a writable session, report the mismatch as before
+    return True
 
 
 def _float_cell(x: float) -> str:
@@ -256,8 +282,11 @@ class Profile:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the table (``.csv`` or ``.csv.gz``) and ``<path>.meta.json`` beside it, each atomically.
 
-        The table is written first and the metadata (which carries the table's checksum) last, so a crash in
-        between leaves a pair that :meth:`load` rejects instead of one that silently mixes two versions.
+        The metadata (which carries the table's checksum) is first written beside its final name
+        (``<path>.meta.json.pending``), then the table and then the metadata are renamed into place. A crash
+        before the table's rename leaves the old pair; one after it leaves the new table with its pending
+        metadata, which :meth:`load` (and so the next save) renames into place. The pair never mixes two
+        versions and never needs the user to restore a file.
         """
         path = Path(path)
         if not (path.name.endswith(".csv") or path.name.endswith(".csv.gz")):
@@ -272,8 +301,10 @@ class Profile:
             "table_sha256": hashlib.sha256(table).hexdigest(),
             "metadata": self.metadata,
         }
+        pending = _pending_meta_path(path)
+        write_bytes(pending, (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode())
         write_bytes(path, table)
-        write_bytes(meta_path(path), (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode())
+        os.replace(pending, meta_path(path))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Profile:
@@ -285,6 +316,14 @@ class Profile:
         mpath = meta_path(path)
         if not path.is_file():
             raise ProfileFormatError(f"profile table {str(path)!r} does not exist")
+        data = path.read_bytes()
+        meta_matches = False
+        with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            meta_matches = (
+                json.loads(mpath.read_text()).get("table_sha256") == hashlib.sha256(data).hexdigest()
+            )
+        if not meta_matches and _pending_meta_path(path).exists():
+            _finish_interrupted_save(path, data)
         if not mpath.is_file():
             raise ProfileFormatError(
                 f"{str(path)!r} has no metadata file {mpath.name!r} beside it; is it a profile saved by "
@@ -313,7 +352,6 @@ class Profile:
             raise ProfileFormatError(
                 f"{str(mpath)!r}: columns must start with {list(BASE_COLUMNS)}, got {list(columns)}"
             )
-        data = path.read_bytes()
         if "table_sha256" in meta and hashlib.sha256(data).hexdigest() != meta["table_sha256"]:
             raise ProfileFormatError(
                 f"{str(path)!r} does not match the checksum in {mpath.name!r}: the table was changed, truncated or "
