@@ -337,6 +337,46 @@ def test_a_torn_checkpoint_or_weights_file_is_a_clear_error(tmp_path):
         load_weights(TinySupernet(), tmp_path)
 
 
+def test_a_run_killed_during_validation_logs_that_epoch_when_resumed(tmp_path, monkeypatch):
+    """The epoch's checkpoint is written before its validation: a kill during validation used to leave that
+    epoch without a record for good; and each resumed session's `seconds` restarted at 0."""
+    import nas.train.trainer as trainer
+
+    data, val = tiny_data(128, seed=0), tiny_data(40, seed=1)
+    kw = {"epochs": 3, "lr": 0.1, "val_data": val, **FAST}
+    torch.manual_seed(0)
+    ref = TinySupernet()
+    init = _weights(ref)
+    train_supernet(ref, data, out_dir=tmp_path / "ref", **kw)
+
+    real_validate, calls = trainer._validate, []
+
+    def killed_in_second_validation(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise trainer._InjectedFailure("killed during validation")
+        return real_validate(*args)
+
+    monkeypatch.setattr(trainer, "_validate", killed_in_second_validation)
+    net = TinySupernet()
+    net.load_state_dict(init)
+    with pytest.raises(RuntimeError, match="killed during validation"):
+        train_supernet(net, data, out_dir=tmp_path / "run", **kw)
+    monkeypatch.setattr(trainer, "_validate", real_validate)
+    assert [r.get("epoch") for r in _log_records(tmp_path / "run") if "val_max" in r] == [1]
+    resumed = TinySupernet()
+    train_supernet(resumed, data, out_dir=tmp_path / "run", resume=True, **kw)
+    assert _log_records(tmp_path / "run") == _log_records(tmp_path / "ref")
+    assert all(
+        torch.equal(a, b) for a, b in zip(_weights(resumed).values(), _weights(ref).values(), strict=True)
+    )
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    epoch_seconds = [r["seconds"] for r in map(json.loads, lines) if "seconds" in r]
+    assert epoch_seconds == sorted(epoch_seconds)  # training time so far, across sessions
+    summary = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert summary["seconds"] > summary["session_seconds"] > 0
+
+
 def test_resuming_a_finished_run_keeps_its_validation_accuracy(tmp_path):
     data, val = tiny_data(64, seed=0), tiny_data(40, seed=1)
     kw = {"epochs": 1, "lr": 0.1, "val_data": val, "out_dir": tmp_path, **FAST}

@@ -221,6 +221,7 @@ def _run(
     net.train()
     opt = _make_optimizer(cfg, net)
     step = 0
+    seconds_before = 0.0
     torch.manual_seed(cfg.seed)
     ckpt = out / CHECKPOINT
     settings = {**asdict(cfg), "strategy_description": strategy.describe(), "world": sync.world}
@@ -232,6 +233,8 @@ def _run(
                 "resume with the same arguments or start a new out_dir"
             )
         step = int(state["step"])
+        # Training time of earlier sessions, up to the checkpoint resumed from (what came after it is redone).
+        seconds_before = float(state.get("seconds", 0.0))
     history: list[dict[str, Any]] = []
     # The phase of the last step done: a run resumed exactly at a phase boundary still re-sorts channels.
     phase = strategy.phase(max(0, step - 1))
@@ -244,12 +247,33 @@ def _run(
         log.drop_after(step)
     bar = _Bar(total, step, enabled=progress and is_main, title=f"{cfg.strategy} supernet")
 
+    def elapsed() -> float:
+        return seconds_before + time.perf_counter() - started
+
     def checkpoint(epoch: int) -> None:
         if is_main:
-            save_checkpoint(ckpt, net, opt, {"step": step, "epoch": epoch, "settings": settings})
+            state = {"step": step, "epoch": epoch, "settings": settings, "seconds": round(elapsed(), 3)}
+            save_checkpoint(ckpt, net, opt, state)
+
+    def end_epoch() -> dict[str, float]:
+        """Validate (main worker) and log the epoch that ended at ``step``; returns the validation accuracy."""
+        accuracy: dict[str, float] = {}
+        record: dict[str, Any] = {"epoch": step // steps_per_epoch, "step": step}
+        if val is not None and is_main:
+            accuracy = _validate(net, strategy, val, x)
+            record.update({f"val_{k}": v for k, v in accuracy.items()})
+        record["seconds"] = round(elapsed(), 2)
+        history.append(record)
+        log.write(record)
+        bar.message(record)
+        return accuracy
 
     val_acc: dict[str, float] = {}
     try:
+        if step > 0 and step % steps_per_epoch == 0 and is_main and not log.has_epoch_record(step):
+            # Killed after the epoch's checkpoint but before its record was logged (during validation): the
+            # uninterrupted run validated here too, so doing it now changes no weights and fills the gap in the log.
+            val_acc = end_epoch()
         while step < total:
             epoch, batch_idx = divmod(step, steps_per_epoch)
             order = _epoch_order(cfg.seed, epoch, len(x))
@@ -288,26 +312,25 @@ def _run(
             if end_of_epoch or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                 checkpoint(step // steps_per_epoch)
             if end_of_epoch:
-                record: dict[str, Any] = {"epoch": step // steps_per_epoch, "step": step}
-                if val is not None and is_main:
-                    val_acc = _validate(net, strategy, val, x)
-                    record.update({f"val_{k}": v for k, v in val_acc.items()})
-                record["seconds"] = round(time.perf_counter() - started, 2)
-                history.append(record)
-                log.write(record)
-                bar.message(record)
+                val_acc = end_epoch()
     finally:
         bar.close()
     if val is not None and is_main and not history:
         # Resumed after the last epoch ended (a finished run, or one killed during its final validation): no
         # epoch ended in this session, so validate now rather than write an empty val_accuracy over train.json.
         val_acc = _validate(net, strategy, val, x)
-    seconds = time.perf_counter() - started
+    seconds = elapsed()
     if is_main:
         if cfg.channels_last:
             net.to(memory_format=torch.contiguous_format)
         save_weights(net, out / WEIGHTS, {"settings": settings, "steps": step})
-        summary = {"settings": settings, "steps": step, "seconds": seconds, "val_accuracy": val_acc}
+        summary = {
+            "settings": settings,
+            "steps": step,
+            "seconds": seconds,
+            "session_seconds": time.perf_counter() - started,
+            "val_accuracy": val_acc,
+        }
         atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2))
     net.activate(net.space.max())
     return TrainResult(str(out), step, cfg.epochs, seconds, val_acc, history)
@@ -428,6 +451,24 @@ class _Log:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+    def has_epoch_record(self, step: int) -> bool:
+        """Whether the log holds the end-of-epoch record of ``step`` (the one with ``seconds``)."""
+        if self.path is None or not self.path.is_file():
+            return False
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if (
+                isinstance(record, dict)
+                and record.get("step") == step
+                and "epoch" in record
+                and "seconds" in record
+            ):
+                return True
+        return False
 
     def drop_after(self, step: int) -> None:
         """Forget the records of steps after ``step`` (and a line cut short by a kill), atomically.
