@@ -53,6 +53,13 @@ def test_two_workers_one_epoch(tmp_path, monkeypatch):
     assert result.steps == 4  # 256 examples / 2 workers / batch 32
     summary = json.loads((tmp_path / "train.json").read_text())
     assert summary["settings"]["world"] == 2 and summary["steps"] == 4
+    # Ray Train's experiment folder (a storage marker, its bookkeeping) is not left in the run folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint.safetensors",
+        "metrics.jsonl",
+        "supernet.safetensors",
+        "train.json",
+    ]
     trained = load_weights(TinySupernet(), tmp_path).state_dict()
     assert all(torch.equal(trained[k], v) for k, v in net.state_dict().items())
     assert any(not torch.equal(init[k], trained[k]) for k in init if k.endswith("weight"))

@@ -13,6 +13,7 @@ an instance started here is shut down.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,9 @@ def run_on_ray(
             ray.shutdown()
     if result.error is not None:
         raise RuntimeError(f"Ray Train run failed: {result.error}") from result.error
+    # Ray Train's own experiment folder holds only its storage marker and bookkeeping (our checkpoint, weights
+    # and metrics are in `out`): a finished run does not keep it. A failed one does, for its error files.
+    shutil.rmtree(out / "ray", ignore_errors=True)
     load_weights(net, out)
     net.activate(net.space.max())
     import json
