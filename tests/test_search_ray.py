@@ -167,6 +167,25 @@ def test_an_address_nothing_answers_at_fails_at_once(monkeypatch):
         ray_backend._init_ray(None, None, None)
 
 
+def test_tune_folders_of_killed_searches_are_removed_by_the_next_one(tmp_path):
+    """A search killed with kill -9 (or ended by Ray when its cluster died) left its /tmp/nas-tune-* for good."""
+    import subprocess
+
+    from nas.search import ray_backend
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    for name in (f"nas-tune-{gone.pid}-abc", f"nas-tune-{os.getpid()}-def", "nas-tune-xyz", "other"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "state.json").write_text("{}")
+    (tmp_path / f"nas-tune-{gone.pid}-file").write_text("not a folder")
+    removed = ray_backend._remove_orphaned_tune_folders(str(tmp_path))
+    assert removed == [str(tmp_path / f"nas-tune-{gone.pid}-abc")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"nas-tune-{os.getpid()}-def", "nas-tune-xyz", "other", f"nas-tune-{gone.pid}-file"]
+    )
+
+
 def test_no_address_starts_a_local_ray_despite_a_cluster_recorded_by_ray_start(tmp_path):
     """ray.init() without an address attached to the cluster `ray start` recorded (here a dead one) and then
     refused object_store_memory: `nas search --backend ray` failed after any `ray start` on the machine."""

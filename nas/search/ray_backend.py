@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -238,6 +239,38 @@ def _no_restore_hint(record: logging.LogRecord) -> bool:
     return "Tuner.restore(" not in record.getMessage()
 
 
+_TUNE_PREFIX = "nas-tune-"
+
+
+def _remove_orphaned_tune_folders(root: str | None = None) -> list[str]:
+    """Remove the Tune folders of searches whose process is gone (killed with ``kill -9``, or ended by Ray when
+    its cluster died), which had no chance to clean up after themselves; returns the removed paths.
+
+    A folder is named ``nas-tune-<pid>-<random>``; one whose process still runs, that belongs to another user
+    or is named otherwise is left alone.
+    """
+    root = root or tempfile.gettempdir()
+    removed = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid_text = entry.name[len(_TUNE_PREFIX) :].split("-", 1)[0]
+        if not entry.name.startswith(_TUNE_PREFIX) or not pid_text.isdigit():
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False) or entry.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+        except OSError:  # alive under another user (PermissionError), or gone while we looked
+            continue
+    return removed
+
+
 def run_ray(
     engine: Any,
     max_concurrent: int,
@@ -278,7 +311,8 @@ def run_ray(
     adapter = TuneSearcherAdapter(engine, max_failures)
     tmp = None
     if storage_path is None:
-        tmp = tempfile.TemporaryDirectory(prefix="nas-tune-")
+        _remove_orphaned_tune_folders()
+        tmp = tempfile.TemporaryDirectory(prefix=f"{_TUNE_PREFIX}{os.getpid()}-")
         storage_path = tmp.name
     try:
         trainable = tune.with_resources(
