@@ -84,6 +84,14 @@ def target_label(target: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ spaces
+# What --preset takes, written out: reading each module's PRESETS would import torch for `nas --help`
+# (tests/test_resnet.py checks the text against the modules).
+_PRESET_HELP = (
+    "small (the default; 24-32 px inputs, MNIST/CIFAR-sized) or imagenet (mobilenetv3 160-224 px, resnet "
+    "128-224 px), for mobilenetv3 and resnet; a space of your own takes what its supernet()/space() accept"
+)
+
+
 def load_space_module(name: str) -> Any:
     import search_spaces
 
@@ -867,7 +875,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         default=None,
-        help="space preset: small (24-32 px, MNIST-sized; the default) or imagenet (160-224 px)",
+        help=f"space preset: {_PRESET_HELP}",
     )
     p.add_argument(
         "--data",
@@ -919,9 +927,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="built-in space, or the module path of your own (see nas train); default mobilenetv3, or the "
         "--supernet's space",
     )
-    p.add_argument(
-        "--preset", default=None, help="space preset (mobilenetv3: small, the default, or imagenet)"
-    )
+    p.add_argument("--preset", default=None, help=f"space preset: {_PRESET_HELP}")
     p.add_argument(
         "--in-channels",
         type=int,
@@ -1005,9 +1011,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="built-in space (nas spaces), or the module path of your own (see nas train)",
     )
-    p.add_argument(
-        "--preset", default=None, help="space preset (mobilenetv3: small, the default, or imagenet)"
-    )
+    p.add_argument("--preset", default=None, help=f"space preset: {_PRESET_HELP}")
     p.add_argument("--supernet", help="run directory of `nas train` (accuracy objective)")
     p.add_argument("--dataset", help="nb201: cifar10, cifar100 or imagenet16; else the supernet's data")
     p.add_argument("--data-root", help="folder of the dataset when it is not bundled")

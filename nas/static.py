@@ -45,19 +45,26 @@ FORMAT_VERSION = 1
 
 
 class Residual(nn.Module):
-    """``x + body(x)``.
+    """``x + body(x)``, or ``shortcut(x) + body(x)`` with a projection shortcut (ResNet's 1x1 conv + BN where
+    the body changes the shape).
 
     Example:
         >>> Residual(nn.Identity())(torch.ones(1, 2)).tolist()
         [[2.0, 2.0]]
+        >>> tuple(Residual(nn.Conv2d(4, 8, 3, 2, 1), shortcut=nn.Conv2d(4, 8, 1, 2))(torch.ones(1, 4, 5, 5)).shape)
+        (1, 8, 3, 3)
     """
 
-    def __init__(self, body: nn.Module):
+    def __init__(self, body: nn.Module, shortcut: nn.Module | None = None):
         super().__init__()
         self.body = body
+        self.shortcut = shortcut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        if self.shortcut is None:
+            return x + self.body(x)
+        y = self.body(x)  # body first: the order trace_layer_specs records the layers in
+        return self.shortcut(x) + y
 
 
 class SqueezeExcite(nn.Module):
@@ -239,7 +246,8 @@ _leaf(
     lambda m: {"channels": m.reduce.in_channels, "mid_channels": m.reduce.out_channels},
 )
 register(Codec("Sequential", nn.Sequential, lambda m: {}, lambda a, ch: nn.Sequential(OrderedDict(ch)), True))
-register(Codec("Residual", Residual, lambda m: {}, lambda a, ch: Residual(dict(ch)["body"]), True))
+# Children "body" and, for a projection shortcut, "shortcut" (architectures written before it have only "body").
+register(Codec("Residual", Residual, lambda m: {}, lambda a, ch: Residual(**dict(ch)), True))
 
 
 def describe(module: nn.Module) -> dict[str, Any]:

@@ -35,11 +35,19 @@ _BUILTIN: dict[str, tuple[str, str]] = {
         "search_spaces.mobilenetv3",
         "Once-for-All MobileNetV3: elastic depth/expand/kernel/resolution",
     ),
+    "resnet": (
+        "search_spaces.resnet",
+        "Once-for-All ResNet: bottleneck blocks, elastic depth/expand/width/resolution",
+    ),
     "nb201": (
         "search_spaces.nb201",
         "NAS-Bench-201 cell space: 15,625 cells with known accuracy and latency",
     ),
 }
+
+
+# Built-in spaces named "<space>-<preset>[-quant][-sparse]" (their space(preset, quant=, sparsity=)).
+_PRESET_FAMILIES = ("mobilenetv3", "resnet")
 
 
 def available() -> dict[str, str]:
@@ -143,6 +151,8 @@ def space_by_name(name: str, module: str | None = None) -> Any:
     Example:
         >>> space_by_name("mobilenetv3-small-quant").name
         'mobilenetv3-small-quant'
+        >>> space_by_name("resnet-imagenet-sparse").name
+        'resnet-imagenet-sparse'
     """
     if module is not None and not is_builtin(module):
         space = make_space(module)
@@ -153,15 +163,16 @@ def space_by_name(name: str, module: str | None = None) -> Any:
         return space
     if name == "nb201":
         return get("nb201").space
-    if name.startswith("mobilenetv3-"):
-        preset, *flags = name[len("mobilenetv3-") :].split("-")
-        unknown = set(flags) - {"quant", "sparse"}
-        if not unknown:
-            space = get("mobilenetv3").space(preset, quant="quant" in flags, sparsity="sparse" in flags)
-            if space.name == name:
-                return space
+    for family in _PRESET_FAMILIES:
+        if name.startswith(family + "-"):
+            preset, *flags = name[len(family) + 1 :].split("-")
+            if not set(flags) - {"quant", "sparse"}:
+                space = get(family).space(preset, quant="quant" in flags, sparsity="sparse" in flags)
+                if space.name == name:
+                    return space
+    families = ", ".join(f"{f}-<preset>[-quant][-sparse]" for f in _PRESET_FAMILIES)
     raise ValueError(
-        f"no built-in search space is named {name!r}; known: nb201, mobilenetv3-<preset>[-quant][-sparse]; for a "
+        f"no built-in search space is named {name!r}; known: nb201, {families}; for a "
         "space of your own, name the module that defines it (nas fit --space mypkg.myspace)"
     )
 

@@ -9,7 +9,7 @@ Example:
     (1, 4, 6, 6)
 """
 
-from nas.ops.blocks import ACTIVATIONS, ElasticMBConv, ElasticSqueezeExcite, conv_out_size
+from nas.ops.blocks import ACTIVATIONS, ElasticBottleneck, ElasticMBConv, ElasticSqueezeExcite, conv_out_size
 from nas.ops.elastic import (
     ElasticBatchNorm2d,
     ElasticConv2d,
@@ -27,6 +27,7 @@ __all__ = [
     "WEIGHT_BITS",
     "ElasticActQuant",
     "ElasticBatchNorm2d",
+    "ElasticBottleneck",
     "ElasticConv2d",
     "ElasticLayerNorm",
     "ElasticLinear",
