@@ -355,3 +355,15 @@ def test_registry_and_cli_know_the_space(capsys):
     for name in ("mobilenetv3", "resnet"):  # the --preset help names every preset of both
         assert name in cli._PRESET_HELP
         assert all(p in cli._PRESET_HELP for p in search_spaces.get(name).PRESETS)
+
+
+def test_cli_profiles_the_space_and_names_a_bad_preset(tmp_path, capsys):
+    from nas.cli import main
+    from nas.hw.profiles import Profile
+
+    out = tmp_path / "cpu.csv"
+    args = ["profile", "--space", "resnet", "--preset", "small", "--samples", "2", "--repeats", "1"]
+    assert main([*args, "--rounds", "1", "--warmup", "0", "--threads", "1", "--out", str(out)]) == 0
+    assert Profile.load(out).space == "resnet-small"
+    assert main([*args, "--preset", "huge", "--out", str(tmp_path / "other.csv")]) == 2
+    assert "unknown resnet preset 'huge'" in capsys.readouterr().err
