@@ -289,9 +289,8 @@ def trace_layer_specs(model: nn.Module, input_shape: tuple[int, ...]) -> list[La
         if isinstance(m, SqueezeExcite):
             return LayerSpec("se", m.reduce.in_channels, m.reduce.out_channels, bias=True, **shape)
         channels = int(y.shape[1]) if y.dim() >= 2 else 1
-        if isinstance(
-            m, Residual
-        ):  # adds two tensors of the output's shape (a projection shortcut may stride)
+        # A residual adds two tensors of the output's shape (its input's may differ: a projection may stride).
+        if isinstance(m, Residual):
             return LayerSpec("add", channels, channels, in_h=oh, in_w=ow, out_h=oh, out_w=ow, name=name)
         if isinstance(m, GlobalAvgPool) or (isinstance(m, nn.AdaptiveAvgPool2d) and (oh, ow) == (1, 1)):
             return LayerSpec("pool", channels, channels, **shape)
