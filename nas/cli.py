@@ -789,8 +789,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     net = search_spaces.load_trained(supernet_dir)
     formats = tuple(args.format)
     int8_data = _int8_calibration(supernet_dir, cfg) if "onnx-int8" in formats else {}
+    bn_data = _bn_calibration_images(supernet_dir, recipe)
     try:
-        out = export(net, cfg, args.out, formats=formats, **int8_data)
+        out = export(net, cfg, args.out, formats=formats, bn_calib_data=bn_data, **int8_data)
     except ExportError as exc:  # e.g. --out is a directory of other files: one line, like any bad input
         raise CliError(str(exc)) from None
     shown = f", {lat_col}={best[lat_col]:.3f} ms" if lat_col else ""
@@ -806,6 +807,33 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 INT8_IMAGES = 256  # calibration images for the int8 export, and as many held-out ones to check it on
+
+
+def _bn_calibration_images(supernet_dir: str, recipe: Mapping[str, Any]) -> Any:
+    """The images ``nas search`` re-estimated every subnet's batch norm on when it measured its accuracy: the
+    held-out split of the search's dataset (the supernet's training data unless the search named another).
+
+    The exported subnet gets its batch norm re-estimated on them the same way, so that it is the model whose
+    accuracy the store holds; the supernet's own running statistics mix every subnet it trained. ``None``
+    (with a note) when the run records no data to calibrate on.
+    """
+    import search_spaces
+    from nas import data as nas_data
+
+    spec = search_spaces.trained_spec(supernet_dir)
+    name = recipe.get("dataset") or spec.get("data")
+    problem = f"{supernet_dir} records no training data" if not name else None
+    if name:
+        try:
+            return _dataset(nas_data, name, spec.get("data_root"), "val")[0]
+        except (FileNotFoundError, CliError) as exc:
+            problem = f"cannot read {name}: {exc}"
+    print(
+        f"nas export: note: {problem}; batch-norm statistics are exported as the supernet holds them, not "
+        "re-estimated for this subnet as the search did (its accuracy may differ from the stored one)",
+        file=sys.stderr,
+    )
+    return None
 
 
 def _int8_calibration(supernet_dir: str, cfg: Any) -> dict[str, Any]:
@@ -1059,7 +1087,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report directory")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("export", help="export the most accurate Pareto-optimal subnet within a latency bound")
+    p = sub.add_parser(
+        "export",
+        help="export the most accurate Pareto-optimal subnet within a latency bound",
+        description="Export the most accurate Pareto-optimal subnet of a search (within --max-latency on "
+        "--target). Its batch-norm statistics are re-estimated on the held-out images the search measured "
+        "accuracy on, as the search did, so the exported model is the one whose accuracy the store holds.",
+    )
     p.add_argument("store", help="the search store")
     p.add_argument("--target", help="hardware target of the front (default: the run's first)")
     p.add_argument("--max-latency", help="e.g. 4ms")
