@@ -602,7 +602,7 @@ def export(
     if unknown:
         raise ValueError(f"export: unknown format(s) {unknown}; choose from {list(FORMATS)}")
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).exists())):
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_previous_export(out))):
         raise ExportError(
             f"export: {out} exists and is not a previous export; refusing to replace it (choose a new or empty "
             "output directory)"
@@ -688,6 +688,20 @@ def export(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _is_previous_export(out: Path) -> bool:
+    """Whether directory ``out`` is what :func:`export` writes: a manifest of an export and only the files it
+    lists. Any ``manifest.json`` is not enough: replacing ``out`` deletes everything in it."""
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return False
+    if not {"format_version", "config_json", "architecture"} <= manifest.keys():
+        return False
+    return {p.name for p in out.iterdir()} <= {MANIFEST, *manifest["files"]}
 
 
 def _images(data: Any, what: str) -> torch.Tensor:

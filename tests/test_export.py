@@ -142,6 +142,17 @@ def test_export_refuses_foreign_directories_and_unknown_formats(net, tmp_path):
     with pytest.raises(ExportError, match="not a previous export"):
         export(net, net.space.min(), foreign, formats=("safetensors",))
     assert (foreign / "important.txt").read_text() == "keep me"
+    # a manifest.json of something else (a web app's, say) does not make a folder an export
+    (foreign / "manifest.json").write_text('{"name": "my app", "icons": []}')
+    with pytest.raises(ExportError, match="not a previous export"):
+        export(net, net.space.min(), foreign, formats=("safetensors",))
+    assert sorted(p.name for p in foreign.iterdir()) == ["important.txt", "manifest.json"]
+    # nor does an export's manifest beside files of the user's that it does not list
+    model = export(net, net.space.min(), tmp_path / "model", formats=("safetensors",))
+    (model / "notes.txt").write_text("keep me too")
+    with pytest.raises(ExportError, match="not a previous export"):
+        export(net, net.space.min(), model, formats=("safetensors",))
+    assert (model / "notes.txt").read_text() == "keep me too"
     with pytest.raises(ValueError, match="unknown format"):
         export(net, net.space.min(), tmp_path / "x", formats=("tflite",))
     with pytest.raises(nas.InvalidConfigError):
