@@ -767,24 +767,46 @@ def cmd_export(args: argparse.Namespace) -> int:
     supernet_dir = args.supernet or recipe.get("supernet")
     if not supernet_dir:
         raise CliError("this run has no supernet to export from (tabular space?); pass --supernet RUN_DIR")
+    names = result.objective_names
+    if "accuracy" not in names:
+        raise CliError(
+            f"nas export picks the most accurate subnet, but this run has no 'accuracy' objective (objectives: "
+            f"{', '.join(names)}); export a config of your choice in Python with nas.export(net, cfg, out)"
+        )
     target = target_label(args.target) if args.target else (result.targets[0] if result.targets else None)
     front = result.pareto(target=target)
-    lat_col = f"latency@{target}" if target else None
+    lat_col = f"latency@{target}" if target and f"latency@{target}" in names else None
     if args.max_latency and not lat_col:
         # Without a latency column there is nothing to bound: exporting the most accurate subnet regardless
         # would hand over a model that may break the bound the user asked for.
         raise CliError(
             f"--max-latency needs a latency target, but this run has none (objectives: "
-            f"{', '.join(result.objective_names)}); search with --target, or drop --max-latency"
+            f"{', '.join(names)}); search with --target, or drop --max-latency"
         )
-    if args.max_latency and lat_col:
-        front = front[front[lat_col] <= parse_duration_ms(args.max_latency)]
+    bound = parse_duration_ms(args.max_latency) if args.max_latency else None
     if front.empty:
+        history = result.history
+        failed = int((history["status"] != "ok").sum())
+        infeasible = int(((history["status"] == "ok") & ~history["feasible"].astype(bool)).sum())
+        if not len(history):
+            raise CliError(f"{args.store} holds no evaluations yet; run (or resume) the search first")
+        no_value = len(history) - failed - infeasible
         raise CliError(
-            f"no Pareto-optimal subnet for target {target!r} meets --max-latency {args.max_latency}; "
-            "relax the bound or search longer"
+            f"no evaluation in {args.store} can be exported: of {len(history)}, {failed} failed, {infeasible} "
+            f"broke a constraint and {no_value} lack a value of {', '.join(result.front_objectives(target))} "
+            "(the store's error column says why evaluations failed); fix the cause and search again"
         )
-    best = front.sort_values("accuracy", ascending=False).iloc[0]
+    if bound is not None:
+        fastest = float(front[lat_col].min())
+        front = front[front[lat_col] <= bound]
+        if front.empty:
+            raise CliError(
+                f"no Pareto-optimal subnet for target {target!r} meets --max-latency {args.max_latency} (the "
+                f"fastest takes {fastest:.3f} ms); relax the bound or search longer"
+            )
+    # Equally accurate subnets: the faster one (then the earlier one), not whichever a sort left first.
+    keys = ["accuracy", lat_col, "order"] if lat_col else ["accuracy", "order"]
+    best = front.sort_values(keys, ascending=[False] + [True] * (len(keys) - 1), kind="mergesort").iloc[0]
     cfg = result.configs(front.loc[[best.name]])[0]
     net = search_spaces.load_trained(supernet_dir)
     formats = tuple(args.format)
