@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     best = float(front["accuracy"].max())
     chosen_row = front[front["accuracy"] >= best - args.within].iloc[0]  # the cheapest one close to the best
     chosen = Config.from_json(chosen_row["config"])
-    exported = nas.export(net, chosen, out / "model")
+    exported = nas.export(net, chosen, out / "model", bn_calib_data=train)  # batch norm as evaluated
     summary = {
         "chosen": json.loads(chosen.to_json()),
         "accuracy": float(chosen_row["accuracy"]),

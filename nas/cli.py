@@ -775,30 +775,53 @@ def cmd_export(args: argparse.Namespace) -> int:
     supernet_dir = args.supernet or recipe.get("supernet")
     if not supernet_dir:
         raise CliError("this run has no supernet to export from (tabular space?); pass --supernet RUN_DIR")
+    names = result.objective_names
+    if "accuracy" not in names:
+        raise CliError(
+            f"nas export picks the most accurate subnet, but this run has no 'accuracy' objective (objectives: "
+            f"{', '.join(names)}); export a config of your choice in Python with nas.export(net, cfg, out)"
+        )
     target = target_label(args.target) if args.target else (result.targets[0] if result.targets else None)
     front = result.pareto(target=target)
-    lat_col = f"latency@{target}" if target else None
+    lat_col = f"latency@{target}" if target and f"latency@{target}" in names else None
     if args.max_latency and not lat_col:
         # Without a latency column there is nothing to bound: exporting the most accurate subnet regardless
         # would hand over a model that may break the bound the user asked for.
         raise CliError(
             f"--max-latency needs a latency target, but this run has none (objectives: "
-            f"{', '.join(result.objective_names)}); search with --target, or drop --max-latency"
+            f"{', '.join(names)}); search with --target, or drop --max-latency"
         )
-    if args.max_latency and lat_col:
-        front = front[front[lat_col] <= parse_duration_ms(args.max_latency)]
+    bound = parse_duration_ms(args.max_latency) if args.max_latency else None
     if front.empty:
+        history = result.history
+        failed = int((history["status"] != "ok").sum())
+        infeasible = int(((history["status"] == "ok") & ~history["feasible"].astype(bool)).sum())
+        if not len(history):
+            raise CliError(f"{args.store} holds no evaluations yet; run (or resume) the search first")
+        no_value = len(history) - failed - infeasible
         raise CliError(
-            f"no Pareto-optimal subnet for target {target!r} meets --max-latency {args.max_latency}; "
-            "relax the bound or search longer"
+            f"no evaluation in {args.store} can be exported: of {len(history)}, {failed} failed, {infeasible} "
+            f"broke a constraint and {no_value} lack a value of {', '.join(result.front_objectives(target))} "
+            "(the store's error column says why evaluations failed); fix the cause and search again"
         )
-    best = front.sort_values("accuracy", ascending=False).iloc[0]
+    if bound is not None:
+        fastest = float(front[lat_col].min())
+        front = front[front[lat_col] <= bound]
+        if front.empty:
+            raise CliError(
+                f"no Pareto-optimal subnet for target {target!r} meets --max-latency {args.max_latency} (the "
+                f"fastest takes {fastest:.3f} ms); relax the bound or search longer"
+            )
+    # Equally accurate subnets: the faster one (then the earlier one), not whichever a sort left first.
+    keys = ["accuracy", lat_col, "order"] if lat_col else ["accuracy", "order"]
+    best = front.sort_values(keys, ascending=[False] + [True] * (len(keys) - 1), kind="mergesort").iloc[0]
     cfg = result.configs(front.loc[[best.name]])[0]
     net = search_spaces.load_trained(supernet_dir)
     formats = tuple(args.format)
     int8_data = _int8_calibration(supernet_dir, cfg) if "onnx-int8" in formats else {}
+    bn_data = _bn_calibration_images(supernet_dir, recipe)
     try:
-        out = export(net, cfg, args.out, formats=formats, **int8_data)
+        out = export(net, cfg, args.out, formats=formats, bn_calib_data=bn_data, **int8_data)
     except ExportError as exc:  # e.g. --out is a directory of other files: one line, like any bad input
         raise CliError(str(exc)) from None
     shown = f", {lat_col}={best[lat_col]:.3f} ms" if lat_col else ""
@@ -814,6 +837,33 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 INT8_IMAGES = 256  # calibration images for the int8 export, and as many held-out ones to check it on
+
+
+def _bn_calibration_images(supernet_dir: str, recipe: Mapping[str, Any]) -> Any:
+    """The images ``nas search`` re-estimated every subnet's batch norm on when it measured its accuracy: the
+    held-out split of the search's dataset (the supernet's training data unless the search named another).
+
+    The exported subnet gets its batch norm re-estimated on them the same way, so that it is the model whose
+    accuracy the store holds; the supernet's own running statistics mix every subnet it trained. ``None``
+    (with a note) when the run records no data to calibrate on.
+    """
+    import search_spaces
+    from nas import data as nas_data
+
+    spec = search_spaces.trained_spec(supernet_dir)
+    name = recipe.get("dataset") or spec.get("data")
+    problem = f"{supernet_dir} records no training data" if not name else None
+    if name:
+        try:
+            return _dataset(nas_data, name, spec.get("data_root"), "val")[0]
+        except (FileNotFoundError, CliError) as exc:
+            problem = f"cannot read {name}: {exc}"
+    print(
+        f"nas export: note: {problem}; batch-norm statistics are exported as the supernet holds them, not "
+        "re-estimated for this subnet as the search did (its accuracy may differ from the stored one)",
+        file=sys.stderr,
+    )
+    return None
 
 
 def _int8_calibration(supernet_dir: str, cfg: Any) -> dict[str, Any]:
@@ -1063,7 +1113,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report directory")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("export", help="export the most accurate Pareto-optimal subnet within a latency bound")
+    p = sub.add_parser(
+        "export",
+        help="export the most accurate Pareto-optimal subnet within a latency bound",
+        description="Export the most accurate Pareto-optimal subnet of a search (within --max-latency on "
+        "--target). Its batch-norm statistics are re-estimated on the held-out images the search measured "
+        "accuracy on, as the search did, so the exported model is the one whose accuracy the store holds.",
+    )
     p.add_argument("store", help="the search store")
     p.add_argument("--target", help="hardware target of the front (default: the run's first)")
     p.add_argument("--max-latency", help="e.g. 4ms")

@@ -564,6 +564,9 @@ def export(
     overwrite: bool = True,
     calib_data: torch.Tensor | None = None,
     eval_data: torch.Tensor | None = None,
+    bn_calib_data: Any = None,
+    bn_calib_batches: int | None = None,
+    bn_calib_batch_size: int | None = None,
 ) -> Path:
     """Write subnet ``cfg`` of ``net`` to ``out_dir`` and return its path.
 
@@ -580,6 +583,13 @@ def export(
             measure int8-vs-fake-quant agreement (default: 64 random inputs; pass real data for meaningful
             agreement figures).
         eval_data: held-out inputs to measure the agreement on instead of ``calib_data``.
+        bn_calib_data: images (a tensor, a ``TensorDataset`` or an ``(images, labels)`` pair, any resolution)
+            to re-estimate the subnet's batch-norm statistics (and activation observers) on before it is
+            extracted, exactly as :func:`nas.evaluation.evaluate_subnet` does (``bn_calib_batches`` x
+            ``bn_calib_batch_size`` images, default 8 x 256). Pass the calibration images the search's accuracy
+            objective used, so that the exported model is the one whose accuracy was measured: the supernet's
+            own running statistics mix every subnet it trained and fit none. ``net`` is left as it was.
+            Without it the supernet's running statistics are exported as they are.
 
     Example:
         >>> # export(net, cfg, "model/", formats=("safetensors", "onnx"))  -> Path("model")
@@ -592,7 +602,7 @@ def export(
     if unknown:
         raise ValueError(f"export: unknown format(s) {unknown}; choose from {list(FORMATS)}")
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).exists())):
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_previous_export(out))):
         raise ExportError(
             f"export: {out} exists and is not a previous export; refusing to replace it (choose a new or empty "
             "output directory)"
@@ -600,7 +610,8 @@ def export(
     if out.exists() and not overwrite:
         raise ExportError(f"export: {out} exists; pass overwrite=True to replace it")
     canonical = net.space.canonical(cfg)
-    model = net.extract(canonical).eval().cpu()
+    bn_images = None if bn_calib_data is None else _images(bn_calib_data, "bn_calib_data")
+    model, bn_used = _extract(net, canonical, bn_images, bn_calib_batches, bn_calib_batch_size)
     if not hasattr(model, "architecture"):  # a supernet of the user's whose extract() skipped static.finalize
         static.finalize(model)
     shape = net.input_shape(canonical, batch_size=2)
@@ -658,6 +669,8 @@ def export(
                 "bytes": metrics.model_bytes(net, canonical),
             },
             "verification": extra,
+            # images the batch-norm statistics were re-estimated on for this subnet (None: the supernet's own)
+            "bn_recalibration": None if bn_used is None else {"images": bn_used},
             "measured_density": measured_density(model),
             "versions": _versions(),
             "files": {
@@ -675,6 +688,65 @@ def export(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _is_previous_export(out: Path) -> bool:
+    """Whether directory ``out`` is what :func:`export` writes: a manifest of an export and only the files it
+    lists. Any ``manifest.json`` is not enough: replacing ``out`` deletes everything in it."""
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return False
+    if not {"format_version", "config_json", "architecture"} <= manifest.keys():
+        return False
+    return {p.name for p in out.iterdir()} <= {MANIFEST, *manifest["files"]}
+
+
+def _images(data: Any, what: str) -> torch.Tensor:
+    """The images of a ``(N, C, H, W)`` tensor, a ``TensorDataset`` or an ``(images, labels)`` pair."""
+    from nas.evaluation import _tensors, check_images_and_labels
+
+    if torch.is_tensor(data):
+        return check_images_and_labels(data, torch.zeros(len(data), dtype=torch.long), what)[0]
+    return _tensors(data, what, labels=False)[0]
+
+
+def _extract(
+    net: Supernet,
+    cfg: Any,
+    bn_images: torch.Tensor | None,
+    batches: int | None,
+    batch_size: int | None,
+) -> tuple[nn.Module, int | None]:
+    """The static subnet (eval mode, CPU), with its batch norm re-estimated on ``bn_images`` when given, and
+    how many images that used. The supernet's buffers, mode and active config are restored afterwards."""
+    from nas import evaluation
+
+    if bn_images is None:
+        return net.extract(cfg).eval().cpu(), None
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    bn_images = bn_images.to(device)
+    previous = getattr(net, "active_config", None)
+    momenta = [(m, m.momentum) for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with evaluation.bn_calibration(net):
+        try:
+            active = net.activate(cfg)
+            used = evaluation.recalibrate_bn(
+                net,
+                bn_images,
+                active,
+                evaluation.CALIB_BATCHES if batches is None else batches,
+                evaluation.CALIB_BATCH_SIZE if batch_size is None else batch_size,
+            )
+            for m, momentum in momenta:  # recalibration set None (cumulative); the model keeps the usual one
+                m.momentum = momentum
+            model = net.extract(active).eval().cpu()
+        finally:
+            if previous is not None:
+                net.activate(previous)
+    return model, used
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

@@ -153,8 +153,14 @@ def write_report(source: SearchResult | str | os.PathLike[str], out_dir: str | o
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"meta": result.meta, "evaluations": len(result), "fronts": {}}
     sections = []
+    used: set[str] = set()
     for label, names in _fronts(result):
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+        safe = base = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+        for n in range(2, len(used) + 2):  # "my cpu" and "my_cpu" must not share (overwrite) their files
+            if safe not in used:
+                break
+            safe = f"{base}-{n}"
+        used.add(safe)
         front = result.pareto(objectives=names)
         ref = default_reference(result, names)
         steps, hv = hypervolume_curve(result, names, ref)

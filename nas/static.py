@@ -115,7 +115,23 @@ class ActQuant(nn.Module):
         self.zero_point = int(zero_point)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            return self._explicit(x)
         return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, 0, 255)
+
+    def _explicit(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function as plain arithmetic (what ONNX export writes), bit for bit.
+
+        Exported as ``QuantizeLinear -> DequantizeLinear``, a fake quantizer in front of a float convolution
+        is a pattern onnxruntime's default optimisations rewrite into an integer convolution with its own
+        (per-tensor) weight quantization: another function (logits off by 0.2-0.4 on a quantized ``small``
+        subnet). ``Mul, Round, Add, Clip, Sub, Mul`` is left alone. Torch's kernel multiplies by the float32
+        reciprocal of the scale and rounds half to even, as ONNX ``Round`` does.
+        """
+        scale = torch.tensor(self.scale, dtype=x.dtype)
+        zero_point = float(self.zero_point)
+        q = torch.clamp(torch.round(x * (1.0 / scale)) + zero_point, 0.0, 255.0)
+        return (q - zero_point) * scale
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, zero_point={self.zero_point}"

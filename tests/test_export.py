@@ -142,7 +142,55 @@ def test_export_refuses_foreign_directories_and_unknown_formats(net, tmp_path):
     with pytest.raises(ExportError, match="not a previous export"):
         export(net, net.space.min(), foreign, formats=("safetensors",))
     assert (foreign / "important.txt").read_text() == "keep me"
+    # a manifest.json of something else (a web app's, say) does not make a folder an export
+    (foreign / "manifest.json").write_text('{"name": "my app", "icons": []}')
+    with pytest.raises(ExportError, match="not a previous export"):
+        export(net, net.space.min(), foreign, formats=("safetensors",))
+    assert sorted(p.name for p in foreign.iterdir()) == ["important.txt", "manifest.json"]
+    # nor does an export's manifest beside files of the user's that it does not list
+    model = export(net, net.space.min(), tmp_path / "model", formats=("safetensors",))
+    (model / "notes.txt").write_text("keep me too")
+    with pytest.raises(ExportError, match="not a previous export"):
+        export(net, net.space.min(), model, formats=("safetensors",))
+    assert (model / "notes.txt").read_text() == "keep me too"
     with pytest.raises(ValueError, match="unknown format"):
         export(net, net.space.min(), tmp_path / "x", formats=("tflite",))
     with pytest.raises(nas.InvalidConfigError):
         export(net, {"resolution": 28}, tmp_path / "y")
+
+
+def test_export_reestimates_batch_norm_for_the_subnet_like_the_search_did(net, tmp_path):
+    """``bn_calib_data``: the exported model is the subnet as evaluate_subnet measured it (batch norm
+    re-estimated for it), and the supernet is left as it was."""
+    from nas.evaluation import bn_calibration, recalibrate_bn
+
+    cfg = net.space.canonical(net.space.sample(7))
+    images = torch.randn(48, 1, 32, 32, generator=torch.Generator().manual_seed(5))
+    x = torch.randn(3, *net.input_shape(cfg)[1:], generator=torch.Generator().manual_seed(6))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with bn_calibration(net), torch.no_grad():
+        net.activate(cfg)
+        recalibrate_bn(net, images, cfg, batches=2, batch_size=16)
+        expected = net(x)
+    out = export(
+        net,
+        cfg,
+        tmp_path / "m",
+        formats=("safetensors",),
+        bn_calib_data=images,
+        bn_calib_batches=2,
+        bn_calib_batch_size=16,
+    )
+    loaded = load_exported(out)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected, rtol=0, atol=1e-5)
+        assert not torch.allclose(
+            net.extract(cfg).eval()(x), expected, atol=1e-3
+        )  # the stored statistics differ
+    assert json.loads((out / "manifest.json").read_text())["bn_recalibration"] == {"images": 32}
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    bns = [m for m in loaded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.momentum == 0.1 for m in bns)  # the usual momentum, not calibration's None
+    # images may also come as an (images, labels) pair, as evaluate_subnet takes them
+    pair = export(net, cfg, tmp_path / "p", formats=("safetensors",), bn_calib_data=(images, torch.zeros(48)))
+    assert json.loads((pair / "manifest.json").read_text())["bn_recalibration"] == {"images": 48}

@@ -65,3 +65,18 @@ def test_empty_run_is_refused(tmp_path):
     empty = SearchResult(result, [("accuracy", "max"), ("latency@cpu", "min")])
     with pytest.raises(ValueError, match="no evaluations"):
         write_report(empty, tmp_path)
+
+
+def test_targets_whose_file_names_would_clash_get_their_own_files(tmp_path):
+    h = make_result().history.rename(
+        columns={"latency@cpu": "latency@my cpu", "latency@phone": "latency@my_cpu"}
+    )
+    result = SearchResult(h, [("accuracy", "max"), ("latency@my cpu", "min"), ("latency@my_cpu", "min")])
+    text = write_report(result, tmp_path / "rep").read_text()
+    for label in ("my cpu", "my_cpu"):
+        # each section shows its own front: the second target's files used to overwrite the first's
+        section = text.split(f"<h2>{label}</h2>", 1)[1].split("<h2>", 1)[0]
+        png = section.split('<img src="', 1)[1].split('"', 1)[0]
+        csv = pd.read_csv(tmp_path / "rep" / png.replace(".png", ".csv"))
+        assert csv["key"].tolist() == result.pareto(target=label)["key"].tolist()
+    assert len(list((tmp_path / "rep").glob("front_*.png"))) == 2
