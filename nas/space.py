@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import itertools
@@ -217,15 +218,17 @@ class Choice:
 
     def index(self, value: Any) -> int:
         """Position of ``value`` in ``values``; raises :class:`InvalidConfigError` naming the allowed values."""
+        if isinstance(value, np.generic):  # np.str_("relu"), np.True_, np.float64(0.5): a user's numpy values
+            value = value.item()
         for i, v in enumerate(self.values):
-            if _same_value(v, value) or (
-                # Accept 5.0 for 5 and 5 for 5.0 in numeric dims (JSON and numpy blur them); never bools.
-                self.is_numeric
-                and isinstance(value, int | float | np.number)
-                and not isinstance(value, bool)
-                and float(value) == float(v)
-            ):
+            if _same_value(v, value):
                 return i
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # Accept 5.0 for 5 and 5 for 5.0 (JSON blurs them), also in mixed dims such as (0.5, "2:4", 1.0);
+            # never bools.
+            for i, v in enumerate(self.values):
+                if isinstance(v, int | float) and not isinstance(v, bool) and float(value) == float(v):
+                    return i
         raise InvalidConfigError(
             f"{self.name!r}: {value!r} is not allowed; choose one of {list(self.values)}"
         )
@@ -266,21 +269,27 @@ class SearchSpace:
 
     def __init__(self, name: str, dims: Sequence[Choice]):
         self.name = str(name)
-        self.dims: tuple[Choice, ...] = tuple(dims)
         self._by_name: dict[str, Choice] = {}
-        for d in self.dims:
+        for d in dims:
             if not isinstance(d, Choice):
                 raise TypeError(f"space {name!r}: expected Choice dimensions, got {type(d).__name__}")
             if d.name in self._by_name:
                 raise InvalidConfigError(f"space {name!r}: dimension {d.name!r} is defined twice")
+            when = {}
             for parent, allowed in d.when.items():
                 if parent not in self._by_name:
                     raise InvalidConfigError(
                         f"space {name!r}: {d.name!r} depends on {parent!r}, which must be defined before it"
                     )
-                for a in allowed:
-                    self._by_name[parent].index(a)
+                # The parent's own values: a condition is matched exactly, so {"depth": (2.0,)} on an int
+                # depth would otherwise never hold and leave the dimension inactive for good.
+                when[parent] = tuple(
+                    self._by_name[parent].values[self._by_name[parent].index(a)] for a in allowed
+                )
+            if when:  # (2,) == (2.0,) in Python, so not compared: always the parent's values
+                d = dataclasses.replace(d, when=when)
             self._by_name[d.name] = d
+        self.dims: tuple[Choice, ...] = tuple(self._by_name.values())
 
     # ----------------------------------------------------------------------------------------- structure
     @property

@@ -254,3 +254,32 @@ def test_canonical_fills_inactive_dimensions_that_are_left_out():
         s.canonical({**short, "s.depth": 9})  # a bad parent value is named, not a missing child
     with pytest.raises(InvalidConfigError, match="unknown"):
         s.canonical({**short, "s.nope": 1})
+
+
+def test_validate_accepts_numpy_strings_bools_and_floats_of_a_users_own_code():
+    # np.random.choice(["relu", "hswish"]) gives np.str_, comparisons of arrays np.bool_: the same values.
+    space = SearchSpace(
+        "np",
+        [
+            Choice("act", ("relu", "hswish")),
+            Choice("se", (False, True)),
+            Choice("sparsity", (0.5, "2:4", 1.0)),
+        ],
+    )
+    rng = np.random.default_rng(0)
+    cfg = space.validate(
+        {"act": rng.choice(["relu"]), "se": np.arange(2)[1] > 0, "sparsity": np.float64(0.5)}
+    )
+    assert cfg.to_json() == '{"act":"relu","se":true,"sparsity":0.5}'
+    assert space.validate({"act": "relu", "se": True, "sparsity": 1}) == space.max().replace(act="relu")
+    with pytest.raises(InvalidConfigError, match="'se': 1 is not allowed"):
+        space.validate({"act": "relu", "se": np.int64(1), "sparsity": 1.0})  # a number is still no bool
+
+
+def test_a_condition_written_with_another_number_type_still_holds():
+    # when={"depth": (2.0,)} on an int depth was accepted but never held, so "k" stayed inactive for good.
+    for allowed in ((2.0,), (np.int64(2),), (np.float32(2),)):
+        space = SearchSpace("t", [Choice("depth", (1, 2)), Choice("k", (3, 5), when={"depth": allowed})])
+        assert space.size == 3
+        assert space.canonical({"depth": 2, "k": 5})["k"] == 5
+        assert space["k"].when == {"depth": (2,)} and type(space["k"].when["depth"][0]) is int
