@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
-import itertools
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -368,23 +367,32 @@ class SearchSpace:
 
     @staticmethod
     def _count_component(dims: list[Choice]) -> int:
-        controllers = {p for d in dims for p in d.when}
-        ctrl_dims = [d for d in dims if d.name in controllers]
-        leaf_dims = [d for d in dims if d.name not in controllers]
-        count = 0
-        for combo in itertools.product(*(d.values for d in ctrl_dims)):
-            values = dict(zip((d.name for d in ctrl_dims), combo))
-            # An inactive controller only ever takes its canonical value; other assignments are duplicates.
-            if any(
-                not d.is_active(values) and not _same_value(values[d.name], d.canonical) for d in ctrl_dims
-            ):
-                continue
-            n = 1
-            for d in leaf_dims:
-                if d.is_active(values):
-                    n *= len(d.values)
-            count += n
-        return count
+        """Distinct canonical assignments of one group, counted dimension by dimension.
+
+        The state carried forward is the values of the dimensions a later condition still reads, with the
+        number of ways to reach it; so a chain of conditions (layer ``i`` exists only when layer ``i - 1`` does)
+        costs a few states per dimension instead of every combination of its controllers.
+        """
+        last_read = {p: i for i, d in enumerate(dims) for p in d.when}
+        by_name = {d.name: d for d in dims}
+        # state: ((name, index of its value), ...) of the controllers still read later -> count
+        states: dict[tuple[tuple[str, int], ...], int] = {(): 1}
+        for i, d in enumerate(dims):
+            needed_later = last_read.get(d.name, -1) > i
+            nxt: dict[tuple[tuple[str, int], ...], int] = {}
+            for state, n in states.items():
+                known = {name: by_name[name].values[j] for name, j in state}
+                # An inactive dimension only ever takes its canonical value; other assignments are duplicates.
+                options = range(len(d.values)) if d.is_active(known) else (d.index(d.canonical),)
+                kept = tuple((name, j) for name, j in state if last_read[name] > i)
+                if needed_later:
+                    for j in options:
+                        key = (*kept, (d.name, j))
+                        nxt[key] = nxt.get(key, 0) + n
+                else:
+                    nxt[kept] = nxt.get(kept, 0) + n * len(options)
+            states = nxt
+        return sum(states.values())
 
     def _unknown_message(self, name: str) -> str:
         close = difflib.get_close_matches(str(name), self.names, n=3)

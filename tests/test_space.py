@@ -283,3 +283,17 @@ def test_a_condition_written_with_another_number_type_still_holds():
         assert space.size == 3
         assert space.canonical({"depth": 2, "k": 5})["k"] == 5
         assert space["k"].when == {"depth": (2,)} and type(space["k"].when["depth"][0]) is int
+
+
+# The timeout is a guard only: counting takes milliseconds, enumerating 2**60 combinations never ends.
+@pytest.mark.timeout(30)
+def test_size_of_a_chain_of_conditions_does_not_enumerate_its_controllers():
+    # Layer i exists only when layer i-1 does: 60 prefixes with l59 off plus 3 widths with it on.
+    dims = [Choice("l0.on", (False, True))]
+    dims += [Choice(f"l{i}.on", (False, True), when={f"l{i - 1}.on": (True,)}) for i in range(1, 60)]
+    dims += [Choice("l59.width", (8, 16, 32), when={"l59.on": (True,)})]
+    chain = SearchSpace("chain", dims)
+    assert chain.size == 60 + 3
+    assert "size=63" in repr(chain)
+    short = SearchSpace("short", [*dims[:6], Choice("w", (1, 2), when={"l2.on": (True,), "l4.on": (False,)})])
+    assert short.size == len({c.key for c in short.all_configs()})
