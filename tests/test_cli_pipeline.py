@@ -224,3 +224,23 @@ def test_a_module_supernet_missing_a_method_gets_a_one_line_error(tmp_path, monk
     args = ["profile", "--space", "half_done_space", "--samples", "2", "--out", str(tmp_path / "p.csv")]
     assert main(args) == 2
     assert "Half must implement" in capsys.readouterr().err
+
+
+def test_a_module_supernet_with_other_arguments_or_return_value_gets_a_one_line_error(
+    tmp_path, monkeypatch, capsys
+):
+    head = "from nas import Choice, SearchSpace\ndef space():\n    return SearchSpace('s', [Choice('w', (1, 2))])\n"
+    (tmp_path / "renamed_args_space.py").write_text(head + "def supernet(n_classes, channels):\n    pass\n")
+    (tmp_path / "returns_none_space.py").write_text(
+        head + "def supernet(num_classes=10, in_channels=1):\n    pass\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    train = ["train", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "sn")]
+    assert main([*train, "--space", "renamed_args_space"]) == 2  # was: TypeError, missing 2 arguments
+    assert (
+        "renamed_args_space.supernet() needs 'n_classes', 'channels', which nas does not pass (it passes "
+        "num_classes and in_channels" in capsys.readouterr().err
+    )
+    assert main([*train, "--space", "returns_none_space"]) == 2  # was: AttributeError on None.space
+    assert "returns_none_space.supernet() returned NoneType, not a nas.Supernet" in capsys.readouterr().err
+    assert not (tmp_path / "sn").exists()
