@@ -244,3 +244,39 @@ def test_a_module_supernet_with_other_arguments_or_return_value_gets_a_one_line_
     assert main([*train, "--space", "returns_none_space"]) == 2  # was: AttributeError on None.space
     assert "returns_none_space.supernet() returned NoneType, not a nas.Supernet" in capsys.readouterr().err
     assert not (tmp_path / "sn").exists()
+
+
+def test_a_module_supernet_whose_subnets_cannot_be_exported_is_refused_before_training(
+    tmp_path, monkeypatch, capsys
+):
+    import importlib
+
+    from nas.export import ExportError, export
+
+    # A parameter-free layer type of the user's: traced (it costs nothing) and trained fine, but nas.static has
+    # no codec for it, so it used to fail at the very end, in nas export, with a TypeError traceback.
+    (tmp_path / "unexportable_space.py").write_text(
+        "from torch import nn\n"
+        "from examples.custom_space import DigitsSupernet, space\n"
+        "class Half(nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return x * 0.5\n"
+        "class Scaled(DigitsSupernet):\n"
+        "    def extract(self, cfg):\n"
+        "        return nn.Sequential(super().extract(cfg), Half())\n"
+        "def supernet(num_classes=10, in_channels=1):\n"
+        "    return Scaled(num_classes, in_channels)\n"
+    )
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    monkeypatch.chdir(tmp_path)
+    train = ["train", "--space", "unexportable_space", "--data", "digits", "--epochs", "1"]
+    assert main([*train, "--out", str(tmp_path / "sn")]) == 2
+    err = capsys.readouterr().err
+    assert "--space unexportable_space: Scaled, subnet {" in err and "no codec for Half (at root.1)" in err
+    assert "checked before training" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "sn").exists()
+
+    net = importlib.import_module("unexportable_space").supernet()
+    with pytest.raises(ExportError, match=r"export: the subnet \{.*\} of Scaled: .*no codec for Half"):
+        export(net, net.space.min(), tmp_path / "model", formats=("safetensors",))
+    assert not (tmp_path / "model").exists()
