@@ -70,6 +70,21 @@ def _user_module(name: str) -> ModuleType:
         f"built-in: {', '.join(_BUILTIN)}; or the dotted path of a module of your own that defines space() "
         "(and supernet() to train it), e.g. examples.custom_space"
     )
+    if name.endswith(".py"):  # a file name: say which dotted path imports it
+        path = Path(name).resolve()
+        try:
+            dotted = ".".join(path.with_suffix("").relative_to(Path.cwd()).parts)
+        except ValueError:  # outside the working directory
+            dotted = ""
+        use = (
+            f"--space {dotted}"
+            if _MODULE_PATH.fullmatch(dotted)
+            else f"--space {path.stem} from {path.parent}"
+        )
+        raise ValueError(
+            f"search space {name!r} is a file name; a space of your own is given as an importable module's dotted "
+            f"path (as python -m takes it): {use}"
+        )
     if not _MODULE_PATH.fullmatch(name):
         raise ValueError(f"unknown search space {name!r}; {hint}")
     cwd = os.getcwd()

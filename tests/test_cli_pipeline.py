@@ -280,3 +280,16 @@ def test_a_module_supernet_whose_subnets_cannot_be_exported_is_refused_before_tr
     with pytest.raises(ExportError, match=r"export: the subnet \{.*\} of Scaled: .*no codec for Half"):
         export(net, net.space.min(), tmp_path / "model", formats=("safetensors",))
     assert not (tmp_path / "model").exists()
+
+
+def test_a_space_given_as_a_file_name_is_told_its_dotted_path(tmp_path, monkeypatch, capsys):
+    (tmp_path / "pkg").mkdir()
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--data", "digits", "--out", str(tmp_path / "sn"), "--space"]
+    assert main([*args, "pkg/my_space.py"]) == 2  # was: "no such module under ..." for a file that exists
+    assert "is a file name; a space of your own is given as an importable module's dotted path" in (
+        err := capsys.readouterr().err
+    )
+    assert err.strip().endswith("--space pkg.my_space")
+    assert main([*args, "/elsewhere/my_space.py"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--space my_space from /elsewhere")
