@@ -175,6 +175,7 @@ def _bn_args(m: nn.BatchNorm2d) -> dict[str, Any]:
 
 _leaf("Conv2d", nn.Conv2d, _conv_args)
 _leaf("BatchNorm2d", nn.BatchNorm2d, _bn_args)
+_leaf("BatchNorm1d", nn.BatchNorm1d, _bn_args)
 _leaf(
     "Linear",
     nn.Linear,
