@@ -186,6 +186,11 @@ class Choice:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise InvalidConfigError(f"a dimension needs a non-empty string name, got {self.name!r}")
+        if isinstance(self.values, str | bytes) or not isinstance(self.values, Iterable):
+            # ("relu") is the string "relu", not a tuple: it would become the values "r", "e", "l", "u".
+            raise InvalidConfigError(
+                f"{self.name!r}: values must list the choices, e.g. ({self.values!r},), got {self.values!r}"
+            )
         values = tuple(_check_scalar(self.name, v) for v in self.values)
         if not values:
             raise InvalidConfigError(f"{self.name!r}: a dimension needs at least one value")

@@ -218,6 +218,16 @@ def test_a_condition_on_a_single_value_must_still_list_it():
     assert Choice("k", (3, 5), when={"act": ["relu"]}).when == {"act": ("relu",)}
 
 
+def test_values_written_as_a_bare_string_or_number_are_refused():
+    # Choice("act", ("relu")) (no comma: a string) became the choices "r", "e", "l", "u"; Choice("k", 3) a TypeError.
+    for value in ("relu", 3):
+        with pytest.raises(
+            InvalidConfigError, match=rf"'x': values must list the choices, e.g. \({value!r},\)"
+        ):
+            Choice("x", value)
+    assert Choice("x", ["relu"]).values == ("relu",)
+
+
 def test_samples_unique_and_too_many():
     tiny = SearchSpace("tiny", [Choice("a", (1, 2)), Choice("b", ("x", "y"))])
     got = tiny.samples(4, seed=0, unique=True)
