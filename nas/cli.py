@@ -311,6 +311,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_run_directory(out, spec, args.resume)
     net = search_spaces.build_supernet(spec)
+    if not search_spaces.is_builtin(args.space):
+        _check_exportable(net, args.space)
     new_dir = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / search_spaces.SUPERNET_SPEC, json.dumps(spec, indent=2))
@@ -318,6 +320,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         _train(args, net, train, val, out)
     print(f"trained supernet in {out}")
     return 0
+
+
+def _check_exportable(net: Any, space: str) -> None:
+    """Extract, describe and cost the largest and smallest subnets of a supernet of the user's before training.
+
+    ``nas search`` (MACs) and ``nas export`` (the architecture in the manifest) need them; a layer type they cannot
+    handle would otherwise surface only after training and searching.
+    """
+    from nas import static
+
+    for cfg in (net.space.max(), net.space.min()):
+        try:
+            model = net.extract(cfg)
+            if not hasattr(model, "architecture"):
+                static.describe(model)
+            net.layer_specs(cfg)
+        except (TypeError, ValueError) as exc:
+            raise CliError(
+                f"--space {space}: {type(net).__name__}, subnet {cfg.to_json()}: {exc} (checked before training: "
+                "nas search and nas export need it)"
+            ) from None
 
 
 def _check_run_directory(out: Path, spec: dict[str, Any], resume: bool) -> None:

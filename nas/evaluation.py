@@ -180,8 +180,9 @@ def recalibrate_bn(
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average over the calibration batches
     net.train()
-    for m in net.modules():  # dropout off: it does not change BN statistics but wastes work
-        if isinstance(m, nn.Dropout):
+    # Dropout off, every kind (Dropout2d, AlphaDropout...): the statistics must be those of the eval pass.
+    for m in net.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
             m.eval()
     used = 0
     n = min(len(calib_x), batches * batch_size)

@@ -613,7 +613,12 @@ def export(
     bn_images = None if bn_calib_data is None else _images(bn_calib_data, "bn_calib_data")
     model, bn_used = _extract(net, canonical, bn_images, bn_calib_batches, bn_calib_batch_size)
     if not hasattr(model, "architecture"):  # a supernet of the user's whose extract() skipped static.finalize
-        static.finalize(model)
+        try:
+            static.finalize(model)
+        except TypeError as exc:  # a layer type without a codec: named, with the two ways out
+            raise ExportError(
+                f"export: the subnet {canonical.to_json()} of {type(net).__name__}: {exc}"
+            ) from None
     shape = net.input_shape(canonical, batch_size=2)
     if sample_input is None:
         generator = torch.Generator().manual_seed(0)

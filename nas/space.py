@@ -24,9 +24,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
-import itertools
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -186,6 +186,11 @@ class Choice:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise InvalidConfigError(f"a dimension needs a non-empty string name, got {self.name!r}")
+        if isinstance(self.values, str | bytes) or not isinstance(self.values, Iterable):
+            # ("relu") is the string "relu", not a tuple: it would become the values "r", "e", "l", "u".
+            raise InvalidConfigError(
+                f"{self.name!r}: values must list the choices, e.g. ({self.values!r},), got {self.values!r}"
+            )
         values = tuple(_check_scalar(self.name, v) for v in self.values)
         if not values:
             raise InvalidConfigError(f"{self.name!r}: a dimension needs at least one value")
@@ -217,15 +222,17 @@ class Choice:
 
     def index(self, value: Any) -> int:
         """Position of ``value`` in ``values``; raises :class:`InvalidConfigError` naming the allowed values."""
+        if isinstance(value, np.generic):  # np.str_("relu"), np.True_, np.float64(0.5): a user's numpy values
+            value = value.item()
         for i, v in enumerate(self.values):
-            if _same_value(v, value) or (
-                # Accept 5.0 for 5 and 5 for 5.0 in numeric dims (JSON and numpy blur them); never bools.
-                self.is_numeric
-                and isinstance(value, int | float | np.number)
-                and not isinstance(value, bool)
-                and float(value) == float(v)
-            ):
+            if _same_value(v, value):
                 return i
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # Accept 5.0 for 5 and 5 for 5.0 (JSON blurs them), also in mixed dims such as (0.5, "2:4", 1.0);
+            # never bools.
+            for i, v in enumerate(self.values):
+                if isinstance(v, int | float) and not isinstance(v, bool) and float(value) == float(v):
+                    return i
         raise InvalidConfigError(
             f"{self.name!r}: {value!r} is not allowed; choose one of {list(self.values)}"
         )
@@ -266,21 +273,27 @@ class SearchSpace:
 
     def __init__(self, name: str, dims: Sequence[Choice]):
         self.name = str(name)
-        self.dims: tuple[Choice, ...] = tuple(dims)
         self._by_name: dict[str, Choice] = {}
-        for d in self.dims:
+        for d in dims:
             if not isinstance(d, Choice):
                 raise TypeError(f"space {name!r}: expected Choice dimensions, got {type(d).__name__}")
             if d.name in self._by_name:
                 raise InvalidConfigError(f"space {name!r}: dimension {d.name!r} is defined twice")
+            when = {}
             for parent, allowed in d.when.items():
                 if parent not in self._by_name:
                     raise InvalidConfigError(
                         f"space {name!r}: {d.name!r} depends on {parent!r}, which must be defined before it"
                     )
-                for a in allowed:
-                    self._by_name[parent].index(a)
+                # The parent's own values: a condition is matched exactly, so {"depth": (2.0,)} on an int
+                # depth would otherwise never hold and leave the dimension inactive for good.
+                when[parent] = tuple(
+                    self._by_name[parent].values[self._by_name[parent].index(a)] for a in allowed
+                )
+            if when:  # (2,) == (2.0,) in Python, so not compared: always the parent's values
+                d = dataclasses.replace(d, when=when)
             self._by_name[d.name] = d
+        self.dims: tuple[Choice, ...] = tuple(self._by_name.values())
 
     # ----------------------------------------------------------------------------------------- structure
     @property
@@ -359,23 +372,32 @@ class SearchSpace:
 
     @staticmethod
     def _count_component(dims: list[Choice]) -> int:
-        controllers = {p for d in dims for p in d.when}
-        ctrl_dims = [d for d in dims if d.name in controllers]
-        leaf_dims = [d for d in dims if d.name not in controllers]
-        count = 0
-        for combo in itertools.product(*(d.values for d in ctrl_dims)):
-            values = dict(zip((d.name for d in ctrl_dims), combo))
-            # An inactive controller only ever takes its canonical value; other assignments are duplicates.
-            if any(
-                not d.is_active(values) and not _same_value(values[d.name], d.canonical) for d in ctrl_dims
-            ):
-                continue
-            n = 1
-            for d in leaf_dims:
-                if d.is_active(values):
-                    n *= len(d.values)
-            count += n
-        return count
+        """Distinct canonical assignments of one group, counted dimension by dimension.
+
+        The state carried forward is the values of the dimensions a later condition still reads, with the
+        number of ways to reach it; so a chain of conditions (layer ``i`` exists only when layer ``i - 1`` does)
+        costs a few states per dimension instead of every combination of its controllers.
+        """
+        last_read = {p: i for i, d in enumerate(dims) for p in d.when}
+        by_name = {d.name: d for d in dims}
+        # state: ((name, index of its value), ...) of the controllers still read later -> count
+        states: dict[tuple[tuple[str, int], ...], int] = {(): 1}
+        for i, d in enumerate(dims):
+            needed_later = last_read.get(d.name, -1) > i
+            nxt: dict[tuple[tuple[str, int], ...], int] = {}
+            for state, n in states.items():
+                known = {name: by_name[name].values[j] for name, j in state}
+                # An inactive dimension only ever takes its canonical value; other assignments are duplicates.
+                options = range(len(d.values)) if d.is_active(known) else (d.index(d.canonical),)
+                kept = tuple((name, j) for name, j in state if last_read[name] > i)
+                if needed_later:
+                    for j in options:
+                        key = (*kept, (d.name, j))
+                        nxt[key] = nxt.get(key, 0) + n
+                else:
+                    nxt[kept] = nxt.get(kept, 0) + n * len(options)
+            states = nxt
+        return sum(states.values())
 
     def _unknown_message(self, name: str) -> str:
         close = difflib.get_close_matches(str(name), self.names, n=3)

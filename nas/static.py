@@ -198,6 +198,7 @@ def _bn_args(m: nn.BatchNorm2d) -> dict[str, Any]:
 
 _leaf("Conv2d", nn.Conv2d, _conv_args)
 _leaf("BatchNorm2d", nn.BatchNorm2d, _bn_args)
+_leaf("BatchNorm1d", nn.BatchNorm1d, _bn_args)
 _leaf(
     "Linear",
     nn.Linear,
@@ -251,8 +252,12 @@ _leaf("GELU", nn.GELU, lambda m: {"approximate": m.approximate})
 _leaf("SiLU", nn.SiLU, lambda m: {})
 _leaf("Sigmoid", nn.Sigmoid, lambda m: {})
 _leaf("Tanh", nn.Tanh, lambda m: {})
+_leaf("LeakyReLU", nn.LeakyReLU, lambda m: {"negative_slope": m.negative_slope})
+_leaf("ELU", nn.ELU, lambda m: {"alpha": m.alpha})
+_leaf("Mish", nn.Mish, lambda m: {})
 _leaf("Identity", nn.Identity, lambda m: {})
 _leaf("Dropout", nn.Dropout, lambda m: {"p": m.p})
+_leaf("Dropout2d", nn.Dropout2d, lambda m: {"p": m.p})
 _leaf("Flatten", nn.Flatten, lambda m: {"start_dim": m.start_dim, "end_dim": m.end_dim})
 _leaf("ActQuant", ActQuant, lambda m: {"scale": m.scale, "zero_point": m.zero_point})
 _leaf("GlobalAvgPool", GlobalAvgPool, lambda m: {"keepdim": m.keepdim})

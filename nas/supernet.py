@@ -243,7 +243,7 @@ def trace_layer_specs(model: nn.Module, input_shape: tuple[int, ...]) -> list[La
     """The :class:`LayerSpec` list of a static model, read from one forward pass on zeros.
 
     Recorded, in the order they finish: ``nn.Conv2d`` (``dwconv`` when every channel has its own filter),
-    ``nn.Linear``, ``nn.BatchNorm2d``, activation modules (``act`` named as in :mod:`nas.ops.blocks`, else the
+    ``nn.Linear``, ``nn.BatchNorm2d`` / ``nn.BatchNorm1d``, activation modules (``act`` named as in :mod:`nas.ops.blocks`, else the
     lower-case class name), :class:`nas.static.SqueezeExcite` (one ``se`` spec, its inner convs not repeated),
     global average pooling (:class:`nas.static.GlobalAvgPool`, ``nn.AdaptiveAvgPool2d(1)``) and
     :class:`nas.static.Residual` (``add``). Parameter-free layers of other types (dropout, flatten, pooling
@@ -284,7 +284,7 @@ def trace_layer_specs(model: nn.Module, input_shape: tuple[int, ...]) -> list[La
             )  # fmt: skip
         if isinstance(m, nn.Linear):
             return LayerSpec("linear", m.in_features, m.out_features, bias=m.bias is not None, name=name)
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):  # 1d: after a flatten, as a 1x1 map
             return LayerSpec("bn", m.num_features, m.num_features, **shape)
         if isinstance(m, SqueezeExcite):
             return LayerSpec("se", m.reduce.in_channels, m.reduce.out_channels, bias=True, **shape)
@@ -303,6 +303,7 @@ def trace_layer_specs(model: nn.Module, input_shape: tuple[int, ...]) -> list[La
         nn.Conv2d,
         nn.Linear,
         nn.BatchNorm2d,
+        nn.BatchNorm1d,
         SqueezeExcite,
         Residual,
         GlobalAvgPool,

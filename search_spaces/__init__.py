@@ -78,6 +78,21 @@ def _user_module(name: str) -> ModuleType:
         f"built-in: {', '.join(_BUILTIN)}; or the dotted path of a module of your own that defines space() "
         "(and supernet() to train it), e.g. examples.custom_space"
     )
+    if name.endswith(".py"):  # a file name: say which dotted path imports it
+        path = Path(name).resolve()
+        try:
+            dotted = ".".join(path.with_suffix("").relative_to(Path.cwd()).parts)
+        except ValueError:  # outside the working directory
+            dotted = ""
+        use = (
+            f"--space {dotted}"
+            if _MODULE_PATH.fullmatch(dotted)
+            else f"--space {path.stem} from {path.parent}"
+        )
+        raise ValueError(
+            f"search space {name!r} is a file name; a space of your own is given as an importable module's dotted "
+            f"path (as python -m takes it): {use}"
+        )
     if not _MODULE_PATH.fullmatch(name):
         raise ValueError(f"unknown search space {name!r}; {hint}")
     cwd = os.getcwd()
@@ -108,7 +123,27 @@ def _accepted(factory: Any, what: str, options: dict[str, Any], optional: dict[s
         raise ValueError(
             f"{what} takes no {', '.join(map(repr, refused))} argument; drop the matching option"
         )
-    return {**options, **{k: v for k, v in optional.items() if takes_any or k in params}}
+    kwargs = {**options, **{k: v for k, v in optional.items() if takes_any or k in params}}
+    # A parameter without a default that is not passed would fail later as a bare TypeError.
+    unfilled = [
+        name
+        for name, p in params.items()
+        if p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        and (p.kind is inspect.Parameter.POSITIONAL_ONLY or name not in kwargs)
+    ]
+    if unfilled:
+        them = "it" if len(unfilled) == 1 else "them"
+        passed = (
+            f" (it passes {' and '.join(optional)}, taken from the data, where they are accepted); rename {them} or"
+            if optional
+            else ";"
+        )
+        raise ValueError(
+            f"{what} needs {', '.join(map(repr, unfilled))}, which nas does not pass{passed} give {them} "
+            f"{'a default' if len(unfilled) == 1 else 'defaults'}"
+        )
+    return kwargs
 
 
 def supernet_kwargs(
@@ -182,7 +217,15 @@ def build_supernet(spec: dict[str, Any]) -> Any:
     module = get(str(spec.get("space")))
     if not hasattr(module, "supernet"):
         raise ValueError(f"space {spec.get('space')!r} is tabular and has no supernet")
-    return module.supernet(**dict(spec.get("kwargs", {})))
+    net = module.supernet(**dict(spec.get("kwargs", {})))
+    from nas.supernet import Supernet
+
+    if not isinstance(net, Supernet):
+        raise ValueError(
+            f"{spec.get('space')}.supernet() returned {type(net).__name__}, not a nas.Supernet; it must return "
+            "the supernet (a subclass of nas.Supernet, see examples/custom_space.py)"
+        )
+    return net
 
 
 def trained_spec(run_dir: str | Path) -> dict[str, Any]:

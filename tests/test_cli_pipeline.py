@@ -240,3 +240,72 @@ def test_a_module_supernet_missing_a_method_gets_a_one_line_error(tmp_path, monk
     args = ["profile", "--space", "half_done_space", "--samples", "2", "--out", str(tmp_path / "p.csv")]
     assert main(args) == 2
     assert "Half must implement" in capsys.readouterr().err
+
+
+def test_a_module_supernet_with_other_arguments_or_return_value_gets_a_one_line_error(
+    tmp_path, monkeypatch, capsys
+):
+    head = "from nas import Choice, SearchSpace\ndef space():\n    return SearchSpace('s', [Choice('w', (1, 2))])\n"
+    (tmp_path / "renamed_args_space.py").write_text(head + "def supernet(n_classes, channels):\n    pass\n")
+    (tmp_path / "returns_none_space.py").write_text(
+        head + "def supernet(num_classes=10, in_channels=1):\n    pass\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    train = ["train", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "sn")]
+    assert main([*train, "--space", "renamed_args_space"]) == 2  # was: TypeError, missing 2 arguments
+    assert (
+        "renamed_args_space.supernet() needs 'n_classes', 'channels', which nas does not pass (it passes "
+        "num_classes and in_channels" in capsys.readouterr().err
+    )
+    assert main([*train, "--space", "returns_none_space"]) == 2  # was: AttributeError on None.space
+    assert "returns_none_space.supernet() returned NoneType, not a nas.Supernet" in capsys.readouterr().err
+    assert not (tmp_path / "sn").exists()
+
+
+def test_a_module_supernet_whose_subnets_cannot_be_exported_is_refused_before_training(
+    tmp_path, monkeypatch, capsys
+):
+    import importlib
+
+    from nas.export import ExportError, export
+
+    # A parameter-free layer type of the user's: traced (it costs nothing) and trained fine, but nas.static has
+    # no codec for it, so it used to fail at the very end, in nas export, with a TypeError traceback.
+    (tmp_path / "unexportable_space.py").write_text(
+        "from torch import nn\n"
+        "from examples.custom_space import DigitsSupernet, space\n"
+        "class Half(nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return x * 0.5\n"
+        "class Scaled(DigitsSupernet):\n"
+        "    def extract(self, cfg):\n"
+        "        return nn.Sequential(super().extract(cfg), Half())\n"
+        "def supernet(num_classes=10, in_channels=1):\n"
+        "    return Scaled(num_classes, in_channels)\n"
+    )
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    monkeypatch.chdir(tmp_path)
+    train = ["train", "--space", "unexportable_space", "--data", "digits", "--epochs", "1"]
+    assert main([*train, "--out", str(tmp_path / "sn")]) == 2
+    err = capsys.readouterr().err
+    assert "--space unexportable_space: Scaled, subnet {" in err and "no codec for Half (at root.1)" in err
+    assert "checked before training" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "sn").exists()
+
+    net = importlib.import_module("unexportable_space").supernet()
+    with pytest.raises(ExportError, match=r"export: the subnet \{.*\} of Scaled: .*no codec for Half"):
+        export(net, net.space.min(), tmp_path / "model", formats=("safetensors",))
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_space_given_as_a_file_name_is_told_its_dotted_path(tmp_path, monkeypatch, capsys):
+    (tmp_path / "pkg").mkdir()
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--data", "digits", "--out", str(tmp_path / "sn"), "--space"]
+    assert main([*args, "pkg/my_space.py"]) == 2  # was: "no such module under ..." for a file that exists
+    assert "is a file name; a space of your own is given as an importable module's dotted path" in (
+        err := capsys.readouterr().err
+    )
+    assert err.strip().endswith("--space pkg.my_space")
+    assert main([*args, "/elsewhere/my_space.py"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--space my_space from /elsewhere")

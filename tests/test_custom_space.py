@@ -118,3 +118,20 @@ def test_phased_strategies_need_channel_sorting_and_say_so_before_writing(exampl
     assert (
         len([e for e in events if e.get("event") == "phase"]) >= 3
     )  # channels were re-sorted at each change
+
+
+def test_a_batchnorm1d_head_is_costed_and_exported():
+    # Flatten -> Linear -> BatchNorm1d: trace_layer_specs refused it ("has weights but no LayerSpec kind") and
+    # nas.static had no codec, so such a user supernet could be neither costed nor exported.
+    from nas import static
+
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)
+    ).eval()
+    specs = trace_layer_specs(model, (1, 1, 4, 4))
+    assert [s.kind for s in specs] == ["conv", "linear", "bn", "act", "linear"]
+    assert specs[2].params == 16 and specs[2].in_h == specs[2].out_w == 1
+    rebuilt = static.build(json.loads(json.dumps(static.describe(model)))).eval()
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 1, 4, 4)
+    assert torch.equal(rebuilt(x), model(x))

@@ -158,3 +158,19 @@ def test_bundled_mnist_training_images_are_not_sorted_by_class():
 
     labels = data.mnist("train").tensors[1]
     assert len(set(labels[:100].tolist())) == 10
+
+
+@pytest.mark.parametrize("dropout", ["Dropout", "Dropout2d", "AlphaDropout", "FeatureAlphaDropout"])
+def test_recalibration_runs_every_kind_of_dropout_in_eval_mode(dropout):
+    # A user's supernet may put Dropout2d before a BN: with it active the statistics fit no eval pass.
+    from torch import nn
+
+    from nas.evaluation import recalibrate_bn
+
+    drop = getattr(nn, dropout)(0.5)
+    net = nn.Sequential(drop, nn.BatchNorm2d(4))
+    x = torch.randn(64, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    recalibrate_bn(net, x, batches=1, batch_size=64)
+    torch.testing.assert_close(net[1].running_mean, x.mean((0, 2, 3)))
+    torch.testing.assert_close(net[1].running_var, x.var((0, 2, 3)))
+    assert not drop.training and not net.training  # left in eval mode, as before

@@ -177,3 +177,10 @@ def test_a_dilated_conv_is_its_own_layer_and_is_timed_as_dilated():
     unpadded = trace_layer_specs(torch.nn.Conv2d(4, 4, 3, dilation=2), (1, 4, 8, 8))[0]  # 8x8 -> 4x4
     module, shape = layer_module(unpadded)
     assert tuple(module(torch.zeros(shape)).shape) == (1, 4, 4, 4)
+
+
+def test_the_activations_nas_export_describes_can_be_timed():
+    # A user's extract() with LeakyReLU / ELU / Mish traces to act:leakyrelu etc.; its lookup table must time them.
+    for act in ("leakyrelu", "elu", "mish"):
+        module, shape = layer_module(LayerSpec("act", 4, 4, in_h=3, in_w=3, out_h=3, out_w=3, act=act))
+        assert tuple(module(torch.zeros(shape)).shape) == shape

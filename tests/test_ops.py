@@ -99,6 +99,24 @@ def test_conv_rejects_bad_settings_with_allowed_values():
         ElasticConv2d(4, 4, kernel_sizes=(2,))
 
 
+def test_elastic_layers_refuse_sizes_they_would_cut_or_could_not_copy():
+    # A width computed as 0.35 * 24 = 8.4 was cut to 8 without a word (int()); the user's extract then built a
+    # layer of another width than the one the space said.
+    conv = ElasticConv2d(8, 16, kernel_sizes=3)
+    with pytest.raises(ValueError, match=r"out_channels=8.39+ is not a whole number; round it"):
+        conv.set_active(out_channels=0.35 * 24)
+    conv.set_active(out_channels=12.0)  # a whole float is fine
+    assert conv.active_out_channels == 12
+    # to_static with more inputs than the layer has: torch's "size of tensor a (10) must match ..." before.
+    with pytest.raises(
+        ValueError, match=r"ElasticLinear: in_features=10 is out of range; use an integer in \[1, 8\]"
+    ):
+        ElasticLinear(8, 4).to_static(10)
+    # A batch norm without affine parameters or running statistics has no tensor to take the device from.
+    plain = ElasticBatchNorm2d(8, affine=False, track_running_stats=False).to_static(4)
+    assert plain.num_features == 4 and not plain.affine and not plain.track_running_stats
+
+
 def test_slice_cache_follows_weight_updates_and_keeps_gradients():
     conv = ElasticConv2d(4, 8, kernel_sizes=(3, 5))
     conv.set_active(out_channels=6, kernel=3)
@@ -238,6 +256,10 @@ def test_static_describes_the_pooling_and_activations_a_traced_supernet_may_use(
         nn.Tanh(),
         nn.AvgPool2d((2, 2), stride=1, count_include_pad=False),
         nn.Sigmoid(),
+        nn.LeakyReLU(0.1),
+        nn.ELU(0.5),
+        nn.Mish(),
+        nn.Dropout2d(0.3),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(4, 3),

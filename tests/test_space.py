@@ -218,6 +218,16 @@ def test_a_condition_on_a_single_value_must_still_list_it():
     assert Choice("k", (3, 5), when={"act": ["relu"]}).when == {"act": ("relu",)}
 
 
+def test_values_written_as_a_bare_string_or_number_are_refused():
+    # Choice("act", ("relu")) (no comma: a string) became the choices "r", "e", "l", "u"; Choice("k", 3) a TypeError.
+    for value in ("relu", 3):
+        with pytest.raises(
+            InvalidConfigError, match=rf"'x': values must list the choices, e.g. \({value!r},\)"
+        ):
+            Choice("x", value)
+    assert Choice("x", ["relu"]).values == ("relu",)
+
+
 def test_samples_unique_and_too_many():
     tiny = SearchSpace("tiny", [Choice("a", (1, 2)), Choice("b", ("x", "y"))])
     got = tiny.samples(4, seed=0, unique=True)
@@ -254,3 +264,46 @@ def test_canonical_fills_inactive_dimensions_that_are_left_out():
         s.canonical({**short, "s.depth": 9})  # a bad parent value is named, not a missing child
     with pytest.raises(InvalidConfigError, match="unknown"):
         s.canonical({**short, "s.nope": 1})
+
+
+def test_validate_accepts_numpy_strings_bools_and_floats_of_a_users_own_code():
+    # np.random.choice(["relu", "hswish"]) gives np.str_, comparisons of arrays np.bool_: the same values.
+    space = SearchSpace(
+        "np",
+        [
+            Choice("act", ("relu", "hswish")),
+            Choice("se", (False, True)),
+            Choice("sparsity", (0.5, "2:4", 1.0)),
+        ],
+    )
+    rng = np.random.default_rng(0)
+    cfg = space.validate(
+        {"act": rng.choice(["relu"]), "se": np.arange(2)[1] > 0, "sparsity": np.float64(0.5)}
+    )
+    assert cfg.to_json() == '{"act":"relu","se":true,"sparsity":0.5}'
+    assert space.validate({"act": "relu", "se": True, "sparsity": 1}) == space.max().replace(act="relu")
+    with pytest.raises(InvalidConfigError, match="'se': 1 is not allowed"):
+        space.validate({"act": "relu", "se": np.int64(1), "sparsity": 1.0})  # a number is still no bool
+
+
+def test_a_condition_written_with_another_number_type_still_holds():
+    # when={"depth": (2.0,)} on an int depth was accepted but never held, so "k" stayed inactive for good.
+    for allowed in ((2.0,), (np.int64(2),), (np.float32(2),)):
+        space = SearchSpace("t", [Choice("depth", (1, 2)), Choice("k", (3, 5), when={"depth": allowed})])
+        assert space.size == 3
+        assert space.canonical({"depth": 2, "k": 5})["k"] == 5
+        assert space["k"].when == {"depth": (2,)} and type(space["k"].when["depth"][0]) is int
+
+
+# The timeout is a guard only: counting takes milliseconds, enumerating 2**60 combinations never ends.
+@pytest.mark.timeout(30)
+def test_size_of_a_chain_of_conditions_does_not_enumerate_its_controllers():
+    # Layer i exists only when layer i-1 does: 60 prefixes with l59 off plus 3 widths with it on.
+    dims = [Choice("l0.on", (False, True))]
+    dims += [Choice(f"l{i}.on", (False, True), when={f"l{i - 1}.on": (True,)}) for i in range(1, 60)]
+    dims += [Choice("l59.width", (8, 16, 32), when={"l59.on": (True,)})]
+    chain = SearchSpace("chain", dims)
+    assert chain.size == 60 + 3
+    assert "size=63" in repr(chain)
+    short = SearchSpace("short", [*dims[:6], Choice("w", (1, 2), when={"l2.on": (True,), "l4.on": (False,)})])
+    assert short.size == len({c.key for c in short.all_configs()})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -56,6 +57,23 @@ def test_registry_and_strategy_tasks():
     assert 0 < delayed.ramp_weight(55) < 1 and delayed.ramp_weight(90) == 1.0
     with pytest.raises(ValueError, match="unknown strategy 'bogus'"):
         make_strategy("bogus", net, 10)
+
+
+@pytest.mark.parametrize(
+    ("groups", "fragment"),
+    [
+        ({"kernels": ("kernel",)}, "'kernels' is not a kind; use resolution, depth, kernel"),
+        ({"kernel": "kernel"}, "'kernel' must list dimension names, e.g. ('kernel',)"),
+        ({"kernel": ("kernal",)}, "'kernel' names 'kernal', not dimensions of space 'tiny'"),
+    ],
+)
+def test_elastic_groups_of_a_user_supernet_are_checked(groups, fragment, monkeypatch):
+    # A misspelt kind or name kept those dimensions at their max through most of a progressive run, silently.
+    net = TinySupernet()
+    monkeypatch.setattr(net, "elastic_groups", lambda: groups)
+    for strategy in ("progressive", "sandwich"):
+        with pytest.raises(ValueError, match=re.escape(f"TinySupernet.elastic_groups(): {fragment}")):
+            make_strategy(strategy, net, 100)
 
 
 def test_low_resolution_bias_favours_small_resolutions_for_random_subnets():

@@ -89,6 +89,9 @@ def _activation(name: str) -> nn.Module:
         "silu": nn.SiLU,
         "swish": nn.SiLU,
         "tanh": nn.Tanh,
+        "leakyrelu": nn.LeakyReLU,  # timed at the default slope: the slope does not change the kernel's cost
+        "elu": nn.ELU,
+        "mish": nn.Mish,
     }
     try:
         return acts[name]()

@@ -58,7 +58,12 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 
 
 def _check_size(layer: str, what: str, value: int, maximum: int) -> int:
-    value = int(value)
+    number = int(value)
+    if number != value:  # int() would cut 8.4 to 8 without a word
+        raise ValueError(
+            f"{layer}: {what}={value!r} is not a whole number; round it (e.g. nas.ops.make_divisible)"
+        )
+    value = number
     if not 1 <= value <= maximum:
         raise ValueError(f"{layer}: {what}={value} is out of range; use an integer in [1, {maximum}]")
     return value
@@ -420,7 +425,8 @@ class ElasticBatchNorm2d(nn.BatchNorm2d):
             bn.running_mean.copy_(self.running_mean[:channels])
             bn.running_var.copy_(self.running_var[:channels])
             bn.num_batches_tracked.copy_(self.num_batches_tracked)
-        return bn.to(self.weight.device if self.affine else self.running_mean.device).train(self.training)
+        like = next(iter([*self.parameters(), *self.buffers()]), None)  # none: no affine, no running stats
+        return bn.to(like.device if like is not None else "cpu").train(self.training)
 
     @torch.no_grad()
     def permute_channels(self, order: torch.Tensor) -> None:
@@ -488,6 +494,7 @@ class ElasticLinear(nn.Module):
     @torch.no_grad()
     def to_static(self, in_features: int) -> nn.Linear:
         """A plain ``nn.Linear`` holding a copy of the active slice."""
+        _check_size("ElasticLinear", "in_features", in_features, self.max_in_features)
         fc = nn.Linear(in_features, self.active_out_features, bias=self.bias is not None)
         fc.weight.copy_(self.weight[: self.active_out_features, :in_features])
         if self.bias is not None:

@@ -106,7 +106,7 @@ class Strategy:
         if options:
             raise TypeError(f"strategy {self.name!r} got unknown options {sorted(options)}")
         self.space = net.space
-        self.groups: dict[str, tuple[str, ...]] = dict(net.elastic_groups())
+        self.groups: dict[str, tuple[str, ...]] = _checked_groups(net)
         self.total_steps = int(total_steps)
         self.num_random = int(num_random)
         if low_resolution_bias < 0:
@@ -181,6 +181,35 @@ class Strategy:
             candidates = tuple(self.sample(rng, elastic_kinds) for _ in range(self.attentive))
             tasks.append(SubnetTask(config, weight, candidates=candidates))
         return tasks
+
+
+def _checked_groups(net: Any) -> dict[str, tuple[str, ...]]:
+    """``net.elastic_groups()``, refused when a kind or a dimension name is not one there is.
+
+    Why: phased strategies make the dimensions of a kind elastic by name, so a misspelt kind (``"kernels"``)
+    or dimension, or a bare string (iterated letter by letter), left those dimensions at their max value for
+    most of the run without a word.
+    """
+    from nas.supernet import ELASTIC_GROUP_KINDS
+
+    where = f"{type(net).__name__}.elastic_groups()"
+    groups = net.elastic_groups()
+    if not isinstance(groups, dict):
+        raise TypeError(f"{where} must return a dict kind -> dimension names, got {type(groups).__name__}")
+    out: dict[str, tuple[str, ...]] = {}
+    for kind, names in groups.items():
+        if kind not in ELASTIC_GROUP_KINDS:
+            raise ValueError(f"{where}: {kind!r} is not a kind; use {', '.join(ELASTIC_GROUP_KINDS)}")
+        if isinstance(names, str):
+            raise ValueError(f"{where}: {kind!r} must list dimension names, e.g. ({names!r},), got {names!r}")
+        unknown = [n for n in names if n not in net.space]
+        if unknown:
+            raise ValueError(
+                f"{where}: {kind!r} names {', '.join(map(repr, unknown[:3]))}, not dimensions of space "
+                f"{net.space.name!r} ({', '.join(net.space.names[:6])}{', ...' if len(net.space) > 6 else ''})"
+            )
+        out[kind] = tuple(names)
+    return out
 
 
 STRATEGIES: dict[str, type[Strategy]] = {}
