@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -367,3 +368,21 @@ def test_cli_profiles_the_space_and_names_a_bad_preset(tmp_path, capsys):
     assert Profile.load(out).space == "resnet-small"
     assert main([*args, "--preset", "huge", "--out", str(tmp_path / "other.csv")]) == 2
     assert "unknown resnet preset 'huge'" in capsys.readouterr().err
+
+
+def test_progressive_shrinking_skips_the_kernel_phase_resnet_does_not_have():
+    """Its kernel phase trained the max subnet only (nothing elastic yet): a quarter of the run spent on it."""
+    from nas.train.strategies import make_strategy
+
+    s = make_strategy("progressive", resnet.supernet("small"), 100, fractions=(0.1, 0.3, 0.3, 0.3))
+    assert s.fractions == pytest.approx((0.1, 0.0, 0.6, 0.3))
+    assert [s.phase(i) for i in (0, 9, 10, 69, 70, 99)] == [
+        "full",
+        "full",
+        "depth",
+        "depth",
+        "width",
+        "width",
+    ]
+    depth_phase = s.tasks(10, np.random.default_rng(0))
+    assert depth_phase[1].config["stage3.depth"] == resnet.supernet("small").space["stage3.depth"].values[0]

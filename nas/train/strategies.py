@@ -256,8 +256,17 @@ class Uniform(Strategy):
 class ProgressiveShrinking(Strategy):
     """Once-for-All progressive shrinking: full -> elastic kernel -> + depth -> + width (and the rest).
 
-    ``fractions`` gives each phase's share of the steps (default equal quarters). Resolution, quantization
-    and sparsity become elastic in the last phase together with width.
+    ``fractions`` gives each phase's share of the steps (default: equal shares). Resolution, quantization
+    and sparsity become elastic in the last phase together with width. A phase that makes nothing new
+    elastic (the kernel phase of a supernet without elastic kernels, such as Once-for-All's ResNet) is skipped:
+    its share goes to the phase after it, and the default shares are split among the phases that remain.
+
+    Example:
+        >>> from search_spaces import mobilenetv3, resnet
+        >>> ProgressiveShrinking(mobilenetv3.supernet("small"), 100).fractions
+        (0.25, 0.25, 0.25, 0.25)
+        >>> [round(f, 3) for f in ProgressiveShrinking(resnet.supernet("small"), 90).fractions]
+        [0.333, 0.0, 0.333, 0.333]
     """
 
     name = "progressive"
@@ -273,15 +282,38 @@ class ProgressiveShrinking(Strategy):
         net: Any,
         total_steps: int,
         num_random: int = 2,
-        fractions: tuple[float, ...] = (0.25, 0.25, 0.25, 0.25),
+        fractions: tuple[float, ...] | None = None,
         **options: Any,
     ):
         super().__init__(net, total_steps, num_random, **options)
+        applies = self._phases_that_apply()
+        if fractions is None:
+            fractions = tuple(1.0 if a else 0.0 for a in applies)
         if len(fractions) != len(self.PHASES) or min(fractions) < 0 or sum(fractions) <= 0:
             raise ValueError(f"fractions={fractions!r}: need {len(self.PHASES)} non-negative shares")
-        total = float(sum(fractions))
-        self.fractions = tuple(float(f) / total for f in fractions)
+        shares = [float(f) for f in fractions]
+        for i, a in enumerate(applies):
+            if not a:  # a phase with nothing new to shrink: its steps go to the next phase
+                shares[i + 1] += shares[i]
+                shares[i] = 0.0
+        total = sum(shares)
+        self.fractions = tuple(f / total for f in shares)
         self._bounds = np.cumsum(self.fractions) * self.total_steps
+
+    def _phases_that_apply(self) -> list[bool]:
+        """Per phase: whether it makes a dimension elastic that the phase before it kept at its max.
+
+        The first and the last phase always apply (the last makes everything elastic).
+        """
+        applies, before = [], set()
+        for i, (_, kinds) in enumerate(self.PHASES):
+            if kinds is None:
+                applies.append(True)
+                continue
+            now = {n for kind in kinds for n in self.groups.get(kind, ())}
+            applies.append(i == 0 or bool(now - before))
+            before = now
+        return applies
 
     def _phase_index(self, step: int) -> int:
         return min(int(np.searchsorted(self._bounds, step, side="right")), len(self.PHASES) - 1)
