@@ -113,8 +113,12 @@ def _supernet_kwargs(args: argparse.Namespace, num_classes: int, in_channels: in
         else:
             kwargs["in_channels"] = in_channels
         return kwargs
+    preset = args.preset
+    if preset is None and search_spaces.is_builtin(args.space):
+        # Record the default preset, so that a later --preset naming it agrees with the run's supernet.json.
+        preset = search_spaces.default_preset(args.space)
     options = {
-        "preset": args.preset,
+        "preset": preset,
         "quant": getattr(args, "quant", False) or None,
         "sparsity": getattr(args, "sparsity", False) or None,
         "kernel_transform": getattr(args, "kernel_transform", False) or None,
@@ -231,11 +235,18 @@ def _profile_predictor(profile: Any, space: Any) -> Callable[[Any], float]:
 
 
 # ------------------------------------------------------------------------------------------------ commands
+# Generic, so the help needs no update per space (and building the parser imports no space module).
+PRESET_HELP = "space preset (default: the space's own, e.g. small); `nas spaces` lists each space's presets"
+
+
 def cmd_spaces(args: argparse.Namespace) -> int:
     import search_spaces
 
     for name, desc in search_spaces.available().items():
         print(f"{name:14s} {desc}")
+        presets = search_spaces.presets(name)
+        if presets:
+            print(f"{'':14s} --preset {' | '.join(presets)} (default {presets[0]})")
     print(
         "(or --space some.module of your own that defines space() and supernet(); see examples/custom_space.py)"
     )
@@ -867,7 +878,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         default=None,
-        help="space preset: small (24-32 px, MNIST-sized; the default) or imagenet (160-224 px)",
+        help=PRESET_HELP,
     )
     p.add_argument(
         "--data",
@@ -919,9 +930,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="built-in space, or the module path of your own (see nas train); default mobilenetv3, or the "
         "--supernet's space",
     )
-    p.add_argument(
-        "--preset", default=None, help="space preset (mobilenetv3: small, the default, or imagenet)"
-    )
+    p.add_argument("--preset", default=None, help=PRESET_HELP)
     p.add_argument(
         "--in-channels",
         type=int,
@@ -1005,9 +1014,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="built-in space (nas spaces), or the module path of your own (see nas train)",
     )
-    p.add_argument(
-        "--preset", default=None, help="space preset (mobilenetv3: small, the default, or imagenet)"
-    )
+    p.add_argument("--preset", default=None, help=PRESET_HELP)
     p.add_argument("--supernet", help="run directory of `nas train` (accuracy objective)")
     p.add_argument("--dataset", help="nb201: cifar10, cifar100 or imagenet16; else the supernet's data")
     p.add_argument("--data-root", help="folder of the dataset when it is not bundled")
