@@ -266,9 +266,10 @@ def trace_layer_specs(model: nn.Module, input_shape: tuple[int, ...]) -> list[La
     :class:`nas.static.SqueezeExcite` (one ``se`` spec, its inner convs not repeated), global average pooling
     (:class:`nas.static.GlobalAvgPool`, ``nn.AdaptiveAvgPool2d(1)``), :class:`nas.static.Residual` (``add``),
     :class:`nas.static.DotProductAttention` (``attention``) and :class:`nas.static.PatchTokens` (``tokens``).
-    A 3-D tensor is a token sequence ``(B, N, C)``: ``N`` tokens as height, ``C`` channels. Parameter-free layers of other types (dropout, flatten, pooling
-    windows, activation quantizers) cost nothing here; a layer with parameters of any other type is refused,
-    naming it, since its cost would silently be missing. Weights are read as float (no bit-width or sparsity).
+    A 3-D tensor is a token sequence ``(B, N, C)``: ``N`` tokens as height, ``C`` channels. Parameter-free
+    layers of other types (dropout, flatten, pooling windows, activation quantizers) cost nothing here; a layer
+    with parameters of any other type is refused, naming it, since its cost would silently be missing. Weights
+    are read as float (no bit-width or sparsity).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(128, 10))
