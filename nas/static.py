@@ -2,10 +2,10 @@
 
 An extracted subnet is a tree of ordinary ``torch.nn`` layers plus the few tiny modules defined here
 (:class:`Residual`, :class:`SqueezeExcite`, :class:`GlobalAvgPool`; for vision transformers
-:class:`PatchTokens`, :class:`SelfAttention`, :class:`DotProductAttention` and :class:`TakeToken`). :func:`describe` turns such a tree into a
-JSON-able dict and :func:`build` turns the dict back into a module tree with the same structure and
-state-dict keys, so an exported model can be rebuilt from its manifest and a safetensors file without any
-supernet code.
+:class:`PatchTokens`, :class:`SelfAttention`, :class:`DotProductAttention` and :class:`TakeToken`).
+:func:`describe` turns such a tree into a JSON-able dict and :func:`build` turns the dict back into a module
+tree with the same structure and state-dict keys, so an exported model can be rebuilt from its manifest and a
+safetensors file without any supernet code.
 
 Each module type has a :class:`Codec` (how to read its constructor arguments from an instance and how to
 construct it from them); :func:`register` adds codecs for new layer types (quantized or sparse layers).

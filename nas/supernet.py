@@ -267,9 +267,9 @@ def trace_layer_specs(model: nn.Module, input_shape: tuple[int, ...]) -> list[La
     (:class:`nas.static.GlobalAvgPool`, ``nn.AdaptiveAvgPool2d(1)``), :class:`nas.static.Residual` (``add``),
     :class:`nas.static.DotProductAttention` (``attention``) and :class:`nas.static.PatchTokens` (``tokens``).
     A 3-D tensor is a token sequence ``(B, N, C)``: ``N`` tokens as height, ``C`` channels. Parameter-free
-    layers of other types (dropout, flatten, pooling windows, activation quantizers) cost nothing here; a layer
-    with parameters of any other type is refused, naming it, since its cost would silently be missing. Weights
-    are read as float (no bit-width or sparsity).
+    layers of other types (dropout, flatten, pooling windows, activation quantizers) cost nothing here; a
+    layer with parameters of any other type is refused, naming it, since its cost would silently be missing.
+    Weights are read as float (no bit-width or sparsity).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(128, 10))
@@ -320,8 +320,8 @@ def trace_layer_specs(model: nn.Module, input_shape: tuple[int, ...]) -> list[La
             if len(m.normalized_shape) != 1 or not m.elementwise_affine:
                 raise ValueError(
                     f"trace_layer_specs: LayerNorm {name!r} normalises {tuple(m.normalized_shape)} "
-                    f"(elementwise_affine={m.elementwise_affine}); LayerSpec describes affine layer norms over "
-                    "the last dimension only: override layer_specs(cfg) for this supernet"
+                    f"(elementwise_affine={m.elementwise_affine}); LayerSpec describes affine layer norms "
+                    "over the last dimension only: override layer_specs(cfg) for this supernet"
                 )
             n, c = rows(x), m.normalized_shape[0]
             return LayerSpec("ln", c, c, in_h=n, out_h=n, bias=m.bias is not None, name=name)

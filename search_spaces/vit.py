@@ -79,7 +79,8 @@ class Preset:
         bad = [r for r in self.resolutions if r % self.patch_size]
         if bad:
             raise ValueError(
-                f"vit preset {self.name!r}: resolutions {bad} are not multiples of the patch size {self.patch_size}"
+                f"vit preset {self.name!r}: resolutions {bad} are not multiples of the patch size "
+                f"{self.patch_size}"
             )
         for field in ("resolutions", "embed_dims", "depths", "num_heads", "mlp_ratios"):
             values = getattr(self, field)
@@ -105,7 +106,8 @@ PRESETS: dict[str, Preset] = {
         mlp_ratios=(3.0, 3.5, 4.0),
         head_dim=16,
     ),
-    # AutoFormer-T (Chen et al. 2021, Table 1): embed 192-240 step 24, depth 12-14, heads 3-4 of 64, MLP 3.5-4.
+    # AutoFormer-T (Chen et al. 2021, Table 1): embed 192-240 step 24, depth 12-14, heads 3-4 of 64,
+    # MLP ratio 3.5-4.
     "tiny": Preset(
         name="tiny",
         resolutions=(224,),

@@ -1,11 +1,12 @@
 """Elastic transformer layers (AutoFormer-style weight sharing): attention, pre-norm block, patch embedding.
 
 As in AutoFormer (Chen et al., ICCV 2021) every head has a fixed width ``head_dim``; a subnet uses the first
-``num_heads`` heads of the q, k and v projections and the first ``embed_dim`` channels of every embedding-sized
-tensor (projections, layer norms, position embedding, class token). The MLP's hidden width is
-``int(embed_dim * mlp_ratio)``, its first channels. Each layer's ``to_static`` copies the active slices into
-the plain modules of :mod:`nas.static` and ``torch.nn`` (``SelfAttention``, ``nn.Linear``, ``nn.LayerNorm``,
-``PatchTokens``) that compute the same function and export to ONNX as plain MatMul / Softmax / LayerNorm nodes.
+``num_heads`` heads of the q, k and v projections and the first ``embed_dim`` channels of every
+embedding-sized tensor (projections, layer norms, position embedding, class token). The MLP's hidden width
+is ``int(embed_dim * mlp_ratio)``, its first channels. Each layer's ``to_static`` copies the active slices
+into the plain modules of :mod:`nas.static` and ``torch.nn`` (``SelfAttention``, ``nn.Linear``,
+``nn.LayerNorm``, ``PatchTokens``) that compute the same function and export to ONNX as plain MatMul /
+Softmax / LayerNorm nodes.
 
 Example:
     >>> import torch
@@ -218,7 +219,8 @@ class ElasticTransformerBlock(nn.Module):
         if mlp_ratio is not None:
             if float(mlp_ratio) not in self.mlp_ratios:
                 raise ValueError(
-                    f"ElasticTransformerBlock: mlp_ratio={mlp_ratio!r} is not allowed; use one of {self.mlp_ratios}"
+                    f"ElasticTransformerBlock: mlp_ratio={mlp_ratio!r} is not allowed; "
+                    f"use one of {self.mlp_ratios}"
                 )
             self.active_mlp_ratio = float(mlp_ratio)
         self.attn.set_active(num_heads=num_heads)
@@ -347,8 +349,8 @@ class ElasticPatchEmbed(nn.Module):
     def _grid(self, h: int, w: int) -> int:
         if h != w or h % self.patch_size or not 1 <= h // self.patch_size <= self.max_grid:
             raise ValueError(
-                f"ElasticPatchEmbed: input of {h}x{w} pixels; expected a square input whose side is a multiple "
-                f"of the patch size {self.patch_size}, at most {self.patch_size * self.max_grid}"
+                f"ElasticPatchEmbed: input of {h}x{w} pixels; expected a square input whose side is a "
+                f"multiple of the patch size {self.patch_size}, at most {self.patch_size * self.max_grid}"
             )
         return h // self.patch_size
 
@@ -375,6 +377,7 @@ class ElasticPatchEmbed(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"{self.in_channels}, {self.max_embed_dim}, patch_size={self.patch_size}, max_grid={self.max_grid}, "
+            f"{self.in_channels}, {self.max_embed_dim}, patch_size={self.patch_size}, "
+            f"max_grid={self.max_grid}, "
             f"class_token={self.cls_token is not None}, active_embed_dim={self.active_embed_dim}"
         )
