@@ -86,9 +86,11 @@ def target_label(target: str) -> str:
 # ------------------------------------------------------------------------------------------------ spaces
 # What --preset takes, written out: reading each module's PRESETS would import torch for `nas --help`
 # (tests/test_resnet.py checks the text against the modules).
+# Written out, not read from the modules: `nas --help` would import torch with them. A test checks it.
 _PRESET_HELP = (
     "small (the default; 24-32 px inputs, MNIST/CIFAR-sized) or imagenet (mobilenetv3 160-224 px, resnet "
-    "128-224 px), for mobilenetv3 and resnet; a space of your own takes what its supernet()/space() accept"
+    "128-224 px), for mobilenetv3 and resnet; small or tiny (AutoFormer-T, 224 px) for vit; a space of your "
+    "own takes what its supernet()/space() accept; `nas spaces` lists each space's presets"
 )
 
 
@@ -121,8 +123,12 @@ def _supernet_kwargs(args: argparse.Namespace, num_classes: int, in_channels: in
         else:
             kwargs["in_channels"] = in_channels
         return kwargs
+    preset = args.preset
+    if preset is None and search_spaces.is_builtin(args.space):
+        # Record the default preset, so that a later --preset naming it agrees with the run's supernet.json.
+        preset = search_spaces.default_preset(args.space)
     options = {
-        "preset": args.preset,
+        "preset": preset,
         "quant": getattr(args, "quant", False) or None,
         "sparsity": getattr(args, "sparsity", False) or None,
         "kernel_transform": getattr(args, "kernel_transform", False) or None,
@@ -239,11 +245,15 @@ def _profile_predictor(profile: Any, space: Any) -> Callable[[Any], float]:
 
 
 # ------------------------------------------------------------------------------------------------ commands
+# Generic, so the help needs no update per space (and building the parser imports no space module).
 def cmd_spaces(args: argparse.Namespace) -> int:
     import search_spaces
 
     for name, desc in search_spaces.available().items():
         print(f"{name:14s} {desc}")
+        presets = search_spaces.presets(name)
+        if presets:
+            print(f"{'':14s} --preset {' | '.join(presets)} (default {presets[0]})")
     print(
         "(or --space some.module of your own that defines space() and supernet(); see examples/custom_space.py)"
     )

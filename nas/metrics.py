@@ -4,9 +4,11 @@ MACs and parameters come from :meth:`nas.Supernet.layer_specs` alone, without a 
 well under a millisecond per config and can serve as search objectives.
 
 Conventions:
-    * MACs count multiply-accumulates of convolutions (including squeeze-excite 1x1 convs) and linear layers;
-      batch norm, activations, pooling and residual adds count zero (the usual "FLOPs" tables of MobileNet
-      papers follow the same rule).
+    * MACs count multiply-accumulates of convolutions (including squeeze-excite 1x1 convs) and linear layers
+      (once per token on token sequences), and attention's two token products ``q k^T`` and ``scores @ v``
+      (``2 * tokens^2 * heads * head_dim``; its projections are linear layers); batch and layer norm,
+      activations, softmax, pooling, residual adds and position embeddings count zero (the usual "FLOPs"
+      tables of MobileNet and ViT papers follow the same rule).
     * Parameters count trainable tensors of the extracted model: weights, biases and BN affine parameters
       (not BN running statistics, which are buffers).
 

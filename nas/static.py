@@ -1,10 +1,11 @@
 """Plain building blocks of extracted subnets and their JSON architecture description.
 
 An extracted subnet is a tree of ordinary ``torch.nn`` layers plus the few tiny modules defined here
-(:class:`Residual`, :class:`SqueezeExcite`, :class:`GlobalAvgPool`). :func:`describe` turns such a tree into a
-JSON-able dict and :func:`build` turns the dict back into a module tree with the same structure and
-state-dict keys, so an exported model can be rebuilt from its manifest and a safetensors file without any
-supernet code.
+(:class:`Residual`, :class:`SqueezeExcite`, :class:`GlobalAvgPool`; for vision transformers
+:class:`PatchTokens`, :class:`SelfAttention`, :class:`DotProductAttention` and :class:`TakeToken`).
+:func:`describe` turns such a tree into a JSON-able dict and :func:`build` turns the dict back into a module
+tree with the same structure and state-dict keys, so an exported model can be rebuilt from its manifest and a
+safetensors file without any supernet code.
 
 Each module type has a :class:`Codec` (how to read its constructor arguments from an instance and how to
 construct it from them); :func:`register` adds codecs for new layer types (quantized or sparse layers).
@@ -33,9 +34,14 @@ from torch import nn
 __all__ = [
     "ActQuant",
     "Codec",
+    "DotProductAttention",
     "GlobalAvgPool",
+    "PatchTokens",
     "Residual",
+    "SelfAttention",
     "SqueezeExcite",
+    "TakeToken",
+    "attend",
     "build",
     "describe",
     "register",
@@ -135,6 +141,119 @@ class ActQuant(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, zero_point={self.zero_point}"
+
+
+def attend(qkv: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """Scaled dot-product attention of every head, ``softmax(q k^T / sqrt(head_dim)) v``.
+
+    ``qkv`` is ``(B, N, 3 * num_heads * head_dim)``: all queries, then all keys, then all values, each
+    head-major. Returns ``(B, N, num_heads * head_dim)`` (heads concatenated). Written as two matrix products
+    and a softmax (no fused kernel) so that it traces to plain MatMul / Softmax nodes in ONNX and computes the
+    same numbers in the supernet and in the extracted subnet.
+
+    Example:
+        >>> tuple(attend(torch.randn(2, 5, 3 * 4 * 8), num_heads=4, head_dim=8).shape)
+        (2, 5, 32)
+    """
+    b, n = qkv.shape[0], qkv.shape[1]
+    q, k, v = qkv.reshape(b, n, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    scores = (q * head_dim**-0.5) @ k.transpose(-2, -1)  # (B, heads, N, N)
+    out = scores.softmax(dim=-1) @ v
+    return out.transpose(1, 2).reshape(b, n, num_heads * head_dim)
+
+
+class DotProductAttention(nn.Module):
+    """The parameter-free core of multi-head self-attention: :func:`attend` on a ``(B, N, 3*h*d)`` tensor.
+
+    A module of its own so that latency tables can time it and layer tracing can count it (``attention``
+    :class:`nas.supernet.LayerSpec`) apart from the projections around it.
+
+    Example:
+        >>> tuple(DotProductAttention(2, 4)(torch.randn(1, 3, 24)).shape)
+        (1, 3, 8)
+    """
+
+    def __init__(self, num_heads: int, head_dim: int):
+        super().__init__()
+        self.num_heads, self.head_dim = int(num_heads), int(head_dim)
+
+    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+        return attend(qkv, self.num_heads, self.head_dim)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, head_dim={self.head_dim}"
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention on ``(B, N, embed_dim)`` tokens: ``proj(attend(qkv(x)))``.
+
+    Unlike ``nn.MultiheadAttention`` the inner width ``num_heads * head_dim`` need not equal ``embed_dim``
+    (AutoFormer fixes the head width and searches the number of heads), and there is no fused fast path:
+    ONNX gets two Gemm/MatMul projections and the plain MatMul / Softmax core of :func:`attend`.
+
+    Example:
+        >>> attn = SelfAttention(embed_dim=12, num_heads=3, head_dim=8)
+        >>> tuple(attn.qkv.weight.shape), tuple(attn(torch.randn(2, 5, 12)).shape)
+        ((72, 12), (2, 5, 12))
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, bias: bool = True):
+        super().__init__()
+        inner = int(num_heads) * int(head_dim)
+        self.qkv = nn.Linear(embed_dim, 3 * inner, bias=bias)
+        self.attend = DotProductAttention(num_heads, head_dim)
+        self.proj = nn.Linear(inner, embed_dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.attend(self.qkv(x)))
+
+
+class PatchTokens(nn.Module):
+    """Patch map ``(B, C, H, W)`` -> tokens ``(B, [1 +] H*W, C)``: optional class token first, plus a learned
+    position embedding (one row per token, for this grid size).
+
+    Example:
+        >>> tokens = PatchTokens(8, 3, 4, class_token=True)
+        >>> tuple(tokens.pos_embed.shape), tuple(tokens(torch.randn(2, 8, 3, 4)).shape)
+        ((1, 13, 8), (2, 13, 8))
+    """
+
+    def __init__(self, channels: int, grid_h: int, grid_w: int, class_token: bool = True):
+        super().__init__()
+        self.grid = (int(grid_h), int(grid_w))
+        extra = 1 if class_token else 0
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, channels)) if class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, extra + self.grid[0] * self.grid[1], channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.flatten(2).transpose(1, 2)  # (B, H*W, C); a view for channels-last input
+        if self.cls_token is not None:
+            tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
+        return tokens + self.pos_embed
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.pos_embed.shape[-1]}, grid={self.grid}, class_token={self.cls_token is not None}"
+        )
+
+
+class TakeToken(nn.Module):
+    """Token ``index`` of a ``(B, N, C)`` sequence as a ``(B, C)`` batch (the class token's read-out).
+
+    Example:
+        >>> TakeToken(0)(torch.arange(6.0).reshape(1, 3, 2)).tolist()
+        [[0.0, 1.0]]
+    """
+
+    def __init__(self, index: int = 0):
+        super().__init__()
+        self.index = int(index)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.index]
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}"
 
 
 @dataclass(frozen=True)
@@ -265,6 +384,30 @@ _leaf(
     "SqueezeExcite",
     SqueezeExcite,
     lambda m: {"channels": m.reduce.in_channels, "mid_channels": m.reduce.out_channels},
+)
+_leaf("TakeToken", TakeToken, lambda m: {"index": m.index})
+_leaf(
+    "DotProductAttention", DotProductAttention, lambda m: {"num_heads": m.num_heads, "head_dim": m.head_dim}
+)
+_leaf(
+    "PatchTokens",
+    PatchTokens,
+    lambda m: {
+        "channels": m.pos_embed.shape[-1],
+        "grid_h": m.grid[0],
+        "grid_w": m.grid[1],
+        "class_token": m.cls_token is not None,
+    },
+)
+_leaf(
+    "SelfAttention",
+    SelfAttention,
+    lambda m: {
+        "embed_dim": m.qkv.in_features,
+        "num_heads": m.attend.num_heads,
+        "head_dim": m.attend.head_dim,
+        "bias": m.qkv.bias is not None,
+    },
 )
 register(Codec("Sequential", nn.Sequential, lambda m: {}, lambda a, ch: nn.Sequential(OrderedDict(ch)), True))
 # Children "body" and, for a projection shortcut, "shortcut" (architectures written before it have only "body").

@@ -68,7 +68,13 @@ class LayerSpec:
 
     ``kind`` is one of ``conv``, ``dwconv`` (depthwise), ``linear``, ``se`` (squeeze-excite on
     ``in_channels`` with ``out_channels`` hidden units), ``bn``, ``act`` (``act`` names it), ``pool``
-    (global average), ``add`` (residual). Spatial sizes are the input and output height/width (1 for linear).
+    (global average), ``add`` (residual), and for transformers ``ln`` (layer norm; ``bias`` whether it has
+    one), ``attention`` (the parameter-free core ``softmax(q k^T / sqrt(d)) v`` of ``groups`` heads whose
+    concatenated width is ``in_channels``) and ``tokens`` (a ``in_h x in_w`` patch map of ``in_channels``
+    channels turned into ``out_h`` tokens: a class token when ``out_h = in_h * in_w + 1``, and a learned
+    position embedding). Spatial sizes are the input and output height/width; layers on token sequences
+    (``linear``, ``ln``, ``attention``, ``act``, ``add``) have the number of tokens as height and width 1,
+    and a linear layer on one vector per example has 1 x 1.
     ``bits`` (weight bit-width, 32 = float) and ``density`` (fraction of weights kept; ``pattern`` such as
     ``"2:4"`` for N:M sparsity) describe quantization and sparsity. ``dilation`` is a convolution's (it enters
     :attr:`key` only when it is not 1). ``name`` is the layer's path in the supernet and is not part of
@@ -138,6 +144,10 @@ class LayerSpec:
             return self.in_channels + self.out_channels
         if self.kind == "bn":
             return 2 * self.out_channels  # affine weight and bias (running statistics are buffers)
+        if self.kind == "ln":  # affine weight, and a bias unless bias=False
+            return 2 * self.out_channels if self.bias else self.out_channels
+        if self.kind == "tokens":  # position embedding (one row per token) and the class token, if any
+            return self.out_channels * (2 * self.out_h * self.out_w - self.in_h * self.in_w)
         return 0
 
     @property
@@ -147,11 +157,19 @@ class LayerSpec:
 
     @property
     def macs(self) -> int:
-        """Multiply-accumulates of the convolution / linear part (BN, activations, pooling, adds count 0)."""
-        if self.kind in ("conv", "dwconv"):
+        """Multiply-accumulates of convolutions, linear layers (once per token) and attention (norms,
+        activations, softmax, pooling, adds and position embeddings count 0).
+
+        Attention counts its two matrix products per head, ``q k^T`` and ``scores @ v``: ``2 * N^2 * width``
+        for ``N`` tokens and ``width = heads * head_dim``; its q/k/v and output projections are ``linear``
+        layers of their own.
+        """
+        if self.kind in ("conv", "dwconv", "linear"):
             return self.weight_count * self.out_h * self.out_w
-        if self.kind in ("linear", "se"):
+        if self.kind == "se":
             return self.weight_count
+        if self.kind == "attention":
+            return 2 * self.in_h * self.in_h * self.in_channels
         return 0
 
 
@@ -243,25 +261,34 @@ def trace_layer_specs(model: nn.Module, input_shape: tuple[int, ...]) -> list[La
     """The :class:`LayerSpec` list of a static model, read from one forward pass on zeros.
 
     Recorded, in the order they finish: ``nn.Conv2d`` (``dwconv`` when every channel has its own filter),
-    ``nn.Linear``, ``nn.BatchNorm2d`` / ``nn.BatchNorm1d``, activation modules (``act`` named as in :mod:`nas.ops.blocks`, else the
-    lower-case class name), :class:`nas.static.SqueezeExcite` (one ``se`` spec, its inner convs not repeated),
-    global average pooling (:class:`nas.static.GlobalAvgPool`, ``nn.AdaptiveAvgPool2d(1)``) and
-    :class:`nas.static.Residual` (``add``). Parameter-free layers of other types (dropout, flatten, pooling
-    windows, activation quantizers) cost nothing here; a layer with parameters of any other type is refused,
-    naming it, since its cost would silently be missing. Weights are read as float (no bit-width or sparsity).
+    ``nn.Linear``, ``nn.BatchNorm2d`` / ``nn.BatchNorm1d``, ``nn.LayerNorm`` (``ln``, over the last dimension), activation modules
+    (``act`` named as in :mod:`nas.ops.blocks`, else the lower-case class name),
+    :class:`nas.static.SqueezeExcite` (one ``se`` spec, its inner convs not repeated), global average pooling
+    (:class:`nas.static.GlobalAvgPool`, ``nn.AdaptiveAvgPool2d(1)``), :class:`nas.static.Residual` (``add``),
+    :class:`nas.static.DotProductAttention` (``attention``) and :class:`nas.static.PatchTokens` (``tokens``).
+    A 3-D tensor is a token sequence ``(B, N, C)``: ``N`` tokens as height, ``C`` channels. Parameter-free
+    layers of other types (dropout, flatten, pooling windows, activation quantizers) cost nothing here; a
+    layer with parameters of any other type is refused, naming it, since its cost would silently be missing.
+    Weights are read as float (no bit-width or sparsity).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(128, 10))
         >>> [(s.kind, s.out_h, s.macs) for s in trace_layer_specs(net, (1, 3, 8, 8))]
         [('conv', 4, 3456), ('act', 4, 0), ('linear', 1, 1280)]
     """
-    from nas.static import GlobalAvgPool, Residual, SqueezeExcite
+    from nas.static import DotProductAttention, GlobalAvgPool, PatchTokens, Residual, SqueezeExcite
 
     act_names = _activation_names()
     specs: list[LayerSpec] = []
 
     def spatial(t: torch.Tensor) -> tuple[int, int]:
-        return (int(t.shape[-2]), int(t.shape[-1])) if t.dim() == 4 else (1, 1)
+        if t.dim() == 4:
+            return (int(t.shape[-2]), int(t.shape[-1]))
+        return (int(t.shape[1]), 1) if t.dim() == 3 else (1, 1)
+
+    def rows(t: torch.Tensor) -> int:
+        """Vectors per example that a layer on the last dimension (linear, layer norm) processes."""
+        return t[:1].numel() // max(1, int(t.shape[-1])) if t.dim() >= 2 else 1
 
     def spec_of(name: str, m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerSpec | None:
         (ih, iw), (oh, ow) = spatial(x), spatial(y)
@@ -283,12 +310,30 @@ def trace_layer_specs(model: nn.Module, input_shape: tuple[int, ...]) -> list[La
                 bias=m.bias is not None, dilation=m.dilation[0], **shape,
             )  # fmt: skip
         if isinstance(m, nn.Linear):
-            return LayerSpec("linear", m.in_features, m.out_features, bias=m.bias is not None, name=name)
+            n = rows(x)  # tokens: 1 for a (B, features) batch, so such layers keep their old keys
+            return LayerSpec(
+                "linear", m.in_features, m.out_features, in_h=n, out_h=n, bias=m.bias is not None, name=name
+            )
         if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):  # 1d: after a flatten, as a 1x1 map
             return LayerSpec("bn", m.num_features, m.num_features, **shape)
+        if isinstance(m, nn.LayerNorm):
+            if len(m.normalized_shape) != 1 or not m.elementwise_affine:
+                raise ValueError(
+                    f"trace_layer_specs: LayerNorm {name!r} normalises {tuple(m.normalized_shape)} "
+                    f"(elementwise_affine={m.elementwise_affine}); LayerSpec describes affine layer norms "
+                    "over the last dimension only: override layer_specs(cfg) for this supernet"
+                )
+            n, c = rows(x), m.normalized_shape[0]
+            return LayerSpec("ln", c, c, in_h=n, out_h=n, bias=m.bias is not None, name=name)
+        if isinstance(m, DotProductAttention):
+            width = m.num_heads * m.head_dim
+            return LayerSpec("attention", width, width, groups=m.num_heads, **shape)
+        if isinstance(m, PatchTokens):
+            c = int(y.shape[-1])
+            return LayerSpec("tokens", c, c, in_h=ih, in_w=iw, out_h=int(y.shape[1]), out_w=1, name=name)
         if isinstance(m, SqueezeExcite):
             return LayerSpec("se", m.reduce.in_channels, m.reduce.out_channels, bias=True, **shape)
-        channels = int(y.shape[1]) if y.dim() >= 2 else 1
+        channels = int(y.shape[-1] if y.dim() == 3 else y.shape[1]) if y.dim() >= 2 else 1
         # A residual adds two tensors of the output's shape (its input's may differ: a projection may stride).
         if isinstance(m, Residual):
             return LayerSpec("add", channels, channels, in_h=oh, in_w=ow, out_h=oh, out_w=ow, name=name)
@@ -304,6 +349,9 @@ def trace_layer_specs(model: nn.Module, input_shape: tuple[int, ...]) -> list[La
         nn.Linear,
         nn.BatchNorm2d,
         nn.BatchNorm1d,
+        nn.LayerNorm,
+        DotProductAttention,
+        PatchTokens,
         SqueezeExcite,
         Residual,
         GlobalAvgPool,

@@ -39,6 +39,10 @@ _BUILTIN: dict[str, tuple[str, str]] = {
         "search_spaces.resnet",
         "Once-for-All ResNet: bottleneck blocks, elastic depth/expand/width/resolution",
     ),
+    "vit": (
+        "search_spaces.vit",
+        "AutoFormer Vision Transformer: elastic embed width/depth/heads/MLP ratio/resolution",
+    ),
     "nb201": (
         "search_spaces.nb201",
         "NAS-Bench-201 cell space: 15,625 cells with known accuracy and latency",
@@ -53,6 +57,33 @@ _PRESET_FAMILIES = ("mobilenetv3", "resnet")
 def available() -> dict[str, str]:
     """Names of the built-in spaces with a one-line description each."""
     return {name: desc for name, (_, desc) in _BUILTIN.items()}
+
+
+def presets(name: str) -> tuple[str, ...]:
+    """The presets of a built-in space, its ``supernet()`` default first (empty for a space without presets).
+
+    Imports the space's module (and torch with it).
+
+    Example:
+        >>> presets("vit")
+        ('small', 'tiny')
+    """
+    module = get(name)
+    names = tuple(getattr(module, "PRESETS", {}))
+    default = default_preset(name)
+    return (default, *(p for p in names if p != default)) if default in names else names
+
+
+def default_preset(name: str) -> str | None:
+    """The ``preset`` that space ``name``'s ``supernet()`` uses by default (``None`` when it takes none).
+
+    Example:
+        >>> default_preset("mobilenetv3"), default_preset("nb201")
+        ('small', None)
+    """
+    factory = getattr(get(name), "supernet", None)
+    param = inspect.signature(factory).parameters.get("preset") if callable(factory) else None
+    return param.default if param is not None and isinstance(param.default, str) else None
 
 
 _MODULE_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -205,9 +236,16 @@ def space_by_name(name: str, module: str | None = None) -> Any:
                 space = get(family).space(preset, quant="quant" in flags, sparsity="sparse" in flags)
                 if space.name == name:
                     return space
+    for builtin in _BUILTIN:  # spaces named <space>-<preset> (vit-small, ...): try the module's presets
+        if builtin not in _PRESET_FAMILIES and name.startswith(builtin + "-"):
+            module = get(builtin)
+            for preset in getattr(module, "PRESETS", {}):
+                space = module.space(preset)
+                if space.name == name:
+                    return space
     families = ", ".join(f"{f}-<preset>[-quant][-sparse]" for f in _PRESET_FAMILIES)
     raise ValueError(
-        f"no built-in search space is named {name!r}; known: nb201, {families}; for a "
+        f"no built-in search space is named {name!r}; known: nb201, {families}, vit-<preset>; for a "
         "space of your own, name the module that defines it (nas fit --space mypkg.myspace)"
     )
 

@@ -36,8 +36,10 @@ def test_traced_layer_specs_equal_the_analytic_ones_of_mobilenetv3():
 
 
 def test_trace_refuses_layers_whose_cost_it_cannot_describe():
-    with pytest.raises(ValueError, match=r"'1' \(LayerNorm\) has weights"):
-        trace_layer_specs(nn.Sequential(nn.Conv2d(1, 4, 3), nn.LayerNorm(2)), (1, 1, 4, 4))
+    with pytest.raises(ValueError, match=r"'1' \(GroupNorm\) has weights"):
+        trace_layer_specs(nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4)), (1, 1, 4, 4))
+    with pytest.raises(ValueError, match="affine layer norms over the last dimension only"):
+        trace_layer_specs(nn.Sequential(nn.Conv2d(1, 4, 3), nn.LayerNorm((2, 2))), (1, 1, 4, 4))
     with pytest.raises(ValueError, match="square ones only"):
         trace_layer_specs(nn.Sequential(nn.Conv2d(1, 4, (1, 3))), (1, 1, 4, 4))
     # Parameter-free layers cost nothing; the model's training mode survives the trace.

@@ -43,7 +43,7 @@ def test_layer_modules_have_the_shapes_of_their_specs(net) -> None:
             if y.dim() == 4 and s.kind != "pool":
                 assert tuple(y.shape[2:]) == (s.out_h, s.out_w), s.key
     with pytest.raises(ValueError, match="cannot be built"):
-        layer_module(LayerSpec("attention", 4, 4))
+        layer_module(LayerSpec("lstm", 4, 4))
 
 
 def test_build_save_load_predict(net, tmp_path) -> None:

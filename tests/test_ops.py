@@ -18,7 +18,10 @@ from nas.ops import (
     ElasticLayerNorm,
     ElasticLinear,
     ElasticMBConv,
+    ElasticMultiheadSelfAttention,
+    ElasticPatchEmbed,
     ElasticSequential,
+    ElasticTransformerBlock,
     make_divisible,
 )
 
@@ -334,3 +337,112 @@ def test_copies_start_with_empty_caches():
         assert clone._cache.value is None
         assert torch.equal(clone.weight, conv.weight)
     assert not copy.deepcopy(bn)._eval_views
+
+
+def _randomized_attention(embed_dim: int, heads: int, head_dim: int) -> ElasticMultiheadSelfAttention:
+    attn = ElasticMultiheadSelfAttention(embed_dim, heads, head_dim)
+    with torch.no_grad():
+        attn.qkv_bias.normal_()
+        attn.proj_bias.normal_()
+    return attn
+
+
+@pytest.mark.parametrize("heads,embed", [(4, 32), (2, 24), (1, 8), (3, 32)])
+def test_attention_matches_torch_multihead_attention_on_its_slice(heads, embed):
+    # An independent reference: torch's attention on the same weights (inner width = embed width here, the
+    # one case nn.MultiheadAttention can express).
+    head_dim = 8
+    attn = _randomized_attention(32, 4, head_dim)
+    attn.set_active(num_heads=heads)
+    qkv_w, qkv_b, proj_w, proj_b = attn.active_weights(embed)
+    x = torch.randn(2, 6, embed)
+    got = attn(x)
+    assert tuple(qkv_w.shape) == (3 * heads * head_dim, embed)
+    # q rows of the active heads are the first rows of the stored q block, and likewise k and v.
+    torch.testing.assert_close(
+        qkv_w[heads * head_dim : 2 * heads * head_dim], attn.qkv_weight[32 : 32 + heads * 8, :embed]
+    )
+    if heads * head_dim == embed:
+        ref = nn.MultiheadAttention(embed, heads, batch_first=True)
+        with torch.no_grad():
+            ref.in_proj_weight.copy_(qkv_w)
+            ref.in_proj_bias.copy_(qkv_b)
+            ref.out_proj.weight.copy_(proj_w)
+            ref.out_proj.bias.copy_(proj_b)
+        expected = ref(x, x, x, need_weights=False)[0]
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    static_attn = attn.to_static(embed)
+    assert type(static_attn) is static.SelfAttention
+    torch.testing.assert_close(static_attn(x), got, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x), got, rtol=0, atol=1e-6)  # the cached slices
+
+
+def test_attention_with_fewer_heads_ignores_the_other_heads_and_channels():
+    attn = _randomized_attention(16, 3, 4)
+    attn.set_active(num_heads=2)
+    x = torch.randn(1, 5, 12)
+    before = attn(x)
+    with torch.no_grad():
+        q_k_v = attn.qkv_weight.view(3, 3, 4, 16)
+        q_k_v[:, 2].normal_()  # the third head
+        q_k_v[..., 12:].normal_()  # input channels beyond the active 12
+        attn.proj_weight[12:].normal_()
+        attn.proj_weight[:, 8:].normal_()
+    torch.testing.assert_close(attn(x), before, rtol=0, atol=0)
+    with torch.no_grad():
+        q_k_v[1, 1, 0, 0] += 1.0  # a key weight of an active head
+    assert not torch.allclose(attn(x), before)
+
+
+def test_attention_sort_heads_keeps_the_function_and_moves_whole_heads():
+    attn = _randomized_attention(16, 4, 4)
+    x = torch.randn(2, 5, 16)
+    before = attn(x).detach()
+    order = attn.sort_heads()
+    assert sorted(order.tolist()) == [0, 1, 2, 3]
+    torch.testing.assert_close(attn(x), before, rtol=0, atol=1e-5)
+    importance = attn.head_importance()
+    assert torch.all(importance[:-1] >= importance[1:])
+
+
+def test_transformer_block_and_patch_embed_match_static():
+    block = ElasticTransformerBlock(32, num_heads=4, head_dim=8, mlp_ratios=(3, 3.5, 4))
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    block.set_active(embed_dim=24, num_heads=3, mlp_ratio=3.5)
+    x = torch.randn(2, 7, 24)
+    torch.testing.assert_close(block.to_static()(x), block(x), rtol=0, atol=1e-5)
+    assert block.to_static().mlp.body.fc1.out_features == 84
+    with pytest.raises(ValueError, match="input has 32 channels but the active embed_dim is 24"):
+        block(torch.randn(1, 3, 32))
+    with pytest.raises(ValueError, match=r"mlp_ratio=5 is not allowed; use one of \(3.0, 3.5, 4.0\)"):
+        block.set_active(mlp_ratio=5)
+    pe = ElasticPatchEmbed(2, 16, patch_size=2, max_grid=4)
+    with torch.no_grad():
+        pe.pos_embed.normal_()
+        pe.cls_token.normal_()
+    pe.set_active(embed_dim=12)
+    for size in (8, 6, 4):
+        img = torch.randn(2, 2, size, size)
+        torch.testing.assert_close(pe.to_static(size)(img), pe(img), rtol=0, atol=1e-6)
+
+
+def test_static_transformer_modules_round_trip():
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 2, stride=2),
+        static.PatchTokens(8, 2, 2, class_token=True),
+        static.Residual(nn.Sequential(nn.LayerNorm(8), static.SelfAttention(8, 3, 4))),
+        static.TakeToken(0),
+        nn.Linear(8, 3),
+    ).eval()
+    with torch.no_grad():
+        model[1].pos_embed.normal_()
+        model[1].cls_token.normal_()
+    arch = json.loads(json.dumps(static.describe(model)))
+    rebuilt = static.build(arch).eval()
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 1, 4, 4)
+    assert torch.equal(model(x), rebuilt(x))
+    assert str(rebuilt) == str(model)

@@ -353,7 +353,7 @@ def test_registry_and_cli_know_the_space(capsys):
     assert search_spaces.space_by_name("resnet-small-quant") == resnet.space("small", quant=True)
     assert search_spaces.make_space("resnet", preset="imagenet").name == "resnet-imagenet"
     assert cli.main(["spaces"]) == 0 and "resnet" in capsys.readouterr().out
-    for name in ("mobilenetv3", "resnet"):  # the --preset help names every preset of both
+    for name in ("mobilenetv3", "resnet", "vit"):  # the --preset help names every preset of each
         assert name in cli._PRESET_HELP
         assert all(p in cli._PRESET_HELP for p in search_spaces.get(name).PRESETS)
 

@@ -50,12 +50,14 @@ __all__ = [
 FORMAT = "nas-latency-lut"
 FORMAT_VERSION = 1
 # Groups of layer kinds whose summed table latency makes one feature each (see lut_feature).
+# Transformer layers join the existing groups (attention's two matrix products with linear; layer norm and the
+# position embedding with the elementwise layers) so the feature vector keeps its length and names.
 _FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "conv": ("conv",),
     "dwconv": ("dwconv",),
     "se": ("se",),
-    "linear": ("linear",),
-    "elementwise": ("bn", "act", "add", "pool"),
+    "linear": ("linear", "attention"),
+    "elementwise": ("bn", "act", "add", "pool", "ln", "tokens"),
 }
 LUT_FEATURE_NAMES = ("lut_total_ms", *(f"lut_{g}_ms" for g in _FEATURE_GROUPS), "lut_layers")
 
@@ -126,10 +128,11 @@ def layer_module(spec: LayerSpec, batch_size: int = 1) -> tuple[nn.Module, tuple
         >>> shape, tuple(m(torch.zeros(shape)).shape)
         ((1, 8, 16, 16), (1, 8, 8, 8))
     """
-    from nas.static import GlobalAvgPool, SqueezeExcite
+    from nas.static import DotProductAttention, GlobalAvgPool, PatchTokens, SqueezeExcite
 
     b, k = int(batch_size), spec.kernel
-    image = (b, spec.in_channels, spec.in_h, spec.in_w)
+    image: tuple[int, ...] = (b, spec.in_channels, spec.in_h, spec.in_w)
+    tokens = spec.in_h * spec.in_w  # for layers on token sequences (B, N, C)
     if spec.kind in ("conv", "dwconv"):
         groups = spec.in_channels if spec.kind == "dwconv" else spec.groups
         module: nn.Module = nn.Conv2d(
@@ -143,7 +146,16 @@ def layer_module(spec: LayerSpec, batch_size: int = 1) -> tuple[nn.Module, tuple
             bias=spec.bias,
         )
     elif spec.kind == "linear":
-        module, image = nn.Linear(spec.in_channels, spec.out_channels, bias=spec.bias), (b, spec.in_channels)
+        module = nn.Linear(spec.in_channels, spec.out_channels, bias=spec.bias)
+        image = (b, tokens, spec.in_channels) if tokens > 1 else (b, spec.in_channels)
+    elif spec.kind == "ln":
+        module, image = nn.LayerNorm(spec.in_channels, bias=spec.bias), (b, tokens, spec.in_channels)
+    elif spec.kind == "attention":
+        heads = max(1, spec.groups)
+        module = DotProductAttention(heads, spec.in_channels // heads)
+        image = (b, tokens, 3 * spec.in_channels)
+    elif spec.kind == "tokens":
+        module = PatchTokens(spec.in_channels, spec.in_h, spec.in_w, class_token=spec.out_h > tokens)
     elif spec.kind == "se":
         module = SqueezeExcite(spec.in_channels, spec.out_channels)
     elif spec.kind == "bn":
@@ -157,7 +169,7 @@ def layer_module(spec: LayerSpec, batch_size: int = 1) -> tuple[nn.Module, tuple
     else:
         raise ValueError(
             f"layer kind {spec.kind!r} ({spec.name or spec.key}) cannot be built; "
-            "known: conv, dwconv, linear, se, bn, act, pool, add"
+            "known: conv, dwconv, linear, se, bn, act, pool, add, ln, attention, tokens"
         )
     return module.eval(), image
 

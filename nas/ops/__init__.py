@@ -1,4 +1,5 @@
-"""Elastic layers that store max-size weights once and slice them for the active subnet.
+"""Elastic layers that store max-size weights once and slice them for the active subnet (convolutions, batch
+and layer norms, linear layers, multi-head self-attention).
 
 Example:
     >>> import torch
@@ -20,6 +21,12 @@ from nas.ops.elastic import (
 )
 from nas.ops.quant import WEIGHT_BITS, ElasticActQuant, fake_quant_weight
 from nas.ops.sparse import SPARSITY_LEVELS, apply_sparsity, sparsity_mask
+from nas.ops.transformer import (
+    ElasticMultiheadSelfAttention,
+    ElasticPatchEmbed,
+    ElasticTransformerBlock,
+    mlp_hidden,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -32,11 +39,15 @@ __all__ = [
     "ElasticLayerNorm",
     "ElasticLinear",
     "ElasticMBConv",
+    "ElasticMultiheadSelfAttention",
+    "ElasticPatchEmbed",
     "ElasticSequential",
     "ElasticSqueezeExcite",
+    "ElasticTransformerBlock",
     "apply_sparsity",
     "conv_out_size",
     "fake_quant_weight",
     "make_divisible",
+    "mlp_hidden",
     "sparsity_mask",
 ]

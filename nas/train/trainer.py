@@ -97,9 +97,13 @@ def _lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> flo
 
 def _make_optimizer(cfg: TrainConfig, net: nn.Module) -> torch.optim.Optimizer:
     # No weight decay on BN / biases (1-D tensors): decaying them only hurts small networks. Nor on kernel
-    # transformation matrices: they start at the identity, and decay would pull them towards zero instead.
+    # transformation matrices: they start at the identity, and decay would pull them towards zero instead. Nor
+    # on what the network's no_weight_decay() names (timm's convention: a ViT's position embedding and class
+    # token, which are embeddings rather than weights).
+    named_exempt = set(net.no_weight_decay()) if callable(getattr(net, "no_weight_decay", None)) else set()
+
     def exempt(name: str, p: torch.Tensor) -> bool:
-        return p.dim() <= 1 or "kernel_transforms." in name
+        return p.dim() <= 1 or "kernel_transforms." in name or name in named_exempt
 
     named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
     decay = [p for n, p in named if not exempt(n, p)]

@@ -1,0 +1,282 @@
+"""The AutoFormer ViT supernet: space, extraction equivalence, metrics, layer specs, export, training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import nas
+import search_spaces
+from nas import metrics
+from nas.ops import ElasticMultiheadSelfAttention, ElasticPatchEmbed
+from nas.supernet import Supernet, resize_to
+from search_spaces import vit
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # The CI box has 2 shared cores; intra-op threads only add contention for these tiny models.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def randomize(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial layer norms, embeddings and projections (the 0.02 initialisation hides differences)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(("ln1.weight", "ln2.weight", "norm.weight")):
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+            elif p.dim() >= 2:
+                fan_in = p.shape[-1] if p.dim() == 2 else p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g) / fan_in**0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return net
+
+
+@pytest.fixture(scope="module")
+def small_net():
+    torch.manual_seed(0)
+    return randomize(vit.supernet("small", num_classes=10, in_channels=3)).eval()
+
+
+def test_space_dimensions_conditions_and_presets():
+    space = vit.space("small")
+    assert space.name == "vit-small"
+    assert space["resolution"].values == (24, 28, 32)
+    assert space["embed_dim"].values == (48, 64, 96)
+    assert space["depth"].values == (4, 5, 6)
+    assert space["block0.heads"].values == (2, 3, 4) and space["block0.heads"].when == {}
+    assert space["block3.mlp_ratio"].values == (3.0, 3.5, 4.0) and space["block3.mlp_ratio"].when == {}
+    assert space["block4.heads"].when == {"depth": (5, 6)}
+    assert space["block5.mlp_ratio"].when == {"depth": (6,)}
+    assert len(space) == 3 + 2 * 6
+    # 3 resolutions x 3 widths x (9^4 + 9^5 + 9^6) settings of the active blocks.
+    assert space.size == 3 * 3 * (9**4 + 9**5 + 9**6)
+    tiny = vit.space("tiny")
+    assert tiny["resolution"].values == (224,) and tiny["embed_dim"].values == (192, 216, 240)
+    assert tiny["depth"].values == (12, 13, 14) and tiny["block13.heads"].when == {"depth": (14,)}
+    assert search_spaces.space_by_name("vit-tiny").names == tiny.names
+    assert search_spaces.presets("vit") == ("small", "tiny")
+    assert "vit" in search_spaces.available()
+
+
+def test_blocks_beyond_depth_do_not_change_the_network(small_net):
+    cfg = small_net.space.canonical({**small_net.space.max(), "depth": 4})
+    other = {**cfg, "block5.heads": 2, "block4.mlp_ratio": 3.0}
+    assert small_net.space.canonical(other).key == cfg.key
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        small_net.activate(cfg)
+        a = small_net(x)
+        small_net.activate(other)
+        torch.testing.assert_close(small_net(x), a, rtol=0, atol=0)
+        small_net.activate({**cfg, "depth": 5})  # the fifth block does change it
+        assert (small_net(x) - a).abs().max() > 1e-3
+
+
+def test_extraction_equivalence_30_random_configs_plus_max_and_min(small_net):
+    space = small_net.space
+    configs = [space.max(), space.min(), *space.samples(30, seed=2026)]
+    x0 = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    worst = 0.0
+    with torch.no_grad():
+        for cfg in configs:
+            cfg = small_net.activate(cfg)
+            x = resize_to(x0, cfg)
+            expected = small_net(x)
+            static_model = small_net.extract(cfg).eval()
+            assert not any(type(m).__module__.startswith("nas.ops") for m in static_model.modules())
+            got = static_model(x)
+            assert expected.abs().max() > 0.1  # a non-trivial function, so the comparison can fail
+            worst = max(worst, (got - expected).abs().max().item())
+            assert small_net.active_config == cfg  # extract restores the active config
+    assert worst <= 1e-5, worst
+
+
+def test_position_embedding_is_resized_for_lower_resolutions(small_net):
+    cfg = small_net.space.canonical({**small_net.space.min(), "resolution": 28})
+    tokens = small_net.extract(cfg).patch_embed.tokens
+    assert tokens.grid == (7, 7) and tuple(tokens.pos_embed.shape) == (1, 50, 48)
+    stored = small_net.patch_embed.pos_embed
+    assert torch.equal(tokens.pos_embed[0, 0], stored[0, 0, :48])  # the class token's row is kept
+    assert not torch.allclose(tokens.pos_embed[0, 1:], stored[0, 1:50, :48])  # the grid rows are resized
+    full = small_net.extract({**cfg, "resolution": 32}).patch_embed.tokens
+    assert torch.equal(full.pos_embed, stored[:, :, :48])  # the largest grid is the stored embedding
+
+
+def test_train_mode_and_channels_last_compute_the_same():
+    torch.manual_seed(3)
+    net = randomize(vit.supernet("small", in_channels=1))
+    cfg = net.space.sample(11)
+    static_model = net.extract(cfg).train()  # no dropout or batch norm: train mode changes nothing
+    net.activate(cfg)
+    x = torch.randn(4, *net.input_shape(cfg)[1:])
+    expected = net.eval()(x)
+    torch.testing.assert_close(net.train()(x), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(static_model(x), expected, rtol=0, atol=1e-5)
+    # What the trainer does with channels_last=True: the patch convolution's weight and input go NHWC.
+    net.to(memory_format=torch.channels_last)
+    got = net(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_gradients_reach_only_active_weights():
+    net = vit.supernet("small").train()
+    cfg = net.activate(net.space.min())  # embed 48, depth 4, 2 heads of 16, MLP ratio 3
+    x = torch.randn(2, *net.input_shape(cfg)[1:])
+    net(x).sum().backward()
+    pe = net.patch_embed
+    assert pe.weight.grad[:48].abs().sum() > 0 and pe.weight.grad[48:].abs().sum() == 0
+    assert pe.pos_embed.grad[..., :48].abs().sum() > 0 and pe.pos_embed.grad[..., 48:].abs().sum() == 0
+    attn = net.blocks[0].attn
+    qkv = attn.qkv_weight.grad.view(3, 4, 16, 96)  # q/k/v, head, head width, embed channel
+    assert qkv[:, :2, :, :48].abs().sum(dim=(1, 2, 3)).min() > 0  # q, k and v of the active heads
+    assert qkv[:, 2:].abs().sum() == 0 and qkv[..., 48:].abs().sum() == 0
+    assert attn.proj_weight.grad[:48, :32].abs().sum() > 0
+    assert attn.proj_weight.grad[48:].abs().sum() == 0 and attn.proj_weight.grad[:, 32:].abs().sum() == 0
+    fc1 = net.blocks[0].fc1.weight.grad
+    assert fc1[:144, :48].abs().sum() > 0 and fc1[144:].abs().sum() == 0 and fc1[:, 48:].abs().sum() == 0
+    assert net.blocks[4].attn.qkv_weight.grad is None  # depth 4: blocks 4 and 5 never ran
+    assert net.head.weight.grad[:, 48:].abs().sum() == 0
+
+
+def test_macs_and_params_equal_counts_on_the_extracted_model(small_net):
+    configs = [small_net.space.max(), small_net.space.min(), *small_net.space.samples(6, seed=7)]
+    for cfg in configs:
+        model = small_net.extract(cfg).eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(small_net.input_shape(cfg)))
+        # torch counts 2 FLOPs per multiply-accumulate of every conv, linear and attention matmul.
+        assert metrics.macs(small_net, cfg) * 2 == counter.get_total_flops(), cfg
+        assert metrics.params(small_net, cfg) == sum(p.numel() for p in model.parameters()), cfg
+        assert metrics.model_bytes(small_net, cfg) == 4 * metrics.params(small_net, cfg)
+    lo, hi = small_net.space.min(), small_net.space.max()
+    assert (metrics.macs(small_net, lo), metrics.params(small_net, lo)) == (3_389_152, 86_746)
+    assert (metrics.macs(small_net, hi), metrics.params(small_net, hi)) == (41_879_232, 608_938)
+
+
+def test_attention_macs_are_projections_plus_two_token_products():
+    net = vit.supernet("small")
+    cfg = net.space.min()  # 24 px: 6 x 6 patches + class token = 37 tokens; 2 heads of 16
+    specs = [s for s in net.layer_specs(cfg) if s.name.startswith("blocks.0.attn")]
+    assert [s.kind for s in specs] == ["ln", "linear", "attention", "linear", "add"]
+    qkv, core, proj = specs[1], specs[2], specs[3]
+    assert qkv.macs == 37 * 48 * 96 and proj.macs == 37 * 32 * 48
+    assert core.macs == 2 * 37 * 37 * 32 and core.params == 0 and core.groups == 2
+
+
+def test_layer_specs_equal_the_trace_of_the_extracted_model(small_net):
+    for cfg in (small_net.space.max(), small_net.space.min(), *small_net.space.samples(4, seed=4)):
+        analytic = [s.key for s in small_net.layer_specs(cfg)]
+        traced = [s.key for s in Supernet.layer_specs(small_net, cfg)]  # the base class's default: a trace
+        assert traced == analytic
+    kinds = {s.kind for s in small_net.layer_specs(small_net.space.max())}
+    assert kinds == {"conv", "tokens", "ln", "linear", "attention", "act", "add"}
+
+
+def test_latency_table_times_every_vit_layer(small_net):
+    from nas.hw.lut import LatencyLUT, layer_module
+
+    cfgs = [small_net.space.min(), small_net.space.sample(3)]
+    for spec in {s.key: s for c in cfgs for s in small_net.layer_specs(c)}.values():
+        module, shape = layer_module(spec, batch_size=2)
+        with torch.inference_mode():
+            y = module(torch.randn(shape))
+        if spec.kind in ("attention", "ln", "tokens") or (spec.kind == "linear" and spec.in_h > 1):
+            assert tuple(y.shape) == (2, spec.out_h, spec.out_channels), spec.key  # (B, tokens, channels)
+        else:  # convolution, head, and elementwise layers timed on an equally large (B, C, tokens, 1) map
+            assert (
+                tuple(y.shape[:2]) == (2, spec.out_channels)
+                and y[0].numel() == spec.out_channels * spec.out_h * spec.out_w
+            ), spec.key
+    lut = LatencyLUT.build(small_net, cfgs, threads=1, warmup=0, repeats=1, rounds=1, progress=False)
+    assert lut.predict(small_net, cfgs).shape == (2,) and all(v > 0 for v in lut.table.values())
+
+
+def test_onnx_export_and_load_exported(small_net, tmp_path):
+    import onnxruntime as ort
+
+    cfg = small_net.space.canonical({**small_net.space.sample(5), "resolution": 28})
+    out = nas.export(small_net, cfg, tmp_path / "m", formats=("safetensors", "onnx"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["verification"]["onnx_max_abs_diff"] <= 1e-4
+    assert manifest["metrics"]["macs"] == metrics.macs(small_net, cfg)
+    x = torch.randn(3, *small_net.input_shape(cfg)[1:])
+    small_net.activate(cfg)
+    with torch.no_grad():
+        expected = small_net(x)
+        rebuilt = nas.load_exported(out)
+        torch.testing.assert_close(rebuilt(x), expected, rtol=0, atol=1e-5)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(got - expected.numpy()).max() <= 1e-4  # batch 3: the batch dimension is dynamic
+    ops = {n.op_type for n in __import__("onnx").load(str(out / "model.onnx")).graph.node}
+    assert {"MatMul", "Softmax", "Conv"} <= ops and "Attention" not in ops
+
+
+def test_sort_channels_keeps_the_max_subnet_and_orders_heads():
+    torch.manual_seed(1)
+    net = randomize(vit.supernet("small", in_channels=1)).eval()
+    cfg = net.activate(net.space.max())
+    x = torch.randn(2, *net.input_shape(cfg)[1:])
+    with torch.no_grad():
+        before = net(x)
+        net.sort_channels()
+        torch.testing.assert_close(net(x), before, rtol=0, atol=1e-5)
+    for block in net.blocks:
+        importance = block.attn.head_importance()
+        assert torch.all(importance[:-1] >= importance[1:])
+        mlp = block.fc2.weight.abs().sum(0)
+        assert torch.all(mlp[:-1] >= mlp[1:])
+
+
+def test_train_supernet_sandwich_and_progressive_run_a_few_steps(tmp_path):
+    from nas.train import train_supernet
+    from nas.train.trainer import TrainConfig, _make_optimizer
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(48, 1, 28, 28, generator=g), torch.randint(0, 10, (48,), generator=g)
+    net = vit.supernet("small", num_classes=10, in_channels=1)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    result = train_supernet(
+        net, (images, labels), strategy="sandwich", epochs=1, batch_size=16, lr=1e-3, out_dir=tmp_path / "s",
+        progress=False,
+    )  # fmt: skip
+    assert result.steps == 3
+    changed = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
+    assert "patch_embed.pos_embed" in changed and "blocks.5.attn.qkv_weight" in changed
+    net2 = vit.supernet("small", num_classes=10, in_channels=1)
+    result = train_supernet(
+        net2, (images, labels), strategy="progressive", epochs=1, batch_size=8, lr=1e-3,
+        out_dir=tmp_path / "p", progress=False,
+    )  # fmt: skip
+    assert result.steps == 6
+    # The position embedding and class token are embeddings: not weight-decayed (timm's convention).
+    opt = _make_optimizer(TrainConfig(weight_decay=0.1), net)
+    decayed = {id(p) for group in opt.param_groups if group["weight_decay"] > 0 for p in group["params"]}
+    assert id(net.patch_embed.pos_embed) not in decayed and id(net.blocks[0].attn.qkv_weight) in decayed
+
+
+def test_bad_configs_presets_and_inputs_raise_useful_errors(small_net):
+    with pytest.raises(nas.InvalidConfigError, match=r"block0\.heads.*\[2, 3, 4\]"):
+        small_net.activate({**small_net.space.max(), "block0.heads": 5})
+    with pytest.raises(ValueError, match=r"unknown vit preset 'huge'; use one of \['small', 'tiny'\]"):
+        vit.supernet("huge")
+    with pytest.raises(ValueError, match="not multiples of the patch size 4"):
+        vit.Preset("odd", (30,), 4, (16,), (1,), (1,), (2.0,), 8)
+    with pytest.raises(ValueError, match="num_heads=3 is out of range; use an integer in \\[1, 2\\]"):
+        ElasticMultiheadSelfAttention(8, num_heads=2, head_dim=4).set_active(num_heads=3)
+    with pytest.raises(ValueError, match=r"30x30 pixels.*multiple of the patch size 4, at most 32"):
+        ElasticPatchEmbed(1, 8, 4, 8)(torch.zeros(1, 1, 30, 30))
+    with pytest.raises(ValueError, match="no built-in search space is named 'vit-huge'"):
+        search_spaces.space_by_name("vit-huge")
