@@ -223,6 +223,23 @@ def test_run_profile_resumes_measuring_only_missing(tmp_path) -> None:
         cli_hooks.run_profile(ToyNet(), "torch", 7, out, batch_size=4, progress=False, verbose=False)
 
 
+def test_run_profile_refuses_to_extend_a_profile_measured_with_other_threads(tmp_path) -> None:
+    # 1 and 2 threads give different latencies; a merged file would also keep saying threads=1 at the top.
+    out = tmp_path / "toy.csv"
+    kw = {"repeats": 1, "rounds": 1, "warmup": 0, "progress": False, "verbose": False}
+    cli_hooks.run_profile(ToyNet(), "torch", 2, out, threads=1, **kw)
+    net = ToyNet()
+    with pytest.raises(ValueError, match="threads=1 but this run uses threads=2"):
+        cli_hooks.run_profile(net, "torch", 4, out, threads=2, **kw)
+    assert net.built == [] and len(Profile.load(out)) == 2
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # threads=None measures with torch's thread count, which here matches the file
+        assert len(cli_hooks.run_profile(ToyNet(), "torch", 3, out, threads=None, **kw)) == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_run_profile_refuses_other_space(tmp_path) -> None:
     out = tmp_path / "p.csv"
     Profile("other", [{"a": 1}], [1.0], metadata={"backend": "torch"}).save(out)

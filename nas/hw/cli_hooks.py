@@ -39,8 +39,9 @@ from nas.space import Config
 
 __all__ = ["resolve_profile_space", "run_fit", "run_profile"]
 
-# Metadata that must agree before a saved profile may be extended with new measurements.
-_RESUME_KEYS = ("backend", "batch_size", "precision", "clock")
+# Metadata that must agree before a saved profile may be extended with new measurements (the thread count
+# changes a CPU latency as much as the backend does: 1 vs 2 threads is up to 2x).
+_RESUME_KEYS = ("backend", "batch_size", "precision", "clock", "threads")
 
 
 def _sample_configs(space: Any, n: int, seed: int, exclude: set[str]) -> list[Config]:
@@ -83,8 +84,8 @@ def run_profile(
 
     The target set is the first ``samples`` distinct configs drawn with ``seed``. Configs already in the file are
     kept; the missing ones are measured in chunks of ``chunk`` and the file is re-saved atomically after each
-    chunk, so an interrupted run loses at most one chunk. A file measured with a different backend, batch size
-    or precision, or for another space, is refused rather than mixed.
+    chunk, so an interrupted run loses at most one chunk. A file measured with a different backend, batch size,
+    precision, clock or thread count, or for another space, is refused rather than mixed.
 
     Returns the full profile as saved.
     """
@@ -114,12 +115,23 @@ def run_profile(
                 f"{str(path)!r} holds a profile of space {old.space!r}, not {space.name!r}; "
                 "choose another --out or the matching space"
             )
-        wanted = {"backend": backend, "batch_size": int(batch_size), "precision": precision, "clock": clock}
+        import torch
+
+        # The thread count as the measurement will record it (threads=None: torch's default on this machine).
+        used_threads = int(threads) if threads is not None else torch.get_num_threads()
+        wanted = {
+            "backend": backend,
+            "batch_size": int(batch_size),
+            "precision": precision,
+            "clock": clock,
+            "threads": used_threads,
+        }
         for key in _RESUME_KEYS:
             if key in old.metadata and old.metadata[key] != wanted[key]:
                 raise ValueError(
                     f"{str(path)!r} was measured with {key}={old.metadata[key]!r} but this run uses "
-                    f"{key}={wanted[key]!r}; latencies of different settings must not share a profile"
+                    f"{key}={wanted[key]!r}; latencies of different settings must not share a profile: extend it "
+                    f"with {key}={old.metadata[key]!r} or write to another file"
                 )
     targets = _sample_configs(space, samples, seed, exclude=set())
     have = {c.key for c in old.configs} if old is not None else set()
