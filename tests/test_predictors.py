@@ -152,6 +152,19 @@ def test_fit_rejects_bad_input():
     assert predictors.fit(X, -y, kind="ridge").target == "linear"
 
 
+def test_fit_checks_folds_and_select_by_whatever_the_data_size():
+    # folds=1 used to crash inside scikit-learn (an empty training fold) when calibrating, and kind="auto"
+    # silently skipped the comparison; a misspelt select_by was accepted on fewer than 10 samples
+    X, y = data(60)
+    for folds in (1, 0, 2.5):
+        with pytest.raises(ValueError, match="folds must be an integer >= 2"):
+            predictors.fit(X, y, kind="ridge", calibrate=0.10, folds=folds)
+        with pytest.raises(ValueError, match="folds must be an integer >= 2"):
+            predictors.fit(X, y, folds=folds)
+    with pytest.raises(ValueError, match="select_by must be 'mape' or 'rmse'"):
+        predictors.fit(X[:5], y[:5], select_by="r2")
+
+
 def test_corrupted_and_foreign_files_fail_clearly(fitted, tmp_path):
     path = tmp_path / "p.json"
     fitted["gbdt"].save(path)
