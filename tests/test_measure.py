@@ -349,6 +349,17 @@ def test_run_fit_needs_a_space(tmp_path) -> None:
         cli_hooks.run_fit(tmp_path / "bad.csv", tmp_path / "pred.json", verbose=False)
 
 
+def test_run_fit_names_the_file_and_row_of_a_config_the_space_refuses(tmp_path) -> None:
+    prof = tmp_path / "p.csv"
+    _synthetic_profile(prof)
+    p = Profile.load(prof)
+    configs = p.configs
+    configs[3] = Config({**configs[3], "width": 5})  # hand-edited: no such width
+    Profile(p.space, configs, p.latencies, metadata=p.metadata).save(prof)
+    with pytest.raises(ValueError, match=rf"p.csv': profile row 3 .*key {configs[3].key}.*'width': 5"):
+        cli_hooks.run_fit(prof, tmp_path / "pred.json", kind="ridge", verbose=False)
+
+
 class Sleepy(nn.Module):
     """Waits without using the CPU: wall time sees the wait, the thread's CPU time does not."""
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from nas.hw.profiles import Profile
-from nas.space import Config
+from nas.space import Config, InvalidConfigError
 
 __all__ = ["resolve_profile_space", "run_fit", "run_profile"]
 
@@ -345,7 +345,10 @@ def run_fit(
     prof = Profile.load(profile_path)  # ProfileFormatError names the file and the fault
     if space is None:
         space = resolve_profile_space(prof, resolve_space)
-    X, y = prof.to_arrays(space, metric=metric)
+    try:
+        X, y = prof.to_arrays(space, metric=metric)
+    except InvalidConfigError as exc:
+        raise InvalidConfigError(f"{str(profile_path)!r}: {exc}") from None
     n = len(y)
     if n < 4:
         raise ValueError(f"{str(profile_path)!r} has {n} usable rows; a predictor needs at least 4")

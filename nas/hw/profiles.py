@@ -205,7 +205,20 @@ class Profile:
             )
         y = self.metric(metric)
         keep = np.flatnonzero(np.isfinite(y))
-        X = space.features_matrix([self._configs[i] for i in keep])
+        configs = [self._configs[i] for i in keep]
+        try:
+            X = space.features_matrix(configs)
+        except InvalidConfigError:
+            # a hand-edited row, or a space that changed since the measurement: say which row
+            for i, cfg in zip(keep, configs):
+                try:
+                    space.features(cfg)
+                except InvalidConfigError as exc:
+                    raise InvalidConfigError(
+                        f"profile row {int(i)} (counting from 0 after the header; config key {cfg.key}) is not a "
+                        f"config of space {self.space!r} as it is now: {exc}"
+                    ) from None
+            raise
         return X, y[keep]
 
     def subset(self, rows: Sequence[int] | np.ndarray) -> Profile:
