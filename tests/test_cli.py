@@ -301,3 +301,14 @@ def test_an_empty_profile_target_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"target {empty}: " in err and "need at least 2 samples" in err
     assert not db.exists()
+
+
+def test_fit_of_a_profile_without_its_space_says_which_flag_to_pass(tmp_path, capsys):
+    from nas.hw.profiles import Profile
+
+    prof = tmp_path / "mine.csv"
+    Profile("my-space", [{"w": w} for w in range(6)], [1.0 + w for w in range(6)]).save(prof)
+    assert main(["fit", str(prof), "--out", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("nas fit: error: profile of space 'my-space' does not record its dimensions")
+    assert "`nas fit --space MODULE`" in err

@@ -203,8 +203,8 @@ def resolve_profile_space(profile: Profile, resolve_space: Callable[[str], Any] 
     if record is None:
         raise ValueError(
             f"profile of space {profile.space!r} does not record its dimensions (only profiles measured by "
-            "nas.hw.measure.profile do); pass its space to run_fit: space=<SearchSpace> or "
-            "resolve_space=<name -> SearchSpace>, e.g. space=search_spaces.get('nb201').space"
+            "nas.hw.measure.profile do); name the module that defines the space (`nas fit --space MODULE`), or "
+            "in Python pass run_fit(space=<SearchSpace>) or resolve_space=<name -> SearchSpace>"
         )
     from nas.hw.measure import space_from_record
 
