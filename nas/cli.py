@@ -196,6 +196,12 @@ def _latency_function(space: Any, space_name: str, target: str) -> Callable[[Any
             raise CliError(f"target {target}: {exc}") from None
     if target in hw_profiles.available():
         return _profile_predictor(hw_profiles.load(target), space)
+    if path.name.endswith((".json", ".csv", ".csv.gz")) and not path.is_file():
+        raise CliError(
+            f"target {target}: no such file"
+            + (" (a folder)" if path.is_dir() else "")
+            + "; a predictor comes from `nas fit PROFILE --out FILE.json`, a profile from `nas profile --out FILE.csv`"
+        )
     raise CliError(
         f"target {target!r} is neither a predictor (.json) nor a profile file (.csv) nor a built-in profile; "
         f"built-in profiles: {', '.join(hw_profiles.available())}"

@@ -312,3 +312,13 @@ def test_fit_of_a_profile_without_its_space_says_which_flag_to_pass(tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("nas fit: error: profile of space 'my-space' does not record its dimensions")
     assert "`nas fit --space MODULE`" in err
+
+
+def test_a_missing_target_file_is_named_as_missing(tmp_path, capsys):
+    # it used to be called "neither a predictor (.json) nor a profile file (.csv)", which it plainly is by name
+    for name in ("runs/my-cpu.json", "my-cpu.csv", "my-cpu.csv.gz"):
+        argv = ["search", "--space", "nb201", "--target", str(tmp_path / name), "--budget", "2"]
+        assert main([*argv, "--store", str(tmp_path / "s.db"), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"target {tmp_path / name}: no such file" in err and "neither" not in err
+    assert not (tmp_path / "s.db").exists()
