@@ -255,6 +255,10 @@ def test_run_profile_checks_settings_before_touching_the_file(tmp_path, capsys) 
         cli_hooks.run_profile(ToyNet(), "torch", 2, out, threads=2, clock="thread_cpu", progress=False)
     with pytest.raises(ValueError, match="samples must be >= 1"):
         cli_hooks.run_profile(ToyNet(), "torch", 0, out, progress=False)
+    net = ToyNet()  # an --out that Profile.save refuses used to be found out after measuring the first chunk
+    with pytest.raises(ValueError, match=r"must end in \.csv or \.csv\.gz"):
+        cli_hooks.run_profile(net, "torch", 2, tmp_path / "p.txt", repeats=1, rounds=1, progress=False)
+    assert net.built == []
     assert capsys.readouterr().out == "" and list(tmp_path.iterdir()) == []
 
 

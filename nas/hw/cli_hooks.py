@@ -105,6 +105,10 @@ def run_profile(
     # Bad settings fail before the output file is read or anything is printed.
     check_settings(backend, **settings)
     path = Path(out_path)
+    if not path.name.endswith(
+        (".csv", ".csv.gz")
+    ):  # Profile.save would refuse it after the first chunk's work
+        raise ValueError(f"profile path {str(path)!r} must end in .csv or .csv.gz")
     if not isinstance(samples, int | np.integer) or samples < 0 or (samples == 0 and not path.exists()):
         raise ValueError(f"samples must be >= 1 to create {str(path)!r}, got {samples!r}")
     old: Profile | None = None
