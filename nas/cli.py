@@ -483,6 +483,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from nas.hw.cli_hooks import run_fit
 
     _check_out_file(args.out, "my-cpu.json")
+    if not args.out.endswith(".json"):  # nas search --target tells a predictor from a profile by the suffix
+        raise CliError(
+            f"--out {args.out}: a predictor file must end in .json (nas search --target reads it so)"
+        )
     run_fit(
         _profile_file(args.profile),
         args.out,
@@ -985,7 +989,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="profile CSV made by `nas profile`, or the name of a built-in profile (`nas profiles`, e.g. "
         "nb201-raspi4 or raspi4)",
     )
-    p.add_argument("--out", required=True, help="predictor JSON")
+    p.add_argument(
+        "--out", required=True, help="predictor file to write (.json, what nas search --target reads)"
+    )
     p.add_argument("--kind", default="auto", help="auto, ridge, gbdt, mlp, lut or ensemble")
     p.add_argument(
         "--metric",

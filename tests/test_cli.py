@@ -322,3 +322,9 @@ def test_a_missing_target_file_is_named_as_missing(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"target {tmp_path / name}: no such file" in err and "neither" not in err
     assert not (tmp_path / "s.db").exists()
+
+
+def test_fit_refuses_a_predictor_file_that_search_would_not_read(tmp_path, capsys):
+    out = tmp_path / "raspi4.pred"
+    assert main(["fit", "raspi4", "--kind", "ridge", "--out", str(out)]) == 2
+    assert "must end in .json" in capsys.readouterr().err and not out.exists()
