@@ -264,6 +264,17 @@ def test_metrics_on_hand_made_arrays():
         predictors.metrics(y, p[:3])
 
 
+def test_metrics_refuse_unmeasured_truths(fitted):
+    # a NaN truth used to count as a miss: within_10pct 0.75 here, with mape and rmse NaN
+    y = np.array([1.0, 2.0, np.nan, 4.0])
+    with pytest.raises(ValueError, match="y_true holds 1 NaN or infinite values"):
+        predictors.metrics(y, np.array([1.0, 2.0, 3.0, 4.0]))
+    X, y = data(8)
+    with pytest.raises(ValueError, match="drop unmeasured rows"):
+        predictors.evaluate(fitted["ridge"], X, np.where(np.arange(8) == 2, np.inf, y))
+    assert predictors.metrics(y, np.where(np.arange(8) == 2, np.inf, y))["within_10pct"] == 7 / 8
+
+
 def test_package_does_not_import_nas():
     code = "import sys, predictors; sys.exit(1 if any(m == 'nas' or m.startswith('nas.') for m in sys.modules) else 0)"
     subprocess.run([sys.executable, "-c", code], check=True)
