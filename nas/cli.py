@@ -210,6 +210,12 @@ def _latency_function(space: Any, space_name: str, target: str) -> Callable[[Any
             raise CliError(f"target {target}: {exc}") from None
     if target in hw_profiles.available():
         return _profile_predictor(hw_profiles.load(target), space)
+    if path.name.endswith((".json", ".csv", ".csv.gz")) and not path.is_file():
+        raise CliError(
+            f"target {target}: no such file"
+            + (" (a folder)" if path.is_dir() else "")
+            + "; a predictor comes from `nas fit PROFILE --out FILE.json`, a profile from `nas profile --out FILE.csv`"
+        )
     raise CliError(
         f"target {target!r} is neither a predictor (.json) nor a profile file (.csv) nor a built-in profile; "
         f"built-in profiles: {', '.join(hw_profiles.available())}"
@@ -518,6 +524,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from nas.hw.cli_hooks import run_fit
 
     _check_out_file(args.out, "my-cpu.json")
+    if not args.out.endswith(".json"):  # nas search --target tells a predictor from a profile by the suffix
+        raise CliError(
+            f"--out {args.out}: a predictor file must end in .json (nas search --target reads it so)"
+        )
     run_fit(
         _profile_file(args.profile),
         args.out,
@@ -1068,7 +1078,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="profile CSV made by `nas profile`, or the name of a built-in profile (`nas profiles`, e.g. "
         "nb201-raspi4 or raspi4)",
     )
-    p.add_argument("--out", required=True, help="predictor JSON")
+    p.add_argument(
+        "--out", required=True, help="predictor file to write (.json, what nas search --target reads)"
+    )
     p.add_argument("--kind", default="auto", help="auto, ridge, gbdt, mlp, lut or ensemble")
     p.add_argument(
         "--metric",

@@ -440,6 +440,11 @@ def fit(
         raise ValueError(f"{len(feature_names)} feature names for {X.shape[1]} columns of X")
     if n_bags < 1:
         raise ValueError(f"n_bags must be >= 1, got {n_bags}")
+    # checked up front: folds are only used by kind="auto" and calibrate, and only on enough data
+    if isinstance(folds, bool) or not isinstance(folds, int | np.integer) or folds < 2:
+        raise ValueError(f"folds must be an integer >= 2, got {folds!r}")
+    if select_by not in (None, "mape", "rmse"):
+        raise ValueError(f"select_by must be 'mape' or 'rmse', got {select_by!r}")
     import sklearn
 
     info: dict[str, Any] = {
@@ -460,8 +465,6 @@ def fit(
             chosen = "ridge"  # too few samples to compare families honestly
         else:
             select_by = select_by or ("mape" if np.all(y > 0) else "rmse")
-            if select_by not in ("mape", "rmse"):
-                raise ValueError(f"select_by must be 'mape' or 'rmse', got {select_by!r}")
             cv = _cv_predictions(X, y, _AUTO_CANDIDATES, seed, folds, target)
             scores = {k: metrics(y, p)[select_by] for k, p in cv.items()}
             chosen = min(scores, key=lambda k: scores[k])

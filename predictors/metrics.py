@@ -31,6 +31,7 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     predictions within 5 % / 10 % of the truth), ``kendall_tau`` and ``n``.
 
     Relative errors need non-zero truths; rows with ``y_true == 0`` are left out of the relative metrics.
+    ``y_true`` must be finite (a ``ValueError`` otherwise); a non-finite prediction counts as a miss.
 
     Example:
         >>> m = metrics(np.array([1.0, 2.0, 4.0]), np.array([1.04, 2.4, 4.0]))
@@ -43,6 +44,10 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
         raise ValueError(f"y_true has {y_true.shape[0]} values but y_pred has {y_pred.shape[0]}")
     if y_true.size == 0:
         raise ValueError("cannot evaluate on zero samples")
+    if not np.isfinite(y_true).all():  # a NaN truth would count as a miss and make mape/rmse NaN
+        raise ValueError(
+            f"y_true holds {int(np.sum(~np.isfinite(y_true)))} NaN or infinite values; drop unmeasured rows first"
+        )
     nz = y_true != 0
     rel = np.abs(y_pred[nz] - y_true[nz]) / np.abs(y_true[nz])
     has_rel = rel.size > 0

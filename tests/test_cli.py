@@ -301,3 +301,30 @@ def test_an_empty_profile_target_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"target {empty}: " in err and "need at least 2 samples" in err
     assert not db.exists()
+
+
+def test_fit_of_a_profile_without_its_space_says_which_flag_to_pass(tmp_path, capsys):
+    from nas.hw.profiles import Profile
+
+    prof = tmp_path / "mine.csv"
+    Profile("my-space", [{"w": w} for w in range(6)], [1.0 + w for w in range(6)]).save(prof)
+    assert main(["fit", str(prof), "--out", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("nas fit: error: profile of space 'my-space' does not record its dimensions")
+    assert "`nas fit --space MODULE`" in err
+
+
+def test_a_missing_target_file_is_named_as_missing(tmp_path, capsys):
+    # it used to be called "neither a predictor (.json) nor a profile file (.csv)", which it plainly is by name
+    for name in ("runs/my-cpu.json", "my-cpu.csv", "my-cpu.csv.gz"):
+        argv = ["search", "--space", "nb201", "--target", str(tmp_path / name), "--budget", "2"]
+        assert main([*argv, "--store", str(tmp_path / "s.db"), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"target {tmp_path / name}: no such file" in err and "neither" not in err
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_fit_refuses_a_predictor_file_that_search_would_not_read(tmp_path, capsys):
+    out = tmp_path / "raspi4.pred"
+    assert main(["fit", "raspi4", "--kind", "ridge", "--out", str(out)]) == 2
+    assert "must end in .json" in capsys.readouterr().err and not out.exists()

@@ -155,6 +155,31 @@ def test_build_lut_calibrates_and_saves(net, tmp_path) -> None:
         build_lut(net, cfgs, threads=1, repeats=1, rounds=1, progress=False, calibrate_on=cfgs)
 
 
+def test_extend_refuses_another_thread_count(net) -> None:
+    cfgs = net.space.samples(2, seed=0, unique=True)
+    meta = {"backend": "torch", "batch_size": 1, "clock": "wall", "threads": 1}
+    lut = LatencyLUT({}, meta)
+    with pytest.raises(ValueError, match="threads=1; cannot add layers measured with threads=2"):
+        lut.extend(net, cfgs, threads=2, warmup=0, repeats=1, rounds=1, progress=False)
+    assert len(lut) == 0
+
+
+def test_calibration_line_must_be_finite(net, tmp_path) -> None:
+    cfgs = net.space.samples(2, seed=0, unique=True)
+    lut = LatencyLUT({s.key: 0.01 for c in cfgs for s in net.layer_specs(c)}, {"backend": "torch"})
+    for bad in ([float("nan"), 1.0], [1.0, 0.0], [1.0, float("inf")]):
+        with pytest.raises(ValueError, match="calibration latencies must be finite and > 0"):
+            lut.calibrate(net, cfgs, bad)
+    assert (lut.scale, lut.overhead_ms) == (1.0, 0.0)  # left as it was
+    path = tmp_path / "lut.json"
+    lut.save(path)
+    d = json.loads(path.read_text())
+    for field, value in (("scale", float("nan")), ("scale", 0.0), ("overhead_ms", float("inf"))):
+        path.write_text(json.dumps({**d, field: value}))  # json writes NaN and Infinity, and reads them back
+        with pytest.raises(LUTFormatError, match="finite scale > 0 and a finite overhead_ms"):
+            LatencyLUT.load(path)
+
+
 def test_a_traced_unpadded_conv_is_timed_at_the_output_size_it_computes():
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=0), nn.Conv2d(4, 4, 5, stride=2, padding=2))
     for spec in trace_layer_specs(model, (1, 1, 9, 9)):

@@ -223,6 +223,23 @@ def test_run_profile_resumes_measuring_only_missing(tmp_path) -> None:
         cli_hooks.run_profile(ToyNet(), "torch", 7, out, batch_size=4, progress=False, verbose=False)
 
 
+def test_run_profile_refuses_to_extend_a_profile_measured_with_other_threads(tmp_path) -> None:
+    # 1 and 2 threads give different latencies; a merged file would also keep saying threads=1 at the top.
+    out = tmp_path / "toy.csv"
+    kw = {"repeats": 1, "rounds": 1, "warmup": 0, "progress": False, "verbose": False}
+    cli_hooks.run_profile(ToyNet(), "torch", 2, out, threads=1, **kw)
+    net = ToyNet()
+    with pytest.raises(ValueError, match="threads=1 but this run uses threads=2"):
+        cli_hooks.run_profile(net, "torch", 4, out, threads=2, **kw)
+    assert net.built == [] and len(Profile.load(out)) == 2
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # threads=None measures with torch's thread count, which here matches the file
+        assert len(cli_hooks.run_profile(ToyNet(), "torch", 3, out, threads=None, **kw)) == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_run_profile_refuses_other_space(tmp_path) -> None:
     out = tmp_path / "p.csv"
     Profile("other", [{"a": 1}], [1.0], metadata={"backend": "torch"}).save(out)
@@ -238,6 +255,10 @@ def test_run_profile_checks_settings_before_touching_the_file(tmp_path, capsys) 
         cli_hooks.run_profile(ToyNet(), "torch", 2, out, threads=2, clock="thread_cpu", progress=False)
     with pytest.raises(ValueError, match="samples must be >= 1"):
         cli_hooks.run_profile(ToyNet(), "torch", 0, out, progress=False)
+    net = ToyNet()  # an --out that Profile.save refuses used to be found out after measuring the first chunk
+    with pytest.raises(ValueError, match=r"must end in \.csv or \.csv\.gz"):
+        cli_hooks.run_profile(net, "torch", 2, tmp_path / "p.txt", repeats=1, rounds=1, progress=False)
+    assert net.built == []
     assert capsys.readouterr().out == "" and list(tmp_path.iterdir()) == []
 
 
@@ -330,6 +351,17 @@ def test_run_fit_needs_a_space(tmp_path) -> None:
     (tmp_path / "bad.csv").write_text("garbage")
     with pytest.raises(ProfileFormatError):
         cli_hooks.run_fit(tmp_path / "bad.csv", tmp_path / "pred.json", verbose=False)
+
+
+def test_run_fit_names_the_file_and_row_of_a_config_the_space_refuses(tmp_path) -> None:
+    prof = tmp_path / "p.csv"
+    _synthetic_profile(prof)
+    p = Profile.load(prof)
+    configs = p.configs
+    configs[3] = Config({**configs[3], "width": 5})  # hand-edited: no such width
+    Profile(p.space, configs, p.latencies, metadata=p.metadata).save(prof)
+    with pytest.raises(ValueError, match=rf"p.csv': profile row 3 .*key {configs[3].key}.*'width': 5"):
+        cli_hooks.run_fit(prof, tmp_path / "pred.json", kind="ridge", verbose=False)
 
 
 class Sleepy(nn.Module):

@@ -152,6 +152,19 @@ def test_fit_rejects_bad_input():
     assert predictors.fit(X, -y, kind="ridge").target == "linear"
 
 
+def test_fit_checks_folds_and_select_by_whatever_the_data_size():
+    # folds=1 used to crash inside scikit-learn (an empty training fold) when calibrating, and kind="auto"
+    # silently skipped the comparison; a misspelt select_by was accepted on fewer than 10 samples
+    X, y = data(60)
+    for folds in (1, 0, 2.5):
+        with pytest.raises(ValueError, match="folds must be an integer >= 2"):
+            predictors.fit(X, y, kind="ridge", calibrate=0.10, folds=folds)
+        with pytest.raises(ValueError, match="folds must be an integer >= 2"):
+            predictors.fit(X, y, folds=folds)
+    with pytest.raises(ValueError, match="select_by must be 'mape' or 'rmse'"):
+        predictors.fit(X[:5], y[:5], select_by="r2")
+
+
 def test_corrupted_and_foreign_files_fail_clearly(fitted, tmp_path):
     path = tmp_path / "p.json"
     fitted["gbdt"].save(path)
@@ -249,6 +262,17 @@ def test_metrics_on_hand_made_arrays():
     assert predictors.kendall_tau(np.array([1, 2, 3]), np.array([3, 2, 1])) == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="4 values but y_pred has 3"):
         predictors.metrics(y, p[:3])
+
+
+def test_metrics_refuse_unmeasured_truths(fitted):
+    # a NaN truth used to count as a miss: within_10pct 0.75 here, with mape and rmse NaN
+    y = np.array([1.0, 2.0, np.nan, 4.0])
+    with pytest.raises(ValueError, match="y_true holds 1 NaN or infinite values"):
+        predictors.metrics(y, np.array([1.0, 2.0, 3.0, 4.0]))
+    X, y = data(8)
+    with pytest.raises(ValueError, match="drop unmeasured rows"):
+        predictors.evaluate(fitted["ridge"], X, np.where(np.arange(8) == 2, np.inf, y))
+    assert predictors.metrics(y, np.where(np.arange(8) == 2, np.inf, y))["within_10pct"] == 7 / 8
 
 
 def test_package_does_not_import_nas():

@@ -6,6 +6,7 @@ import gzip
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -163,6 +164,32 @@ def test_corrupted_files_fail_clearly(tmp_path):
         Profile.load(path)
     with pytest.raises(ProfileFormatError, match="does not exist"):
         Profile.load(tmp_path / "nothing.csv")
+
+
+def test_hand_edited_tables_load(tmp_path):
+    """A table re-saved by a spreadsheet (byte-order mark, CRLF, a blank last line) still loads once its
+    checksum is dropped, as the checksum error says; a duplicated row is named by key and row, not by its JSON."""
+    path = tmp_path / "p.csv"
+    original = make_profile()
+    original.save(path)
+    text = path.read_text()
+    path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode() + b"\r\n")
+    with pytest.raises(ProfileFormatError, match=re.escape("delete \"table_sha256\" from 'p.csv.meta.json'")):
+        Profile.load(path)
+    meta = json.loads(meta_path(path).read_text())
+    del meta["table_sha256"]
+    meta_path(path).write_text(json.dumps(meta))
+    loaded = Profile.load(path)
+    assert [c.key for c in loaded.configs] == [c.key for c in original.configs]
+    assert np.array_equal(loaded.latencies, original.latencies)
+    lines = text.splitlines(keepends=True)
+    path.write_text(text + lines[2])
+    meta["rows"] += 1
+    meta_path(path).write_text(json.dumps(meta))
+    with pytest.raises(
+        ProfileFormatError, match=rf"key {original.configs[1].key} is listed more than once \(rows 1 and 6"
+    ):
+        Profile.load(path)
 
 
 def test_foreign_files_fail_clearly(tmp_path):

@@ -35,12 +35,13 @@ from typing import Any
 import numpy as np
 
 from nas.hw.profiles import Profile
-from nas.space import Config
+from nas.space import Config, InvalidConfigError
 
 __all__ = ["resolve_profile_space", "run_fit", "run_profile"]
 
-# Metadata that must agree before a saved profile may be extended with new measurements.
-_RESUME_KEYS = ("backend", "batch_size", "precision", "clock")
+# Metadata that must agree before a saved profile may be extended with new measurements (the thread count
+# changes a CPU latency as much as the backend does: 1 vs 2 threads is up to 2x).
+_RESUME_KEYS = ("backend", "batch_size", "precision", "clock", "threads")
 
 
 def _sample_configs(space: Any, n: int, seed: int, exclude: set[str]) -> list[Config]:
@@ -83,8 +84,8 @@ def run_profile(
 
     The target set is the first ``samples`` distinct configs drawn with ``seed``. Configs already in the file are
     kept; the missing ones are measured in chunks of ``chunk`` and the file is re-saved atomically after each
-    chunk, so an interrupted run loses at most one chunk. A file measured with a different backend, batch size
-    or precision, or for another space, is refused rather than mixed.
+    chunk, so an interrupted run loses at most one chunk. A file measured with a different backend, batch size,
+    precision, clock or thread count, or for another space, is refused rather than mixed.
 
     Returns the full profile as saved.
     """
@@ -104,6 +105,10 @@ def run_profile(
     # Bad settings fail before the output file is read or anything is printed.
     check_settings(backend, **settings)
     path = Path(out_path)
+    if not path.name.endswith(
+        (".csv", ".csv.gz")
+    ):  # Profile.save would refuse it after the first chunk's work
+        raise ValueError(f"profile path {str(path)!r} must end in .csv or .csv.gz")
     if not isinstance(samples, int | np.integer) or samples < 0 or (samples == 0 and not path.exists()):
         raise ValueError(f"samples must be >= 1 to create {str(path)!r}, got {samples!r}")
     old: Profile | None = None
@@ -114,12 +119,23 @@ def run_profile(
                 f"{str(path)!r} holds a profile of space {old.space!r}, not {space.name!r}; "
                 "choose another --out or the matching space"
             )
-        wanted = {"backend": backend, "batch_size": int(batch_size), "precision": precision, "clock": clock}
+        import torch
+
+        # The thread count as the measurement will record it (threads=None: torch's default on this machine).
+        used_threads = int(threads) if threads is not None else torch.get_num_threads()
+        wanted = {
+            "backend": backend,
+            "batch_size": int(batch_size),
+            "precision": precision,
+            "clock": clock,
+            "threads": used_threads,
+        }
         for key in _RESUME_KEYS:
             if key in old.metadata and old.metadata[key] != wanted[key]:
                 raise ValueError(
                     f"{str(path)!r} was measured with {key}={old.metadata[key]!r} but this run uses "
-                    f"{key}={wanted[key]!r}; latencies of different settings must not share a profile"
+                    f"{key}={wanted[key]!r}; latencies of different settings must not share a profile: extend it "
+                    f"with {key}={old.metadata[key]!r} or write to another file"
                 )
     targets = _sample_configs(space, samples, seed, exclude=set())
     have = {c.key for c in old.configs} if old is not None else set()
@@ -191,8 +207,8 @@ def resolve_profile_space(profile: Profile, resolve_space: Callable[[str], Any] 
     if record is None:
         raise ValueError(
             f"profile of space {profile.space!r} does not record its dimensions (only profiles measured by "
-            "nas.hw.measure.profile do); pass its space to run_fit: space=<SearchSpace> or "
-            "resolve_space=<name -> SearchSpace>, e.g. space=search_spaces.get('nb201').space"
+            "nas.hw.measure.profile do); name the module that defines the space (`nas fit --space MODULE`), or "
+            "in Python pass run_fit(space=<SearchSpace>) or resolve_space=<name -> SearchSpace>"
         )
     from nas.hw.measure import space_from_record
 
@@ -333,7 +349,10 @@ def run_fit(
     prof = Profile.load(profile_path)  # ProfileFormatError names the file and the fault
     if space is None:
         space = resolve_profile_space(prof, resolve_space)
-    X, y = prof.to_arrays(space, metric=metric)
+    try:
+        X, y = prof.to_arrays(space, metric=metric)
+    except InvalidConfigError as exc:
+        raise InvalidConfigError(f"{str(profile_path)!r}: {exc}") from None
     n = len(y)
     if n < 4:
         raise ValueError(f"{str(profile_path)!r} has {n} usable rows; a predictor needs at least 4")

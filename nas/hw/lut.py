@@ -211,6 +211,11 @@ class LatencyLUT:
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.scale = float(scale)
         self.overhead_ms = float(overhead_ms)
+        if not (math.isfinite(self.scale) and self.scale > 0 and math.isfinite(self.overhead_ms)):
+            raise ValueError(
+                f"the calibration line needs a finite scale > 0 and a finite overhead_ms; got scale={scale!r}, "
+                f"overhead_ms={overhead_ms!r}"
+            )
 
     def __len__(self) -> int:
         return len(self.table)
@@ -270,11 +275,19 @@ class LatencyLUT:
     ) -> int:
         """Measure the layers of ``configs`` missing from the table; returns how many were added.
 
-        Measurement settings must match the table's (a table mixes no backends or batch sizes).
+        Measurement settings must match the table's (a table mixes no backends, batch sizes, clocks or thread
+        counts).
         """
         from nas.hw.measure import profile
 
-        for key, value in (("backend", backend), ("batch_size", int(batch_size)), ("clock", clock)):
+        # threads=None measures with torch's current thread count, which is what the metadata records
+        used_threads = int(threads) if threads is not None else torch.get_num_threads()
+        for key, value in (
+            ("backend", backend),
+            ("batch_size", int(batch_size)),
+            ("clock", clock),
+            ("threads", used_threads),
+        ):
             if key in self.metadata and self.metadata[key] != value:
                 raise ValueError(
                     f"this table was measured with {key}={self.metadata[key]!r}; cannot add layers measured "
@@ -357,6 +370,12 @@ class LatencyLUT:
         if len(s) != len(y) or len(y) == 0:
             raise ValueError(
                 f"calibrate needs one latency per config; got {len(y)} latencies for {len(s)} configs"
+            )
+        bad = np.flatnonzero(~np.isfinite(y) | (y <= 0))
+        if bad.size:  # a NaN would become the scale, and only saving the table would fail, on allow_nan
+            raise ValueError(
+                f"calibration latencies must be finite and > 0; latency {int(bad[0])} is {float(y[bad[0]])!r} "
+                "(leave unmeasured configs out)"
             )
         if len(y) >= 2 and np.ptp(s) > 0:
             A = np.stack([s, np.ones_like(s)], axis=1)

@@ -171,8 +171,14 @@ class Profile:
             ) from None
         keys = [c.key for c in self._configs]
         if len(set(keys)) != n:
-            dup = next(c for c, k in zip(self._configs, keys) if keys.count(k) > 1)
-            raise ValueError(f"config {dup.to_json()} is listed more than once; keep one row per config")
+            first: dict[str, int] = {}
+            for i, k in enumerate(keys):
+                if k in first:  # the key, not the JSON: a mobilenetv3 config is 2,000 characters long
+                    raise ValueError(
+                        f"config key {k} is listed more than once (rows {first[k]} and {i}, counting from 0 "
+                        "after the header); keep one row per config"
+                    )
+                first[k] = i
 
     # ------------------------------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -225,7 +231,20 @@ class Profile:
             )
         y = self.metric(metric)
         keep = np.flatnonzero(np.isfinite(y))
-        X = space.features_matrix([self._configs[i] for i in keep])
+        configs = [self._configs[i] for i in keep]
+        try:
+            X = space.features_matrix(configs)
+        except InvalidConfigError:
+            # a hand-edited row, or a space that changed since the measurement: say which row
+            for i, cfg in zip(keep, configs):
+                try:
+                    space.features(cfg)
+                except InvalidConfigError as exc:
+                    raise InvalidConfigError(
+                        f"profile row {int(i)} (counting from 0 after the header; config key {cfg.key}) is not a "
+                        f"config of space {self.space!r} as it is now: {exc}"
+                    ) from None
+            raise
         return X, y[keep]
 
     def subset(self, rows: Sequence[int] | np.ndarray) -> Profile:
@@ -355,10 +374,12 @@ class Profile:
         if "table_sha256" in meta and hashlib.sha256(data).hexdigest() != meta["table_sha256"]:
             raise ProfileFormatError(
                 f"{str(path)!r} does not match the checksum in {mpath.name!r}: the table was changed, truncated or "
-                "replaced after it was saved"
+                'replaced after it was saved (if you edited it on purpose, delete "table_sha256" from '
+                f'{mpath.name!r} and keep its "rows" and "columns" in step with the table)'
             )
         try:
-            text = (gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data).decode()
+            # utf-8-sig: a table saved by a spreadsheet ("CSV UTF-8") starts with a byte-order mark
+            text = (gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data).decode("utf-8-sig")
         except (OSError, EOFError, UnicodeDecodeError) as exc:
             raise ProfileFormatError(f"{str(path)!r} is neither a readable CSV nor gzip CSV: {exc}") from None
         rows = list(csv.reader(io.StringIO(text)))
@@ -367,7 +388,8 @@ class Profile:
             raise ProfileFormatError(
                 f"{str(path)!r}: header {found} does not match the metadata columns {list(columns)}"
             )
-        body = rows[1:]
+        # (line number, cells); blank lines (a newline too many at the end of a hand-edited file) hold no config
+        body = [(line_no, row) for line_no, row in enumerate(rows[1:], start=2) if row]
         if len(body) != meta["rows"]:
             raise ProfileFormatError(
                 f"{str(path)!r} has {len(body)} rows but its metadata says {meta['rows']}"
@@ -375,7 +397,7 @@ class Profile:
         n_extra = len(columns) - len(BASE_COLUMNS)
         configs, lat, iqr, cv, rep = [], [], [], [], []
         extras: list[list[float]] = [[] for _ in range(n_extra)]
-        for line_no, row in enumerate(body, start=2):
+        for line_no, row in body:
             where = f"{str(path)!r} line {line_no}"
             if len(row) != len(columns):
                 raise ProfileFormatError(f"{where}: {len(row)} fields, expected {len(columns)}")
