@@ -464,6 +464,19 @@ def test_a_larger_budget_extends_a_finished_run(tmp_path, algorithm):
         assert keys == once.history["key"].tolist()
 
 
+def test_run_closes_the_store_it_opened_and_leaves_a_store_passed_in_open(tmp_path):
+    """The connection of a store opened from a URL stayed open until garbage collection (its -wal and -shm
+    files stayed beside the database in a notebook or a test, and the file stayed locked)."""
+    path = tmp_path / "run.db"
+    result = run(SPACE, objectives(), algorithm="random", budget=4, store=f"sqlite:///{path}", progress=False)
+    assert len(result.history) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.db"]
+    store = open_store(f"sqlite:///{tmp_path / 'mine.db'}")
+    run(SPACE, objectives(), algorithm="random", budget=2, store=store, progress=False)
+    assert store.count() == 2  # still usable by its owner
+    store.close()
+
+
 def test_a_file_that_is_not_a_store_is_named_and_left_alone(tmp_path):
     profile = tmp_path / "cpu.csv"
     profile.write_text("config_json,key,latency_ms\n")

@@ -403,36 +403,40 @@ def run(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
 
     st = open_store(store)
-    meta = {
-        "space": space.name,
-        "space_fingerprint": space_fingerprint(space),
-        "objectives": [o.describe() for o in objectives],
-        "constraints": [c.describe() for c in constraints],
-        "algorithm": algo_name,
-        "searcher_options": searcher_options or {},
-        "seed": int(seed),
-        "budget": int(budget),
-    }
-    st.check_meta(meta, resume)
-    records = st.records() if resume else []
+    try:
+        meta = {
+            "space": space.name,
+            "space_fingerprint": space_fingerprint(space),
+            "objectives": [o.describe() for o in objectives],
+            "constraints": [c.describe() for c in constraints],
+            "algorithm": algo_name,
+            "searcher_options": searcher_options or {},
+            "seed": int(seed),
+            "budget": int(budget),
+        }
+        st.check_meta(meta, resume)
+        records = st.records() if resume else []
 
-    desc = f"{algo_name} on {space.name}"
-    with _Progress(progress, int(budget), desc) as bar:
-        engine = Engine(space, objectives, constraints, searcher, st, int(budget), batch, bar)
-        engine.replay(records)
-        if engine.remaining > 0:
-            if backend == "local":
-                _run_local(engine, int(max_concurrent))
-            else:
-                from nas.search.ray_backend import run_ray
+        desc = f"{algo_name} on {space.name}"
+        with _Progress(progress, int(budget), desc) as bar:
+            engine = Engine(space, objectives, constraints, searcher, st, int(budget), batch, bar)
+            engine.replay(records)
+            if engine.remaining > 0:
+                if backend == "local":
+                    _run_local(engine, int(max_concurrent))
+                else:
+                    from nas.search.ray_backend import run_ray
 
-                run_ray(engine, int(max_concurrent), ray_address, **(ray_options or {}))
-    if engine.exhausted and engine.n_done < budget:
-        log.warning("space %s exhausted after %d of %d evaluations", space.name, engine.n_done, budget)
-    extra = [c.metric for c in constraints if c.fn is not None]
-    return SearchResult.from_records(
-        st.records(), [(o.name, o.direction) for o in objectives], extra, st.read_meta(), st.url
-    )
+                    run_ray(engine, int(max_concurrent), ray_address, **(ray_options or {}))
+        if engine.exhausted and engine.n_done < budget:
+            log.warning("space %s exhausted after %d of %d evaluations", space.name, engine.n_done, budget)
+        extra = [c.metric for c in constraints if c.fn is not None]
+        return SearchResult.from_records(
+            st.records(), [(o.name, o.direction) for o in objectives], extra, st.read_meta(), st.url
+        )
+    finally:
+        if not isinstance(store, Store):  # opened here from a URL: close it (a Store passed in stays open)
+            st.close()
 
 
 def _check_searcher_options(cls: type, name: str, options: dict[str, Any]) -> None:
