@@ -1,4 +1,4 @@
-"""Train the small OFA-MobileNetV3 supernet on the bundled 5,000 MNIST images, then evaluate its subnets.
+"""Train a small supernet (OFA-MobileNetV3 by default) on the bundled 5,000 MNIST images, then evaluate its subnets.
 
 Sandwich rule + in-place distillation. Prints the test accuracy (10,000 official test images, BN statistics
 recalibrated on training images) of the max subnet, the min subnet and ``--random`` random subnets.
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+import search_spaces
 from nas import data
 from nas.cli import add_sampling_arguments, sampling_options
 from nas.evaluation import evaluate_subnet
@@ -27,6 +28,12 @@ from search_spaces import mobilenetv3
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--space",
+        default="mobilenetv3",
+        choices=("mobilenetv3", "resnet", "vit"),
+        help="built-in space whose small preset is trained (default mobilenetv3)",
+    )
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
@@ -64,7 +71,14 @@ def main() -> None:
         torch.manual_seed(args.seed)
 
     train, test = data.mnist("train"), data.mnist("test")
-    net = mobilenetv3.supernet("small", num_classes=10, in_channels=1, kernel_transform=args.kernel_transform)
+    if args.space == "mobilenetv3":
+        net = mobilenetv3.supernet(
+            "small", num_classes=10, in_channels=1, kernel_transform=args.kernel_transform
+        )
+    elif args.kernel_transform:
+        p.error(f"--kernel-transform is for mobilenetv3's depthwise kernels, not {args.space}")
+    else:
+        net = search_spaces.get(args.space).supernet("small", num_classes=10, in_channels=1)
     t0 = time.perf_counter()
     result = train_supernet(
         net,
