@@ -173,9 +173,14 @@ def recalibrate_bn(
     results are reproducible; drawn, not the first ones, because datasets are often sorted by class and
     statistics from a few classes skew every layer). Call it inside :func:`bn_calibration` to undo the
     change afterwards.
+
+    A network without buffers (a ViT: layer norms keep no running statistics) has nothing a training-mode
+    pass could re-estimate, so no image is run through it and 0 is returned.
     """
     if batches < 1 or batch_size < 1:
         raise ValueError(f"batches={batches} and batch_size={batch_size} must both be >= 1")
+    if next(net.buffers(), None) is None:
+        return 0
     for m in _bn_layers(net):
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average over the calibration batches
