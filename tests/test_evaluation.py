@@ -190,9 +190,25 @@ def test_a_network_without_buffers_is_not_run_on_calibration_images():
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     before = {k: v.clone() for k, v in net.state_dict().items()}
     calib = torch.randn(64, 1, 28, 28)
-    acc = evaluate_subnet(net, net.space.min(), (x, y), calib_data=(calib, torch.zeros(64, dtype=torch.long)))
+    acc = evaluate_subnet(net, net.space.min(), (x, y), calib_data=calib)
     assert 0.0 <= acc <= 100.0
     assert seen == [8]  # the evaluated images only
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
     assert recalibrate_bn(net, torch.randn(64, 1, 24, 24), net.space.min()) == 0
     assert seen == [8]
+
+
+def test_calibration_images_may_come_without_labels():
+    # BN recalibration reads only the images; a tensor of them was refused ("expected a TensorDataset or an
+    # (images, labels) pair, got Tensor"), so callers (the trainer's validation too) invented labels.
+    net, data = _net_and_data()
+    calib = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    pair = (calib, torch.zeros(64, dtype=torch.long))
+    kwargs = {"calib_batches": 1, "calib_batch_size": 64}
+    assert evaluate_subnet(net, net.space.min(), data, calib_data=calib, **kwargs) == evaluate_subnet(
+        net, net.space.min(), data, calib_data=pair, **kwargs
+    )
+    with pytest.raises(TypeError, match="a tensor of images"):
+        evaluate_subnet(net, net.space.min(), data, calib_data=[1, 2, 3])
+    with pytest.raises(TypeError, match="got Tensor"):
+        evaluate_subnet(net, net.space.min(), calib, calib_data=calib)  # the evaluated data needs labels
