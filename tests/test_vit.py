@@ -113,6 +113,38 @@ def test_position_embedding_is_resized_for_lower_resolutions(small_net):
     assert torch.equal(full.pos_embed, stored[:, :, :48])  # the largest grid is the stored embedding
 
 
+def test_resized_position_embedding_is_cached_without_grad_and_follows_weight_updates(monkeypatch):
+    # The supernet resized the position embedding bicubically on every forward below the largest resolution
+    # (about 5% of a batch-1 forward of the smallest subnet); without a gradient it is now resized once.
+    import torch.nn.functional as F
+
+    torch.manual_seed(4)
+    pe = ElasticPatchEmbed(1, 16, patch_size=4, max_grid=8)
+    torch.nn.init.normal_(pe.pos_embed)
+    pe.set_active(embed_dim=12)
+    resizes = []
+    interpolate = F.interpolate
+    monkeypatch.setattr(F, "interpolate", lambda *a, **k: resizes.append(1) or interpolate(*a, **k))
+    x = torch.randn(2, 1, 24, 24)
+    with torch.no_grad():
+        first, second = pe(x), pe(x)
+    assert len(resizes) == 1 and torch.equal(first, second)
+    with torch.no_grad():
+        pe.pos_embed.mul_(2.0)  # an optimizer step: the cached copy is stale
+        updated = pe(x)
+        pe.set_active(embed_dim=16)
+        wider = pe(x)
+    assert len(resizes) == 3
+    pe.set_active(embed_dim=12)
+    fresh = pe(x)  # with a gradient: resized again, never from the cache
+    assert len(resizes) == 4
+    torch.testing.assert_close(updated, fresh.detach(), rtol=0, atol=0)
+    pe.set_active(embed_dim=16)
+    torch.testing.assert_close(wider, pe(x).detach(), rtol=0, atol=0)
+    fresh.sum().backward()  # and the embedding learns
+    assert len(resizes) == 5 and pe.pos_embed.grad is not None and pe.pos_embed.grad.abs().sum() > 0
+
+
 def test_train_mode_and_channels_last_compute_the_same():
     torch.manual_seed(3)
     net = randomize(vit.supernet("small", in_channels=1))
