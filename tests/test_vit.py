@@ -255,6 +255,28 @@ def test_onnx_export_and_load_exported(small_net, tmp_path):
     assert {"MatMul", "Softmax", "Conv"} <= ops and "Attention" not in ops
 
 
+def test_int8_export_keeps_layer_norms_float_without_warnings(small_net, tmp_path, caplog):
+    # onnxruntime's quantizer tried per-channel quantization of every layer norm's 1-D scale and logged
+    # "Axis 1 is out-of-range for weight ... with rank 1" once per norm (29 lines for vit tiny) before falling
+    # back to per-tensor int8 scales, which its CPU has no integer layer-norm kernel to use.
+    import logging
+
+    import onnx
+
+    cfg = small_net.space.min()
+    calib = torch.randn(16, *small_net.input_shape(cfg)[1:], generator=torch.Generator().manual_seed(0))
+    with caplog.at_level(logging.WARNING):
+        out = nas.export(small_net, cfg, tmp_path / "q", formats=("onnx-int8",), calib_data=calib)
+    assert not [r for r in caplog.records if "out-of-range" in r.getMessage()]
+    graph = onnx.load(str(out / "model.int8.onnx")).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    norms = [n for n in graph.node if n.op_type == "LayerNormalization"]
+    assert len(norms) == 2 * 4 + 1  # two per block, and the final norm
+    assert all(producer.get(name) != "DequantizeLinear" for n in norms for name in n.input[1:])
+    ver = json.loads((out / "manifest.json").read_text())["verification"]
+    assert ver["int8_cosine_similarity"] > 0.9
+
+
 def test_sort_channels_keeps_the_max_subnet_and_orders_heads():
     torch.manual_seed(1)
     net = randomize(vit.supernet("small", in_channels=1)).eval()
