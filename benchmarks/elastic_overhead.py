@@ -1,13 +1,15 @@
 """Overhead of running a subnet inside the supernet versus as its extracted static model.
 
-For random configs of the MobileNetV3 supernet, times ``net(x)`` with the config active and
+For random configs of a weight-sharing supernet (``--space``: mobilenetv3, resnet or vit), times ``net(x)`` with the config active and
 ``extract(cfg)(x)`` on the same input (eval mode, no grad), interleaving the two so that load from other
 processes hits both alike, and prints the median ratio per batch size. Goal: <= 1.10 at batch 64.
 
 Usage:
-    .venv/bin/python benchmarks/elastic_overhead.py [--preset small] [--configs 20] [--batches 1 64]
+    .venv/bin/python benchmarks/elastic_overhead.py [--space mobilenetv3] [--preset small] [--configs 20]
+        [--batches 1 64]
 
-Writes benchmarks/results/elastic_overhead.json.
+Writes benchmarks/results/elastic_overhead.json (``elastic_overhead-SPACE-PRESET.json`` for another space or
+preset).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from pathlib import Path
 
 import torch
 
+import search_spaces
 from nas.supernet import resize_to
-from search_spaces import mobilenetv3
+
+SPACES = ("mobilenetv3", "resnet", "vit")
 
 
 def time_pair(a, b, x: torch.Tensor, repeats: int, min_seconds: float) -> tuple[float, float]:
@@ -50,7 +54,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="small", choices=sorted(mobilenetv3.PRESETS))
+    parser.add_argument("--space", default="mobilenetv3", choices=SPACES)
+    parser.add_argument("--preset", help="a preset of the space (default: the space's default preset)")
     parser.add_argument("--configs", type=int, default=20)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--repeats", type=int, default=7)
@@ -60,14 +65,22 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--out", default=str(Path(__file__).resolve().parent / "results" / "elastic_overhead.json")
+        "--out", help="JSON file to write (default: benchmarks/results/elastic_overhead*.json)"
     )
     args = parser.parse_args()
+    presets = search_spaces.presets(args.space)
+    args.preset = args.preset or presets[0]
+    if args.preset not in presets:
+        parser.error(f"--preset {args.preset!r}: {args.space} has presets {', '.join(presets)}")
+    if args.out is None:
+        default = args.space == "mobilenetv3" and args.preset == "small"
+        name = "elastic_overhead" + ("" if default else f"-{args.space}-{args.preset}")
+        args.out = str(Path(__file__).resolve().parent / "results" / f"{name}.json")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     began = time.perf_counter()
-    net = mobilenetv3.supernet(args.preset).eval()
+    net = search_spaces.get(args.space).supernet(args.preset).eval()
     configs = net.space.samples(args.configs, seed=args.seed)
     rows = []
     for batch in args.batches:
@@ -91,7 +104,7 @@ def main() -> None:
     elapsed = time.perf_counter() - began
 
     print(
-        f"elastic overhead: mobilenetv3-{args.preset}, {args.configs} random configs, {args.threads} thread(s)"
+        f"elastic overhead: {args.space}-{args.preset}, {args.configs} random configs, {args.threads} thread(s)"
     )
     print(
         f"{'batch':>5} | {'median supernet ms':>18} | {'median static ms':>16} | {'median ratio':>12} | {'min':>5} | {'max':>5}"
@@ -109,6 +122,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": "elastic_overhead",
+        "space": args.space,
         "preset": args.preset,
         "threads": args.threads,
         "torch": torch.__version__,

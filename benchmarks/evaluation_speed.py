@@ -1,16 +1,19 @@
 """How fast ``nas.metrics.evaluate`` scores one subnet of a supernet, the inner loop of an accuracy search.
 
-One evaluation = batch-norm recalibration (8 batches of 256 training images by default) + top-1 accuracy on
-``--val`` held-out images. The benchmark times random MobileNetV3 subnets with the conv weights switched to
+One evaluation = batch-norm recalibration (8 batches of 256 training images by default; none for a network
+without batch norm, a ViT) + top-1 accuracy on ``--val`` held-out images. The benchmark times random subnets
+of a supernet (``--space``: mobilenetv3, resnet or vit) with the conv weights switched to
 channels-last memory for the call (what ``evaluate_subnet`` does on CPU) and without that switch (NCHW, as
 before), alternating the two so that load from other processes hits both alike, and checks that both give the
 same accuracies.
 
 Usage:
-    .venv/bin/python benchmarks/evaluation_speed.py [--supernet runs/sn] [--subnets 4] [--rounds 2] [--threads 2]
+    .venv/bin/python benchmarks/evaluation_speed.py [--supernet runs/sn | --space resnet] [--subnets 4]
+        [--rounds 2] [--threads 2]
 
-Without ``--supernet`` an untrained ``small`` supernet is timed (the speed does not depend on the weights).
-Writes benchmarks/results/evaluation_speed.json.
+Without ``--supernet`` an untrained ``small`` supernet of ``--space`` (default mobilenetv3) is timed (the
+speed does not depend on the weights). Writes benchmarks/results/evaluation_speed.json
+(``evaluation_speed-SPACE.json`` for another space).
 """
 
 from __future__ import annotations
@@ -27,28 +30,30 @@ from pathlib import Path
 import torch
 
 import nas.evaluation as evaluation
+import search_spaces
 from nas import data
-from search_spaces import mobilenetv3
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--supernet", help="a `nas train` run directory (default: an untrained small supernet)")
+    p.add_argument("--space", default="mobilenetv3", choices=("mobilenetv3", "resnet", "vit"))
     p.add_argument("--subnets", type=int, default=4, help="random subnets timed per round")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds per layout")
     p.add_argument("--val", type=int, default=2000, help="held-out MNIST test images scored per evaluation")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="benchmarks/results/evaluation_speed.json")
+    p.add_argument("--out", help="JSON file (default: benchmarks/results/evaluation_speed[-SPACE].json)")
     args = p.parse_args()
+    if args.out is None:
+        suffix = "" if args.space == "mobilenetv3" or args.supernet else f"-{args.space}"
+        args.out = f"benchmarks/results/evaluation_speed{suffix}.json"
     torch.set_num_threads(args.threads)
 
     if args.supernet:
-        import search_spaces
-
         net = search_spaces.load_trained(args.supernet)
     else:
         torch.manual_seed(0)
-        net = mobilenetv3.supernet("small", num_classes=10, in_channels=1)
+        net = search_spaces.get(args.space).supernet("small", num_classes=10, in_channels=1)
     train, test = data.mnist("train"), data.mnist("test")
     val = (test.tensors[0][: args.val], test.tensors[1][: args.val])
     cfgs = list(net.space.samples(args.subnets, seed=1, unique=True))
@@ -73,7 +78,8 @@ def main() -> None:
     same = accuracies["nchw"] == accuracies["channels_last"]
 
     print(
-        f"{args.subnets} random subnets x {args.rounds} rounds, {args.val} images scored, {args.threads} threads"
+        f"{net.space.name}: {args.subnets} random subnets x {args.rounds} rounds, {args.val} images scored, "
+        f"{args.threads} threads"
     )
     print(f"{'layout':<14} {'s / subnet':>10} {'subnets / min':>14}")
     for name, values in seconds.items():

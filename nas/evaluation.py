@@ -51,8 +51,11 @@ CALIB_BATCH_SIZE = 256
 
 
 def _tensors(data: Any, what: str, labels: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images, labels) of a TensorDataset or an ``(x, y)`` pair; ``labels=False``: only the images are used."""
-    if isinstance(data, TensorDataset):
+    """(images, labels) of a TensorDataset or an ``(x, y)`` pair; ``labels=False``: only the images are used,
+    and a tensor of images alone is taken too."""
+    if not labels and torch.is_tensor(data):
+        x, y = data, None
+    elif isinstance(data, TensorDataset):
         x, y = data.tensors[0], data.tensors[1]
     elif isinstance(data, tuple | list) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
         x, y = data
@@ -61,7 +64,10 @@ def _tensors(data: Any, what: str, labels: bool = True) -> tuple[torch.Tensor, t
         x = torch.stack([torch.as_tensor(a) for a, _ in items])
         y = torch.as_tensor([int(b) for _, b in items])
     else:
-        raise TypeError(f"{what}: expected a TensorDataset or an (images, labels) pair, got {_kind_of(data)}")
+        images = ", a tensor of images" if not labels else ""
+        raise TypeError(
+            f"{what}: expected a TensorDataset{images} or an (images, labels) pair, got {_kind_of(data)}"
+        )
     if not labels:
         return check_images_and_labels(x, torch.zeros(len(x), dtype=torch.long), what)  # a (N, C, H, W) check
     return check_images_and_labels(x, y, what)
@@ -173,9 +179,14 @@ def recalibrate_bn(
     results are reproducible; drawn, not the first ones, because datasets are often sorted by class and
     statistics from a few classes skew every layer). Call it inside :func:`bn_calibration` to undo the
     change afterwards.
+
+    A network without buffers (a ViT: layer norms keep no running statistics) has nothing a training-mode
+    pass could re-estimate, so no image is run through it and 0 is returned.
     """
     if batches < 1 or batch_size < 1:
         raise ValueError(f"batches={batches} and batch_size={batch_size} must both be >= 1")
+    if next(net.buffers(), None) is None:
+        return 0
     for m in _bn_layers(net):
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average over the calibration batches
@@ -215,8 +226,9 @@ def evaluate_subnet(
         cfg: the subnet (validated and canonicalised by ``net.activate``).
         data: a ``TensorDataset`` (images, labels) or an ``(images, labels)`` pair at any resolution; images
             are resized to the subnet's resolution.
-        calib_data: images for BN recalibration (defaults to ``data``; pass training images to keep the test
-            set out of calibration). ``calib_batches`` x ``calib_batch_size`` images are used (8 x 256).
+        calib_data: images for BN recalibration, as ``data`` or a tensor of images alone (defaults to
+            ``data``; pass training images to keep the test set out of calibration). ``calib_batches`` x
+            ``calib_batch_size`` images are used (8 x 256).
         recalibrate: ``False`` evaluates with the supernet's stored running statistics.
         max_examples: evaluate on the first ``max_examples`` examples only (faster, for searches).
 

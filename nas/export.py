@@ -487,6 +487,9 @@ def export_onnx_int8(
         prepared = onnx.load(str(prep_path))
         rewrites = fuse_for_int8(prepared)
         onnx.save(prepared, str(prep_path))
+        # Layer norms stay float: onnxruntime has no integer kernel for them, and per-channel quantization of
+        # their 1-D scale and shift fails ("Axis 1 is out-of-range", one warning per norm) to per-tensor.
+        layer_norms = [n.name for n in prepared.graph.node if n.op_type == "LayerNormalization"]
         quantize_static(
             str(prep_path),
             str(path),
@@ -495,6 +498,7 @@ def export_onnx_int8(
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=layer_norms,
         )
         quantized = onnx.load(str(path))
         rewrites.update(integer_hard_activations(quantized))

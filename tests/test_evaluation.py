@@ -174,3 +174,41 @@ def test_recalibration_runs_every_kind_of_dropout_in_eval_mode(dropout):
     torch.testing.assert_close(net[1].running_mean, x.mean((0, 2, 3)))
     torch.testing.assert_close(net[1].running_var, x.var((0, 2, 3)))
     assert not drop.training and not net.training  # left in eval mode, as before
+
+
+def test_a_network_without_buffers_is_not_run_on_calibration_images():
+    # A ViT has layer norms only: a training-mode pass re-estimates nothing, so the 8 x 256 calibration
+    # forwards of every evaluation in a search (and of `nas export`) were pure cost.
+    from nas.evaluation import recalibrate_bn
+    from search_spaces import vit
+
+    torch.manual_seed(0)
+    net = vit.supernet("small", num_classes=10, in_channels=1)
+    assert next(net.buffers(), None) is None
+    seen = []
+    net.patch_embed.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    calib = torch.randn(64, 1, 28, 28)
+    acc = evaluate_subnet(net, net.space.min(), (x, y), calib_data=calib)
+    assert 0.0 <= acc <= 100.0
+    assert seen == [8]  # the evaluated images only
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    assert recalibrate_bn(net, torch.randn(64, 1, 24, 24), net.space.min()) == 0
+    assert seen == [8]
+
+
+def test_calibration_images_may_come_without_labels():
+    # BN recalibration reads only the images; a tensor of them was refused ("expected a TensorDataset or an
+    # (images, labels) pair, got Tensor"), so callers (the trainer's validation too) invented labels.
+    net, data = _net_and_data()
+    calib = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    pair = (calib, torch.zeros(64, dtype=torch.long))
+    kwargs = {"calib_batches": 1, "calib_batch_size": 64}
+    assert evaluate_subnet(net, net.space.min(), data, calib_data=calib, **kwargs) == evaluate_subnet(
+        net, net.space.min(), data, calib_data=pair, **kwargs
+    )
+    with pytest.raises(TypeError, match="a tensor of images"):
+        evaluate_subnet(net, net.space.min(), data, calib_data=[1, 2, 3])
+    with pytest.raises(TypeError, match="got Tensor"):
+        evaluate_subnet(net, net.space.min(), calib, calib_data=calib)  # the evaluated data needs labels

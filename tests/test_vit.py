@@ -113,6 +113,38 @@ def test_position_embedding_is_resized_for_lower_resolutions(small_net):
     assert torch.equal(full.pos_embed, stored[:, :, :48])  # the largest grid is the stored embedding
 
 
+def test_resized_position_embedding_is_cached_without_grad_and_follows_weight_updates(monkeypatch):
+    # The supernet resized the position embedding bicubically on every forward below the largest resolution
+    # (about 5% of a batch-1 forward of the smallest subnet); without a gradient it is now resized once.
+    import torch.nn.functional as F
+
+    torch.manual_seed(4)
+    pe = ElasticPatchEmbed(1, 16, patch_size=4, max_grid=8)
+    torch.nn.init.normal_(pe.pos_embed)
+    pe.set_active(embed_dim=12)
+    resizes = []
+    interpolate = F.interpolate
+    monkeypatch.setattr(F, "interpolate", lambda *a, **k: resizes.append(1) or interpolate(*a, **k))
+    x = torch.randn(2, 1, 24, 24)
+    with torch.no_grad():
+        first, second = pe(x), pe(x)
+    assert len(resizes) == 1 and torch.equal(first, second)
+    with torch.no_grad():
+        pe.pos_embed.mul_(2.0)  # an optimizer step: the cached copy is stale
+        updated = pe(x)
+        pe.set_active(embed_dim=16)
+        wider = pe(x)
+    assert len(resizes) == 3
+    pe.set_active(embed_dim=12)
+    fresh = pe(x)  # with a gradient: resized again, never from the cache
+    assert len(resizes) == 4
+    torch.testing.assert_close(updated, fresh.detach(), rtol=0, atol=0)
+    pe.set_active(embed_dim=16)
+    torch.testing.assert_close(wider, pe(x).detach(), rtol=0, atol=0)
+    fresh.sum().backward()  # and the embedding learns
+    assert len(resizes) == 5 and pe.pos_embed.grad is not None and pe.pos_embed.grad.abs().sum() > 0
+
+
 def test_train_mode_and_channels_last_compute_the_same():
     torch.manual_seed(3)
     net = randomize(vit.supernet("small", in_channels=1))
@@ -221,6 +253,28 @@ def test_onnx_export_and_load_exported(small_net, tmp_path):
     assert np.abs(got - expected.numpy()).max() <= 1e-4  # batch 3: the batch dimension is dynamic
     ops = {n.op_type for n in __import__("onnx").load(str(out / "model.onnx")).graph.node}
     assert {"MatMul", "Softmax", "Conv"} <= ops and "Attention" not in ops
+
+
+def test_int8_export_keeps_layer_norms_float_without_warnings(small_net, tmp_path, caplog):
+    # onnxruntime's quantizer tried per-channel quantization of every layer norm's 1-D scale and logged
+    # "Axis 1 is out-of-range for weight ... with rank 1" once per norm (29 lines for vit tiny) before falling
+    # back to per-tensor int8 scales, which its CPU has no integer layer-norm kernel to use.
+    import logging
+
+    import onnx
+
+    cfg = small_net.space.min()
+    calib = torch.randn(16, *small_net.input_shape(cfg)[1:], generator=torch.Generator().manual_seed(0))
+    with caplog.at_level(logging.WARNING):
+        out = nas.export(small_net, cfg, tmp_path / "q", formats=("onnx-int8",), calib_data=calib)
+    assert not [r for r in caplog.records if "out-of-range" in r.getMessage()]
+    graph = onnx.load(str(out / "model.int8.onnx")).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    norms = [n for n in graph.node if n.op_type == "LayerNormalization"]
+    assert len(norms) == 2 * 4 + 1  # two per block, and the final norm
+    assert all(producer.get(name) != "DequantizeLinear" for n in norms for name in n.input[1:])
+    ver = json.loads((out / "manifest.json").read_text())["verification"]
+    assert ver["int8_cosine_similarity"] > 0.9
 
 
 def test_sort_channels_keeps_the_max_subnet_and_orders_heads():

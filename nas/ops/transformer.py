@@ -328,6 +328,7 @@ class ElasticPatchEmbed(nn.Module):
         extra = 1 if class_token else 0
         self.pos_embed = nn.Parameter(torch.zeros(1, extra + self.max_grid**2, embed_dim))
         self.active_embed_dim = self.max_embed_dim
+        self._pos_cache = _SliceCache()
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
     def set_active(self, embed_dim: int | None = None) -> None:
@@ -337,11 +338,25 @@ class ElasticPatchEmbed(nn.Module):
             )
 
     def position_embedding(self, grid: int) -> torch.Tensor:
-        """``(1, tokens, embed_dim)``: the active channels for a ``grid x grid`` patch map."""
-        e, extra = self.active_embed_dim, 0 if self.cls_token is None else 1
-        pos = self.pos_embed[:, :, :e]
+        """``(1, tokens, embed_dim)``: the active channels for a ``grid x grid`` patch map.
+
+        A resized embedding is cached while no gradient is recorded (evaluation, search, latency
+        measurement), so that a lower resolution does not pay a bicubic resize on every forward.
+        """
+        e = self.active_embed_dim
         if grid == self.max_grid:
-            return pos
+            return self.pos_embed[:, :, :e]
+        if not _SliceCache.usable(self.pos_embed):
+            return self._resized_position_embedding(grid, e)
+        key = (e, grid, *_param_state(self.pos_embed))
+        cached = self._pos_cache.get(key)
+        if cached is None:
+            cached = self._pos_cache.put(key, self._resized_position_embedding(grid, e))
+        return cached
+
+    def _resized_position_embedding(self, grid: int, e: int) -> torch.Tensor:
+        extra = 0 if self.cls_token is None else 1
+        pos = self.pos_embed[:, :, :e]
         patches = pos[:, extra:].reshape(1, self.max_grid, self.max_grid, e).permute(0, 3, 1, 2)
         patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
         return torch.cat([pos[:, :extra], patches.permute(0, 2, 3, 1).reshape(1, grid * grid, e)], dim=1)
