@@ -980,11 +980,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-root", help="folder with cifar-10-batches-bin (for --data cifar10)")
     p.add_argument("--strategy", default="sandwich", help="sandwich, progressive, delayed or uniform")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
+    p.add_argument("--epochs", type=int, default=10, help="passes over the training images (default 10)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per step, per worker (default 64)")
+    p.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"), help="default adamw")
     p.add_argument(
-        "--lr", type=float, default=3e-3, help="peak learning rate (default suits adamw; sgd: ~0.05)"
+        "--lr",
+        type=float,
+        default=3e-3,
+        help="peak learning rate, after a half-epoch warmup and before cosine decay (default 3e-3, suits "
+        "adamw; sgd: ~0.05)",
     )
     p.add_argument("--weight-decay", type=float, default=3e-5, help="on conv/linear weights (default 3e-5)")
     p.add_argument(
