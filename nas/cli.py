@@ -1044,7 +1044,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeats",
         type=int,
         default=30,
-        help="timed forward calls per subnet, split over --rounds (default 30)",
+        help="timed forward calls per subnet, split evenly over --rounds and rounded up to a multiple of "
+        "--rounds (10 with 3 rounds measures 12; the profile records the count used) (default 30)",
     )
     p.add_argument(
         "--rounds",
@@ -1057,7 +1058,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup", type=int, default=3, help="untimed calls at every visit of a subnet (default 3)"
     )
     p.add_argument(
-        "--device-name", help="name recorded in the profile's metadata (default: the CPU or GPU model)"
+        "--device-name",
+        help="name recorded in the profile's metadata (default: HOSTNAME-BACKEND, e.g. myhost-torch; the CPU "
+        "and GPU model are recorded beside it); an extended profile keeps its name",
     )
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="fixed thread count (default: all cores)")
@@ -1069,7 +1072,13 @@ def build_parser() -> argparse.ArgumentParser:
         "jobs on a shared machine (needs --threads 1)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="profile CSV; an existing one is extended (resume)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="profile CSV; an existing one is extended (resume) with the same backend, batch size, precision, "
+        "clock, threads, input channels, device name and CPU/GPU model (other values are refused); other "
+        "--repeats, --rounds or --warmup are allowed and recorded per run",
+    )
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("fit", help="fit a latency predictor on a profile; prints held-out error")

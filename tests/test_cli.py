@@ -263,6 +263,14 @@ def test_a_predictor_of_another_space_is_refused_before_the_search(tmp_path):
         _latency_function(space, space.name, str(tmp_path / "nb201-cpu.json"))
 
 
+def test_profile_help_says_repeats_are_rounded_up_to_a_multiple_of_rounds():
+    out = subprocess.run(
+        [sys.executable, "-m", "nas.cli", "profile", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    text = " ".join(out.split())
+    assert "rounded up to a multiple of --rounds (10 with 3 rounds measures 12" in text
+
+
 def test_a_search_whose_evaluations_all_fail_ends_with_one_line(tmp_path, monkeypatch, capsys):
     from search_spaces import nb201
 

@@ -398,3 +398,65 @@ def test_thread_cpu_clock_needs_one_thread_on_a_cpu_backend(tmp_path) -> None:
         cli_hooks.run_profile(
             ToyNet(), "torch", 3, out, threads=1, clock="thread_cpu", progress=False, verbose=False
         )
+
+
+# ------------------------------------------------------------------------------ extending a profile
+class GreyToyNet(ToyNet):
+    """ToyNet on 1-channel inputs: the same configs as ToyNet's 3-channel ones, other latencies."""
+
+    def extract(self, cfg: Config) -> nn.Module:
+        self.built.append(cfg.key)
+        return nn.Conv2d(1, cfg["width"], cfg["kernel"])
+
+    def input_shape(self, cfg: Config, batch_size: int = 1) -> tuple[int, ...]:
+        return (batch_size, 1, 8, 8)
+
+
+QUICK = {"threads": 1, "repeats": 1, "rounds": 1, "warmup": 0, "progress": False, "verbose": False}
+
+
+def test_run_profile_refuses_to_extend_with_other_input_channels_device_or_cpu(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "toy.csv"
+    first = cli_hooks.run_profile(ToyNet(), "torch", 2, out, device_name="lab", **QUICK)
+    assert first.metadata["in_channels"] == 3 and first.metadata["device"] == "lab"
+    net = GreyToyNet()
+    with pytest.raises(
+        ValueError, match=r"in_channels=3 but this run uses in_channels=1.*--in-channels 3.*--out"
+    ):
+        cli_hooks.run_profile(net, "torch", 4, out, **QUICK)
+    with pytest.raises(ValueError, match=r"device='lab' but this run uses device='home'.*--device-name lab"):
+        cli_hooks.run_profile(ToyNet(), "torch", 4, out, device_name="home", **QUICK)
+    monkeypatch.setattr(measure, "_cpu_model", lambda: "Another CPU 9000")
+    with pytest.raises(
+        ValueError, match=r"measured on cpu '.*' but this machine's cpu is 'Another CPU 9000'.*--out"
+    ):
+        cli_hooks.run_profile(ToyNet(), "torch", 4, out, device_name="lab", **QUICK)
+    assert net.built == [] and len(Profile.load(out)) == 2
+    monkeypatch.undo()
+    # without --device-name the file's name is kept (the CPU model says which machine it is)
+    assert cli_hooks.run_profile(ToyNet(), "torch", 3, out, **QUICK).metadata["device"] == "lab"
+
+
+def test_run_profile_extends_with_other_repeats_rounds_and_warmup_and_records_them(tmp_path, capsys) -> None:
+    out = tmp_path / "toy.csv"
+    kw = {"threads": 1, "progress": False}
+    cli_hooks.run_profile(ToyNet(), "torch", 2, out, repeats=2, rounds=1, warmup=0, verbose=False, **kw)
+    same = cli_hooks.run_profile(
+        ToyNet(), "torch", 3, out, repeats=2, rounds=1, warmup=0, verbose=False, **kw
+    )
+    assert (same.metadata["repeats"], same.metadata["rounds"], same.metadata["warmup"]) == (2, 1, 0)
+    capsys.readouterr()
+    # repeats=3 with rounds=2 measures 4: the note and the record give the count used
+    more = cli_hooks.run_profile(ToyNet(), "torch", 5, out, repeats=3, rounds=2, warmup=1, **kw)
+    assert (
+        "repeats=4 (the file: 2), rounds=2 (the file: 1), warmup=1 (the file: 0)" in capsys.readouterr().out
+    )
+    runs = Profile.load(out).metadata["runs"]
+    assert [(r["repeats"], r["rounds"], r["warmup"], r["configs"]) for r in runs] == [
+        (2, 1, 0, 2),
+        (2, 1, 0, 1),
+        (4, 2, 1, 2),
+    ]
+    # the top level no longer claims one setting for all rows; the repeats column says each row's count
+    assert not {"repeats", "rounds", "warmup"} & set(more.metadata)
+    assert more.repeats.tolist() == [2, 2, 2, 4, 4]

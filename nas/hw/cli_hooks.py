@@ -39,9 +39,93 @@ from nas.space import Config, InvalidConfigError
 
 __all__ = ["resolve_profile_space", "run_fit", "run_profile"]
 
-# Metadata that must agree before a saved profile may be extended with new measurements (the thread count
-# changes a CPU latency as much as the backend does: 1 vs 2 threads is up to 2x).
-_RESUME_KEYS = ("backend", "batch_size", "precision", "clock", "threads")
+# Settings that change what a latency means: a profile measured with one of them is only extended with the same
+# value (the thread count changes a CPU latency as much as the backend does: 1 vs 2 threads is up to 2x; 1- and
+# 3-channel inputs are different networks). Each maps to the option that sets it.
+_RESUME_KEYS = {
+    "backend": "--backend",
+    "batch_size": "--batch-size",
+    "precision": "--precision",
+    "clock": "--clock",
+    "threads": "--threads",
+    "in_channels": "--in-channels",
+    "device": "--device-name",
+}
+# The machine itself: latencies of another CPU or GPU model never share a profile (no option changes it).
+_MACHINE_KEYS = ("cpu", "gpu")
+# Settings that only change the measurement effort; extending with other values is allowed and each run's
+# values are recorded in metadata["runs"] (and the per-row ``repeats`` column).
+_EFFORT_KEYS = ("repeats", "rounds", "warmup")
+
+
+def _check_extension(
+    path: Path,
+    old: Profile,
+    net: Any,
+    backend: str,
+    batch_size: int,
+    precision: str,
+    clock: str,
+    threads: int | None,
+    device_name: str | None,
+    verbose: bool,
+    settings: dict[str, Any],
+) -> None:
+    """Refuse to extend ``old`` with latencies that mean something else; say when only the effort differs.
+
+    Compared with what ``old.metadata`` records (a key it lacks is not checked): the settings of
+    ``_RESUME_KEYS`` (the device name only when ``device_name`` is given; without it the file's name is kept),
+    the CPU and GPU model of this machine, and the input channels of ``net``.
+    """
+    from nas.hw.measure import device_metadata, input_channels
+
+    here = device_metadata(backend, threads)  # threads=None: torch's default here, as the run will record it
+    wanted: dict[str, Any] = {
+        "backend": backend,
+        "batch_size": int(batch_size),
+        "precision": precision,
+        "clock": clock,
+        "threads": here["threads"],
+        "device": device_name,
+    }
+    if hasattr(net, "input_shape"):
+        cfg = net.space.canonical(net.space.max())
+        wanted["in_channels"] = input_channels(tuple(net.input_shape(cfg, int(batch_size))))
+    meta = old.metadata
+    where = str(path)
+    for key, flag in _RESUME_KEYS.items():
+        if key in meta and wanted.get(key) is not None and meta[key] != wanted[key]:
+            raise ValueError(
+                f"{where!r} was measured with {key}={meta[key]!r} but this run uses {key}={wanted[key]!r}; "
+                f"latencies of different settings must not share a profile: extend it with {key}={meta[key]!r} "
+                f"({flag} {meta[key]}) or write to another file (--out)"
+            )
+    for key in _MACHINE_KEYS:
+        if meta.get(key) is not None and here.get(key) is not None and meta[key] != here[key]:
+            raise ValueError(
+                f"{where!r} was measured on {key} {meta[key]!r} but this machine's {key} is {here[key]!r}; a "
+                "profile holds one machine's latencies: write this one's to another file (--out)"
+            )
+    if "in_channels" not in meta and wanted.get("in_channels") is not None and verbose:
+        print(
+            f"note: {path} does not record its input channels (measured before nas recorded them); this run "
+            f"measures {wanted['in_channels']}-channel inputs"
+        )
+    differ = [k for k in _EFFORT_KEYS if k in meta and meta[k] != _effective(settings, k)]
+    if differ and verbose:
+        print(
+            "note: this run measures with "
+            + ", ".join(f"{k}={_effective(settings, k)} (the file: {meta[k]})" for k in differ)
+            + "; allowed (the effort, not the meaning, of a latency), recorded per run in the metadata"
+        )
+
+
+def _effective(settings: dict[str, Any], key: str) -> int:
+    """The value of a measurement-effort setting as :func:`nas.hw.measure.profile` records it (repeats are
+    rounded up to a multiple of rounds)."""
+    if key == "repeats":
+        return math.ceil(settings["repeats"] / settings["rounds"]) * settings["rounds"]
+    return int(settings[key])
 
 
 def _sample_configs(space: Any, n: int, seed: int, exclude: set[str]) -> list[Config]:
@@ -119,24 +203,9 @@ def run_profile(
                 f"{str(path)!r} holds a profile of space {old.space!r}, not {space.name!r}; "
                 "choose another --out or the matching space"
             )
-        import torch
-
-        # The thread count as the measurement will record it (threads=None: torch's default on this machine).
-        used_threads = int(threads) if threads is not None else torch.get_num_threads()
-        wanted = {
-            "backend": backend,
-            "batch_size": int(batch_size),
-            "precision": precision,
-            "clock": clock,
-            "threads": used_threads,
-        }
-        for key in _RESUME_KEYS:
-            if key in old.metadata and old.metadata[key] != wanted[key]:
-                raise ValueError(
-                    f"{str(path)!r} was measured with {key}={old.metadata[key]!r} but this run uses "
-                    f"{key}={wanted[key]!r}; latencies of different settings must not share a profile: extend it "
-                    f"with {key}={old.metadata[key]!r} or write to another file"
-                )
+        _check_extension(
+            path, old, net, backend, batch_size, precision, clock, threads, device_name, verbose, settings
+        )
     targets = _sample_configs(space, samples, seed, exclude=set())
     have = {c.key for c in old.configs} if old is not None else set()
     missing = [c for c in targets if c.key not in have]
@@ -158,19 +227,31 @@ def run_profile(
     return current
 
 
+# What metadata["runs"] records of each measurement run that went into a profile.
+_RUN_KEYS = ("measured_at", "duration_s", "threads", "median_cv", *_EFFORT_KEYS, "device", "cpu", "gpu")
+
+
 def _merge(old: Profile, new: Profile) -> Profile:
-    """Rows of ``old`` then rows of ``new`` (new configs only); metadata records both measurement runs."""
+    """Rows of ``old`` then rows of ``new`` (new configs only); metadata records both measurement runs.
+
+    ``metadata["runs"]`` lists each run's date, duration, settings (``_RUN_KEYS``) and config count. The
+    top-level ``repeats``, ``rounds`` and ``warmup`` stay only while every run used the same value; otherwise
+    they are removed and ``runs`` (and the per-row ``repeats`` column) say what each row got.
+    """
     have = {c.key for c in old.configs}
     rows = [i for i, c in enumerate(new.configs) if c.key not in have]
     add = new.subset(rows)
     meta = dict(old.metadata)
     runs = list(meta.get("runs", []))
     if not runs:
-        runs.append({k: old.metadata.get(k) for k in ("measured_at", "duration_s", "threads", "median_cv")})
+        runs.append({k: old.metadata.get(k) for k in _RUN_KEYS if k in old.metadata})
         runs[-1]["configs"] = len(old)
-    runs.append({k: new.metadata.get(k) for k in ("measured_at", "duration_s", "threads", "median_cv")})
+    runs.append({k: new.metadata.get(k) for k in _RUN_KEYS if k in new.metadata})
     runs[-1]["configs"] = len(add)
     meta["runs"] = runs
+    for key in _EFFORT_KEYS:
+        if key in meta and any(r.get(key, meta[key]) != meta[key] for r in runs):
+            del meta[key]
     cv = np.concatenate([old.latency_cv, add.latency_cv])
     if np.isfinite(cv).any():
         meta["median_cv"] = float(np.nanmedian(cv))
