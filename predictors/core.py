@@ -59,7 +59,9 @@ class Predictor:
     on and refuses inputs that do not match. Members are grouped: a group is a bag of one model family fitted
     in one target space (``log`` or ``linear``; members are averaged there), and several groups form an
     ensemble (their predictions averaged in the units of ``y``). ``scale`` multiplies every prediction: the
-    calibration :func:`fit` chooses by cross-validation (see its ``calibrate`` argument).
+    calibration :func:`fit` chooses by cross-validation (see its ``calibrate`` argument). ``provenance`` is a
+    JSON-able record of where the training data came from, written by whoever fits it (``nas fit``: the
+    profile, its column, device and row counts, the date); files saved before it existed load with ``{}``.
 
     Example:
         >>> import numpy as np, predictors
@@ -80,6 +82,7 @@ class Predictor:
         space: str | None = None,
         info: dict[str, Any] | None = None,
         scale: float = 1.0,
+        provenance: dict[str, Any] | None = None,
     ):
         if not groups or not all(groups):
             raise ValueError("a predictor needs at least one non-empty group of models")
@@ -97,6 +100,7 @@ class Predictor:
         self.space = space
         self.info = dict(info or {})
         self.scale = float(scale)
+        self.provenance = dict(provenance or {})
 
     def __repr__(self) -> str:
         sizes = "+".join(str(len(g)) for g in self.groups)
@@ -202,6 +206,7 @@ class Predictor:
             "space": self.space,
             "info": self.info,
             "scale": self.scale,
+            "provenance": self.provenance,
             "groups": [[m.to_dict() for m in g] for g in self.groups],
         }
 
@@ -268,7 +273,13 @@ class Predictor:
             or not (np.isfinite(scale) and scale > 0)
         ):
             raise PredictorFormatError(f"scale must be a positive number, got {scale!r}")
-        return cls(str(d.get("kind")), groups, targets, n, names, space, info, float(scale))
+        # optional (older files have none); plain JSON data, only ever displayed
+        provenance = d.get("provenance")
+        if provenance is not None and not isinstance(provenance, dict):
+            raise PredictorFormatError(
+                f"provenance must be null or an object, got {type(provenance).__name__}"
+            )
+        return cls(str(d.get("kind")), groups, targets, n, names, space, info, float(scale), provenance)
 
 
 def load(path: str | os.PathLike[str]) -> Predictor:

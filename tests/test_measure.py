@@ -400,6 +400,91 @@ def test_thread_cpu_clock_needs_one_thread_on_a_cpu_backend(tmp_path) -> None:
         )
 
 
+# ------------------------------------------------------------------------------------- degenerate configs
+class ToySpaceWithEmptyNets(SearchSpace):
+    """SPACE, except that width 2 stands for a net that computes nothing (as NB201's disconnected cells)."""
+
+    def __init__(self) -> None:
+        super().__init__(SPACE.name, list(SPACE.dims))
+
+    def degenerate_reason(self, cfg):
+        return "empty" if cfg["width"] == 2 else None
+
+
+def test_run_fit_leaves_out_the_configs_the_space_calls_degenerate(tmp_path, capsys) -> None:
+    # NB201's disconnected cells "cost" what an empty network costs and were fitted like any other cell
+    prof = tmp_path / "p.csv"
+    _synthetic_profile(prof)
+    space = ToySpaceWithEmptyNets()
+    res = cli_hooks.run_fit(prof, tmp_path / "pred.json", kind="ridge", space=space, test_fraction=0.25)
+    assert res["left_out"] == {"empty": 2} and res["train"] + res["test"] == 6
+    assert res["provenance"]["rows"] == 8 and res["provenance"]["rows_fitted"] == 6
+    assert "left out 2 of 8 configs the space calls degenerate: empty (2); --keep-degenerate" in (
+        capsys.readouterr().out
+    )
+    kept = cli_hooks.run_fit(prof, tmp_path / "pred.json", kind="ridge", space=space, keep_degenerate=True)
+    assert kept["left_out"] == {} and kept["train"] + kept["test"] == 8
+    assert "left out" not in capsys.readouterr().out
+
+
+def test_nb201_calls_its_disconnected_cells_degenerate() -> None:
+    from search_spaces import nb201
+
+    reasons = [nb201.space.degenerate_reason(c) for c in nb201.all_configs()]
+    assert reasons.count("disconnected") == 341 and set(reasons) == {None, "disconnected"}
+    assert SPACE.degenerate_reason(SPACE.max()) is None  # the default: every config is a real network
+
+
+# ------------------------------------------------------------------------------------------- provenance
+def test_run_fit_records_what_the_predictor_was_fitted_on(tmp_path, capsys) -> None:
+    import predictors
+
+    prof = tmp_path / "p.csv"
+    _synthetic_profile(prof)
+    p = Profile.load(prof)
+    meta = {
+        **p.metadata,
+        "device": "lab-pi",
+        "cpu": "Cortex-A72",
+        "batch_size": 1,
+        "threads": 1,
+        "in_channels": 3,
+    }
+    p.metadata.update(meta)
+    p.save(prof)
+    res = cli_hooks.run_fit(prof, tmp_path / "pred.json", kind="ridge", profile_name="lab")
+    saved = predictors.load(tmp_path / "pred.json").provenance
+    assert saved == json.loads(json.dumps(res["provenance"]))
+    assert (
+        saved["metric"] == "latency_ms" and saved["profile"] == str(prof) and saved["profile_name"] == "lab"
+    )
+    assert saved["space"] == SPACE.name and saved["rows"] == saved["rows_fitted"] == 8
+    assert saved["device"] == {
+        "device": "lab-pi",
+        "backend": "torch",
+        "cpu": "Cortex-A72",
+        "batch_size": 1,
+        "threads": 1,
+        "in_channels": 3,
+    }
+    assert saved["held_out"] == res["metrics"] and saved["fitted_at"].startswith("20")
+    import hashlib
+
+    assert saved["profile_sha256"] == hashlib.sha256(prof.read_bytes()).hexdigest()
+    out = capsys.readouterr().out
+    assert "fitted on: latency_ms of lab, space toy-conv, device lab-pi (Cortex-A72, torch" in out
+
+
+def test_run_fit_shows_progress_on_stderr(tmp_path, capsys) -> None:
+    prof = tmp_path / "p.csv"
+    _synthetic_profile(prof)
+    cli_hooks.run_fit(prof, tmp_path / "pred.json", kind="ridge", progress=True, verbose=False)
+    captured = capsys.readouterr()
+    assert "nas fit: fitting ridge on 6 samples" in captured.err and captured.out == ""
+    cli_hooks.run_fit(prof, tmp_path / "pred.json", kind="ridge", progress=False, verbose=False)
+    assert capsys.readouterr().err == ""
+
+
 # ------------------------------------------------------------------------------ extending a profile
 class GreyToyNet(ToyNet):
     """ToyNet on 1-channel inputs: the same configs as ToyNet's 3-channel ones, other latencies."""

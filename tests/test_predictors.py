@@ -363,3 +363,19 @@ def test_mlp_fits_on_one_blas_thread(monkeypatch):
     with threadpool_limits(limits=2, user_api="blas"):
         predictors.fit(X, y, kind="mlp", n_bags=1)
     assert seen and set(seen) == {1}
+
+
+def test_provenance_is_saved_and_old_files_load_without_it(fitted, tmp_path):
+    pred = predictors.fit(*data(40), kind="ridge", space="toy")
+    assert pred.provenance == {}
+    pred.provenance = {"metric": "latency_ms", "device": {"device": "raspi4"}, "rows": 40}
+    path = tmp_path / "p.json"
+    pred.save(path)
+    assert predictors.load(path).provenance == pred.provenance
+    old = json.loads(path.read_text())
+    del old["provenance"]  # a file saved before predictors recorded it
+    path.write_text(json.dumps(old))
+    assert predictors.load(path).provenance == {}
+    path.write_text(json.dumps({**old, "provenance": "__import__('os')"}))
+    with pytest.raises(PredictorFormatError, match="provenance must be null or an object"):
+        predictors.load(path)

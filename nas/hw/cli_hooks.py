@@ -37,7 +37,7 @@ import numpy as np
 from nas.hw.profiles import Profile
 from nas.space import Config, InvalidConfigError
 
-__all__ = ["resolve_profile_space", "run_fit", "run_profile"]
+__all__ = ["describe_provenance", "resolve_profile_space", "run_fit", "run_profile"]
 
 # Settings that change what a latency means: a profile measured with one of them is only extended with the same
 # value (the thread count changes a CPU latency as much as the backend does: 1 vs 2 threads is up to 2x; 1- and
@@ -400,6 +400,100 @@ def _compare_latency_columns(
     return {metric: float(score), other: float(predictors.evaluate(pred, X[te], values[te])["within_10pct"])}
 
 
+# Profile metadata copied into a predictor's provenance: what a latency number depends on, and where it came from.
+_PROVENANCE_DEVICE_KEYS = (
+    "device",
+    "hardware",
+    "method",
+    "backend",
+    "cpu",
+    "gpu",
+    "batch_size",
+    "precision",
+    "threads",
+    "clock",
+    "in_channels",
+    "dataset",
+    "measured_at",
+)
+
+
+def describe_provenance(provenance: dict[str, Any]) -> str:
+    """One line saying what a predictor was fitted on (``""`` for a predictor without provenance).
+
+    Example:
+        >>> describe_provenance({"metric": "latency_ms", "profile_name": "raspi4", "space": "nb201",
+        ...     "device": {"device": "raspi4", "backend": "TensorFlow Lite", "batch_size": 1},
+        ...     "rows_fitted": 15284, "rows": 15625, "fitted_at": "2025-01-01T00:00:00+00:00"})
+        'latency_ms of raspi4, space nb201, device raspi4 (TensorFlow Lite, batch size 1), 15,284 of 15,625 rows, fitted 2025-01-01T00:00:00+00:00'
+    """
+    if not provenance:
+        return ""
+    dev = provenance.get("device") or {}
+    parts = [
+        f"{provenance.get('metric')} of {provenance.get('profile_name') or provenance.get('profile')}",
+        f"space {provenance.get('space')}",
+    ]
+    details = [str(dev[k]) for k in ("hardware", "gpu", "cpu", "backend") if dev.get(k)]
+    details += [
+        f"{k.replace('_', ' ')} {dev[k]}"
+        for k in ("batch_size", "precision", "threads", "in_channels")
+        if k in dev
+    ]
+    if dev.get("device"):
+        parts.append(f"device {dev['device']}" + (f" ({', '.join(details)})" if details else ""))
+    if "rows_fitted" in provenance and "rows" in provenance:
+        parts.append(f"{provenance['rows_fitted']:,} of {provenance['rows']:,} rows")
+    if provenance.get("fitted_at"):
+        parts.append(f"fitted {provenance['fitted_at']}")
+    return ", ".join(parts)
+
+
+class _FitProgress:
+    """``predictors.fit``'s progress callback as a rich bar on stderr, with its news printed above the bar."""
+
+    def __init__(self, enabled: bool):
+        self._bar: Any = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("[bold]nas fit"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("models"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
+            self._task = self._bar.add_task("fit", total=None)
+
+    def __enter__(self) -> _FitProgress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def message(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(f"nas fit: {text}", highlight=False, markup=False, soft_wrap=True)
+
+    def __call__(self, done: int, total: int, message: str | None) -> None:
+        if self._bar is None:
+            return
+        if message:
+            self.message(message)
+        self._bar.update(self._task, completed=done, total=total or None)
+
+    @property
+    def callback(self) -> Any:
+        """What ``predictors.fit(progress=...)`` takes (``None`` when disabled: no work per model)."""
+        return self if self._bar is not None else None
+
+
 def run_fit(
     profile_path: str | Path,
     out_path: str | Path,
@@ -411,18 +505,30 @@ def run_fit(
     resolve_space: Callable[[str], Any] | None = None,
     metric: str = "latency_ms",
     verbose: bool = True,
+    keep_degenerate: bool = False,
+    progress: bool = False,
+    profile_name: str | None = None,
 ) -> dict[str, Any]:
     """Fit a ``kind`` predictor on a profile, report held-out metrics and the noise floor, save the predictor.
 
-    A random ``test_fraction`` of the rows (at least one, seeded) is held out; the predictor saved to
-    ``out_path`` is the one fitted on the remaining rows, so the printed metrics describe exactly that file.
-    ``metric`` picks the column to predict (``latency_ms`` = median; ``latency_p10_ms`` for the fast tail).
+    Rows of configs the space calls degenerate (``space.degenerate_reason(cfg)``: NAS-Bench-201's disconnected
+    cells, whose latency is that of an empty network) are left out unless ``keep_degenerate``; how many, by
+    reason, is printed and returned as ``"left_out"``. A random ``test_fraction`` of the remaining rows (at least
+    one, seeded) is held out; the predictor saved to ``out_path`` is the one fitted on the other rows, so the
+    printed metrics describe exactly that file. ``metric`` picks the column to predict (``latency_ms`` =
+    median; ``latency_p10_ms`` for the fast tail). The file records its provenance (``Predictor.provenance``):
+    the profile (and ``profile_name``, a built-in profile's name), its checksum, the column, the device
+    metadata, the space, the row counts, the held-out metrics and the date. ``progress`` shows the fit's
+    progress (kinds compared, their scores, the choice) as a bar on stderr.
 
-    Returns ``{"kind", "train", "test", "metrics": {...}, "noise": {"median_cv", "median_iqr_rel"}, "out"}``,
-    plus ``"compared"`` (see :func:`_compare_latency_columns`) when the profile is noisy (median CV above
-    ``NOISY_PROFILE_CV``) and a latency column was fitted: the other column's fit, so the hint can say which one
-    this machine measures stably.
+    Returns ``{"kind", "train", "test", "metrics": {...}, "noise": {"median_cv", "median_iqr_rel"}, "out",
+    "left_out", "provenance"}``, plus ``"compared"`` (see :func:`_compare_latency_columns`) when the profile is
+    noisy (median CV above ``NOISY_PROFILE_CV``) and a latency column was fitted: the other column's fit, so the
+    hint can say which one this machine measures stably.
     """
+    import datetime
+    import hashlib
+
     import predictors
 
     if not 0.0 <= float(test_fraction) < 1.0:
@@ -430,6 +536,16 @@ def run_fit(
     prof = Profile.load(profile_path)  # ProfileFormatError names the file and the fault
     if space is None:
         space = resolve_profile_space(prof, resolve_space)
+    n_rows = len(prof)
+    left_out: dict[str, int] = {}
+    reason_of = getattr(space, "degenerate_reason", None)
+    if reason_of is not None and not keep_degenerate:
+        reasons = [reason_of(c) for c in prof.configs]
+        for r in reasons:
+            if r is not None:
+                left_out[r] = left_out.get(r, 0) + 1
+        if left_out:
+            prof = prof.subset([i for i, r in enumerate(reasons) if r is None])
     try:
         X, y = prof.to_arrays(space, metric=metric)
     except InvalidConfigError as exc:
@@ -442,34 +558,68 @@ def run_fit(
     n_test = 0 if test_fraction == 0 else max(1, round(n * float(test_fraction)))
     n_test = min(n_test, n - 2)
     test, train = perm[:n_test], perm[n_test:]
-    pred = predictors.fit(
-        X[train], y[train], kind=kind, seed=seed, feature_names=space.feature_names, space=space
-    )
-    metrics: dict[str, float] = predictors.evaluate(pred, X[test], y[test]) if n_test else {}
-    cv = prof.latency_cv[np.isfinite(prof.latency_cv)]
-    rel_iqr = prof.latency_iqr_ms / prof.latency_ms
-    rel_iqr = rel_iqr[np.isfinite(rel_iqr)]
-    noise = {
-        "median_cv": float(np.median(cv)) if cv.size else math.nan,
-        "median_iqr_rel": float(np.median(rel_iqr)) if rel_iqr.size else math.nan,
-    }
-    out = Path(out_path)
-    pred.save(out)
-    result = {
-        "kind": getattr(pred, "kind", kind),
+    if verbose and left_out:
+        reasons_text = ", ".join(f"{k} ({v:,})" for k, v in left_out.items())
+        print(
+            f"left out {sum(left_out.values()):,} of {n_rows:,} configs the space calls degenerate: "
+            f"{reasons_text}; --keep-degenerate fits them too"
+        )
+    with _FitProgress(progress) as bar:
+        pred = predictors.fit(
+            X[train],
+            y[train],
+            kind=kind,
+            seed=seed,
+            feature_names=space.feature_names,
+            space=space,
+            progress=bar.callback,
+        )
+        metrics: dict[str, float] = predictors.evaluate(pred, X[test], y[test]) if n_test else {}
+        cv = prof.latency_cv[np.isfinite(prof.latency_cv)]
+        rel_iqr = prof.latency_iqr_ms / prof.latency_ms
+        rel_iqr = rel_iqr[np.isfinite(rel_iqr)]
+        noise = {
+            "median_cv": float(np.median(cv)) if cv.size else math.nan,
+            "median_iqr_rel": float(np.median(rel_iqr)) if rel_iqr.size else math.nan,
+        }
+        result: dict[str, Any] = {
+            "kind": getattr(pred, "kind", kind),
+            "train": len(train),
+            "test": int(n_test),
+            "metrics": metrics,
+            "noise": noise,
+            "out": str(Path(out_path)),
+            "left_out": left_out,
+        }
+        if n_test and metric in LATENCY_COLUMNS and noise["median_cv"] > NOISY_PROFILE_CV:
+            # A noisy profile: which latency column is predictable depends on the machine, so measure both.
+            bar.message(f"fitting {result['kind']} on {LATENCY_COLUMNS[metric]} too, to compare the columns")
+            result["compared"] = _compare_latency_columns(
+                prof, space, X, metric, metrics["within_10pct"], train, test, result["kind"], seed
+            )
+    meta = prof.metadata
+    pred.provenance = {
+        "profile": str(profile_path),
+        **({"profile_name": profile_name} if profile_name else {}),
+        "profile_sha256": hashlib.sha256(Path(profile_path).read_bytes()).hexdigest(),
+        "metric": metric,
+        "space": prof.space,
+        "device": {k: meta[k] for k in _PROVENANCE_DEVICE_KEYS if k in meta},
+        "rows": n_rows,
+        "left_out": left_out,
+        "rows_fitted": n,
         "train": len(train),
         "test": int(n_test),
-        "metrics": metrics,
-        "noise": noise,
-        "out": str(out),
+        "seed": int(seed),
+        "held_out": metrics,
+        "fitted_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    if n_test and metric in LATENCY_COLUMNS and noise["median_cv"] > NOISY_PROFILE_CV:
-        # A noisy profile: which latency column is predictable depends on the machine, so measure both.
-        result["compared"] = _compare_latency_columns(
-            prof, space, X, metric, metrics["within_10pct"], train, test, result["kind"], seed
-        )
+    result["provenance"] = pred.provenance
+    out = Path(out_path)
+    pred.save(out)
     if verbose:
         print(f"fitted {result['kind']} on {len(train)} configs of {prof.space!r}; held out {n_test}")
+        print(f"  fitted on: {describe_provenance(pred.provenance)}")
         for k, v in metrics.items():
             print(f"  {k:>14}: {v:.4g}")
         if math.isnan(noise["median_cv"]):
