@@ -194,6 +194,18 @@ def _latency_function(space: Any, space_name: str, target: str) -> Callable[[Any
             pred.check(space.features(space.max()), space)
         except ValueError as exc:
             raise CliError(f"target {target}: {exc}") from None
+        from nas.hw.cli_hooks import describe_provenance
+
+        fitted_on = describe_provenance(pred.provenance)
+        print(
+            f"nas search: target {target}: "
+            + (
+                f"predicts {fitted_on}"
+                if fitted_on
+                else "a predictor that does not record what it was fitted on"
+            ),
+            file=sys.stderr,
+        )
         return lambda cfg: float(np.asarray(pred.predict(space.features(cfg)[None, :])).reshape(-1)[0])
     if space_name == "nb201":
         from search_spaces import nb201
@@ -528,9 +540,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise CliError(
             f"--out {args.out}: a predictor file must end in .json (nas search --target reads it so)"
         )
+    path = _profile_file(args.profile)
     run_fit(
-        _profile_file(args.profile),
+        path,
         args.out,
+        keep_degenerate=args.keep_degenerate,
+        progress=not args.quiet,
+        profile_name=args.profile if path != args.profile else None,
         kind=args.kind,
         test_fraction=args.test_fraction,
         seed=args.seed,
@@ -1048,7 +1064,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeats",
         type=int,
         default=30,
-        help="timed forward calls per subnet, split over --rounds (default 30)",
+        help="timed forward calls per subnet, split evenly over --rounds and rounded up to a multiple of "
+        "--rounds (10 with 3 rounds measures 12; the profile records the count used) (default 30)",
     )
     p.add_argument(
         "--rounds",
@@ -1061,7 +1078,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup", type=int, default=3, help="untimed calls at every visit of a subnet (default 3)"
     )
     p.add_argument(
-        "--device-name", help="name recorded in the profile's metadata (default: the CPU or GPU model)"
+        "--device-name",
+        help="name recorded in the profile's metadata (default: HOSTNAME-BACKEND, e.g. myhost-torch; the CPU "
+        "and GPU model are recorded beside it); an extended profile keeps its name",
     )
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="fixed thread count (default: all cores)")
@@ -1073,7 +1092,13 @@ def build_parser() -> argparse.ArgumentParser:
         "jobs on a shared machine (needs --threads 1)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="profile CSV; an existing one is extended (resume)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="profile CSV; an existing one is extended (resume) with the same backend, batch size, precision, "
+        "clock, threads, input channels, device name and CPU/GPU model (other values are refused); other "
+        "--repeats, --rounds or --warmup are allowed and recorded per run",
+    )
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("fit", help="fit a latency predictor on a profile; prints held-out error")
@@ -1085,7 +1110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, help="predictor file to write (.json, what nas search --target reads)"
     )
-    p.add_argument("--kind", default="auto", help="auto, ridge, gbdt, mlp, lut or ensemble")
+    p.add_argument(
+        "--kind",
+        default="auto",
+        help="auto (default: the best of the others by 4-fold cross-validation, compared on 2,500 random "
+        "training configs when there are more, then fitted on all), ridge, gbdt, mlp, lut or ensemble",
+    )
     p.add_argument(
         "--metric",
         default="latency_ms",
@@ -1102,6 +1132,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--keep-degenerate",
+        action="store_true",
+        help="also fit the configs the space calls degenerate, which are left out by default (nb201: cells "
+        "whose output is disconnected from the input; their latency is that of an empty network)",
+    )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress on stderr (kinds compared, their cross-validation scores, the choice, a bar)",
+    )
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("search", help="multi-objective search; one Pareto front per --target")

@@ -565,6 +565,15 @@ class SearchSpace:
         """
         return None
 
+    def degenerate_reason(self, cfg: Mapping[str, Any]) -> str | None:
+        """Why ``cfg`` is degenerate, a config whose measurements describe no real network and should not
+        train a latency predictor (``nas fit`` leaves such profile rows out), or ``None`` (the default).
+
+        NAS-Bench-201 overrides it: a cell whose output is disconnected from its input computes zeros, and its
+        "latency" is that of an empty network.
+        """
+        return None
+
     def optuna_distributions(self) -> dict[str, Any]:
         """One ``optuna.distributions.CategoricalDistribution`` per dimension (optuna imported lazily)."""
         from optuna.distributions import CategoricalDistribution

@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,14 @@ GBDT_LOSS: dict[str, Any] = {"loss": "huber", "alpha": 0.8}
 # Calibration (fit's ``calibrate``) needs enough out-of-fold points to locate the densest window of ratios.
 _MIN_CALIBRATION_SAMPLES = 50
 _CALIBRATION_GRID = np.arange(-60, 61) * 0.0025  # log-scale shifts, 0.25 % apart, 0 exactly included
+# kind="auto" on more samples than this picks its kind by cross-validation on a seeded random subsample of this
+# size and then fits the chosen kind on all samples. The ranking of the kinds settles well below it (NB201
+# benchmark: the best kind at 1,000 cells is the best at 12,000), while cross-validating all five kinds on
+# 11,719 rows of a built-in profile took most of a 15-minute `nas fit`.
+AUTO_SELECT_SAMPLES = 2500
+#: ``progress(done, total, message)``: called after every model fitted (``message`` None) and with a line of
+#: news (the kinds compared, their scores, the choice); ``total`` is the number of model fits planned.
+ProgressCallback = Callable[[int, int, "str | None"], None]
 
 
 def _space_name(space: Any) -> str | None:
@@ -51,7 +59,9 @@ class Predictor:
     on and refuses inputs that do not match. Members are grouped: a group is a bag of one model family fitted
     in one target space (``log`` or ``linear``; members are averaged there), and several groups form an
     ensemble (their predictions averaged in the units of ``y``). ``scale`` multiplies every prediction: the
-    calibration :func:`fit` chooses by cross-validation (see its ``calibrate`` argument).
+    calibration :func:`fit` chooses by cross-validation (see its ``calibrate`` argument). ``provenance`` is a
+    JSON-able record of where the training data came from, written by whoever fits it (``nas fit``: the
+    profile, its column, device and row counts, the date); files saved before it existed load with ``{}``.
 
     Example:
         >>> import numpy as np, predictors
@@ -72,6 +82,7 @@ class Predictor:
         space: str | None = None,
         info: dict[str, Any] | None = None,
         scale: float = 1.0,
+        provenance: dict[str, Any] | None = None,
     ):
         if not groups or not all(groups):
             raise ValueError("a predictor needs at least one non-empty group of models")
@@ -89,6 +100,7 @@ class Predictor:
         self.space = space
         self.info = dict(info or {})
         self.scale = float(scale)
+        self.provenance = dict(provenance or {})
 
     def __repr__(self) -> str:
         sizes = "+".join(str(len(g)) for g in self.groups)
@@ -194,6 +206,7 @@ class Predictor:
             "space": self.space,
             "info": self.info,
             "scale": self.scale,
+            "provenance": self.provenance,
             "groups": [[m.to_dict() for m in g] for g in self.groups],
         }
 
@@ -260,7 +273,13 @@ class Predictor:
             or not (np.isfinite(scale) and scale > 0)
         ):
             raise PredictorFormatError(f"scale must be a positive number, got {scale!r}")
-        return cls(str(d.get("kind")), groups, targets, n, names, space, info, float(scale))
+        # optional (older files have none); plain JSON data, only ever displayed
+        provenance = d.get("provenance")
+        if provenance is not None and not isinstance(provenance, dict):
+            raise PredictorFormatError(
+                f"provenance must be null or an object, got {type(provenance).__name__}"
+            )
+        return cls(str(d.get("kind")), groups, targets, n, names, space, info, float(scale), provenance)
 
 
 def load(path: str | os.PathLike[str]) -> Predictor:
@@ -312,8 +331,9 @@ def _fit_groups(
     n_bags: int,
     target: str,
     pick_ridge_target: bool = True,
+    tick: Callable[[], None] = lambda: None,
 ) -> list[tuple[str, list[Model]]]:
-    """(target transform, fitted bag) groups of one kind."""
+    """(target transform, fitted bag) groups of one kind; ``tick()`` after each model is fitted."""
     tk = _target_for(y, target)
     t = np.log(y) if tk == "log" else y
     if kind == "ridge":
@@ -322,24 +342,46 @@ def _fit_groups(
             # on simulated accelerators); pick by 4-fold relative error, it costs next to nothing.
             tk = min(("log", "linear"), key=lambda tr: _ridge_cv_mape(X, y, tr, seed))
             t = np.log(y) if tk == "log" else y
-        return [(tk, [LinearModel.fit_ridge(X, t)])]
+        model: Model = LinearModel.fit_ridge(X, t)
+        tick()
+        return [(tk, [model])]
     if kind == "lut":
         # costs add up in linear space, so the lookup table fits y itself unless told otherwise
         tl = "linear" if target == "auto" else tk
-        return [(tl, [LinearModel.fit_additive(X, np.log(y) if tl == "log" else y)])]
-    if kind == "gbdt":
-        return [(tk, [TreeEnsemble.fit_gbdt(X, t, seed=seed + i, **GBDT_LOSS) for i in range(n_bags)])]
-    if kind == "mlp":
-        return [(tk, [MLPModel.fit_mlp(X, t, seed=seed + i) for i in range(n_bags)])]
+        model = LinearModel.fit_additive(X, np.log(y) if tl == "log" else y)
+        tick()
+        return [(tl, [model])]
+    if kind in ("gbdt", "mlp"):
+        bag: list[Model] = []
+        for i in range(n_bags):
+            if kind == "gbdt":
+                bag.append(TreeEnsemble.fit_gbdt(X, t, seed=seed + i, **GBDT_LOSS))
+            else:
+                bag.append(MLPModel.fit_mlp(X, t, seed=seed + i))
+            tick()
+        return [(tk, bag)]
     if kind == "ensemble":
         # boosted trees catch interactions, the additive table extrapolates the per-operation costs; their
         # errors are weakly correlated, so the average beats both on noisy devices
-        return [g for k in ENSEMBLE_MEMBERS for g in _fit_groups(k, X, y, seed, n_bags, target)]
+        return [g for k in ENSEMBLE_MEMBERS for g in _fit_groups(k, X, y, seed, n_bags, target, tick=tick)]
     raise ValueError(f"unknown predictor kind {kind!r}; use one of {list(KINDS)}")
 
 
+def _n_fits(kind: str, n_bags: int) -> int:
+    """How many models :func:`_fit_groups` fits for ``kind`` (progress totals)."""
+    if kind == "ensemble":
+        return sum(_n_fits(k, n_bags) for k in ENSEMBLE_MEMBERS)
+    return n_bags if kind in ("gbdt", "mlp") else 1
+
+
 def _cv_predictions(
-    X: np.ndarray, y: np.ndarray, kinds: Sequence[str], seed: int, folds: int, target: str
+    X: np.ndarray,
+    y: np.ndarray,
+    kinds: Sequence[str],
+    seed: int,
+    folds: int,
+    target: str,
+    tick: Callable[[], None] = lambda: None,
 ) -> dict[str, np.ndarray]:
     """Out-of-fold predictions (in y units) of each kind; the ensemble is combined from its members'."""
     rng = np.random.default_rng(seed)
@@ -349,7 +391,7 @@ def _cv_predictions(
         tr, te = fold_of != f, fold_of == f
         for k in out:
             # no nested CV for ridge's target inside the outer folds: it would multiply the cost by four
-            groups = _fit_groups(k, X[tr], y[tr], seed, 1, target, pick_ridge_target=False)
+            groups = _fit_groups(k, X[tr], y[tr], seed, 1, target, pick_ridge_target=False, tick=tick)
             out[k][te] = Predictor(k, [g for _, g in groups], [t for t, _ in groups], X.shape[1]).predict(
                 X[te]
             )
@@ -395,6 +437,8 @@ def fit(
     folds: int = 4,
     select_by: str | None = None,
     calibrate: float | None = None,
+    select_samples: int | None = AUTO_SELECT_SAMPLES,
+    progress: ProgressCallback | None = None,
 ) -> Predictor:
     """Fit a predictor of ``y`` (e.g. latency in ms) from feature rows ``X``.
 
@@ -403,7 +447,7 @@ def fit(
             (a bag of ``n_bags`` gradient boosted tree models), ``mlp`` (a bag of ReLU networks), ``lut``
             (additive: non-negative per-feature costs plus a fitted overhead), ``ensemble`` (gbdt and lut
             averaged), or ``auto`` (the best of those by ``folds``-fold cross-validation, scored by
-            ``select_by``).
+            ``select_by``, then fitted on all samples).
         seed: makes fitting deterministic.
         feature_names, space: recorded (space as its name) and checked at prediction time.
         target: ``log`` fits log(y) (relative errors, positive y), ``linear`` fits y; ``auto`` takes log when
@@ -416,6 +460,16 @@ def fit(
             ``info["calibration"]``). Noisy measured latencies are skewed, so this is typically a 1-3 %
             reduction; rankings are unchanged. For ``auto`` it reuses the selection's folds; for other kinds it
             costs one extra fit per fold.
+        select_samples: ``auto`` with more samples than this compares the kinds on a random subsample of
+            this size (drawn with ``seed``; ``info["cv"]["n_samples"]``), then fits the chosen kind on all
+            samples; ``None`` compares them on all. Cross-validating the five kinds costs about ``folds``
+            times the final fit, most of it the boosted trees and the MLP, and the ranking of the kinds
+            settles well below the default 2,500. With ``calibrate``, ``auto`` takes the factor from the
+            same subsample's out-of-fold predictions.
+        progress: ``progress(done, total, message)``, called after every model fitted (``message`` None)
+            and with a line saying which kinds are compared on how many samples, their scores and the
+            choice; ``total`` counts the fits planned (it grows once the kind is chosen). ``nas fit`` shows
+            it as a progress bar.
 
     Example:
         >>> import numpy as np
@@ -457,25 +511,71 @@ def fit(
     }
     if calibrate is not None and not (0.0 < calibrate < 1.0):
         raise ValueError(f"calibrate must be a tolerance in (0, 1) or None, got {calibrate!r}")
+    if select_samples is not None and (
+        isinstance(select_samples, bool)
+        or not isinstance(select_samples, int | np.integer)
+        or select_samples < 10
+    ):
+        raise ValueError(f"select_samples must be an integer >= 10 or None, got {select_samples!r}")
+    n = X.shape[0]
+    done, total = 0, 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, None)
+
+    def say(message: str) -> None:
+        if progress is not None:
+            progress(done, total, message)
+
     chosen = kind
     cv: dict[str, np.ndarray] = {}
+    cv_y = y  # the truth the out-of-fold predictions in ``cv`` belong to
     if kind == "auto":
-        folds = int(min(folds, X.shape[0] // 2))
-        if folds < 2 or X.shape[0] < 10:
+        folds = int(min(folds, n // 2))
+        if folds < 2 or n < 10:
             chosen = "ridge"  # too few samples to compare families honestly
         else:
             select_by = select_by or ("mape" if np.all(y > 0) else "rmse")
-            cv = _cv_predictions(X, y, _AUTO_CANDIDATES, seed, folds, target)
-            scores = {k: metrics(y, p)[select_by] for k, p in cv.items()}
+            rows = np.arange(n)
+            if select_samples is not None and n > select_samples:
+                # the ranking of the kinds settles long before the final fit's size; the subsample is seeded
+                rows = np.sort(np.random.default_rng(seed).choice(n, int(select_samples), replace=False))
+            cv_y = y[rows]
+            fitted = [k for k in _AUTO_CANDIDATES if k != "ensemble"]
+            total = folds * sum(_n_fits(k, 1) for k in fitted)
+            say(
+                f"choosing the kind by {folds}-fold cross-validation ({select_by}) on "
+                + (f"{len(rows):,} random samples of {n:,}" if len(rows) < n else f"all {n:,} samples")
+                + f": {', '.join(_AUTO_CANDIDATES)}"
+            )
+            cv = _cv_predictions(X[rows], cv_y, _AUTO_CANDIDATES, seed, folds, target, tick)
+            scores = {k: metrics(cv_y, p)[select_by] for k, p in cv.items()}
             chosen = min(scores, key=lambda k: scores[k])
-            info["cv"] = {"folds": folds, "select_by": select_by, "scores": scores}
-    groups = _fit_groups(chosen, X, y, seed, n_bags, target)
+            info["cv"] = {"folds": folds, "select_by": select_by, "scores": scores, "n_samples": len(rows)}
+            say(
+                f"cv {select_by}: "
+                + ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
+                + f"; chose {chosen}"
+            )
+    calibrating = calibrate is not None and np.all(y > 0) and n >= _MIN_CALIBRATION_SAMPLES
+    cal_kinds = (*ENSEMBLE_MEMBERS, "ensemble") if chosen == "ensemble" else (chosen,)
+    cal_folds = int(min(folds, n // 2))
+    total += _n_fits(chosen, n_bags)
+    if calibrating and chosen not in cv:
+        total += cal_folds * sum(_n_fits(k, 1) for k in cal_kinds if k != "ensemble")
+    bags = f" ({n_bags} bags)" if n_bags > 1 and chosen in ("gbdt", "mlp", "ensemble") else ""
+    say(f"fitting {chosen}{bags} on {n:,} samples")
+    groups = _fit_groups(chosen, X, y, seed, n_bags, target, tick=tick)
     scale = 1.0
-    if calibrate is not None and np.all(y > 0) and X.shape[0] >= _MIN_CALIBRATION_SAMPLES:
+    if calibrating:
         if chosen not in cv:
-            kinds = (*ENSEMBLE_MEMBERS, "ensemble") if chosen == "ensemble" else (chosen,)
-            cv = _cv_predictions(X, y, kinds, seed, int(min(folds, X.shape[0] // 2)), target)
-        info["calibration"] = {"tolerance": float(calibrate)} | _calibration_scale(cv[chosen], y, calibrate)
+            cv, cv_y = _cv_predictions(X, y, cal_kinds, seed, cal_folds, target, tick), y
+        info["calibration"] = {"tolerance": float(calibrate)} | _calibration_scale(
+            cv[chosen], cv_y, calibrate
+        )
         scale = info["calibration"]["scale"]
     return Predictor(
         chosen,

@@ -277,6 +277,17 @@ class NB201Space(SearchSpace):
         """
         return _graph(_ops_of(cfg))
 
+    def degenerate_reason(self, cfg: Mapping[str, Any]) -> str | None:
+        """``"disconnected"`` for a cell whose output is disconnected from the input (see :func:`is_connected`):
+        its latency is that of an empty network (0.05 ms on pixel3 against a 10.7 ms median), so ``nas fit``
+        leaves it out.
+
+        Example:
+            >>> space.degenerate_reason(space.min()), space.degenerate_reason(space.max())
+            ('disconnected', None)
+        """
+        return None if is_connected(cfg) else "disconnected"
+
     def __reduce__(self):  # one instance per process; unpickling (Ray) rebuilds it
         return (NB201Space, ())
 

@@ -192,7 +192,16 @@ def test_fit_takes_a_builtin_profile_by_name(tmp_path, capsys, monkeypatch):
     assert main(["fit", "fpga", "--kind", "ridge", "--out", "fpga.json"]) == 0
     saved = json.loads((tmp_path / "fpga.json").read_text())
     assert saved["space"] == "nb201"
-    assert "saved predictor to fpga.json" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "saved predictor to fpga.json" in captured.out
+    # the 341 disconnected cells (latency of an empty network) are left out, and the file says what it learnt
+    assert "left out 341 of 15,625 configs the space calls degenerate: disconnected (341)" in captured.out
+    assert "fitted ridge on 11463 configs" in captured.out
+    assert "fitted on: latency_ms of fpga, space nb201, device fpga (Xilinx ZC706" in captured.out
+    assert saved["provenance"]["profile_name"] == "fpga" and saved["provenance"]["left_out"] == {
+        "disconnected": 341
+    }
+    assert "nas fit: fitting ridge on 11,463 samples" in captured.err  # progress goes to stderr
     # a name that is neither a file nor a built-in profile still ends in one line naming it
     assert main(["fit", "no-such-profile", "--out", "x.json"]) == 2
     assert "no-such-profile" in capsys.readouterr().err
@@ -261,6 +270,36 @@ def test_a_predictor_of_another_space_is_refused_before_the_search(tmp_path):
         CliError, match=r"nb201-cpu.json: this predictor was fitted on features of space 'nb201'"
     ):
         _latency_function(space, space.name, str(tmp_path / "nb201-cpu.json"))
+
+
+def test_search_names_what_a_predictor_target_was_fitted_on(tmp_path, capsys):
+    import numpy as np
+
+    import predictors
+    from nas.cli import _latency_function
+    from search_spaces import nb201
+
+    rng = np.random.default_rng(0)
+    X = nb201.space.features_matrix([nb201.space.sample(rng) for _ in range(8)])
+    pred = predictors.fit(X, rng.uniform(1, 2, len(X)), kind="ridge", space="nb201")
+    pred.save(tmp_path / "old.json")  # no provenance: saved as before nas recorded it
+    _latency_function(nb201.space, "nb201", str(tmp_path / "old.json"))
+    assert "old.json: a predictor that does not record what it was fitted on" in capsys.readouterr().err
+    pred.provenance = {"metric": "latency_p10_ms", "profile": "runs/pi.csv", "space": "nb201"}
+    pred.provenance["device"] = {"device": "lab-pi", "cpu": "Cortex-A72", "backend": "torch"}
+    pred.save(tmp_path / "pi.json")
+    _latency_function(nb201.space, "nb201", str(tmp_path / "pi.json"))
+    err = capsys.readouterr().err
+    assert "target " + str(tmp_path / "pi.json") + ": predicts latency_p10_ms of runs/pi.csv" in err
+    assert "device lab-pi (Cortex-A72, torch)" in err
+
+
+def test_profile_help_says_repeats_are_rounded_up_to_a_multiple_of_rounds():
+    out = subprocess.run(
+        [sys.executable, "-m", "nas.cli", "profile", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    text = " ".join(out.split())
+    assert "rounded up to a multiple of --rounds (10 with 3 rounds measures 12" in text
 
 
 def test_a_search_whose_evaluations_all_fail_ends_with_one_line(tmp_path, monkeypatch, capsys):

@@ -398,3 +398,150 @@ def test_thread_cpu_clock_needs_one_thread_on_a_cpu_backend(tmp_path) -> None:
         cli_hooks.run_profile(
             ToyNet(), "torch", 3, out, threads=1, clock="thread_cpu", progress=False, verbose=False
         )
+
+
+# ------------------------------------------------------------------------------------- degenerate configs
+class ToySpaceWithEmptyNets(SearchSpace):
+    """SPACE, except that width 2 stands for a net that computes nothing (as NB201's disconnected cells)."""
+
+    def __init__(self) -> None:
+        super().__init__(SPACE.name, list(SPACE.dims))
+
+    def degenerate_reason(self, cfg):
+        return "empty" if cfg["width"] == 2 else None
+
+
+def test_run_fit_leaves_out_the_configs_the_space_calls_degenerate(tmp_path, capsys) -> None:
+    # NB201's disconnected cells "cost" what an empty network costs and were fitted like any other cell
+    prof = tmp_path / "p.csv"
+    _synthetic_profile(prof)
+    space = ToySpaceWithEmptyNets()
+    res = cli_hooks.run_fit(prof, tmp_path / "pred.json", kind="ridge", space=space, test_fraction=0.25)
+    assert res["left_out"] == {"empty": 2} and res["train"] + res["test"] == 6
+    assert res["provenance"]["rows"] == 8 and res["provenance"]["rows_fitted"] == 6
+    assert "left out 2 of 8 configs the space calls degenerate: empty (2); --keep-degenerate" in (
+        capsys.readouterr().out
+    )
+    kept = cli_hooks.run_fit(prof, tmp_path / "pred.json", kind="ridge", space=space, keep_degenerate=True)
+    assert kept["left_out"] == {} and kept["train"] + kept["test"] == 8
+    assert "left out" not in capsys.readouterr().out
+
+
+def test_nb201_calls_its_disconnected_cells_degenerate() -> None:
+    from search_spaces import nb201
+
+    reasons = [nb201.space.degenerate_reason(c) for c in nb201.all_configs()]
+    assert reasons.count("disconnected") == 341 and set(reasons) == {None, "disconnected"}
+    assert SPACE.degenerate_reason(SPACE.max()) is None  # the default: every config is a real network
+
+
+# ------------------------------------------------------------------------------------------- provenance
+def test_run_fit_records_what_the_predictor_was_fitted_on(tmp_path, capsys) -> None:
+    import predictors
+
+    prof = tmp_path / "p.csv"
+    _synthetic_profile(prof)
+    p = Profile.load(prof)
+    meta = {
+        **p.metadata,
+        "device": "lab-pi",
+        "cpu": "Cortex-A72",
+        "batch_size": 1,
+        "threads": 1,
+        "in_channels": 3,
+    }
+    p.metadata.update(meta)
+    p.save(prof)
+    res = cli_hooks.run_fit(prof, tmp_path / "pred.json", kind="ridge", profile_name="lab")
+    saved = predictors.load(tmp_path / "pred.json").provenance
+    assert saved == json.loads(json.dumps(res["provenance"]))
+    assert (
+        saved["metric"] == "latency_ms" and saved["profile"] == str(prof) and saved["profile_name"] == "lab"
+    )
+    assert saved["space"] == SPACE.name and saved["rows"] == saved["rows_fitted"] == 8
+    assert saved["device"] == {
+        "device": "lab-pi",
+        "backend": "torch",
+        "cpu": "Cortex-A72",
+        "batch_size": 1,
+        "threads": 1,
+        "in_channels": 3,
+    }
+    assert saved["held_out"] == res["metrics"] and saved["fitted_at"].startswith("20")
+    import hashlib
+
+    assert saved["profile_sha256"] == hashlib.sha256(prof.read_bytes()).hexdigest()
+    out = capsys.readouterr().out
+    assert "fitted on: latency_ms of lab, space toy-conv, device lab-pi (Cortex-A72, torch" in out
+
+
+def test_run_fit_shows_progress_on_stderr(tmp_path, capsys) -> None:
+    prof = tmp_path / "p.csv"
+    _synthetic_profile(prof)
+    cli_hooks.run_fit(prof, tmp_path / "pred.json", kind="ridge", progress=True, verbose=False)
+    captured = capsys.readouterr()
+    assert "nas fit: fitting ridge on 6 samples" in captured.err and captured.out == ""
+    cli_hooks.run_fit(prof, tmp_path / "pred.json", kind="ridge", progress=False, verbose=False)
+    assert capsys.readouterr().err == ""
+
+
+# ------------------------------------------------------------------------------ extending a profile
+class GreyToyNet(ToyNet):
+    """ToyNet on 1-channel inputs: the same configs as ToyNet's 3-channel ones, other latencies."""
+
+    def extract(self, cfg: Config) -> nn.Module:
+        self.built.append(cfg.key)
+        return nn.Conv2d(1, cfg["width"], cfg["kernel"])
+
+    def input_shape(self, cfg: Config, batch_size: int = 1) -> tuple[int, ...]:
+        return (batch_size, 1, 8, 8)
+
+
+QUICK = {"threads": 1, "repeats": 1, "rounds": 1, "warmup": 0, "progress": False, "verbose": False}
+
+
+def test_run_profile_refuses_to_extend_with_other_input_channels_device_or_cpu(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "toy.csv"
+    first = cli_hooks.run_profile(ToyNet(), "torch", 2, out, device_name="lab", **QUICK)
+    assert first.metadata["in_channels"] == 3 and first.metadata["device"] == "lab"
+    net = GreyToyNet()
+    with pytest.raises(
+        ValueError, match=r"in_channels=3 but this run uses in_channels=1.*--in-channels 3.*--out"
+    ):
+        cli_hooks.run_profile(net, "torch", 4, out, **QUICK)
+    with pytest.raises(ValueError, match=r"device='lab' but this run uses device='home'.*--device-name lab"):
+        cli_hooks.run_profile(ToyNet(), "torch", 4, out, device_name="home", **QUICK)
+    monkeypatch.setattr(measure, "_cpu_model", lambda: "Another CPU 9000")
+    with pytest.raises(
+        ValueError, match=r"measured on cpu '.*' but this machine's cpu is 'Another CPU 9000'.*--out"
+    ):
+        cli_hooks.run_profile(ToyNet(), "torch", 4, out, device_name="lab", **QUICK)
+    assert net.built == [] and len(Profile.load(out)) == 2
+    monkeypatch.undo()
+    # without --device-name the file's name is kept (the CPU model says which machine it is)
+    assert cli_hooks.run_profile(ToyNet(), "torch", 3, out, **QUICK).metadata["device"] == "lab"
+
+
+def test_run_profile_extends_with_other_repeats_rounds_and_warmup_and_records_them(tmp_path, capsys) -> None:
+    out = tmp_path / "toy.csv"
+    kw = {"threads": 1, "progress": False}
+    cli_hooks.run_profile(ToyNet(), "torch", 2, out, repeats=2, rounds=1, warmup=0, verbose=False, **kw)
+    same = cli_hooks.run_profile(
+        ToyNet(), "torch", 3, out, repeats=2, rounds=1, warmup=0, verbose=False, **kw
+    )
+    assert (same.metadata["repeats"], same.metadata["rounds"], same.metadata["warmup"]) == (2, 1, 0)
+    capsys.readouterr()
+    # repeats=3 with rounds=2 measures 4: the note and the record give the count used
+    more = cli_hooks.run_profile(ToyNet(), "torch", 5, out, repeats=3, rounds=2, warmup=1, **kw)
+    assert (
+        "repeats=4 (the file: 2), rounds=2 (the file: 1), warmup=1 (the file: 0)" in capsys.readouterr().out
+    )
+    runs = Profile.load(out).metadata["runs"]
+    assert [(r["repeats"], r["rounds"], r["warmup"], r["configs"]) for r in runs] == [
+        (2, 1, 0, 2),
+        (2, 1, 0, 1),
+        (4, 2, 1, 2),
+    ]
+    # the top level no longer claims one setting for all rows; the repeats column says each row's count
+    assert not {"repeats", "rounds", "warmup"} & set(more.metadata)
+    assert more.repeats.tolist() == [2, 2, 2, 4, 4]

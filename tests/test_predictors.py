@@ -295,3 +295,87 @@ def test_with_nb201_structure_features():
     assert predictors.evaluate(pred, X[te], y[te])["within_10pct"] > 0.99
     cfgs = [nb201.all_configs()[i] for i in te[:5]]
     np.testing.assert_allclose(pred.predict_configs(cfgs, nb201.space), pred.predict(X[te[:5]]))
+
+
+@pytest.fixture()
+def quick_trees(monkeypatch):
+    """Squared-error boosting: the Huber loss costs ~2.5 s per fit of any size (per-leaf Python work in
+    scikit-learn), and these tests check which rows are fitted, not the loss."""
+    import predictors.core
+
+    monkeypatch.setattr(predictors.core, "GBDT_LOSS", {"loss": "squared_error"})
+
+
+def test_auto_compares_kinds_on_a_subsample_and_fits_the_choice_on_all_samples(quick_trees):
+    # Cross-validating five kinds on all 11,719 rows of a built-in profile took most of a 15-minute `nas fit`:
+    # above select_samples the comparison runs on a seeded subsample, the chosen kind is fitted on every row.
+    X, y = data(120)
+    news: list[str] = []
+    steps: list[tuple[int, int]] = []
+
+    def progress(done: int, total: int, message: str | None) -> None:
+        (news.append(message) if message else steps.append((done, total)))
+
+    pred = predictors.fit(X, y, kind="auto", n_bags=2, select_samples=40, progress=progress)
+    assert pred.info["cv"]["n_samples"] == 40 and pred.info["n_train"] == 120
+    assert set(pred.info["cv"]["scores"]) == {"ridge", "lut", "gbdt", "mlp", "ensemble"}
+    direct = predictors.fit(X, y, kind=pred.kind, n_bags=2)  # the final fit saw all 120 samples
+    assert np.array_equal(pred.predict(X), direct.predict(X))
+    # progress: the comparison (on how many), the scores and the choice, the final fit; every fit ticks
+    assert "on 40 random samples of 120" in news[0] and "ridge, lut, gbdt, mlp, ensemble" in news[0]
+    assert news[1].startswith("cv mape: ridge ") and news[1].endswith(f"chose {pred.kind}")
+    assert news[2].startswith(f"fitting {pred.kind}") and "on 120 samples" in news[2]
+    assert [d for d, _ in steps] == list(range(1, len(steps) + 1))
+    assert (
+        steps[-1][0]
+        == steps[-1][1]
+        == 4 * 4 + {"ridge": 1, "lut": 1, "gbdt": 2, "mlp": 2, "ensemble": 3}[pred.kind]
+    )
+    with pytest.raises(ValueError, match="select_samples must be an integer >= 10 or None"):
+        predictors.fit(X, y, select_samples=5)
+
+
+def test_auto_at_or_below_select_samples_compares_on_all_samples(quick_trees):
+    # benchmarks/predictors.py records README numbers at 100 / 300 / 1000 cells: those fits must not change
+    X, y = data(60)
+    everything = predictors.fit(X, y, kind="auto", n_bags=1, select_samples=None)
+    at_limit = predictors.fit(X, y, kind="auto", n_bags=1, select_samples=60)
+    assert at_limit.info["cv"]["n_samples"] == 60 and predictors.core.AUTO_SELECT_SAMPLES > 1000
+    assert at_limit.info["cv"] == everything.info["cv"]
+    assert np.array_equal(at_limit.predict(X), everything.predict(X))
+
+
+def test_mlp_fits_on_one_blas_thread(monkeypatch):
+    # On a busy 2-core machine OpenBLAS's two threads spun waiting for each other: an MLP on 2,000 NB201 cells
+    # took 53 s wall (25 s CPU) against 3.6 s (1.7 s) on one thread.
+    from sklearn.neural_network import MLPRegressor
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen: list[int] = []
+    fit = MLPRegressor.fit
+
+    def recording_fit(self, X, y):
+        seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+        return fit(self, X, y)
+
+    monkeypatch.setattr(MLPRegressor, "fit", recording_fit)
+    X, y = data(40)
+    with threadpool_limits(limits=2, user_api="blas"):
+        predictors.fit(X, y, kind="mlp", n_bags=1)
+    assert seen and set(seen) == {1}
+
+
+def test_provenance_is_saved_and_old_files_load_without_it(fitted, tmp_path):
+    pred = predictors.fit(*data(40), kind="ridge", space="toy")
+    assert pred.provenance == {}
+    pred.provenance = {"metric": "latency_ms", "device": {"device": "raspi4"}, "rows": 40}
+    path = tmp_path / "p.json"
+    pred.save(path)
+    assert predictors.load(path).provenance == pred.provenance
+    old = json.loads(path.read_text())
+    del old["provenance"]  # a file saved before predictors recorded it
+    path.write_text(json.dumps(old))
+    assert predictors.load(path).provenance == {}
+    path.write_text(json.dumps({**old, "provenance": "__import__('os')"}))
+    with pytest.raises(PredictorFormatError, match="provenance must be null or an object"):
+        predictors.load(path)

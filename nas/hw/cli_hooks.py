@@ -37,11 +37,95 @@ import numpy as np
 from nas.hw.profiles import Profile
 from nas.space import Config, InvalidConfigError
 
-__all__ = ["resolve_profile_space", "run_fit", "run_profile"]
+__all__ = ["describe_provenance", "resolve_profile_space", "run_fit", "run_profile"]
 
-# Metadata that must agree before a saved profile may be extended with new measurements (the thread count
-# changes a CPU latency as much as the backend does: 1 vs 2 threads is up to 2x).
-_RESUME_KEYS = ("backend", "batch_size", "precision", "clock", "threads")
+# Settings that change what a latency means: a profile measured with one of them is only extended with the same
+# value (the thread count changes a CPU latency as much as the backend does: 1 vs 2 threads is up to 2x; 1- and
+# 3-channel inputs are different networks). Each maps to the option that sets it.
+_RESUME_KEYS = {
+    "backend": "--backend",
+    "batch_size": "--batch-size",
+    "precision": "--precision",
+    "clock": "--clock",
+    "threads": "--threads",
+    "in_channels": "--in-channels",
+    "device": "--device-name",
+}
+# The machine itself: latencies of another CPU or GPU model never share a profile (no option changes it).
+_MACHINE_KEYS = ("cpu", "gpu")
+# Settings that only change the measurement effort; extending with other values is allowed and each run's
+# values are recorded in metadata["runs"] (and the per-row ``repeats`` column).
+_EFFORT_KEYS = ("repeats", "rounds", "warmup")
+
+
+def _check_extension(
+    path: Path,
+    old: Profile,
+    net: Any,
+    backend: str,
+    batch_size: int,
+    precision: str,
+    clock: str,
+    threads: int | None,
+    device_name: str | None,
+    verbose: bool,
+    settings: dict[str, Any],
+) -> None:
+    """Refuse to extend ``old`` with latencies that mean something else; say when only the effort differs.
+
+    Compared with what ``old.metadata`` records (a key it lacks is not checked): the settings of
+    ``_RESUME_KEYS`` (the device name only when ``device_name`` is given; without it the file's name is kept),
+    the CPU and GPU model of this machine, and the input channels of ``net``.
+    """
+    from nas.hw.measure import device_metadata, input_channels
+
+    here = device_metadata(backend, threads)  # threads=None: torch's default here, as the run will record it
+    wanted: dict[str, Any] = {
+        "backend": backend,
+        "batch_size": int(batch_size),
+        "precision": precision,
+        "clock": clock,
+        "threads": here["threads"],
+        "device": device_name,
+    }
+    if hasattr(net, "input_shape"):
+        cfg = net.space.canonical(net.space.max())
+        wanted["in_channels"] = input_channels(tuple(net.input_shape(cfg, int(batch_size))))
+    meta = old.metadata
+    where = str(path)
+    for key, flag in _RESUME_KEYS.items():
+        if key in meta and wanted.get(key) is not None and meta[key] != wanted[key]:
+            raise ValueError(
+                f"{where!r} was measured with {key}={meta[key]!r} but this run uses {key}={wanted[key]!r}; "
+                f"latencies of different settings must not share a profile: extend it with {key}={meta[key]!r} "
+                f"({flag} {meta[key]}) or write to another file (--out)"
+            )
+    for key in _MACHINE_KEYS:
+        if meta.get(key) is not None and here.get(key) is not None and meta[key] != here[key]:
+            raise ValueError(
+                f"{where!r} was measured on {key} {meta[key]!r} but this machine's {key} is {here[key]!r}; a "
+                "profile holds one machine's latencies: write this one's to another file (--out)"
+            )
+    if "in_channels" not in meta and wanted.get("in_channels") is not None and verbose:
+        print(
+            f"note: {path} does not record its input channels (measured before nas recorded them); this run "
+            f"measures {wanted['in_channels']}-channel inputs"
+        )
+    differ = [k for k in _EFFORT_KEYS if k in meta and meta[k] != _effective(settings, k)]
+    if differ and verbose:
+        print(
+            "note: this run measures with "
+            + ", ".join(f"{k}={_effective(settings, k)} (the file: {meta[k]})" for k in differ)
+            + "; allowed (the effort, not the meaning, of a latency), recorded per run in the metadata"
+        )
+
+
+def _effective(settings: dict[str, Any], key: str) -> int:
+    """The value of a measurement-effort setting as :func:`nas.hw.measure.profile` records it (repeats are
+    rounded up to a multiple of rounds)."""
+    if key == "repeats":
+        return math.ceil(settings["repeats"] / settings["rounds"]) * settings["rounds"]
+    return int(settings[key])
 
 
 def _sample_configs(space: Any, n: int, seed: int, exclude: set[str]) -> list[Config]:
@@ -119,24 +203,9 @@ def run_profile(
                 f"{str(path)!r} holds a profile of space {old.space!r}, not {space.name!r}; "
                 "choose another --out or the matching space"
             )
-        import torch
-
-        # The thread count as the measurement will record it (threads=None: torch's default on this machine).
-        used_threads = int(threads) if threads is not None else torch.get_num_threads()
-        wanted = {
-            "backend": backend,
-            "batch_size": int(batch_size),
-            "precision": precision,
-            "clock": clock,
-            "threads": used_threads,
-        }
-        for key in _RESUME_KEYS:
-            if key in old.metadata and old.metadata[key] != wanted[key]:
-                raise ValueError(
-                    f"{str(path)!r} was measured with {key}={old.metadata[key]!r} but this run uses "
-                    f"{key}={wanted[key]!r}; latencies of different settings must not share a profile: extend it "
-                    f"with {key}={old.metadata[key]!r} or write to another file"
-                )
+        _check_extension(
+            path, old, net, backend, batch_size, precision, clock, threads, device_name, verbose, settings
+        )
     targets = _sample_configs(space, samples, seed, exclude=set())
     have = {c.key for c in old.configs} if old is not None else set()
     missing = [c for c in targets if c.key not in have]
@@ -158,19 +227,31 @@ def run_profile(
     return current
 
 
+# What metadata["runs"] records of each measurement run that went into a profile.
+_RUN_KEYS = ("measured_at", "duration_s", "threads", "median_cv", *_EFFORT_KEYS, "device", "cpu", "gpu")
+
+
 def _merge(old: Profile, new: Profile) -> Profile:
-    """Rows of ``old`` then rows of ``new`` (new configs only); metadata records both measurement runs."""
+    """Rows of ``old`` then rows of ``new`` (new configs only); metadata records both measurement runs.
+
+    ``metadata["runs"]`` lists each run's date, duration, settings (``_RUN_KEYS``) and config count. The
+    top-level ``repeats``, ``rounds`` and ``warmup`` stay only while every run used the same value; otherwise
+    they are removed and ``runs`` (and the per-row ``repeats`` column) say what each row got.
+    """
     have = {c.key for c in old.configs}
     rows = [i for i, c in enumerate(new.configs) if c.key not in have]
     add = new.subset(rows)
     meta = dict(old.metadata)
     runs = list(meta.get("runs", []))
     if not runs:
-        runs.append({k: old.metadata.get(k) for k in ("measured_at", "duration_s", "threads", "median_cv")})
+        runs.append({k: old.metadata.get(k) for k in _RUN_KEYS if k in old.metadata})
         runs[-1]["configs"] = len(old)
-    runs.append({k: new.metadata.get(k) for k in ("measured_at", "duration_s", "threads", "median_cv")})
+    runs.append({k: new.metadata.get(k) for k in _RUN_KEYS if k in new.metadata})
     runs[-1]["configs"] = len(add)
     meta["runs"] = runs
+    for key in _EFFORT_KEYS:
+        if key in meta and any(r.get(key, meta[key]) != meta[key] for r in runs):
+            del meta[key]
     cv = np.concatenate([old.latency_cv, add.latency_cv])
     if np.isfinite(cv).any():
         meta["median_cv"] = float(np.nanmedian(cv))
@@ -319,6 +400,100 @@ def _compare_latency_columns(
     return {metric: float(score), other: float(predictors.evaluate(pred, X[te], values[te])["within_10pct"])}
 
 
+# Profile metadata copied into a predictor's provenance: what a latency number depends on, and where it came from.
+_PROVENANCE_DEVICE_KEYS = (
+    "device",
+    "hardware",
+    "method",
+    "backend",
+    "cpu",
+    "gpu",
+    "batch_size",
+    "precision",
+    "threads",
+    "clock",
+    "in_channels",
+    "dataset",
+    "measured_at",
+)
+
+
+def describe_provenance(provenance: dict[str, Any]) -> str:
+    """One line saying what a predictor was fitted on (``""`` for a predictor without provenance).
+
+    Example:
+        >>> describe_provenance({"metric": "latency_ms", "profile_name": "raspi4", "space": "nb201",
+        ...     "device": {"device": "raspi4", "backend": "TensorFlow Lite", "batch_size": 1},
+        ...     "rows_fitted": 15284, "rows": 15625, "fitted_at": "2025-01-01T00:00:00+00:00"})
+        'latency_ms of raspi4, space nb201, device raspi4 (TensorFlow Lite, batch size 1), 15,284 of 15,625 rows, fitted 2025-01-01T00:00:00+00:00'
+    """
+    if not provenance:
+        return ""
+    dev = provenance.get("device") or {}
+    parts = [
+        f"{provenance.get('metric')} of {provenance.get('profile_name') or provenance.get('profile')}",
+        f"space {provenance.get('space')}",
+    ]
+    details = [str(dev[k]) for k in ("hardware", "gpu", "cpu", "backend") if dev.get(k)]
+    details += [
+        f"{k.replace('_', ' ')} {dev[k]}"
+        for k in ("batch_size", "precision", "threads", "in_channels")
+        if k in dev
+    ]
+    if dev.get("device"):
+        parts.append(f"device {dev['device']}" + (f" ({', '.join(details)})" if details else ""))
+    if "rows_fitted" in provenance and "rows" in provenance:
+        parts.append(f"{provenance['rows_fitted']:,} of {provenance['rows']:,} rows")
+    if provenance.get("fitted_at"):
+        parts.append(f"fitted {provenance['fitted_at']}")
+    return ", ".join(parts)
+
+
+class _FitProgress:
+    """``predictors.fit``'s progress callback as a rich bar on stderr, with its news printed above the bar."""
+
+    def __init__(self, enabled: bool):
+        self._bar: Any = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("[bold]nas fit"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("models"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
+            self._task = self._bar.add_task("fit", total=None)
+
+    def __enter__(self) -> _FitProgress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def message(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(f"nas fit: {text}", highlight=False, markup=False, soft_wrap=True)
+
+    def __call__(self, done: int, total: int, message: str | None) -> None:
+        if self._bar is None:
+            return
+        if message:
+            self.message(message)
+        self._bar.update(self._task, completed=done, total=total or None)
+
+    @property
+    def callback(self) -> Any:
+        """What ``predictors.fit(progress=...)`` takes (``None`` when disabled: no work per model)."""
+        return self if self._bar is not None else None
+
+
 def run_fit(
     profile_path: str | Path,
     out_path: str | Path,
@@ -330,18 +505,30 @@ def run_fit(
     resolve_space: Callable[[str], Any] | None = None,
     metric: str = "latency_ms",
     verbose: bool = True,
+    keep_degenerate: bool = False,
+    progress: bool = False,
+    profile_name: str | None = None,
 ) -> dict[str, Any]:
     """Fit a ``kind`` predictor on a profile, report held-out metrics and the noise floor, save the predictor.
 
-    A random ``test_fraction`` of the rows (at least one, seeded) is held out; the predictor saved to
-    ``out_path`` is the one fitted on the remaining rows, so the printed metrics describe exactly that file.
-    ``metric`` picks the column to predict (``latency_ms`` = median; ``latency_p10_ms`` for the fast tail).
+    Rows of configs the space calls degenerate (``space.degenerate_reason(cfg)``: NAS-Bench-201's disconnected
+    cells, whose latency is that of an empty network) are left out unless ``keep_degenerate``; how many, by
+    reason, is printed and returned as ``"left_out"``. A random ``test_fraction`` of the remaining rows (at least
+    one, seeded) is held out; the predictor saved to ``out_path`` is the one fitted on the other rows, so the
+    printed metrics describe exactly that file. ``metric`` picks the column to predict (``latency_ms`` =
+    median; ``latency_p10_ms`` for the fast tail). The file records its provenance (``Predictor.provenance``):
+    the profile (and ``profile_name``, a built-in profile's name), its checksum, the column, the device
+    metadata, the space, the row counts, the held-out metrics and the date. ``progress`` shows the fit's
+    progress (kinds compared, their scores, the choice) as a bar on stderr.
 
-    Returns ``{"kind", "train", "test", "metrics": {...}, "noise": {"median_cv", "median_iqr_rel"}, "out"}``,
-    plus ``"compared"`` (see :func:`_compare_latency_columns`) when the profile is noisy (median CV above
-    ``NOISY_PROFILE_CV``) and a latency column was fitted: the other column's fit, so the hint can say which one
-    this machine measures stably.
+    Returns ``{"kind", "train", "test", "metrics": {...}, "noise": {"median_cv", "median_iqr_rel"}, "out",
+    "left_out", "provenance"}``, plus ``"compared"`` (see :func:`_compare_latency_columns`) when the profile is
+    noisy (median CV above ``NOISY_PROFILE_CV``) and a latency column was fitted: the other column's fit, so the
+    hint can say which one this machine measures stably.
     """
+    import datetime
+    import hashlib
+
     import predictors
 
     if not 0.0 <= float(test_fraction) < 1.0:
@@ -349,6 +536,16 @@ def run_fit(
     prof = Profile.load(profile_path)  # ProfileFormatError names the file and the fault
     if space is None:
         space = resolve_profile_space(prof, resolve_space)
+    n_rows = len(prof)
+    left_out: dict[str, int] = {}
+    reason_of = getattr(space, "degenerate_reason", None)
+    if reason_of is not None and not keep_degenerate:
+        reasons = [reason_of(c) for c in prof.configs]
+        for r in reasons:
+            if r is not None:
+                left_out[r] = left_out.get(r, 0) + 1
+        if left_out:
+            prof = prof.subset([i for i, r in enumerate(reasons) if r is None])
     try:
         X, y = prof.to_arrays(space, metric=metric)
     except InvalidConfigError as exc:
@@ -361,34 +558,68 @@ def run_fit(
     n_test = 0 if test_fraction == 0 else max(1, round(n * float(test_fraction)))
     n_test = min(n_test, n - 2)
     test, train = perm[:n_test], perm[n_test:]
-    pred = predictors.fit(
-        X[train], y[train], kind=kind, seed=seed, feature_names=space.feature_names, space=space
-    )
-    metrics: dict[str, float] = predictors.evaluate(pred, X[test], y[test]) if n_test else {}
-    cv = prof.latency_cv[np.isfinite(prof.latency_cv)]
-    rel_iqr = prof.latency_iqr_ms / prof.latency_ms
-    rel_iqr = rel_iqr[np.isfinite(rel_iqr)]
-    noise = {
-        "median_cv": float(np.median(cv)) if cv.size else math.nan,
-        "median_iqr_rel": float(np.median(rel_iqr)) if rel_iqr.size else math.nan,
-    }
-    out = Path(out_path)
-    pred.save(out)
-    result = {
-        "kind": getattr(pred, "kind", kind),
+    if verbose and left_out:
+        reasons_text = ", ".join(f"{k} ({v:,})" for k, v in left_out.items())
+        print(
+            f"left out {sum(left_out.values()):,} of {n_rows:,} configs the space calls degenerate: "
+            f"{reasons_text}; --keep-degenerate fits them too"
+        )
+    with _FitProgress(progress) as bar:
+        pred = predictors.fit(
+            X[train],
+            y[train],
+            kind=kind,
+            seed=seed,
+            feature_names=space.feature_names,
+            space=space,
+            progress=bar.callback,
+        )
+        metrics: dict[str, float] = predictors.evaluate(pred, X[test], y[test]) if n_test else {}
+        cv = prof.latency_cv[np.isfinite(prof.latency_cv)]
+        rel_iqr = prof.latency_iqr_ms / prof.latency_ms
+        rel_iqr = rel_iqr[np.isfinite(rel_iqr)]
+        noise = {
+            "median_cv": float(np.median(cv)) if cv.size else math.nan,
+            "median_iqr_rel": float(np.median(rel_iqr)) if rel_iqr.size else math.nan,
+        }
+        result: dict[str, Any] = {
+            "kind": getattr(pred, "kind", kind),
+            "train": len(train),
+            "test": int(n_test),
+            "metrics": metrics,
+            "noise": noise,
+            "out": str(Path(out_path)),
+            "left_out": left_out,
+        }
+        if n_test and metric in LATENCY_COLUMNS and noise["median_cv"] > NOISY_PROFILE_CV:
+            # A noisy profile: which latency column is predictable depends on the machine, so measure both.
+            bar.message(f"fitting {result['kind']} on {LATENCY_COLUMNS[metric]} too, to compare the columns")
+            result["compared"] = _compare_latency_columns(
+                prof, space, X, metric, metrics["within_10pct"], train, test, result["kind"], seed
+            )
+    meta = prof.metadata
+    pred.provenance = {
+        "profile": str(profile_path),
+        **({"profile_name": profile_name} if profile_name else {}),
+        "profile_sha256": hashlib.sha256(Path(profile_path).read_bytes()).hexdigest(),
+        "metric": metric,
+        "space": prof.space,
+        "device": {k: meta[k] for k in _PROVENANCE_DEVICE_KEYS if k in meta},
+        "rows": n_rows,
+        "left_out": left_out,
+        "rows_fitted": n,
         "train": len(train),
         "test": int(n_test),
-        "metrics": metrics,
-        "noise": noise,
-        "out": str(out),
+        "seed": int(seed),
+        "held_out": metrics,
+        "fitted_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    if n_test and metric in LATENCY_COLUMNS and noise["median_cv"] > NOISY_PROFILE_CV:
-        # A noisy profile: which latency column is predictable depends on the machine, so measure both.
-        result["compared"] = _compare_latency_columns(
-            prof, space, X, metric, metrics["within_10pct"], train, test, result["kind"], seed
-        )
+    result["provenance"] = pred.provenance
+    out = Path(out_path)
+    pred.save(out)
     if verbose:
         print(f"fitted {result['kind']} on {len(train)} configs of {prof.space!r}; held out {n_test}")
+        print(f"  fitted on: {describe_provenance(pred.provenance)}")
         for k, v in metrics.items():
             print(f"  {k:>14}: {v:.4g}")
         if math.isnan(noise["median_cv"]):

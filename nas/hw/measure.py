@@ -63,6 +63,7 @@ __all__ = [
     "PRECISIONS",
     "BackendUnavailableError",
     "device_metadata",
+    "input_channels",
     "latency_stats",
     "profile",
     "space_from_record",
@@ -113,6 +114,19 @@ def _cpu_model() -> str:
             if line.lower().startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "unknown"
+
+
+def input_channels(shape: Sequence[int]) -> int | None:
+    """The channel count of an image input ``(batch, channels, height, width)``, else ``None``.
+
+    Recorded as ``in_channels`` in a profile's metadata: a 1-channel and a 3-channel net of one config differ
+    in latency, and nothing else in the config or the space name tells them apart.
+
+    Example:
+        >>> input_channels((1, 3, 32, 32)), input_channels((1, 197, 192))
+        (3, None)
+    """
+    return int(shape[1]) if len(shape) == 4 else None
 
 
 def device_metadata(backend: str = "torch", threads: int | None = None) -> dict[str, Any]:
@@ -437,7 +451,8 @@ def profile(
     Returns:
         A profile with per-config median latency (ms), IQR (ms), CV and repeat count, the extra columns
         ``latency_min_ms`` and ``latency_p10_ms`` (fastest and 10th-percentile repeat), and metadata describing the
-        device, libraries, backend, batch size, threads, precision and measurement settings.
+        device, libraries, backend, batch size, input channels (``in_channels``, for image inputs), threads,
+        precision and measurement settings.
 
     Example:
         >>> from search_spaces import mobilenetv3
@@ -533,6 +548,9 @@ def profile(
             net.train(was_training)
 
     stats = [latency_stats(s) for s in samples]
+    channels = {input_channels(shape_of(c)) for c in unique}
+    if len(channels) == 1 and None not in channels:
+        meta["in_channels"] = channels.pop()
     record = space_record(getattr(net, "space", None) if space is None or isinstance(space, str) else space)
     if record is not None:
         meta["space_dims"] = record
