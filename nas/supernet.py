@@ -26,7 +26,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -183,7 +184,14 @@ class Supernet(nn.Module):
     Attributes:
         space: the search space; every config passed in is validated and made canonical against it.
         active_config: the canonical config the elastic layers are set to.
+        training_recipe: training settings this kind of supernet is known to train well with
+            (:class:`nas.train.TrainConfig` fields such as ``lr``, ``weight_decay``, ``warmup_epochs``,
+            ``grad_clip``, ``label_smoothing``, ``distill_labels``); ``nas train`` uses them for the options its
+            user does not give, and :func:`nas.train.recipe_for` merges them for the Python API. Empty: the
+            defaults suit it.
     """
+
+    training_recipe: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     def __init__(self, space: SearchSpace):
         super().__init__()

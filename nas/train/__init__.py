@@ -8,7 +8,7 @@ Example:
 
 from nas.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from nas.train.strategies import STRATEGIES, Strategy, SubnetTask, make_strategy, register_strategy
-from nas.train.trainer import TrainConfig, TrainResult, train_supernet
+from nas.train.trainer import TrainConfig, TrainResult, recipe_for, train_supernet
 
 __all__ = [
     "STRATEGIES",
@@ -19,6 +19,7 @@ __all__ = [
     "load_checkpoint",
     "load_weights",
     "make_strategy",
+    "recipe_for",
     "register_strategy",
     "save_checkpoint",
     "save_weights",

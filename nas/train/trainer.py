@@ -19,6 +19,7 @@ Run directory (``out_dir``):
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -64,6 +65,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     warmup_epochs: float = 0.5
     distill: bool = True
+    # Weight of the labels' cross-entropy in a student's loss under in-place distillation (the rest is the
+    # teacher's soft targets): 0 is pure in-place distillation (BigNAS); Once-for-All adds both.
+    distill_labels: float = 0.0
     n_random: int = 2
     augment: bool | str = True
     seed: int = 0
@@ -231,9 +235,10 @@ def _run(
     settings = {**asdict(cfg), "strategy_description": strategy.describe(), "world": sync.world}
     if resume and ckpt.is_file():
         state = load_checkpoint(ckpt, net, opt)
-        if state["settings"] != json.loads(json.dumps(settings)):
+        stored = _with_new_defaults(state["settings"])
+        if stored != json.loads(json.dumps(settings)):
             raise ValueError(
-                f"{ckpt} was written with different settings ({settings_diff(state['settings'], settings)}); "
+                f"{ckpt} was written with different settings ({settings_diff(stored, settings)}); "
                 "resume with the same arguments or start a new out_dir"
             )
         step = int(state["step"])
@@ -340,6 +345,43 @@ def _run(
     return TrainResult(str(out), step, cfg.epochs, seconds, val_acc, history)
 
 
+def recipe_for(net: nn.Module, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for :func:`train_supernet`: ``net``'s ``training_recipe`` with ``overrides`` on top.
+
+    Spaces whose supernets need other settings than the defaults say so in ``Supernet.training_recipe`` (the
+    ViT's lower learning rate, for one); ``nas train`` applies it to the options not given on its command line.
+
+    Example:
+        >>> from search_spaces import vit
+        >>> net = vit.supernet("small", num_classes=10, in_channels=1)
+        >>> recipe = recipe_for(net, epochs=3)
+        >>> recipe["epochs"], recipe["lr"] == vit.VisionTransformerSupernet.training_recipe["lr"]
+        (3, True)
+    """
+    recipe = {**getattr(net, "training_recipe", {}), **overrides}
+    allowed = set(TrainConfig.__dataclass_fields__) | set(inspect.signature(train_supernet).parameters)
+    unknown = sorted(set(recipe) - allowed)
+    if unknown:
+        raise TypeError(f"{type(net).__name__}.training_recipe or overrides name unknown settings {unknown}")
+    return recipe
+
+
+def _with_new_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's settings with the :class:`TrainConfig` fields added since it was written, at their defaults
+    (which train as before they existed), so an older run still resumes.
+
+    Example:
+        >>> _with_new_defaults({"lr": 0.1})["distill_labels"]
+        0.0
+    """
+    added = {n: f.default for n, f in TrainConfig.__dataclass_fields__.items() if n in _FIELDS_ADDED_LATER}
+    return {**added, **stored}
+
+
+# TrainConfig fields a checkpoint written before them lacks; each one's default must train as its absence did.
+_FIELDS_ADDED_LATER = ("distill_labels",)
+
+
 def settings_diff(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> str:
     """The settings that differ, as ``name stored -> current`` (nested keys joined by dots).
 
@@ -379,8 +421,16 @@ def _train_step(
 
     def loss_of(logits: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
         if teacher is not None and cfg.distill:
-            # In-place distillation: soft cross-entropy against the teacher's detached predictions.
-            return -(teacher * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+            # In-place distillation: soft cross-entropy against the teacher's detached predictions, optionally
+            # mixed with the labels' (Once-for-All adds both): a teacher that learns slowly (a ViT's, early on)
+            # would otherwise hold every student near its own near-uniform predictions.
+            kd = -(teacher * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+            if cfg.distill_labels <= 0:
+                return kd
+            return (1 - cfg.distill_labels) * kd + cfg.distill_labels * _label_loss(logits, labels)
+        return _label_loss(logits, labels)
+
+    def _label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         try:
             return F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
         except IndexError:  # torch: "Target 10 is out of bounds."; name the data and the fix instead
@@ -572,7 +622,8 @@ def train_supernet(
         n_random: random subnets per step besides max and min (sandwich-like strategies).
         checkpoint_every: also checkpoint every this many steps (checkpoints are written at epoch ends too).
         options: other :class:`TrainConfig` fields (``optimizer``, ``weight_decay``, ``label_smoothing``,
-            ``augment``, ``channels_last``, ``warmup_epochs``, ``grad_clip``, ``strategy_options``).
+            ``augment``, ``channels_last``, ``warmup_epochs``, ``grad_clip``, ``distill_labels``,
+            ``strategy_options``). A space's own recipe is not applied here: pass ``**recipe_for(net)``.
 
     Example:
         >>> import torch, tempfile
@@ -622,6 +673,8 @@ def train_supernet(
         checkpoint_every=int(checkpoint_every),
         **options,
     )
+    if not 0.0 <= cfg.distill_labels <= 1.0:
+        raise ValueError(f"distill_labels={cfg.distill_labels} must be in [0, 1] (the labels' share of the loss)")
     x, y = _tensors(train_data, "train_data")
     val = _tensors(val_data, "val_data") if val_data is not None else None
     out = Path(out_dir)
