@@ -1200,7 +1200,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="Pareto plots, hypervolume curves and an HTML page for a search store")
     p.add_argument("store", help="sqlite:///runs/search.db or runs/search.db")
-    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="report directory; a new report there removes the plots of the last one that it does not rewrite "
+        "(listed in its report_files.json), never other files",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
