@@ -1096,8 +1096,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         required=True,
         help="profile CSV; an existing one is extended (resume) with the same backend, batch size, precision, "
-        "clock, threads, input channels, device name and CPU/GPU model (other values are refused); other "
-        "--repeats, --rounds or --warmup are allowed and recorded per run",
+        "clock, threads, input channels, device name, CPU/GPU model and torch version (and onnxruntime or CUDA "
+        "version for those backends); other values are refused (write a new file), while other --repeats, "
+        "--rounds or --warmup are allowed and recorded per run",
     )
     p.set_defaults(func=cmd_profile)
 

@@ -53,6 +53,10 @@ _RESUME_KEYS = {
 }
 # The machine itself: latencies of another CPU or GPU model never share a profile (no option changes it).
 _MACHINE_KEYS = ("cpu", "gpu")
+# The libraries whose version a backend's latencies depend on: another version may run other kernels (oneDNN,
+# MLAS, cuDNN). onnxruntime runs the graph torch's exporter writes, and another torch may write another graph
+# (other op decompositions, fused or not), so both are checked for it.
+_BACKEND_LIBRARIES = {"torch": ("torch",), "cuda": ("torch", "cuda"), "onnxruntime": ("onnxruntime", "torch")}
 # Settings that only change the measurement effort; extending with other values is allowed and each run's
 # values are recorded in metadata["runs"] (and the per-row ``repeats`` column).
 _EFFORT_KEYS = ("repeats", "rounds", "warmup")
@@ -75,7 +79,8 @@ def _check_extension(
 
     Compared with what ``old.metadata`` records (a key it lacks is not checked): the settings of
     ``_RESUME_KEYS`` (the device name only when ``device_name`` is given; without it the file's name is kept),
-    the CPU and GPU model of this machine, and the input channels of ``net``.
+    the CPU and GPU model of this machine, the versions of the libraries ``backend`` runs on
+    (``_BACKEND_LIBRARIES``) and the input channels of ``net``.
     """
     from nas.hw.measure import device_metadata, input_channels
 
@@ -106,6 +111,7 @@ def _check_extension(
                 f"{where!r} was measured on {key} {meta[key]!r} but this machine's {key} is {here[key]!r}; a "
                 "profile holds one machine's latencies: write this one's to another file (--out)"
             )
+    _check_library_versions(where, meta, backend, here.get("versions", {}))
     if "in_channels" not in meta and wanted.get("in_channels") is not None and verbose:
         print(
             f"note: {path} does not record its input channels (measured before nas recorded them); this run "
@@ -118,6 +124,24 @@ def _check_extension(
             + ", ".join(f"{k}={_effective(settings, k)} (the file: {meta[k]})" for k in differ)
             + "; allowed (the effort, not the meaning, of a latency), recorded per run in the metadata"
         )
+
+
+def _check_library_versions(where: str, meta: dict[str, Any], backend: str, here: dict[str, Any]) -> None:
+    """Refuse to extend a profile measured with another version of a library ``backend`` runs on.
+
+    A profile that does not record a library's version (measured before nas recorded it) is not checked for it.
+    """
+    was_recorded = meta.get("versions")
+    if not isinstance(was_recorded, dict):
+        return
+    for lib in _BACKEND_LIBRARIES.get(backend, ()):
+        was, now = was_recorded.get(lib), here.get(lib)
+        if was is not None and now is not None and str(was) != str(now):
+            raise ValueError(
+                f"{where!r} was measured with {lib} {was} but this machine has {lib} {now}; latencies of "
+                f"different {lib} versions are not comparable (other kernels): write this run's to a new "
+                f"profile file (--out), or measure with {lib} {was}"
+            )
 
 
 def _effective(settings: dict[str, Any], key: str) -> int:
@@ -169,7 +193,8 @@ def run_profile(
     The target set is the first ``samples`` distinct configs drawn with ``seed``. Configs already in the file are
     kept; the missing ones are measured in chunks of ``chunk`` and the file is re-saved atomically after each
     chunk, so an interrupted run loses at most one chunk. A file measured with a different backend, batch size,
-    precision, clock or thread count, or for another space, is refused rather than mixed.
+    precision, clock, thread count, torch / onnxruntime version (see ``_check_extension``), or for another
+    space, is refused rather than mixed.
 
     Returns the full profile as saved.
     """
@@ -228,7 +253,17 @@ def run_profile(
 
 
 # What metadata["runs"] records of each measurement run that went into a profile.
-_RUN_KEYS = ("measured_at", "duration_s", "threads", "median_cv", *_EFFORT_KEYS, "device", "cpu", "gpu")
+_RUN_KEYS = (
+    "measured_at",
+    "duration_s",
+    "threads",
+    "median_cv",
+    *_EFFORT_KEYS,
+    "device",
+    "cpu",
+    "gpu",
+    "versions",
+)
 
 
 def _merge(old: Profile, new: Profile) -> Profile:
