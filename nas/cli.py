@@ -217,11 +217,16 @@ def _latency_function(space: Any, space_name: str, target: str) -> Callable[[Any
         from nas.hw.profiles import Profile
 
         try:
-            return _profile_predictor(Profile.load(path), space)
+            return _profile_predictor(Profile.load(path), space, target, path)
         except ValueError as exc:  # e.g. an empty profile: say which target it was
             raise CliError(f"target {target}: {exc}") from None
     if target in hw_profiles.available():
-        return _profile_predictor(hw_profiles.load(target), space)
+        try:
+            return _profile_predictor(
+                hw_profiles.load(target), space, target, hw_profiles.path_of(target), profile_name=target
+            )
+        except ValueError as exc:
+            raise CliError(f"target {target}: {exc}") from None
     if path.name.endswith((".json", ".csv", ".csv.gz")) and not path.is_file():
         raise CliError(
             f"target {target}: no such file"
@@ -239,27 +244,108 @@ def _latency_function(space: Any, space_name: str, target: str) -> Callable[[Any
     )
 
 
-def _profile_predictor(profile: Any, space: Any) -> Callable[[Any], float]:
-    """Measured latency where the profile has the config, else a predictor fitted on the profile."""
-    import numpy as np
+def _profile_predictor(
+    profile: Any, space: Any, target: str, path: Path, profile_name: str | None = None
+) -> Callable[[Any], float]:
+    """Measured latency where the profile has the config, else the predictor ``nas fit`` would fit on it.
 
-    import predictors
+    The same rows (degenerate configs left out), kind, held-out split and provenance as ``nas fit PROFILE``
+    (:func:`nas.hw.cli_hooks.fit_profile` with its defaults), so a profile target prices the configs it lacks as
+    the predictor file made from it would. The rows are checked now; the fit itself (tens of seconds for
+    ``auto`` on a few hundred rows, minutes on thousands) waits until the search first needs a latency, so a
+    command refused before the search starts does not pay for it.
+    """
+    from nas.hw.cli_hooks import fit_profile, fit_rows
 
     if profile.space != space.name:
-        raise CliError(f"profile is for space {profile.space!r}, not {space.name!r}")
+        raise ValueError(f"profile is for space {profile.space!r}, not {space.name!r}")
     measured = {c.key: float(v) for c, v in zip(profile.configs, profile.latencies)}
-    X, y = profile.to_arrays(space)
-    pred = predictors.fit(
-        X, y, kind="auto", seed=0, feature_names=list(space.feature_names), space=space.name
-    )
+    rows = fit_rows(profile, space)
 
-    def latency_ms(cfg: Any) -> float:
-        key = space.canonical(cfg).key
-        if key in measured:
-            return measured[key]
-        return float(np.asarray(pred.predict(space.features(cfg)[None, :])).reshape(-1)[0])
+    def build() -> Callable[[Any], float]:
+        import numpy as np
 
-    return latency_ms
+        print(
+            f"nas search: target {target}: fitting a latency predictor on {len(rows.y):,} of its configs, as "
+            "`nas fit` does, for the configs it did not measure",
+            file=sys.stderr,
+        )
+        fitted = fit_profile(rows, space, path, profile_name=profile_name)
+        print(f"nas search: target {target}: {_describe_fit(fitted)}", file=sys.stderr)
+        pred = fitted.predictor
+
+        def latency_ms(cfg: Any) -> float:
+            key = space.canonical(cfg).key
+            if key in measured:
+                return measured[key]
+            return float(np.asarray(pred.predict(space.features(cfg)[None, :])).reshape(-1)[0])
+
+        return latency_ms
+
+    return _BuiltOnFirstCall(build, f"latency of {target}")
+
+
+def _describe_fit(fitted: Any) -> str:
+    """What a profile target's predictor was fitted on, in one line (kind, rows, held-out score).
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> fit = NS(predictor=NS(kind="gbdt", provenance={"rows": 300, "rows_fitted": 259, "train": 194,
+        ...     "test": 65, "left_out": {"disconnected": 41}, "held_out": {"within_10pct": 0.923}}))
+        >>> _describe_fit(fit)
+        'fitted gbdt on 194 of its 300 configs (41 degenerate left out: disconnected), held-out within 10%: 92% of 65'
+    """
+    prov = fitted.predictor.provenance
+    text = f"fitted {getattr(fitted.predictor, 'kind', '?')} on {prov['train']:,} of its {prov['rows']:,} configs"
+    if prov["left_out"]:
+        reasons = ", ".join(prov["left_out"])
+        text += f" ({sum(prov['left_out'].values()):,} degenerate left out: {reasons})"
+    if "within_10pct" in prov["held_out"]:
+        text += f", held-out within 10%: {prov['held_out']['within_10pct']:.0%} of {prov['test']:,}"
+    return text
+
+
+class _BuiltOnFirstCall:
+    """A ``cfg -> float`` function built by ``build()`` on its first call (thread-safe), then kept.
+
+    Unlike :class:`nas.search.LazyFunction`, pickling it (Ray ships objectives to its actors) builds it here and
+    ships the result, so an expensive build (a predictor fit) runs once, not once per actor. A build that fails
+    fails every later call with the same error instead of running again.
+    """
+
+    def __init__(self, build: Callable[[], Callable[[Any], float]], description: str):
+        import threading
+
+        self._build, self.description = build, description
+        self._fn: Callable[[Any], float] | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def built(self) -> Callable[[Any], float]:
+        with self._lock:
+            if self._fn is None:
+                if self._error is not None:
+                    raise self._error
+                try:
+                    self._fn = self._build()
+                except Exception as exc:
+                    self._error = exc
+                    raise
+            return self._fn
+
+    def __call__(self, cfg: Any) -> float:
+        return self.built()(cfg)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"fn": self.built(), "description": self.description}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        fn = state["fn"]
+        self.__init__(lambda: fn, state["description"])
+        self._fn = fn
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.description})"
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -1159,7 +1245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target",
         action="append",
-        help="latency target (repeatable): predictor .json, profile .csv, built-in profile name, or nb201 device",
+        help="latency target (repeatable): predictor .json, profile .csv (its measured latencies; other configs "
+        "get the predictor `nas fit` would fit on it), built-in profile name, or nb201 device",
     )
     p.add_argument("--objective", action="append", help="extra objective: macs, params or model_bytes")
     p.add_argument("--constraint", action="append", help="e.g. 'latency@raspi4<=5ms' (repeatable)")

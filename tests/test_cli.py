@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from nas.cli import CliError, main, parse_constraint, parse_duration_ms, target_label
@@ -338,7 +339,7 @@ def test_an_empty_profile_target_is_named(tmp_path, capsys):
     ]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"target {empty}: " in err and "need at least 2 samples" in err
+    assert f"target {empty}: the profile has 0 usable rows; a predictor needs at least 4" in err
     assert not db.exists()
 
 
@@ -367,3 +368,101 @@ def test_fit_refuses_a_predictor_file_that_search_would_not_read(tmp_path, capsy
     out = tmp_path / "raspi4.pred"
     assert main(["fit", "raspi4", "--kind", "ridge", "--out", str(out)]) == 2
     assert "must end in .json" in capsys.readouterr().err and not out.exists()
+
+
+def _nb201_profile(path, n_connected: int = 40, n_disconnected: int = 10):
+    """An nb201 profile: raspi4 latencies of connected cells, and disconnected cells at an absurd 10 s."""
+    from nas.hw.profiles import Profile
+    from search_spaces import nb201
+
+    connected = [c for c in nb201.all_configs() if nb201.is_connected(c)][:n_connected]
+    disconnected = [c for c in nb201.all_configs() if not nb201.is_connected(c)][:n_disconnected]
+    latencies = [nb201.latency(c, "raspi4") for c in connected] + [10_000.0] * len(disconnected)
+    Profile("nb201", connected + disconnected, latencies, metadata={"device": "lab-pi"}).save(path)
+    return connected, disconnected
+
+
+@pytest.fixture
+def fits(monkeypatch):
+    """Every predictors.fit call's (y, kwargs), fitted as ridge (auto compares every kind: slow, not the point)."""
+    import predictors
+
+    calls: list[tuple] = []
+    real_fit = predictors.fit
+
+    def ridge(X, y, **kwargs):
+        calls.append((np.asarray(y), kwargs))
+        return real_fit(X, y, **{**kwargs, "kind": "ridge"})
+
+    monkeypatch.setattr(predictors, "fit", ridge)
+    return calls
+
+
+def test_a_profile_target_is_fitted_as_nas_fit_does_leaving_out_degenerate_cells(tmp_path, fits, capsys):
+    """nb201's 341 disconnected cells cost what an empty network costs; `nas fit` leaves them out, and so does
+    the predictor a profile target fits (it used to fit them, so their latencies skewed every prediction)."""
+    from nas.cli import _latency_function
+    from nas.hw.cli_hooks import run_fit
+    from search_spaces import nb201
+
+    path = tmp_path / "pi.csv"
+    connected, _ = _nb201_profile(path)
+    latency = _latency_function(nb201.space, "nb201", str(path))
+    assert fits == []  # nothing asked for a latency yet: nothing fitted
+    unmeasured = [c for c in nb201.all_configs() if nb201.is_connected(c)][100:110]
+    predicted = [latency(c) for c in unmeasured]
+    assert len(fits) == 1
+    y, kwargs = fits[0]
+    assert len(y) == 30 and y.max() < 1_000  # 40 connected cells, 10 held out; no disconnected one
+    assert kwargs["kind"] == "auto" and kwargs["seed"] == 0  # nas fit's defaults
+    assert max(predicted) < 1_000  # an absurd latency in the fit would drag these up
+    assert latency(connected[0]) == nb201.latency(connected[0], "raspi4")  # measured: the measurement
+    err = capsys.readouterr().err
+    assert (
+        f"target {path}: fitted ridge on 30 of its 50 configs (10 degenerate left out: disconnected), " in err
+    )
+    assert "held-out within 10%: " in err
+    # the very rows and split of `nas fit`
+    run_fit(path, tmp_path / "pi.json", space=nb201.space, verbose=False)
+    assert np.array_equal(fits[1][0], y)
+
+
+def test_a_profile_target_is_not_fitted_when_the_search_is_refused_before_it_starts(tmp_path, fits, capsys):
+    path = tmp_path / "pi.csv"
+    _nb201_profile(path)
+    db = tmp_path / "s.db"
+    search = [
+        "search",
+        "--space",
+        "nb201",
+        "--target",
+        str(path),
+        "--budget",
+        "3",
+        "--quiet",
+        "--store",
+        str(db),
+    ]
+    assert main([*search, "--objective", "flops"]) == 2
+    assert main([*search, "--constraint", "latency@nowhere<=5ms"]) == 2
+    assert fits == []
+    assert main([*search, "--algorithm", "random"]) == 0
+    assert len(fits) == 1
+    assert main([*search, "--algorithm", "nsga2", "--resume"]) == 2  # another run's settings: refused
+    assert "cannot resume" in capsys.readouterr().err
+    assert len(fits) == 1
+
+
+def test_a_profile_target_ships_its_fitted_predictor_to_ray_workers(tmp_path, fits):
+    """Ray pickles objectives once per search: the fit happens once, here, not once per worker."""
+    cloudpickle = pytest.importorskip("cloudpickle")
+    from nas.cli import _latency_function
+    from search_spaces import nb201
+
+    path = tmp_path / "pi.csv"
+    _nb201_profile(path)
+    latency = _latency_function(nb201.space, "nb201", str(path))
+    shipped = cloudpickle.loads(cloudpickle.dumps(latency))
+    assert len(fits) == 1
+    cfg = [c for c in nb201.all_configs() if nb201.is_connected(c)][200]
+    assert shipped(cfg) == latency(cfg) and len(fits) == 1
