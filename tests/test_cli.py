@@ -466,3 +466,80 @@ def test_a_profile_target_ships_its_fitted_predictor_to_ray_workers(tmp_path, fi
     assert len(fits) == 1
     cfg = [c for c in nb201.all_configs() if nb201.is_connected(c)][200]
     assert shipped(cfg) == latency(cfg) and len(fits) == 1
+
+
+def _cifar_supernet_dir(path, data_root: str):
+    """A run directory whose supernet.json says it was trained on CIFAR-10 under ``data_root`` (no weights)."""
+    path.mkdir()
+    spec = {"space": "mobilenetv3", "kwargs": {"preset": "small", "in_channels": 3}, "data": "cifar10"}
+    (path / "supernet.json").write_text(json.dumps({**spec, "data_root": data_root}))
+    return path
+
+
+def test_search_records_the_data_it_ranks_subnets_on(tmp_path, monkeypatch):
+    import nas.cli
+    import search_spaces
+    from nas.cli import _objectives, build_parser
+
+    monkeypatch.chdir(tmp_path)
+    sn = _cifar_supernet_dir(tmp_path / "sn", str(tmp_path / "train-cifar"))
+    loaders = []
+    monkeypatch.setattr(nas.cli, "_DataLoader", lambda *args: loaders.append(args) or (lambda: None))
+    space = search_spaces.make_space("mobilenetv3")
+    argv = ["search", "--space", "mobilenetv3", "--supernet", str(sn), "--objective", "macs"]
+    _, recipe = _objectives(build_parser().parse_args([*argv, "--data-root", "search-cifar"]), space)
+    held_out = {"fraction": 0.1, "seed": 0}
+    assert recipe["dataset"] == "cifar10" and recipe["held_out"] == held_out
+    assert recipe["data_root"] == str(tmp_path / "search-cifar")  # absolute: export may run elsewhere
+    assert loaders[-1] == ("cifar10", str(tmp_path / "search-cifar"), held_out)
+    # without --data-root the search reads the supernet's CIFAR-10 (it used to fail every evaluation)
+    _, recipe = _objectives(build_parser().parse_args(argv), space)
+    assert recipe["data_root"] == str(tmp_path / "train-cifar") == loaders[-1][1]
+
+
+def test_export_re_estimates_batch_norm_on_the_data_the_search_recorded(tmp_path, monkeypatch):
+    import torch
+    from torch.utils.data import TensorDataset
+
+    import nas.export
+    import search_spaces
+    from nas import data as nas_data
+    from nas.cli import _int8_calibration
+
+    db = tmp_path / "s.db"
+    search = ["search", "--space", "nb201", "--target", "raspi4", "--algorithm", "random", "--budget", "3"]
+    assert main([*search, "--store", str(db), "--quiet"]) == 0
+    sn = _cifar_supernet_dir(tmp_path / "sn", "/train/cifar")
+    sidecar = tmp_path / "s.db.nas.json"
+    recipe = {**json.loads(sidecar.read_text()), "supernet": str(sn), "dataset": "cifar10"}
+    roots: list[str] = []
+
+    def cifar10(root, split="train"):  # 8 images per class
+        roots.append(str(root))
+        return TensorDataset(
+            torch.randn(80, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(80) % 10
+        )
+
+    calibrated_on = []
+
+    def export(net, cfg, out, formats, bn_calib_data=None, **kwargs):
+        calibrated_on.append(bn_calib_data)
+        return out
+
+    monkeypatch.setattr(nas_data, "cifar10", cifar10)
+    monkeypatch.setattr(search_spaces, "load_trained", lambda run_dir: None)
+    monkeypatch.setattr(nas.export, "export", export)
+    argv = ["export", str(db), "--format", "safetensors", "--out", str(tmp_path / "m")]
+    # a store from before searches recorded their data: the supernet's root, the default split
+    sidecar.write_text(json.dumps(recipe))
+    assert main(argv) == 0 and roots == ["/train/cifar"] and len(calibrated_on[-1]) == 10
+    # the root and split the search recorded (it used to take the supernet's root regardless)
+    sidecar.write_text(
+        json.dumps({**recipe, "data_root": "/search/cifar", "held_out": {"fraction": 0.25, "seed": 1}})
+    )
+    assert main(argv) == 0 and roots[-1] == "/search/cifar" and len(calibrated_on[-1]) == 20
+    # --data-root overrides both, for the batch-norm images and the int8 calibration alike
+    assert main([*argv, "--data-root", "/moved/cifar"]) == 0 and roots[-1] == "/moved/cifar"
+    roots.clear()
+    _int8_calibration(str(sn), {}, "/moved/cifar")
+    assert roots == ["/moved/cifar", "/moved/cifar"]
