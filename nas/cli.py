@@ -938,6 +938,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from nas.export import ExportError, export, read_manifest
     from nas.search import SearchResult
 
+    if args.tolerance is not None and not args.tolerance >= 0:
+        raise CliError(f"--tolerance {args.tolerance:g} must be >= 0 (--no-verify skips the check)")
     url = store_url(args.store)
     result = SearchResult.load(url)
     sidecar = sidecar_path(url)
@@ -990,8 +992,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     formats = tuple(args.format)
     int8_data = _int8_calibration(supernet_dir, cfg, args.data_root) if "onnx-int8" in formats else {}
     bn_data = _bn_calibration_images(supernet_dir, recipe, args.data_root)
+    # the file checks of export(): its default tolerance unless --tolerance / --no-verify says otherwise
+    verify = {"verify_tolerance": None} if args.no_verify else {}
+    if args.tolerance is not None:
+        verify["verify_tolerance"] = args.tolerance
     try:
-        out = export(net, cfg, args.out, formats=formats, bn_calib_data=bn_data, **int8_data)
+        out = export(net, cfg, args.out, formats=formats, bn_calib_data=bn_data, **int8_data, **verify)
     except ExportError as exc:  # e.g. --out is a directory of other files: one line, like any bad input
         raise CliError(str(exc)) from None
     shown = f", {lat_col}={best[lat_col]:.3f} ms" if lat_col else ""
@@ -1353,6 +1359,22 @@ def build_parser() -> argparse.ArgumentParser:
         "nas.export.load_exported reads them). onnx-int8: QDQ int8 for onnxruntime, calibrated on "
         f"{INT8_IMAGES} training images of the supernet's data and checked on as many held-out ones (or all, "
         "when fewer)",
+    )
+    verify = p.add_mutually_exclusive_group()
+    verify.add_argument(
+        "--tolerance",
+        type=float,
+        metavar="X",
+        help="the TorchScript and ONNX files are run on sample inputs and must give the model's outputs within "
+        "X times their largest magnitude (+1e-6), or nothing is written (default 1e-4; correct exports "
+        "measure about 1e-6; for 8-bit activations the ONNX file is compared with rounding removed, since one "
+        "float rounding tie can move the logits by a few percent). The int8 ONNX is approximate by design: "
+        "its agreement is reported, not checked. The manifest records the differences and the tolerance",
+    )
+    verify.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="write the files even when they differ from the model (the differences are still recorded)",
     )
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_export)
