@@ -217,11 +217,16 @@ def _latency_function(space: Any, space_name: str, target: str) -> Callable[[Any
         from nas.hw.profiles import Profile
 
         try:
-            return _profile_predictor(Profile.load(path), space)
+            return _profile_predictor(Profile.load(path), space, target, path)
         except ValueError as exc:  # e.g. an empty profile: say which target it was
             raise CliError(f"target {target}: {exc}") from None
     if target in hw_profiles.available():
-        return _profile_predictor(hw_profiles.load(target), space)
+        try:
+            return _profile_predictor(
+                hw_profiles.load(target), space, target, hw_profiles.path_of(target), profile_name=target
+            )
+        except ValueError as exc:
+            raise CliError(f"target {target}: {exc}") from None
     if path.name.endswith((".json", ".csv", ".csv.gz")) and not path.is_file():
         raise CliError(
             f"target {target}: no such file"
@@ -239,27 +244,108 @@ def _latency_function(space: Any, space_name: str, target: str) -> Callable[[Any
     )
 
 
-def _profile_predictor(profile: Any, space: Any) -> Callable[[Any], float]:
-    """Measured latency where the profile has the config, else a predictor fitted on the profile."""
-    import numpy as np
+def _profile_predictor(
+    profile: Any, space: Any, target: str, path: Path, profile_name: str | None = None
+) -> Callable[[Any], float]:
+    """Measured latency where the profile has the config, else the predictor ``nas fit`` would fit on it.
 
-    import predictors
+    The same rows (degenerate configs left out), kind, held-out split and provenance as ``nas fit PROFILE``
+    (:func:`nas.hw.cli_hooks.fit_profile` with its defaults), so a profile target prices the configs it lacks as
+    the predictor file made from it would. The rows are checked now; the fit itself (tens of seconds for
+    ``auto`` on a few hundred rows, minutes on thousands) waits until the search first needs a latency, so a
+    command refused before the search starts does not pay for it.
+    """
+    from nas.hw.cli_hooks import fit_profile, fit_rows
 
     if profile.space != space.name:
-        raise CliError(f"profile is for space {profile.space!r}, not {space.name!r}")
+        raise ValueError(f"profile is for space {profile.space!r}, not {space.name!r}")
     measured = {c.key: float(v) for c, v in zip(profile.configs, profile.latencies)}
-    X, y = profile.to_arrays(space)
-    pred = predictors.fit(
-        X, y, kind="auto", seed=0, feature_names=list(space.feature_names), space=space.name
-    )
+    rows = fit_rows(profile, space)
 
-    def latency_ms(cfg: Any) -> float:
-        key = space.canonical(cfg).key
-        if key in measured:
-            return measured[key]
-        return float(np.asarray(pred.predict(space.features(cfg)[None, :])).reshape(-1)[0])
+    def build() -> Callable[[Any], float]:
+        import numpy as np
 
-    return latency_ms
+        print(
+            f"nas search: target {target}: fitting a latency predictor on {len(rows.y):,} of its configs, as "
+            "`nas fit` does, for the configs it did not measure",
+            file=sys.stderr,
+        )
+        fitted = fit_profile(rows, space, path, profile_name=profile_name)
+        print(f"nas search: target {target}: {_describe_fit(fitted)}", file=sys.stderr)
+        pred = fitted.predictor
+
+        def latency_ms(cfg: Any) -> float:
+            key = space.canonical(cfg).key
+            if key in measured:
+                return measured[key]
+            return float(np.asarray(pred.predict(space.features(cfg)[None, :])).reshape(-1)[0])
+
+        return latency_ms
+
+    return _BuiltOnFirstCall(build, f"latency of {target}")
+
+
+def _describe_fit(fitted: Any) -> str:
+    """What a profile target's predictor was fitted on, in one line (kind, rows, held-out score).
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> fit = NS(predictor=NS(kind="gbdt", provenance={"rows": 300, "rows_fitted": 259, "train": 194,
+        ...     "test": 65, "left_out": {"disconnected": 41}, "held_out": {"within_10pct": 0.923}}))
+        >>> _describe_fit(fit)
+        'fitted gbdt on 194 of its 300 configs (41 degenerate left out: disconnected), held-out within 10%: 92% of 65'
+    """
+    prov = fitted.predictor.provenance
+    text = f"fitted {getattr(fitted.predictor, 'kind', '?')} on {prov['train']:,} of its {prov['rows']:,} configs"
+    if prov["left_out"]:
+        reasons = ", ".join(prov["left_out"])
+        text += f" ({sum(prov['left_out'].values()):,} degenerate left out: {reasons})"
+    if "within_10pct" in prov["held_out"]:
+        text += f", held-out within 10%: {prov['held_out']['within_10pct']:.0%} of {prov['test']:,}"
+    return text
+
+
+class _BuiltOnFirstCall:
+    """A ``cfg -> float`` function built by ``build()`` on its first call (thread-safe), then kept.
+
+    Unlike :class:`nas.search.LazyFunction`, pickling it (Ray ships objectives to its actors) builds it here and
+    ships the result, so an expensive build (a predictor fit) runs once, not once per actor. A build that fails
+    fails every later call with the same error instead of running again.
+    """
+
+    def __init__(self, build: Callable[[], Callable[[Any], float]], description: str):
+        import threading
+
+        self._build, self.description = build, description
+        self._fn: Callable[[Any], float] | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def built(self) -> Callable[[Any], float]:
+        with self._lock:
+            if self._fn is None:
+                if self._error is not None:
+                    raise self._error
+                try:
+                    self._fn = self._build()
+                except Exception as exc:
+                    self._error = exc
+                    raise
+            return self._fn
+
+    def __call__(self, cfg: Any) -> float:
+        return self.built()(cfg)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"fn": self.built(), "description": self.description}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        fn = state["fn"]
+        self.__init__(lambda: fn, state["description"])
+        self._fn = fn
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.description})"
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -454,25 +540,44 @@ def _data_name(data: str) -> str:
     raise CliError(f"unknown dataset {data!r}; choose {', '.join(BUILTIN_DATA)}, or a .npz file of your own")
 
 
-def _dataset(nas_data: Any, name: str, root: str | None, split: str) -> tuple[Any, str]:
+def held_out_split(name: str) -> dict[str, Any]:
+    """How ``val`` is held out of a dataset's training images: ``train_val_split``'s fraction and seed.
+
+    Recorded beside a search store, so that ``nas export`` re-estimates batch norm on the very images the search
+    measured accuracy on even if these defaults change.
+
+    Example:
+        >>> held_out_split("mnist"), held_out_split("digits")
+        ({'fraction': 0.1, 'seed': 0}, {'fraction': 0.2, 'seed': 0})
+    """
+    return {"fraction": 0.2 if name == "digits" else 0.1, "seed": 0}  # digits: 1,797 images, no test split
+
+
+def _dataset(
+    nas_data: Any, name: str, root: str | None, split: str, held_out: Mapping[str, Any] | None = None
+) -> tuple[Any, str]:
     """(dataset, description) of the train / val / test split of a named dataset (or a ``.npz`` file).
 
-    ``val`` is a fixed, stratified 10% of the training images held out from ``train``, so searches rank subnets
-    on images the supernet never trained on and the test set stays untouched.
+    ``val`` is a fixed, stratified share of the training images held out from ``train`` (``held_out``, by
+    default :func:`held_out_split`: 10%, digits 20%), so searches rank subnets on images the supernet never
+    trained on and the test set stays untouched.
     """
+    split_of = dict(held_out or held_out_split(name))
+
+    def part(images: Any) -> Any:
+        train, val = nas_data.train_val_split(images, split_of["fraction"], seed=split_of["seed"])
+        return train if split == "train" else val
+
     if name.endswith(".npz"):
         if split == "test":
             return nas_data.npz(name, "test"), f"{name} test"
-        train, val = nas_data.train_val_split(nas_data.npz(name, "train"), 0.1, seed=0)
-        return (train if split == "train" else val), f"{Path(name).name} {split}"
+        return part(nas_data.npz(name, "train")), f"{Path(name).name} {split}"
     if name == "mnist":
         if split == "test":
             return nas_data.mnist("test"), "MNIST test"
-        train, val = nas_data.train_val_split(nas_data.mnist("train"), 0.1, seed=0)
-        return (train if split == "train" else val), f"MNIST {split}"
+        return part(nas_data.mnist("train")), f"MNIST {split}"
     if name == "digits":
-        train, val = nas_data.train_val_split(nas_data.digits(), 0.2, seed=0)
-        return (train if split == "train" else val), f"sklearn digits {split}"
+        return part(nas_data.digits()), f"sklearn digits {split}"
     if name == "cifar10":
         if not root:
             raise CliError(
@@ -480,8 +585,7 @@ def _dataset(nas_data: Any, name: str, root: str | None, split: str) -> tuple[An
             )
         if split == "test":
             return nas_data.cifar10(root, "test"), "CIFAR-10 test"
-        train, val = nas_data.train_val_split(nas_data.cifar10(root, "train"), 0.1, seed=0)
-        return (train if split == "train" else val), f"CIFAR-10 {split}"
+        return part(nas_data.cifar10(root, "train")), f"CIFAR-10 {split}"
     raise CliError(f"unknown dataset {name!r}; choose {', '.join(BUILTIN_DATA)}, or a .npz file of your own")
 
 
@@ -623,20 +727,20 @@ def _objectives(args: argparse.Namespace, space: Any) -> tuple[list[Any], dict[s
         import search_spaces
 
         run_dir = str(Path(args.supernet).resolve())
+        spec = search_spaces.trained_spec(run_dir)
         # --dataset is checked (and a .npz path made absolute) before the search: a bad one would fail every
         # evaluation and spend the whole budget on errors.
-        data_name = (
-            _data_name(args.dataset)
-            if args.dataset
-            else search_spaces.trained_spec(run_dir).get("data", "mnist")
-        )
+        data_name = _data_name(args.dataset) if args.dataset else spec.get("data", "mnist")
         if data_name.endswith(".npz") and not Path(data_name).is_file():
             raise CliError(
                 f"{data_name}: no such data file; pass --dataset with the .npz file to rank subnets on"
             )
-        recipe.update(supernet=run_dir, dataset=data_name)
+        root = _search_data_root(args.data_root, data_name, spec)
+        held_out = held_out_split(data_name)
+        # Recorded so that `nas export` re-estimates batch norm on the images these accuracies were measured on.
+        recipe.update(supernet=run_dir, dataset=data_name, data_root=root, held_out=held_out)
         objectives.append(
-            search.accuracy(_SupernetLoader(run_dir), _DataLoader(data_name, args.data_root), "accuracy")
+            search.accuracy(_SupernetLoader(run_dir), _DataLoader(data_name, root, held_out), "accuracy")
         )
     for target in args.target or []:
         label = target_label(target)
@@ -652,6 +756,13 @@ def _objectives(args: argparse.Namespace, space: Any) -> tuple[list[Any], dict[s
     if len(objectives) < 2:
         raise CliError("give at least one --target (or --objective macs) so there is a trade-off to search")
     return objectives, recipe
+
+
+def _search_data_root(given: str | None, data_name: str, spec: Mapping[str, Any]) -> str | None:
+    """The data root a search reads: ``--data-root``, else the supernet's own when it searches the supernet's
+    data; absolute, so that ``nas export`` finds it from any working directory."""
+    root = given or (spec.get("data_root") if data_name == spec.get("data") else None)
+    return str(Path(root).resolve()) if root else None
 
 
 class _SupernetLoader:
@@ -672,13 +783,13 @@ class _SupernetLoader:
 class _DataLoader:
     """Picklable loader of the held-out split used to rank subnets during search."""
 
-    def __init__(self, name: str, root: str | None):
-        self.name, self.root = name, root
+    def __init__(self, name: str, root: str | None, held_out: Mapping[str, Any] | None = None):
+        self.name, self.root, self.held_out = name, root, held_out
 
     def __call__(self) -> Any:
         from nas import data as nas_data
 
-        return _dataset(nas_data, self.name, self.root, "val")[0]
+        return _dataset(nas_data, self.name, self.root, "val", self.held_out)[0]
 
     def __repr__(self) -> str:
         return f"{self.name} validation data"
@@ -827,6 +938,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from nas.export import ExportError, export, read_manifest
     from nas.search import SearchResult
 
+    if args.tolerance is not None and not args.tolerance >= 0:
+        raise CliError(f"--tolerance {args.tolerance:g} must be >= 0 (--no-verify skips the check)")
     url = store_url(args.store)
     result = SearchResult.load(url)
     sidecar = sidecar_path(url)
@@ -877,10 +990,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     cfg = result.configs(front.loc[[best.name]])[0]
     net = search_spaces.load_trained(supernet_dir)
     formats = tuple(args.format)
-    int8_data = _int8_calibration(supernet_dir, cfg) if "onnx-int8" in formats else {}
-    bn_data = _bn_calibration_images(supernet_dir, recipe)
+    int8_data = _int8_calibration(supernet_dir, cfg, args.data_root) if "onnx-int8" in formats else {}
+    bn_data = _bn_calibration_images(supernet_dir, recipe, args.data_root)
+    # the file checks of export(): its default tolerance unless --tolerance / --no-verify says otherwise
+    verify = {"verify_tolerance": None} if args.no_verify else {}
+    if args.tolerance is not None:
+        verify["verify_tolerance"] = args.tolerance
     try:
-        out = export(net, cfg, args.out, formats=formats, bn_calib_data=bn_data, **int8_data)
+        out = export(net, cfg, args.out, formats=formats, bn_calib_data=bn_data, **int8_data, **verify)
     except ExportError as exc:  # e.g. --out is a directory of other files: one line, like any bad input
         raise CliError(str(exc)) from None
     shown = f", {lat_col}={best[lat_col]:.3f} ms" if lat_col else ""
@@ -898,23 +1015,26 @@ def cmd_export(args: argparse.Namespace) -> int:
 INT8_IMAGES = 256  # calibration images for the int8 export, and as many held-out ones to check it on
 
 
-def _bn_calibration_images(supernet_dir: str, recipe: Mapping[str, Any]) -> Any:
+def _bn_calibration_images(supernet_dir: str, recipe: Mapping[str, Any], data_root: str | None = None) -> Any:
     """The images ``nas search`` re-estimated every subnet's batch norm on when it measured its accuracy: the
     held-out split of the search's dataset (the supernet's training data unless the search named another).
 
-    The exported subnet gets its batch norm re-estimated on them the same way, so that it is the model whose
-    accuracy the store holds; the supernet's own running statistics mix every subnet it trained. ``None``
-    (with a note) when the run records no data to calibrate on.
+    The search's data root and held-out split come from its ``recipe``; a store from before searches recorded
+    them falls back to the supernet's data root and the default split; ``data_root`` (``nas export
+    --data-root``) overrides both. The exported subnet gets its batch norm re-estimated on them the same way, so
+    that it is the model whose accuracy the store holds; the supernet's own running statistics mix every subnet
+    it trained. ``None`` (with a note) when the run records no data to calibrate on.
     """
     import search_spaces
     from nas import data as nas_data
 
     spec = search_spaces.trained_spec(supernet_dir)
     name = recipe.get("dataset") or spec.get("data")
+    root = data_root or (recipe["data_root"] if "data_root" in recipe else spec.get("data_root"))
     problem = f"{supernet_dir} records no training data" if not name else None
     if name:
         try:
-            return _dataset(nas_data, name, spec.get("data_root"), "val")[0]
+            return _dataset(nas_data, name, root, "val", recipe.get("held_out"))[0]
         except (FileNotFoundError, CliError) as exc:
             problem = f"cannot read {name}: {exc}"
     print(
@@ -925,12 +1045,12 @@ def _bn_calibration_images(supernet_dir: str, recipe: Mapping[str, Any]) -> Any:
     return None
 
 
-def _int8_calibration(supernet_dir: str, cfg: Any) -> dict[str, Any]:
+def _int8_calibration(supernet_dir: str, cfg: Any, data_root: str | None = None) -> dict[str, Any]:
     """``calib_data`` / ``eval_data`` for an int8 export: images of the data the supernet was trained on.
 
     Activation ranges calibrated on random noise would not fit real inputs, so the images come from the run's
     training split (calibration) and its held-out validation split (the agreement check), at the subnet's
-    resolution.
+    resolution; read from ``data_root`` (``nas export --data-root``) when given, else the supernet's.
     """
     import torch
 
@@ -947,7 +1067,7 @@ def _int8_calibration(supernet_dir: str, cfg: Any) -> dict[str, Any]:
         )
     picked = {}
     for split, key in (("train", "calib_data"), ("val", "eval_data")):
-        images = _dataset(nas_data, name, spec.get("data_root"), split)[0].tensors[0]
+        images = _dataset(nas_data, name, data_root or spec.get("data_root"), split)[0].tensors[0]
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:INT8_IMAGES]
         batch = images[order].float()
         picked[key] = resize_to(batch, cfg) if "resolution" in cfg else batch
@@ -1096,8 +1216,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         required=True,
         help="profile CSV; an existing one is extended (resume) with the same backend, batch size, precision, "
-        "clock, threads, input channels, device name and CPU/GPU model (other values are refused); other "
-        "--repeats, --rounds or --warmup are allowed and recorded per run",
+        "clock, threads, input channels, device name, CPU/GPU model and torch version (and onnxruntime or CUDA "
+        "version for those backends); other values are refused (write a new file), while other --repeats, "
+        "--rounds or --warmup are allowed and recorded per run",
     )
     p.set_defaults(func=cmd_profile)
 
@@ -1154,11 +1275,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help=f"space preset: {_PRESET_HELP}")
     p.add_argument("--supernet", help="run directory of `nas train` (accuracy objective)")
     p.add_argument("--dataset", help="nb201: cifar10, cifar100 or imagenet16; else the supernet's data")
-    p.add_argument("--data-root", help="folder of the dataset when it is not bundled")
+    p.add_argument(
+        "--data-root",
+        help="folder of the dataset when it is not bundled (cifar10; default: the supernet's, when searching its "
+        "data); recorded beside the store for nas export",
+    )
     p.add_argument(
         "--target",
         action="append",
-        help="latency target (repeatable): predictor .json, profile .csv, built-in profile name, or nb201 device",
+        help="latency target (repeatable): predictor .json, profile .csv (its measured latencies; other configs "
+        "get the predictor `nas fit` would fit on it), built-in profile name, or nb201 device",
     )
     p.add_argument("--objective", action="append", help="extra objective: macs, params or model_bytes")
     p.add_argument("--constraint", action="append", help="e.g. 'latency@raspi4<=5ms' (repeatable)")
@@ -1200,7 +1326,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="Pareto plots, hypervolume curves and an HTML page for a search store")
     p.add_argument("store", help="sqlite:///runs/search.db or runs/search.db")
-    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="report directory; a new report there removes the plots of the last one that it does not rewrite "
+        "(listed in its report_files.json), never other files",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
@@ -1215,6 +1346,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-latency", help="e.g. 4ms")
     p.add_argument("--supernet", help="supernet run directory (default: the one the search used)")
     p.add_argument(
+        "--data-root",
+        help="folder of the data batch norm is re-estimated (and onnx-int8 calibrated) on, for cifar10; default: "
+        "the one the search recorded, else the supernet's",
+    )
+    p.add_argument(
         "--format",
         action="append",
         default=None,
@@ -1223,6 +1359,22 @@ def build_parser() -> argparse.ArgumentParser:
         "nas.export.load_exported reads them). onnx-int8: QDQ int8 for onnxruntime, calibrated on "
         f"{INT8_IMAGES} training images of the supernet's data and checked on as many held-out ones (or all, "
         "when fewer)",
+    )
+    verify = p.add_mutually_exclusive_group()
+    verify.add_argument(
+        "--tolerance",
+        type=float,
+        metavar="X",
+        help="the TorchScript and ONNX files are run on sample inputs and must give the model's outputs within "
+        "X times their largest magnitude (+1e-6), or nothing is written (default 1e-4; correct exports "
+        "measure about 1e-6; for 8-bit activations the ONNX file is compared with rounding removed, since one "
+        "float rounding tie can move the logits by a few percent). The int8 ONNX is approximate by design: "
+        "its agreement is reported, not checked. The manifest records the differences and the tolerance",
+    )
+    verify.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="write the files even when they differ from the model (the differences are still recorded)",
     )
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_export)

@@ -2,8 +2,10 @@
 
 ``export(net, cfg, out_dir)`` extracts the static subnet, writes the requested formats and a
 ``manifest.json`` (config, key, space, architecture, metrics, input shape, library versions, files with
-SHA-256, ONNX-vs-torch difference). Everything is first written into a temporary directory next to
-``out_dir`` and renamed into place at the end, so ``out_dir`` never holds a half-written export.
+SHA-256, TorchScript- and ONNX-vs-torch differences). The TorchScript and ONNX files are loaded back and run
+on the sample inputs; one whose outputs differ from the model's by more than the tolerance fails the export
+(see :func:`export`). Everything is first written into a temporary directory next to ``out_dir`` and renamed
+into place at the end, so ``out_dir`` never holds a half-written or unverified export.
 
 ``load_exported(out_dir)`` rebuilds the static model from the manifest's architecture and the safetensors
 weights with :func:`nas.static.build` (no supernet code, no pickle) after checking every file's SHA-256.
@@ -32,7 +34,7 @@ import sys
 import tempfile
 import types
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,11 @@ TORCHSCRIPT = "model.torchscript.pt"
 ONNX = "model.onnx"
 ONNX_INT8 = "model.int8.onnx"
 MANIFEST_VERSION = 1
+# A float format may differ from the eager model by DEFAULT_VERIFY_TOLERANCE x max|output| + VERIFY_ATOL. Correct
+# exports of mobilenetv3 / resnet / vit subnets differ by at most 1.2e-6 x max|output| (ONNX; TorchScript is
+# exact); 1e-3 relative noise on the weights already moves the outputs by 1.4e-3 x max|output| or more.
+DEFAULT_VERIFY_TOLERANCE = 1e-4
+VERIFY_ATOL = 1e-6  # the floor for outputs that are (nearly) all zero
 
 
 class ExportError(RuntimeError):
@@ -125,30 +132,101 @@ def _write_onnx(model: nn.Module, sample: torch.Tensor, path: Path) -> None:
             ) from dynamo_error
 
 
-def onnx_max_abs_diff(path: Path, model: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
-    """Largest |onnxruntime - torch| output difference over ``inputs`` (onnxruntime on CPU)."""
+def _onnx_runner(source: Path | bytes) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function that runs an ONNX model (a file or its serialized bytes) in onnxruntime on CPU."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        source if isinstance(source, bytes) else str(source), providers=["CPUExecutionProvider"]
+    )
     name = session.get_inputs()[0].name
-    worst = 0.0
+    return lambda x: torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
+
+
+def _max_abs_diff(
+    run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, inputs: Sequence[torch.Tensor]
+) -> tuple[float, float]:
+    """``(max |run(x) - model(x)|, max |model(x)|)`` over ``inputs`` (NaN when an output is NaN, infinite when
+    the shapes differ)."""
+    diffs, scales = [], []
     with torch.no_grad():
         for x in inputs:
-            expected = model(x).detach().cpu().numpy()
-            got = session.run(None, {name: x.detach().cpu().numpy()})[0]
-            worst = max(worst, float(abs(got - expected).max()))
-    return worst
+            expected = model(x).detach().cpu().float()
+            got = run(x).detach().cpu().float()
+            scales.append(expected.abs().max())
+            diffs.append(
+                (got - expected).abs().max() if got.shape == expected.shape else torch.tensor(torch.inf)
+            )
+    return float(torch.stack(diffs).max()), float(torch.stack(scales).max())  # torch's max keeps a NaN
 
 
-def _without_act_quant(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with the 8-bit activation fake-quantizers replaced by identities."""
+def onnx_max_abs_diff(path: Path, model: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+    """Largest |onnxruntime - torch| output difference over ``inputs`` (onnxruntime on CPU)."""
+    return _max_abs_diff(_onnx_runner(path), model, inputs)[0]
 
+
+class _UnroundedActQuant(nn.Module):
+    """:meth:`nas.static.ActQuant._explicit` without its ``Round``: scaling and clipping to the 8-bit range only.
+
+    The ONNX check of a quantized subnet compares this (in torch) with the exported graph whose ``Round`` nodes
+    are made identities: a float rounding tie flips a rounding step in one and not the other, and that one
+    step can move the logits by a few percent, but without rounding both sides compute a continuous function.
+    """
+
+    def __init__(self, quant: static.ActQuant):
+        super().__init__()
+        self.scale, self.zero_point = quant.scale, quant.zero_point
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = torch.tensor(self.scale, dtype=x.dtype)
+        zero_point = float(self.zero_point)
+        q = torch.clamp(x * (1.0 / scale) + zero_point, 0.0, 255.0)
+        return (q - zero_point) * scale
+
+
+def _replace_act_quant(model: nn.Module, make: Callable[[static.ActQuant], nn.Module]) -> nn.Module:
+    """A copy of ``model`` with every 8-bit activation fake-quantizer ``q`` replaced by ``make(q)``."""
     clone = copy.deepcopy(model)
     for module in list(clone.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, static.ActQuant):
-                setattr(module, name, nn.Identity())
+                setattr(module, name, make(child))
     return clone
+
+
+def _onnx_without_rounding(path: Path, quantizers: int) -> bytes | None:
+    """The ONNX model at ``path`` with its ``Round`` nodes made identities (serialized), or ``None`` when it
+    holds more of them than ``quantizers``: then some are the model's own, not the activation quantizers'.
+    (Fewer is fine: the exporter merges quantizers of the same tensor with the same range.)"""
+    import onnx
+
+    graph = onnx.load(str(path))
+    rounds = [node for node in graph.graph.node if node.op_type == "Round"]
+    if len(rounds) > quantizers:
+        return None
+    for node in rounds:
+        node.op_type = "Identity"
+    return graph.SerializeToString()
+
+
+def _check_close(fmt: str, diff: float, scale: float, tolerance: float | None, how: str = "") -> None:
+    """Raise :class:`ExportError` when ``diff`` exceeds ``tolerance * scale + VERIFY_ATOL`` (``None``: no check)."""
+    if tolerance is None:
+        return
+    bound = tolerance * scale + VERIFY_ATOL
+    if not diff <= bound:  # also catches NaN
+        raise ExportError(
+            f"export: the {fmt} file does not compute what the model does: max |{fmt} - torch|{how} = {diff:.3g} "
+            f"on the sample inputs, above the tolerance {bound:.3g} ({tolerance:g} x max |output| {scale:.3g} "
+            f"+ {VERIFY_ATOL:g}); nothing was written. An exporter bug or an op {fmt} runs differently: report "
+            "it; to accept the difference, raise the tolerance (verify_tolerance=..., nas export --tolerance X) "
+            "or skip the check (verify_tolerance=None, nas export --no-verify)"
+        )
+
+
+def _without_act_quant(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with the 8-bit activation fake-quantizers replaced by identities."""
+    return _replace_act_quant(model, lambda quant: nn.Identity())
 
 
 def _attrs(node: Any) -> dict[str, Any]:
@@ -524,6 +602,39 @@ def export_onnx_int8(
     }
 
 
+def _check_onnx(
+    path: Path,
+    model: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    diff: float,
+    scale: float,
+    tolerance: float | None,
+) -> dict[str, Any]:
+    """Check the ONNX file at ``path`` (``diff``: its max difference to ``model``, at output scale ``scale``)
+    and return what to add to the manifest's verification.
+
+    A float subnet is checked on ``diff``. A subnet with 8-bit activation fake-quantizers is checked with
+    rounding removed on both sides (``onnx_max_abs_diff_unrounded``), see :class:`_UnroundedActQuant`; when
+    the graph holds more ``Round`` nodes than the model quantizers (rounding ops of the model's own), that is
+    not possible and nothing is checked (``onnx_unchecked`` says why).
+    """
+    quantizers = sum(isinstance(m, static.ActQuant) for m in model.modules())
+    if not quantizers:
+        _check_close("onnx", diff, scale, tolerance)
+        return {}
+    unrounded = _onnx_without_rounding(path, quantizers)
+    if unrounded is None:
+        return {
+            "onnx_unchecked": "the graph holds more Round nodes than the model has activation quantizers, so "
+            "rounding cannot be removed to compare without rounding ties"
+        }
+    diff, scale = _max_abs_diff(
+        _onnx_runner(unrounded), _replace_act_quant(model, _UnroundedActQuant), inputs
+    )
+    _check_close("onnx", diff, scale, tolerance, how=" with activation rounding removed on both sides")
+    return {"onnx_max_abs_diff_unrounded": diff}
+
+
 def check_semi_structured(model: nn.Module, sample: torch.Tensor) -> dict[str, Any] | None:
     """Which layers of ``model`` can run as 2:4 semi-structured sparse matmuls, and how they run (manifest entry).
 
@@ -571,6 +682,7 @@ def export(
     bn_calib_data: Any = None,
     bn_calib_batches: int | None = None,
     bn_calib_batch_size: int | None = None,
+    verify_tolerance: float | None = DEFAULT_VERIFY_TOLERANCE,
 ) -> Path:
     """Write subnet ``cfg`` of ``net`` to ``out_dir`` and return its path.
 
@@ -594,6 +706,17 @@ def export(
             objective used, so that the exported model is the one whose accuracy was measured: the supernet's
             own running statistics mix every subnet it trained and fit none. ``net`` is left as it was.
             Without it the supernet's running statistics are exported as they are.
+        verify_tolerance: how far the TorchScript and ONNX files may be from the model: each is loaded back
+            and run on ``sample_input`` and its first image, and an output further than
+            ``verify_tolerance x max|model output| + 1e-6`` from the model's raises :class:`ExportError` and
+            writes nothing (default 1e-4: correct exports measure about 1e-6 on ONNX and 0 on TorchScript).
+            ``None`` skips the check; the differences are recorded in the manifest's ``verification`` either
+            way, with the tolerance. For a subnet with 8-bit activations, the ONNX check runs the file with its
+            ``Round`` nodes made identities against the model with its quantizers not rounding either (the
+            file as written is also compared and recorded, not checked: a float rounding tie can flip one
+            quantization step in onnxruntime but not in torch, and that moves the logits by up to a few
+            percent). The int8 ONNX is approximate by design: its agreement with the model is recorded, not
+            checked.
 
     Example:
         >>> # export(net, cfg, "model/", formats=("safetensors", "onnx"))  -> Path("model")
@@ -605,6 +728,10 @@ def export(
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"export: unknown format(s) {unknown}; choose from {list(FORMATS)}")
+    if verify_tolerance is not None and not float(verify_tolerance) >= 0:
+        raise ValueError(
+            f"export: verify_tolerance={verify_tolerance!r} must be >= 0 (or None to skip the check)"
+        )
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_previous_export(out))):
         raise ExportError(
@@ -641,17 +768,29 @@ def export(
         save_file(state, str(tmp / WEIGHTS), metadata={"config": canonical.to_json()})
         files[WEIGHTS] = "safetensors"
         extra: dict[str, Any] = {}
+        if {"torchscript", "onnx"} & set(formats):
+            extra["verify_tolerance"] = verify_tolerance
+            extra["verify_atol"] = VERIFY_ATOL
+        inputs = [sample_input, sample_input[:1]]
         if "torchscript" in formats:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 traced = torch.jit.trace(model, sample_input)
             traced.save(str(tmp / TORCHSCRIPT))
             files[TORCHSCRIPT] = "torchscript"
+            # the file as a user loads it (our own file, just written: torch.jit.load runs no foreign code)
+            diff, scale = _max_abs_diff(torch.jit.load(str(tmp / TORCHSCRIPT)), model, inputs)
+            extra["torchscript_max_abs_diff"] = diff
+            extra["output_max_abs"] = scale  # what the tolerance is relative to
+            _check_close("torchscript", diff, scale, verify_tolerance)
         if "onnx" in formats:
             _write_onnx(model, sample_input, tmp / ONNX)
             extra["onnx_dead_taps_cut"] = _crop_file(tmp / ONNX)
-            single = sample_input[:1]
-            extra["onnx_max_abs_diff"] = onnx_max_abs_diff(tmp / ONNX, model, [sample_input, single])
+            extra["onnx_max_abs_diff"], scale = _max_abs_diff(_onnx_runner(tmp / ONNX), model, inputs)
+            extra["output_max_abs"] = scale
+            extra.update(
+                _check_onnx(tmp / ONNX, model, inputs, extra["onnx_max_abs_diff"], scale, verify_tolerance)
+            )
             files[ONNX] = "onnx"
         if "onnx-int8" in formats:
             if calib_data is None:

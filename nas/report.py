@@ -1,5 +1,10 @@
 """Search reports: Pareto-front plots and hypervolume curves per hardware target, as PNG, CSV and one HTML page.
 
+A target without a front (every evaluation of it failed, or none has a finite value) is left out with a warning
+and a line on the page saying why; the report fails only when no target has one. The report owns the files it
+writes: it lists them in ``report_files.json`` and, when run again into the same folder, removes the files of its
+last run that this run does not rewrite (a target no longer in the store); other files there are never touched.
+
 Example:
     >>> from nas.report import write_report  # doctest: +SKIP
     >>> write_report("sqlite:///runs/search.db", "runs/report")  # doctest: +SKIP
@@ -11,7 +16,9 @@ from __future__ import annotations
 import html
 import io
 import json
+import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +29,16 @@ import pandas as pd
 from nas.atomic import write_bytes
 from nas.search.result import SearchResult
 
-__all__ = ["default_reference", "hypervolume_curve", "write_report"]
+__all__ = ["REPORT_FILES", "default_reference", "hypervolume_curve", "write_report"]
+
+log = logging.getLogger(__name__)
+
+#: the list of files the last report wrote into its folder (so a new report can remove the ones it no longer has)
+REPORT_FILES = "report_files.json"
+#: the per-target files a report writes; only such names are ever removed, whatever the list says
+_TARGET_FILE = re.compile(r"(front|hv)_[^/\\]+\.(png|csv)")
+#: (prefix, extension) of the files written for each target with a front
+_FILES = (("front", "png"), ("hv", "png"), ("front", "csv"))
 
 
 def _fronts(result: SearchResult) -> list[tuple[str, list[str]]]:
@@ -30,6 +46,40 @@ def _fronts(result: SearchResult) -> list[tuple[str, list[str]]]:
     if result.targets:
         return [(t, result.front_objectives(t)) for t in result.targets]
     return [("all", result.objective_names)]
+
+
+def _file_stem(label: str, used: set[str]) -> str:
+    """A file-name-safe form of ``label``, unique among ``used`` (which it joins): "my cpu" and "my_cpu" must not
+    share (overwrite) their files."""
+    safe = base = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+    for n in range(2, len(used) + 2):
+        if safe not in used:
+            break
+        safe = f"{base}-{n}"
+    used.add(safe)
+    return safe
+
+
+def _no_front_reason(result: SearchResult, names: Sequence[str]) -> str | None:
+    """Why the front over ``names`` is empty (no evaluation to plot or to bound a hypervolume), or ``None``."""
+    h = result.history
+    usable = (h["status"] == "ok").to_numpy() & h["feasible"].to_numpy(dtype=bool)
+    if not usable.any():
+        n_failed = int((h["status"] != "ok").sum())
+        return (
+            f"none of the {len(h)} evaluations succeeded and met the constraints "
+            f"({n_failed} failed, {len(h) - n_failed} infeasible)"
+        )
+    finite = {n: np.isfinite(h[n].to_numpy(dtype=np.float64)) & usable for n in names}
+    missing = [n for n in names if not finite[n].any()]
+    if missing:
+        return (
+            f"{', '.join(missing)} has no finite value in any of the {int(usable.sum())} successful feasible "
+            "evaluations"
+        )
+    if not np.logical_and.reduce(list(finite.values())).any():
+        return f"no successful feasible evaluation has finite values for all of {', '.join(names)}"
+    return None
 
 
 def default_reference(result: SearchResult, names: Sequence[str], margin: float = 0.1) -> dict[str, float]:
@@ -139,34 +189,85 @@ def _table_html(df: pd.DataFrame, names: Sequence[str]) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
+def _previous_files(out: Path) -> set[str]:
+    """Per-target files the last report listed in ``out`` (none when there is no list or it is unreadable).
+
+    Only plain names of the kind a report writes count: a list edited by hand cannot make the report delete a
+    file elsewhere, or a file of another kind."""
+    try:
+        listed = json.loads((out / REPORT_FILES).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    if not isinstance(listed, list):
+        return set()
+    return {n for n in listed if isinstance(n, str) and Path(n).name == n and _TARGET_FILE.fullmatch(n)}
+
+
+def _nothing_to_report(result: SearchResult, fronts: Sequence[tuple[str, Any, Any, str | None]]) -> str:
+    """The error for a run where no target has a front: each target's reason and the first evaluation error."""
+    distinct = {reason for *_, reason in fronts}
+    reasons = (
+        str(next(iter(distinct)))
+        if len(distinct) == 1  # e.g. every evaluation failed: the same for each target
+        else "; ".join(f"{label}: {reason}" for label, _, _, reason in fronts)
+    )
+    errors = result.history["error"].dropna() if "error" in result.history else pd.Series(dtype=object)
+    hint = f"; first error: {str(errors.iloc[0])[:300]}" if len(errors) else ""
+    return (
+        f"nothing to report, no target has a Pareto front: {reasons}{hint}; fix the objectives (or "
+        "constraints) and run the search again"
+    )
+
+
+def _list_files(out: Path, names: set[str]) -> None:
+    write_bytes(out / REPORT_FILES, json.dumps({"files": sorted(names)}, indent=1).encode())
+
+
 def write_report(source: SearchResult | str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
     """Write ``index.html`` with one section per hardware target: a front plot, a hypervolume curve and the
     Pareto-optimal configs (also as ``front_<target>.csv``), plus ``summary.json``.
 
     ``source`` is a :class:`SearchResult` or a store URL/path (``sqlite:///runs/search.db``).
     Returns the path of ``index.html``. Every file is written atomically.
+
+    A target without a front (no successful feasible evaluation with finite values) gets a line saying why
+    instead of its plots, a logged warning and an entry in ``summary.json["skipped"]``; a ``ValueError`` when
+    no target has a front. Per-target files of an earlier report in ``out_dir`` that this one does not rewrite
+    are removed (only those listed in its ``report_files.json``).
     """
     result = source if isinstance(source, SearchResult) else SearchResult.load(str(source))
     if not len(result):
         raise ValueError("the run has no evaluations yet; run a search first (nas search ...)")
+    used: set[str] = set()
+    fronts = [
+        (label, names, _file_stem(label, used), _no_front_reason(result, names))
+        for label, names in _fronts(result)
+    ]
+    if all(reason is not None for *_, reason in fronts):
+        raise ValueError(_nothing_to_report(result, fronts))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"meta": result.meta, "evaluations": len(result), "fronts": {}}
+    previous = _previous_files(out)
+    stems = [stem for _, _, stem, reason in fronts if reason is None]
+    written = {f"{kind}_{stem}.{ext}" for stem in stems for kind, ext in _FILES}
+    # Listed before they are written: a report stopped part-way still names every file it may have left.
+    _list_files(out, previous | written)
+    summary: dict[str, Any] = {"meta": result.meta, "evaluations": len(result), "fronts": {}, "skipped": {}}
     sections = []
-    used: set[str] = set()
-    for label, names in _fronts(result):
-        safe = base = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
-        for n in range(2, len(used) + 2):  # "my cpu" and "my_cpu" must not share (overwrite) their files
-            if safe not in used:
-                break
-            safe = f"{base}-{n}"
-        used.add(safe)
+    for label, names, stem, reason in fronts:
+        if reason is not None:
+            log.warning("no Pareto front for target %s, left out of the report: %s", label, reason)
+            summary["skipped"][label] = reason
+            sections.append(
+                f"<h2>{html.escape(label)}</h2><p class='skipped'>No Pareto front: {html.escape(reason)}.</p>"
+            )
+            continue
         front = result.pareto(objectives=names)
         ref = default_reference(result, names)
         steps, hv = hypervolume_curve(result, names, ref)
-        write_bytes(out / f"front_{safe}.png", _plot_front(result, names, label))
-        write_bytes(out / f"hv_{safe}.png", _plot_hv(steps, hv, label))
-        write_bytes(out / f"front_{safe}.csv", front.to_csv(index=False).encode())
+        write_bytes(out / f"front_{stem}.png", _plot_front(result, names, label))
+        write_bytes(out / f"hv_{stem}.png", _plot_hv(steps, hv, label))
+        write_bytes(out / f"front_{stem}.csv", front.to_csv(index=False).encode())
         summary["fronts"][label] = {
             "objectives": list(names),
             "reference": ref,
@@ -178,7 +279,7 @@ def write_report(source: SearchResult | str | os.PathLike[str], out_dir: str | o
             f"<h2>{html.escape(label)}</h2>"
             f"<p>{len(front)} Pareto-optimal configs; hypervolume {summary['fronts'][label]['hypervolume']:.4g} "
             f"(reference {html.escape(json.dumps(ref))})</p>"
-            f'<img src="front_{safe}.png"> <img src="hv_{safe}.png">'
+            f'<img src="front_{stem}.png"> <img src="hv_{stem}.png">'
             f"{_table_html(front, names)}"
         )
     meta = result.meta
@@ -196,4 +297,8 @@ def write_report(source: SearchResult | str | os.PathLike[str], out_dir: str | o
     )
     write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
     write_bytes(out / "index.html", page.encode())
+    for name in previous - written:  # plots of a target the store no longer has (or that has no front now)
+        if not (out / name).is_dir():
+            (out / name).unlink(missing_ok=True)
+    _list_files(out, written)
     return out / "index.html"

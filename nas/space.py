@@ -149,10 +149,19 @@ class Config(Mapping[str, Value]):
         return hash(self._key)
 
     def __eq__(self, other: object) -> bool:
+        """Equal to a Config, or a plain mapping, with the same key: the same names and values of the same types.
+
+        ``Config({"a": 1}) != {"a": True}`` (and ``!= {"a": 1.0}``), though ``{"a": 1} == {"a": True}``: their
+        JSON and keys differ, so they are different configs in the store, and a comparison that said otherwise
+        would disagree with ``Config(other)``. Numpy scalars compare as the Python values they become.
+        """
         if isinstance(other, Config):
             return self._key == other._key
         if isinstance(other, Mapping):
-            return dict(self._items) == dict(other)
+            try:
+                return self._key == Config(other)._key
+            except InvalidConfigError:  # not a config at all (a non-string name, a list value)
+                return False
         return NotImplemented
 
     def __repr__(self) -> str:

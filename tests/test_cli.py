@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from nas.cli import CliError, main, parse_constraint, parse_duration_ms, target_label
@@ -338,7 +339,7 @@ def test_an_empty_profile_target_is_named(tmp_path, capsys):
     ]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"target {empty}: " in err and "need at least 2 samples" in err
+    assert f"target {empty}: the profile has 0 usable rows; a predictor needs at least 4" in err
     assert not db.exists()
 
 
@@ -367,3 +368,178 @@ def test_fit_refuses_a_predictor_file_that_search_would_not_read(tmp_path, capsy
     out = tmp_path / "raspi4.pred"
     assert main(["fit", "raspi4", "--kind", "ridge", "--out", str(out)]) == 2
     assert "must end in .json" in capsys.readouterr().err and not out.exists()
+
+
+def _nb201_profile(path, n_connected: int = 40, n_disconnected: int = 10):
+    """An nb201 profile: raspi4 latencies of connected cells, and disconnected cells at an absurd 10 s."""
+    from nas.hw.profiles import Profile
+    from search_spaces import nb201
+
+    connected = [c for c in nb201.all_configs() if nb201.is_connected(c)][:n_connected]
+    disconnected = [c for c in nb201.all_configs() if not nb201.is_connected(c)][:n_disconnected]
+    latencies = [nb201.latency(c, "raspi4") for c in connected] + [10_000.0] * len(disconnected)
+    Profile("nb201", connected + disconnected, latencies, metadata={"device": "lab-pi"}).save(path)
+    return connected, disconnected
+
+
+@pytest.fixture
+def fits(monkeypatch):
+    """Every predictors.fit call's (y, kwargs), fitted as ridge (auto compares every kind: slow, not the point)."""
+    import predictors
+
+    calls: list[tuple] = []
+    real_fit = predictors.fit
+
+    def ridge(X, y, **kwargs):
+        calls.append((np.asarray(y), kwargs))
+        return real_fit(X, y, **{**kwargs, "kind": "ridge"})
+
+    monkeypatch.setattr(predictors, "fit", ridge)
+    return calls
+
+
+def test_a_profile_target_is_fitted_as_nas_fit_does_leaving_out_degenerate_cells(tmp_path, fits, capsys):
+    """nb201's 341 disconnected cells cost what an empty network costs; `nas fit` leaves them out, and so does
+    the predictor a profile target fits (it used to fit them, so their latencies skewed every prediction)."""
+    from nas.cli import _latency_function
+    from nas.hw.cli_hooks import run_fit
+    from search_spaces import nb201
+
+    path = tmp_path / "pi.csv"
+    connected, _ = _nb201_profile(path)
+    latency = _latency_function(nb201.space, "nb201", str(path))
+    assert fits == []  # nothing asked for a latency yet: nothing fitted
+    unmeasured = [c for c in nb201.all_configs() if nb201.is_connected(c)][100:110]
+    predicted = [latency(c) for c in unmeasured]
+    assert len(fits) == 1
+    y, kwargs = fits[0]
+    assert len(y) == 30 and y.max() < 1_000  # 40 connected cells, 10 held out; no disconnected one
+    assert kwargs["kind"] == "auto" and kwargs["seed"] == 0  # nas fit's defaults
+    assert max(predicted) < 1_000  # an absurd latency in the fit would drag these up
+    assert latency(connected[0]) == nb201.latency(connected[0], "raspi4")  # measured: the measurement
+    err = capsys.readouterr().err
+    assert (
+        f"target {path}: fitted ridge on 30 of its 50 configs (10 degenerate left out: disconnected), " in err
+    )
+    assert "held-out within 10%: " in err
+    # the very rows and split of `nas fit`
+    run_fit(path, tmp_path / "pi.json", space=nb201.space, verbose=False)
+    assert np.array_equal(fits[1][0], y)
+
+
+def test_a_profile_target_is_not_fitted_when_the_search_is_refused_before_it_starts(tmp_path, fits, capsys):
+    path = tmp_path / "pi.csv"
+    _nb201_profile(path)
+    db = tmp_path / "s.db"
+    search = [
+        "search",
+        "--space",
+        "nb201",
+        "--target",
+        str(path),
+        "--budget",
+        "3",
+        "--quiet",
+        "--store",
+        str(db),
+    ]
+    assert main([*search, "--objective", "flops"]) == 2
+    assert main([*search, "--constraint", "latency@nowhere<=5ms"]) == 2
+    assert fits == []
+    assert main([*search, "--algorithm", "random"]) == 0
+    assert len(fits) == 1
+    assert main([*search, "--algorithm", "nsga2", "--resume"]) == 2  # another run's settings: refused
+    assert "cannot resume" in capsys.readouterr().err
+    assert len(fits) == 1
+
+
+def test_a_profile_target_ships_its_fitted_predictor_to_ray_workers(tmp_path, fits):
+    """Ray pickles objectives once per search: the fit happens once, here, not once per worker."""
+    cloudpickle = pytest.importorskip("cloudpickle")
+    from nas.cli import _latency_function
+    from search_spaces import nb201
+
+    path = tmp_path / "pi.csv"
+    _nb201_profile(path)
+    latency = _latency_function(nb201.space, "nb201", str(path))
+    shipped = cloudpickle.loads(cloudpickle.dumps(latency))
+    assert len(fits) == 1
+    cfg = [c for c in nb201.all_configs() if nb201.is_connected(c)][200]
+    assert shipped(cfg) == latency(cfg) and len(fits) == 1
+
+
+def _cifar_supernet_dir(path, data_root: str):
+    """A run directory whose supernet.json says it was trained on CIFAR-10 under ``data_root`` (no weights)."""
+    path.mkdir()
+    spec = {"space": "mobilenetv3", "kwargs": {"preset": "small", "in_channels": 3}, "data": "cifar10"}
+    (path / "supernet.json").write_text(json.dumps({**spec, "data_root": data_root}))
+    return path
+
+
+def test_search_records_the_data_it_ranks_subnets_on(tmp_path, monkeypatch):
+    import nas.cli
+    import search_spaces
+    from nas.cli import _objectives, build_parser
+
+    monkeypatch.chdir(tmp_path)
+    sn = _cifar_supernet_dir(tmp_path / "sn", str(tmp_path / "train-cifar"))
+    loaders = []
+    monkeypatch.setattr(nas.cli, "_DataLoader", lambda *args: loaders.append(args) or (lambda: None))
+    space = search_spaces.make_space("mobilenetv3")
+    argv = ["search", "--space", "mobilenetv3", "--supernet", str(sn), "--objective", "macs"]
+    _, recipe = _objectives(build_parser().parse_args([*argv, "--data-root", "search-cifar"]), space)
+    held_out = {"fraction": 0.1, "seed": 0}
+    assert recipe["dataset"] == "cifar10" and recipe["held_out"] == held_out
+    assert recipe["data_root"] == str(tmp_path / "search-cifar")  # absolute: export may run elsewhere
+    assert loaders[-1] == ("cifar10", str(tmp_path / "search-cifar"), held_out)
+    # without --data-root the search reads the supernet's CIFAR-10 (it used to fail every evaluation)
+    _, recipe = _objectives(build_parser().parse_args(argv), space)
+    assert recipe["data_root"] == str(tmp_path / "train-cifar") == loaders[-1][1]
+
+
+def test_export_re_estimates_batch_norm_on_the_data_the_search_recorded(tmp_path, monkeypatch):
+    import torch
+    from torch.utils.data import TensorDataset
+
+    import nas.export
+    import search_spaces
+    from nas import data as nas_data
+    from nas.cli import _int8_calibration
+
+    db = tmp_path / "s.db"
+    search = ["search", "--space", "nb201", "--target", "raspi4", "--algorithm", "random", "--budget", "3"]
+    assert main([*search, "--store", str(db), "--quiet"]) == 0
+    sn = _cifar_supernet_dir(tmp_path / "sn", "/train/cifar")
+    sidecar = tmp_path / "s.db.nas.json"
+    recipe = {**json.loads(sidecar.read_text()), "supernet": str(sn), "dataset": "cifar10"}
+    roots: list[str] = []
+
+    def cifar10(root, split="train"):  # 8 images per class
+        roots.append(str(root))
+        return TensorDataset(
+            torch.randn(80, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(80) % 10
+        )
+
+    calibrated_on = []
+
+    def export(net, cfg, out, formats, bn_calib_data=None, **kwargs):
+        calibrated_on.append(bn_calib_data)
+        return out
+
+    monkeypatch.setattr(nas_data, "cifar10", cifar10)
+    monkeypatch.setattr(search_spaces, "load_trained", lambda run_dir: None)
+    monkeypatch.setattr(nas.export, "export", export)
+    argv = ["export", str(db), "--format", "safetensors", "--out", str(tmp_path / "m")]
+    # a store from before searches recorded their data: the supernet's root, the default split
+    sidecar.write_text(json.dumps(recipe))
+    assert main(argv) == 0 and roots == ["/train/cifar"] and len(calibrated_on[-1]) == 10
+    # the root and split the search recorded (it used to take the supernet's root regardless)
+    sidecar.write_text(
+        json.dumps({**recipe, "data_root": "/search/cifar", "held_out": {"fraction": 0.25, "seed": 1}})
+    )
+    assert main(argv) == 0 and roots[-1] == "/search/cifar" and len(calibrated_on[-1]) == 20
+    # --data-root overrides both, for the batch-norm images and the int8 calibration alike
+    assert main([*argv, "--data-root", "/moved/cifar"]) == 0 and roots[-1] == "/moved/cifar"
+    roots.clear()
+    _int8_calibration(str(sn), {}, "/moved/cifar")
+    assert roots == ["/moved/cifar", "/moved/cifar"]

@@ -5,9 +5,11 @@ The stores are written directly (no search), the supernet run directory holds an
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
+import torch
 
 from nas.cli import main
 from nas.search.store import open_store
@@ -94,3 +96,43 @@ def test_runs_with_nothing_to_export_or_no_accuracy_say_why(run_dir, tmp_path, c
     assert main(["export", str(tmp_path / "m.db"), *args]) == 2
     assert "has no 'accuracy' objective (objectives: top1, macs)" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_tolerance_and_no_verify_reach_export(run_dir, tmp_path, monkeypatch, capsys):
+    from nas import export as export_mod
+
+    write_store(tmp_path / "s.db", [("accuracy", "max")], [({"accuracy": 90.0}, "ok")])
+    out = tmp_path / "m"
+    args = [
+        "export",
+        str(tmp_path / "s.db"),
+        "--supernet",
+        str(run_dir),
+        "--format",
+        "onnx",
+        "--out",
+        str(out),
+    ]
+    # an ONNX writer whose file computes another function (logits 0.01 off): the export fails, in one line
+    write_onnx = export_mod._write_onnx
+
+    def off(model, *rest):
+        model = copy.deepcopy(model)
+        with torch.no_grad():
+            [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1].bias.add_(0.01)
+        write_onnx(model, *rest)
+
+    monkeypatch.setattr(export_mod, "_write_onnx", off)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "nas export: error: export: the onnx file does not compute what the model does" in err
+    assert "nas export --tolerance X" in err and not out.exists()
+    # relative to the logits of this untrained supernet (~1e-10), 0.01 off takes a tolerance of 1e9 to pass
+    assert main([*args, "--tolerance", "1e9"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["verification"]["verify_tolerance"] == 1e9
+    assert main([*args, "--no-verify"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["verification"]["verify_tolerance"] is None
+    assert main([*args, "--tolerance", "-1"]) == 2
+    assert "--tolerance -1 must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one or the other
+        main([*args, "--tolerance", "0.5", "--no-verify"])

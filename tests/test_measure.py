@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -545,3 +546,48 @@ def test_run_profile_extends_with_other_repeats_rounds_and_warmup_and_records_th
     # the top level no longer claims one setting for all rows; the repeats column says each row's count
     assert not {"repeats", "rounds", "warmup"} & set(more.metadata)
     assert more.repeats.tolist() == [2, 2, 2, 4, 4]
+
+
+def test_run_profile_refuses_to_extend_a_profile_of_another_library_version(tmp_path) -> None:
+    # other torch / onnxruntime versions run other kernels (oneDNN, MLAS): their latencies must not be mixed
+    out = tmp_path / "toy.csv"
+    cli_hooks.run_profile(ToyNet(), "torch", 2, out, **QUICK)
+    saved = Profile.load(out)
+    assert saved.metadata["versions"]["torch"] == torch.__version__
+    saved.metadata["versions"]["torch"] = "1.0.0"
+    saved.save(out)
+    net = ToyNet()
+    with pytest.raises(
+        ValueError,
+        match=rf"measured with torch 1\.0\.0 but this machine has torch {re.escape(torch.__version__)}.*new profile",
+    ):
+        cli_hooks.run_profile(net, "torch", 4, out, **QUICK)
+    assert net.built == [] and len(Profile.load(out)) == 2
+    # a profile from before versions were recorded cannot be checked: it is extended, and the run records its own
+    del saved.metadata["versions"]
+    saved.save(out)
+    extended = cli_hooks.run_profile(ToyNet(), "torch", 3, out, **QUICK)
+    assert len(extended) == 3 and "versions" not in extended.metadata
+    assert extended.metadata["runs"][-1]["versions"]["torch"] == torch.__version__
+
+
+def test_an_onnxruntime_profile_is_refused_for_another_onnxruntime_or_torch_version(tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "ort.csv"
+    configs = list(SPACE.all_configs())[:2]
+    versions = {"onnxruntime": "0.1.0", "torch": torch.__version__}
+    Profile(SPACE.name, configs, [1.0, 2.0], metadata={"backend": "onnxruntime", "versions": versions}).save(
+        out
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"onnxruntime 0\.1\.0 but this machine has onnxruntime {re.escape(ort.__version__)}",
+    ):
+        cli_hooks.run_profile(ToyNet(), "onnxruntime", 4, out, **QUICK)
+    # the graph onnxruntime runs is torch's export: another torch may write another graph
+    versions.update(onnxruntime=ort.__version__, torch="1.0.0")
+    Profile(SPACE.name, configs, [1.0, 2.0], metadata={"backend": "onnxruntime", "versions": versions}).save(
+        out
+    )
+    with pytest.raises(ValueError, match=r"torch 1\.0\.0 but this machine has torch"):
+        cli_hooks.run_profile(ToyNet(), "onnxruntime", 4, out, **QUICK)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from nas.cli import main
 from nas.report import default_reference, hypervolume_curve, write_report
 from nas.search.result import SearchResult
 
@@ -80,3 +83,96 @@ def test_targets_whose_file_names_would_clash_get_their_own_files(tmp_path):
         csv = pd.read_csv(tmp_path / "rep" / png.replace(".png", ".csv"))
         assert csv["key"].tolist() == result.pareto(target=label)["key"].tolist()
     assert len(list((tmp_path / "rep").glob("front_*.png"))) == 2
+
+
+def _store(path, values: list[dict[str, float]], error: str | None = None) -> str:
+    """A store (built through the store API, as a search writes it) of one evaluation per entry of ``values``;
+    with ``error`` every evaluation failed with it."""
+    from nas.search.store import open_store
+
+    url = f"sqlite:///{path}"
+    store = open_store(url)
+    names = list(values[0])
+    objectives = [{"name": n, "direction": "max" if n == "accuracy" else "min"} for n in names]
+    store.write_meta(
+        {"space": "toy", "algorithm": "random", "seed": 0, "budget": len(values), "objectives": objectives}
+    )
+    for i, v in enumerate(values):
+        failed = error is not None
+        store.add(
+            {
+                "key": f"k{i}",
+                "config": json.dumps({"i": i}),
+                "values": {n: math.nan for n in v} if failed else v,
+                "violation": math.inf if failed else 0.0,
+                "status": "failed" if failed else "ok",
+                "error": error,
+                "wall_time_s": 0.1,
+                "worker": "local",
+            }
+        )
+    store.close()
+    return url
+
+
+def test_a_target_without_finite_values_is_left_out_saying_why(tmp_path, caplog):
+    """Every evaluation on the phone failed to give a latency: the cpu front is still reported."""
+    values = [{"accuracy": 80.0 + i, "latency@cpu": 1.0 + i, "latency@phone": math.inf} for i in range(4)]
+    with caplog.at_level(logging.WARNING, logger="nas.report"):
+        text = write_report(_store(tmp_path / "s.db", values), tmp_path / "rep").read_text()
+    why = "latency@phone has no finite value in any of the 4 successful feasible evaluations"
+    assert any("phone" in r.getMessage() and why in r.getMessage() for r in caplog.records)
+    phone = text.split("<h2>phone</h2>", 1)[1]
+    assert phone.startswith(f"<p class='skipped'>No Pareto front: {why}.</p>")
+    assert "<h2>cpu</h2>" in text and '<img src="front_cpu.png">' in text
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == [
+        "front_cpu.csv",
+        "front_cpu.png",
+        "hv_cpu.png",
+        "index.html",
+        "report_files.json",
+        "summary.json",
+    ]
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert list(summary["fronts"]) == ["cpu"] and summary["skipped"] == {"phone": why}
+    assert summary["fronts"]["cpu"]["front_size"] == 4
+
+
+def test_a_run_where_no_target_has_a_front_is_a_clear_error(tmp_path, capsys):
+    values = [{"accuracy": 0.0, "latency@cpu": 0.0, "latency@phone": 0.0}] * 3
+    db = tmp_path / "s.db"
+    _store(db, values, error="RuntimeError: no such checkpoint")
+    with pytest.raises(ValueError, match="no target has a Pareto front: none of the 3 evaluations succeeded"):
+        write_report(f"sqlite:///{db}", tmp_path / "rep")
+    assert main(["report", str(db), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert "first error: RuntimeError: no such checkpoint" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "rep").exists()
+
+
+def test_a_new_report_removes_its_own_stale_files_only(tmp_path):
+    """Regenerated for a run without the phone target, the phone plots go; files the report never wrote stay."""
+    out = tmp_path / "rep"
+    write_report(make_result(n=8), out)
+    assert (out / "front_phone.png").is_file()
+    (out / "notes.txt").write_text("mine")
+    (out / "front_mine.png").write_bytes(b"mine too")  # named like a report's, but this report never wrote it
+    h = make_result(n=8).history.drop(columns=["latency@phone"])
+    write_report(SearchResult(h, [("accuracy", "max"), ("latency@cpu", "min")]), out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "front_cpu.csv",
+        "front_cpu.png",
+        "front_mine.png",
+        "hv_cpu.png",
+        "index.html",
+        "notes.txt",
+        "report_files.json",
+        "summary.json",
+    ]
+    # A list of files edited by hand cannot make the report delete other files, inside --out or beside it.
+    (tmp_path / "front_outside.png").write_bytes(b"x")
+    listed = ["notes.txt", "../front_outside.png", "index.html", "front_cpu.png"]
+    (out / "report_files.json").write_text(json.dumps({"files": listed}))
+    write_report(SearchResult(h, [("accuracy", "max"), ("latency@cpu", "min")]), out)
+    assert (out / "notes.txt").read_text() == "mine" and (tmp_path / "front_outside.png").is_file()
+    assert (out / "front_cpu.png").is_file() and (out / "index.html").is_file()

@@ -229,6 +229,23 @@ def test_small_space_is_exhausted_not_overrun():
     assert sorted(result.history["key"]) == sorted(c.key for c in tiny.all_configs())
 
 
+@pytest.mark.parametrize("algorithm", ["nsga2", "random"])
+def test_a_searcher_is_not_asked_once_every_config_is_evaluated(algorithm, caplog):
+    """A budget beyond a finite space's size ends the run at its size, without asking the searcher for the
+    configs that cannot exist (NSGA-II spun for ~10 s through generations of duplicates)."""
+    tiny = SearchSpace("tiny", [Choice("w", (1, 2, 3))])
+    objs = [Objective("w", lambda c: c["w"], "max"), Objective("c", lambda c: c["w"] ** 2, "min")]
+    searcher = searchers.get(algorithm)(seed=0)
+    known_at_ask: list[int] = []
+    ask = searcher.ask
+    searcher.ask = lambda n: known_at_ask.append(len(searcher.known)) or ask(n)
+    with caplog.at_level("WARNING", logger="nas.search.runner"):
+        result = run(tiny, objs, algorithm=searcher, budget=8, progress=False)
+    assert len(result.history) == 3 and result.history["key"].is_unique
+    assert known_at_ask and max(known_at_ask) < 3  # never asked once all three were known
+    assert "space tiny exhausted after 3 configs" in caplog.text
+
+
 def test_searcher_learns_from_configs_it_did_not_ask_for():
     for name in ("random", "nsga2", "tpe", "linas"):
         s = searchers.get(name)(seed=0)

@@ -87,6 +87,16 @@ def test_key_distinguishes_bool_int_and_float():
     assert Config({"a": 1}).key != Config({"a": 1.0}).key
 
 
+def test_equality_with_a_plain_mapping_agrees_with_the_key():
+    """A dict compares 1 == True == 1.0; a Config compares as its key does, from either side."""
+    cfg = Config({"a": 1, "b": "x"})
+    for other in ({"a": True, "b": "x"}, {"a": 1.0, "b": "x"}):
+        assert cfg != other and other != cfg and cfg != Config(other)
+    assert Config({"a": True}) != {"a": 1} and Config({"a": 0.5}) == {"a": 0.5}
+    assert cfg == {"b": "x", "a": 1} == cfg and cfg == {"a": np.int64(1), "b": np.str_("x")}
+    assert cfg != {"a": [1], "b": "x"} and cfg != {1: 1} and cfg != {"a": 1}
+
+
 @given(seeds)
 def test_canonical_is_idempotent_and_sampling_is_canonical(seed):
     cfg = SPACE.sample(seed)

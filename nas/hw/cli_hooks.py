@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,16 @@ import numpy as np
 from nas.hw.profiles import Profile
 from nas.space import Config, InvalidConfigError
 
-__all__ = ["describe_provenance", "resolve_profile_space", "run_fit", "run_profile"]
+__all__ = [
+    "FitRows",
+    "Fitted",
+    "describe_provenance",
+    "fit_profile",
+    "fit_rows",
+    "resolve_profile_space",
+    "run_fit",
+    "run_profile",
+]
 
 # Settings that change what a latency means: a profile measured with one of them is only extended with the same
 # value (the thread count changes a CPU latency as much as the backend does: 1 vs 2 threads is up to 2x; 1- and
@@ -53,6 +63,10 @@ _RESUME_KEYS = {
 }
 # The machine itself: latencies of another CPU or GPU model never share a profile (no option changes it).
 _MACHINE_KEYS = ("cpu", "gpu")
+# The libraries whose version a backend's latencies depend on: another version may run other kernels (oneDNN,
+# MLAS, cuDNN). onnxruntime runs the graph torch's exporter writes, and another torch may write another graph
+# (other op decompositions, fused or not), so both are checked for it.
+_BACKEND_LIBRARIES = {"torch": ("torch",), "cuda": ("torch", "cuda"), "onnxruntime": ("onnxruntime", "torch")}
 # Settings that only change the measurement effort; extending with other values is allowed and each run's
 # values are recorded in metadata["runs"] (and the per-row ``repeats`` column).
 _EFFORT_KEYS = ("repeats", "rounds", "warmup")
@@ -75,7 +89,8 @@ def _check_extension(
 
     Compared with what ``old.metadata`` records (a key it lacks is not checked): the settings of
     ``_RESUME_KEYS`` (the device name only when ``device_name`` is given; without it the file's name is kept),
-    the CPU and GPU model of this machine, and the input channels of ``net``.
+    the CPU and GPU model of this machine, the versions of the libraries ``backend`` runs on
+    (``_BACKEND_LIBRARIES``) and the input channels of ``net``.
     """
     from nas.hw.measure import device_metadata, input_channels
 
@@ -106,6 +121,7 @@ def _check_extension(
                 f"{where!r} was measured on {key} {meta[key]!r} but this machine's {key} is {here[key]!r}; a "
                 "profile holds one machine's latencies: write this one's to another file (--out)"
             )
+    _check_library_versions(where, meta, backend, here.get("versions", {}))
     if "in_channels" not in meta and wanted.get("in_channels") is not None and verbose:
         print(
             f"note: {path} does not record its input channels (measured before nas recorded them); this run "
@@ -118,6 +134,24 @@ def _check_extension(
             + ", ".join(f"{k}={_effective(settings, k)} (the file: {meta[k]})" for k in differ)
             + "; allowed (the effort, not the meaning, of a latency), recorded per run in the metadata"
         )
+
+
+def _check_library_versions(where: str, meta: dict[str, Any], backend: str, here: dict[str, Any]) -> None:
+    """Refuse to extend a profile measured with another version of a library ``backend`` runs on.
+
+    A profile that does not record a library's version (measured before nas recorded it) is not checked for it.
+    """
+    was_recorded = meta.get("versions")
+    if not isinstance(was_recorded, dict):
+        return
+    for lib in _BACKEND_LIBRARIES.get(backend, ()):
+        was, now = was_recorded.get(lib), here.get(lib)
+        if was is not None and now is not None and str(was) != str(now):
+            raise ValueError(
+                f"{where!r} was measured with {lib} {was} but this machine has {lib} {now}; latencies of "
+                f"different {lib} versions are not comparable (other kernels): write this run's to a new "
+                f"profile file (--out), or measure with {lib} {was}"
+            )
 
 
 def _effective(settings: dict[str, Any], key: str) -> int:
@@ -169,7 +203,8 @@ def run_profile(
     The target set is the first ``samples`` distinct configs drawn with ``seed``. Configs already in the file are
     kept; the missing ones are measured in chunks of ``chunk`` and the file is re-saved atomically after each
     chunk, so an interrupted run loses at most one chunk. A file measured with a different backend, batch size,
-    precision, clock or thread count, or for another space, is refused rather than mixed.
+    precision, clock, thread count, torch / onnxruntime version (see ``_check_extension``), or for another
+    space, is refused rather than mixed.
 
     Returns the full profile as saved.
     """
@@ -228,7 +263,17 @@ def run_profile(
 
 
 # What metadata["runs"] records of each measurement run that went into a profile.
-_RUN_KEYS = ("measured_at", "duration_s", "threads", "median_cv", *_EFFORT_KEYS, "device", "cpu", "gpu")
+_RUN_KEYS = (
+    "measured_at",
+    "duration_s",
+    "threads",
+    "median_cv",
+    *_EFFORT_KEYS,
+    "device",
+    "cpu",
+    "gpu",
+    "versions",
+)
 
 
 def _merge(old: Profile, new: Profile) -> Profile:
@@ -494,6 +539,125 @@ class _FitProgress:
         return self if self._bar is not None else None
 
 
+@dataclass(frozen=True)
+class FitRows:
+    """The rows of a profile a predictor is fitted on (see :func:`fit_rows`).
+
+    ``profile`` holds the kept rows and ``X``, ``y`` their features and ``metric`` values (rows where the metric
+    is missing dropped, as :meth:`Profile.to_arrays` does); ``rows`` counts the profile's rows before any were
+    left out, and ``left_out`` the degenerate configs left out, by reason.
+    """
+
+    profile: Profile
+    X: np.ndarray
+    y: np.ndarray
+    metric: str
+    rows: int
+    left_out: dict[str, int]
+
+
+def fit_rows(
+    prof: Profile,
+    space: Any,
+    *,
+    metric: str = "latency_ms",
+    keep_degenerate: bool = False,
+    where: str = "the profile",
+) -> FitRows:
+    """The rows of ``prof`` that ``nas fit`` (and ``nas search --target PROFILE.csv``) fit a predictor on.
+
+    Rows of configs the space calls degenerate (``space.degenerate_reason(cfg)``: NAS-Bench-201's disconnected
+    cells, whose latency is that of an empty network) are left out unless ``keep_degenerate``. Raises
+    ``ValueError`` naming ``where`` when a config does not fit the space or fewer than 4 rows are left: checked
+    before any fitting, so a caller that fits later fails now. ``where`` names the profile in those errors.
+    """
+    left_out: dict[str, int] = {}
+    kept = prof
+    reason_of = getattr(space, "degenerate_reason", None)
+    if reason_of is not None and not keep_degenerate:
+        reasons = [reason_of(c) for c in prof.configs]
+        for r in reasons:
+            if r is not None:
+                left_out[r] = left_out.get(r, 0) + 1
+        if left_out:
+            kept = prof.subset([i for i, r in enumerate(reasons) if r is None])
+    try:
+        X, y = kept.to_arrays(space, metric=metric)
+    except InvalidConfigError as exc:
+        raise InvalidConfigError(f"{where}: {exc}") from None
+    if len(y) < 4:
+        raise ValueError(f"{where} has {len(y)} usable rows; a predictor needs at least 4")
+    return FitRows(kept, X, y, metric, len(prof), left_out)
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A predictor fitted by :func:`fit_profile`, with its split and held-out metrics (``{}`` when none)."""
+
+    predictor: Any
+    train: np.ndarray
+    test: np.ndarray
+    metrics: dict[str, float]
+
+
+def fit_profile(
+    rows: FitRows,
+    space: Any,
+    profile_path: str | Path,
+    *,
+    kind: str = "auto",
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    profile_name: str | None = None,
+    progress: Callable[[int, int, str | None], None] | None = None,
+) -> Fitted:
+    """Fit a ``kind`` predictor on ``rows`` of the profile file ``profile_path``, as ``nas fit`` does.
+
+    A random ``test_fraction`` of the rows (at least one, seeded; none for 0) is held out and scored; the
+    predictor is the one fitted on the other rows, so the metrics describe exactly it. It records its provenance
+    (``Predictor.provenance``): the profile (and ``profile_name``, a built-in profile's name), its checksum, the
+    column, the device metadata, the space, the row counts, the held-out metrics and the date.
+    """
+    import datetime
+    import hashlib
+
+    import predictors
+
+    n = len(rows.y)
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = 0 if test_fraction == 0 else max(1, round(n * float(test_fraction)))
+    n_test = min(n_test, n - 2)
+    test, train = perm[:n_test], perm[n_test:]
+    pred = predictors.fit(
+        rows.X[train],
+        rows.y[train],
+        kind=kind,
+        seed=seed,
+        feature_names=space.feature_names,
+        space=space,
+        progress=progress,
+    )
+    metrics: dict[str, float] = predictors.evaluate(pred, rows.X[test], rows.y[test]) if n_test else {}
+    meta = rows.profile.metadata
+    pred.provenance = {
+        "profile": str(profile_path),
+        **({"profile_name": profile_name} if profile_name else {}),
+        "profile_sha256": hashlib.sha256(Path(profile_path).read_bytes()).hexdigest(),
+        "metric": rows.metric,
+        "space": rows.profile.space,
+        "device": {k: meta[k] for k in _PROVENANCE_DEVICE_KEYS if k in meta},
+        "rows": rows.rows,
+        "left_out": rows.left_out,
+        "rows_fitted": n,
+        "train": len(train),
+        "test": int(n_test),
+        "seed": int(seed),
+        "held_out": metrics,
+        "fitted_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    return Fitted(pred, train, test, metrics)
+
+
 def run_fit(
     profile_path: str | Path,
     out_path: str | Path,
@@ -511,70 +675,44 @@ def run_fit(
 ) -> dict[str, Any]:
     """Fit a ``kind`` predictor on a profile, report held-out metrics and the noise floor, save the predictor.
 
-    Rows of configs the space calls degenerate (``space.degenerate_reason(cfg)``: NAS-Bench-201's disconnected
-    cells, whose latency is that of an empty network) are left out unless ``keep_degenerate``; how many, by
-    reason, is printed and returned as ``"left_out"``. A random ``test_fraction`` of the remaining rows (at least
-    one, seeded) is held out; the predictor saved to ``out_path`` is the one fitted on the other rows, so the
+    The rows are those of :func:`fit_rows` (degenerate configs left out unless ``keep_degenerate``; how many, by
+    reason, is printed and returned as ``"left_out"``) and the fit, split and provenance those of
+    :func:`fit_profile`: the predictor saved to ``out_path`` is the one fitted on the rows not held out, so the
     printed metrics describe exactly that file. ``metric`` picks the column to predict (``latency_ms`` =
-    median; ``latency_p10_ms`` for the fast tail). The file records its provenance (``Predictor.provenance``):
-    the profile (and ``profile_name``, a built-in profile's name), its checksum, the column, the device
-    metadata, the space, the row counts, the held-out metrics and the date. ``progress`` shows the fit's
-    progress (kinds compared, their scores, the choice) as a bar on stderr.
+    median; ``latency_p10_ms`` for the fast tail). ``progress`` shows the fit's progress (kinds compared, their
+    scores, the choice) as a bar on stderr.
 
     Returns ``{"kind", "train", "test", "metrics": {...}, "noise": {"median_cv", "median_iqr_rel"}, "out",
     "left_out", "provenance"}``, plus ``"compared"`` (see :func:`_compare_latency_columns`) when the profile is
     noisy (median CV above ``NOISY_PROFILE_CV``) and a latency column was fitted: the other column's fit, so the
     hint can say which one this machine measures stably.
     """
-    import datetime
-    import hashlib
-
-    import predictors
-
     if not 0.0 <= float(test_fraction) < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
     prof = Profile.load(profile_path)  # ProfileFormatError names the file and the fault
     if space is None:
         space = resolve_profile_space(prof, resolve_space)
-    n_rows = len(prof)
-    left_out: dict[str, int] = {}
-    reason_of = getattr(space, "degenerate_reason", None)
-    if reason_of is not None and not keep_degenerate:
-        reasons = [reason_of(c) for c in prof.configs]
-        for r in reasons:
-            if r is not None:
-                left_out[r] = left_out.get(r, 0) + 1
-        if left_out:
-            prof = prof.subset([i for i, r in enumerate(reasons) if r is None])
-    try:
-        X, y = prof.to_arrays(space, metric=metric)
-    except InvalidConfigError as exc:
-        raise InvalidConfigError(f"{str(profile_path)!r}: {exc}") from None
-    n = len(y)
-    if n < 4:
-        raise ValueError(f"{str(profile_path)!r} has {n} usable rows; a predictor needs at least 4")
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(n)
-    n_test = 0 if test_fraction == 0 else max(1, round(n * float(test_fraction)))
-    n_test = min(n_test, n - 2)
-    test, train = perm[:n_test], perm[n_test:]
+    where = repr(str(profile_path))
+    rows = fit_rows(prof, space, metric=metric, keep_degenerate=keep_degenerate, where=where)
+    left_out, prof = rows.left_out, rows.profile
     if verbose and left_out:
         reasons_text = ", ".join(f"{k} ({v:,})" for k, v in left_out.items())
         print(
-            f"left out {sum(left_out.values()):,} of {n_rows:,} configs the space calls degenerate: "
+            f"left out {sum(left_out.values()):,} of {rows.rows:,} configs the space calls degenerate: "
             f"{reasons_text}; --keep-degenerate fits them too"
         )
     with _FitProgress(progress) as bar:
-        pred = predictors.fit(
-            X[train],
-            y[train],
+        fitted = fit_profile(
+            rows,
+            space,
+            profile_path,
             kind=kind,
+            test_fraction=test_fraction,
             seed=seed,
-            feature_names=space.feature_names,
-            space=space,
+            profile_name=profile_name,
             progress=bar.callback,
         )
-        metrics: dict[str, float] = predictors.evaluate(pred, X[test], y[test]) if n_test else {}
+        pred, metrics, train, n_test = fitted.predictor, fitted.metrics, fitted.train, len(fitted.test)
         cv = prof.latency_cv[np.isfinite(prof.latency_cv)]
         rel_iqr = prof.latency_iqr_ms / prof.latency_ms
         rel_iqr = rel_iqr[np.isfinite(rel_iqr)]
@@ -595,25 +733,8 @@ def run_fit(
             # A noisy profile: which latency column is predictable depends on the machine, so measure both.
             bar.message(f"fitting {result['kind']} on {LATENCY_COLUMNS[metric]} too, to compare the columns")
             result["compared"] = _compare_latency_columns(
-                prof, space, X, metric, metrics["within_10pct"], train, test, result["kind"], seed
+                prof, space, rows.X, metric, metrics["within_10pct"], train, fitted.test, result["kind"], seed
             )
-    meta = prof.metadata
-    pred.provenance = {
-        "profile": str(profile_path),
-        **({"profile_name": profile_name} if profile_name else {}),
-        "profile_sha256": hashlib.sha256(Path(profile_path).read_bytes()).hexdigest(),
-        "metric": metric,
-        "space": prof.space,
-        "device": {k: meta[k] for k in _PROVENANCE_DEVICE_KEYS if k in meta},
-        "rows": n_rows,
-        "left_out": left_out,
-        "rows_fitted": n,
-        "train": len(train),
-        "test": int(n_test),
-        "seed": int(seed),
-        "held_out": metrics,
-        "fitted_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
     result["provenance"] = pred.provenance
     out = Path(out_path)
     pred.save(out)

@@ -151,6 +151,7 @@ class Engine:
         self.n_failed_streak = 0
         self.n_ok = 0
         self.exhausted = False
+        self.space_size = space.size
         self.rng = np.random.default_rng(searcher.seed + 7919)
 
     # ------------------------------------------------------------------------------------------ values
@@ -187,6 +188,11 @@ class Engine:
 
     def propose(self, n: int) -> list[Config]:
         """Up to ``n`` configs never evaluated and not pending, marked pending; [] means wait (or exhausted)."""
+        if len(self.cache) + len(self.pending) >= self.space_size:
+            # Every config of the space is evaluated or running: nothing is left to propose. Asking the searcher
+            # would only spin (pymoo tries generation after generation of duplicates: seconds on a tiny space).
+            self.exhausted = True
+            return []
         out: list[Config] = []
         stalled = 0
         while len(out) < n and stalled < _MAX_STALLED_ASKS:
@@ -227,7 +233,7 @@ class Engine:
             c = self.space.sample(self.rng)
             if c.key not in self.cache and c.key not in self.pending:
                 out.setdefault(c.key, c)
-        if len(out) < n and self.space.size <= 1_000_000:
+        if len(out) < n and self.space_size <= 1_000_000:
             for c in self.space.all_configs():  # small space nearly exhausted: enumerate
                 if len(out) >= n:
                     break
@@ -429,7 +435,12 @@ def run(
 
                     run_ray(engine, int(max_concurrent), ray_address, **(ray_options or {}))
         if engine.exhausted and engine.n_done < budget:
-            log.warning("space %s exhausted after %d of %d evaluations", space.name, engine.n_done, budget)
+            log.warning(
+                "space %s exhausted after %d configs: every config has been evaluated (budget %d)",
+                space.name,
+                engine.n_done,
+                budget,
+            )
         extra = [c.metric for c in constraints if c.fn is not None]
         return SearchResult.from_records(
             st.records(), [(o.name, o.direction) for o in objectives], extra, st.read_meta(), st.url
