@@ -358,6 +358,10 @@ def cmd_spaces(args: argparse.Namespace) -> int:
         presets = search_spaces.presets(name)
         if presets:
             print(f"{'':14s} --preset {' | '.join(presets)} (default {presets[0]})")
+        recipe = search_spaces.training_recipe(name)
+        if recipe:
+            shown = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in recipe.items())
+            print(f"{'':14s} nas train defaults: {shown}")
     print(
         "(or --space some.module of your own that defines space() and supernet(); see examples/custom_space.py)"
     )
@@ -503,6 +507,47 @@ def _removed_if_nothing_trained(out: Path, new_dir: bool) -> Iterator[None]:
         raise
 
 
+# `nas train`'s defaults of the settings a space's ``Supernet.training_recipe`` may replace.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "optimizer": "adamw",
+    "lr": 3e-3,
+    "weight_decay": 3e-5,
+    "warmup_epochs": 0.5,
+    "grad_clip": 5.0,
+    "label_smoothing": 0.1,
+    "distill_labels": 0.0,
+}
+
+
+def train_settings(args: argparse.Namespace, net: Any) -> dict[str, Any]:
+    """The recipe settings of a ``nas train`` run: each option given on the command line, else the space's
+    ``training_recipe``, else :data:`TRAIN_DEFAULTS`; says which came from the space's recipe.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> args = SimpleNamespace(**{**dict.fromkeys(TRAIN_DEFAULTS), "lr": 0.01})
+        >>> net = SimpleNamespace(training_recipe={"lr": 1e-3, "weight_decay": 0.05})
+        >>> s = train_settings(args, net)
+        training recipe of SimpleNamespace: weight_decay=0.05
+        >>> s["lr"], s["weight_decay"], s["optimizer"]
+        (0.01, 0.05, 'adamw')
+    """
+    recipe = getattr(net, "training_recipe", {})
+    settings, from_recipe = {}, []
+    for name, default in TRAIN_DEFAULTS.items():
+        given = getattr(args, name)
+        if given is not None:
+            settings[name] = given
+        elif name in recipe:
+            settings[name] = recipe[name]
+            from_recipe.append(f"{name}={recipe[name]}")
+        else:
+            settings[name] = default
+    if from_recipe:
+        print(f"training recipe of {type(net).__name__}: {', '.join(from_recipe)}")
+    return settings
+
+
 def _train(args: argparse.Namespace, net: Any, train: Any, val: Any, out: Path) -> None:
     from nas.train import train_supernet
 
@@ -513,9 +558,7 @@ def _train(args: argparse.Namespace, net: Any, train: Any, val: Any, out: Path) 
         strategy=args.strategy,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        weight_decay=args.weight_decay,
+        **train_settings(args, net),
         augment={"shift": True, "none": False}.get(args.augment, args.augment),
         n_random=args.n_random,
         strategy_options=sampling_options(args),
@@ -1118,15 +1161,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="sandwich", help="sandwich, progressive, delayed or uniform")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training images (default 10)")
     p.add_argument("--batch-size", type=int, default=64, help="images per step, per worker (default 64)")
-    p.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"), help="default adamw")
+    p.add_argument(
+        "--optimizer", default=None, choices=("adamw", "sgd"), help="default adamw (or the space's recipe)"
+    )
     p.add_argument(
         "--lr",
         type=float,
-        default=3e-3,
-        help="peak learning rate, after a half-epoch warmup and before cosine decay (default 3e-3, suits "
-        "adamw; sgd: ~0.05)",
+        default=None,
+        help="peak learning rate, after the warmup and before cosine decay (default 3e-3, suits adamw; sgd: "
+        "~0.05; vit's recipe: 2e-3)",
     )
-    p.add_argument("--weight-decay", type=float, default=3e-5, help="on conv/linear weights (default 3e-5)")
+    p.add_argument(
+        "--weight-decay", type=float, default=None, help="on conv/linear weights (default 3e-5; vit: 0.05)"
+    )
+    p.add_argument(
+        "--warmup-epochs", type=float, default=None, help="linear learning-rate warmup (default 0.5; vit: 1)"
+    )
+    p.add_argument(
+        "--grad-clip", type=float, default=None, help="gradient norm clipping (default 5; vit: 1; 0: none)"
+    )
+    p.add_argument(
+        "--label-smoothing", type=float, default=None, help="on the max subnet's labels (default 0.1)"
+    )
+    p.add_argument(
+        "--distill-labels",
+        type=float,
+        default=None,
+        help="the labels' share of the other subnets' loss under in-place distillation, the teacher's soft "
+        "predictions the rest (default 0: pure in-place distillation; vit: 1, its teacher learns slowly). "
+        "Options left out here take the space's recipe (nas spaces lists it), else these defaults",
+    )
     p.add_argument(
         "--augment",
         default="shift",

@@ -74,6 +74,27 @@ def presets(name: str) -> tuple[str, ...]:
     return (default, *(p for p in names if p != default)) if default in names else names
 
 
+def training_recipe(name: str) -> dict[str, Any]:
+    """The ``training_recipe`` of built-in space ``name``'s supernet class (settings ``nas train`` uses for the
+    options not given; empty when the defaults suit it). Imports the space's module.
+
+    Example:
+        >>> training_recipe("mobilenetv3")
+        {}
+        >>> training_recipe("vit")["lr"]
+        0.002
+    """
+    from nas.supernet import Supernet
+
+    module = get(name)
+    classes = [
+        c
+        for c in vars(module).values()
+        if isinstance(c, type) and issubclass(c, Supernet) and c.__module__ == module.__name__
+    ]
+    return dict(classes[0].training_recipe) if len(classes) == 1 else {}
+
+
 def default_preset(name: str) -> str | None:
     """The ``preset`` that space ``name``'s ``supernet()`` uses by default (``None`` when it takes none).
 

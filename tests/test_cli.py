@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -543,3 +544,41 @@ def test_export_re_estimates_batch_norm_on_the_data_the_search_recorded(tmp_path
     roots.clear()
     _int8_calibration(str(sn), {}, "/moved/cifar")
     assert roots == ["/moved/cifar", "/moved/cifar"]
+
+
+def test_nas_train_takes_the_spaces_recipe_for_the_options_not_given(tmp_path, monkeypatch, capsys):
+    import nas.train
+    from nas.cli import TRAIN_DEFAULTS
+    from search_spaces.vit import VisionTransformerSupernet
+
+    seen: dict = {}
+    monkeypatch.setattr(nas.train, "train_supernet", lambda net, data, **kw: seen.update(kw))
+    recipe = dict(VisionTransformerSupernet.training_recipe)
+    assert recipe and set(recipe) <= set(TRAIN_DEFAULTS)
+    base = ["train", "--data", "digits", "--epochs", "1"]
+    assert main([*base, "--space", "vit", "--out", str(tmp_path / "v")]) == 0
+    assert {k: seen[k] for k in TRAIN_DEFAULTS} == {**TRAIN_DEFAULTS, **recipe}
+    assert "training recipe of VisionTransformerSupernet: " in capsys.readouterr().out
+    assert main([*base, "--space", "vit", "--lr", "0.02", "--out", str(tmp_path / "v2")]) == 0
+    assert seen["lr"] == 0.02 and seen["weight_decay"] == recipe["weight_decay"]
+    assert "lr=" not in capsys.readouterr().out  # given, so not the recipe's
+    seen.clear()
+    assert main([*base, "--space", "mobilenetv3", "--out", str(tmp_path / "m")]) == 0
+    assert {k: seen[k] for k in TRAIN_DEFAULTS} == TRAIN_DEFAULTS  # no recipe of its own
+    assert "training recipe" not in capsys.readouterr().out
+
+
+def test_nas_train_help_states_the_defaults_and_the_vit_recipe():
+    """The help texts write the defaults out; they must say what the code does."""
+    from nas.cli import TRAIN_DEFAULTS, build_parser
+    from search_spaces.vit import VisionTransformerSupernet
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    helps = {a.dest: a.help for a in train._actions}
+    for name, value in TRAIN_DEFAULTS.items():
+        found = re.search(r"default ([0-9.e-]+|\w+)", helps[name])
+        assert found, name
+        assert found.group(1) == str(value) or float(found.group(1)) == value, (name, helps[name])
+    for name, value in VisionTransformerSupernet.training_recipe.items():
+        found = re.search(r"vit(?:'s recipe)?: ([0-9.e-]+)", helps[name])
+        assert found and float(found.group(1)) == value, (name, helps[name])

@@ -404,3 +404,42 @@ def test_resuming_a_finished_run_keeps_its_validation_accuracy(tmp_path):
     # nothing left to train (a finished run, or one killed during its final validation): validated again
     train_supernet(TinySupernet(), data, resume=True, **kw)
     assert json.loads((tmp_path / "train.json").read_text())["val_accuracy"] == before
+
+
+def test_a_checkpoint_from_before_distill_labels_still_resumes(tmp_path):
+    """Checkpoints written before the ``distill_labels`` setting existed lack it; its default trains as its absence
+    did, so such a run resumes (and one that asks for another value is refused, naming it)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    data = tiny_data(128)
+    kw = {"epochs": 2, "lr": 0.1, "out_dir": tmp_path, **FAST}
+    with pytest.raises(RuntimeError, match="injected"):
+        train_supernet(TinySupernet(), data, _fail_at_step=4, **kw)
+    path = tmp_path / CHECKPOINT
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    state = json.loads(meta["nas.train_state"])
+    del state["settings"]["distill_labels"]  # what an older version wrote
+    save_file(tensors, str(path), metadata={**meta, "nas.train_state": json.dumps(state)})
+    with pytest.raises(ValueError, match=r"different settings \(distill_labels 0.0 -> 0.5\)"):
+        train_supernet(TinySupernet(), data, resume=True, distill_labels=0.5, **kw)
+    assert train_supernet(TinySupernet(), data, resume=True, **kw).steps == 8
+
+
+def test_distill_labels_mixes_the_labels_into_the_students_loss(tmp_path):
+    data = tiny_data(64)
+    with pytest.raises(ValueError, match=r"distill_labels=1.5 must be in \[0, 1\]"):
+        train_supernet(TinySupernet(), data, epochs=1, distill_labels=1.5, out_dir=tmp_path / "bad", **FAST)
+    runs = {}
+    for w in (0.0, 0.5, 1.0):
+        torch.manual_seed(0)
+        net = TinySupernet()
+        train_supernet(net, data, epochs=1, lr=0.1, distill_labels=w, out_dir=tmp_path / str(w), **FAST)
+        runs[w] = _weights(net)
+    assert not _same(runs[0.0], runs[0.5]) and not _same(runs[0.5], runs[1.0])
+    # All labels is the same run as no distillation at all.
+    torch.manual_seed(0)
+    net = TinySupernet()
+    train_supernet(net, data, epochs=1, lr=0.1, distill=False, out_dir=tmp_path / "nodistill", **FAST)
+    assert _same(_weights(net), runs[1.0])

@@ -674,7 +674,9 @@ def train_supernet(
         **options,
     )
     if not 0.0 <= cfg.distill_labels <= 1.0:
-        raise ValueError(f"distill_labels={cfg.distill_labels} must be in [0, 1] (the labels' share of the loss)")
+        raise ValueError(
+            f"distill_labels={cfg.distill_labels} must be in [0, 1] (the labels' share of the loss)"
+        )
     x, y = _tensors(train_data, "train_data")
     val = _tensors(val_data, "val_data") if val_data is not None else None
     out = Path(out_dir)
