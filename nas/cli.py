@@ -424,7 +424,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "space": args.space,
         "kwargs": _supernet_kwargs(args, num_classes=num_classes, in_channels=int(images.shape[1])),
         "data": data_name,
-        "data_root": args.data_root,
+        # absolute: nas search and nas export read the data from wherever they run
+        "data_root": str(Path(args.data_root).resolve()) if args.data_root else None,
     }
     out = Path(args.out)
     _check_run_directory(out, spec, args.resume)
@@ -478,6 +479,13 @@ def _check_run_directory(out: Path, spec: dict[str, Any], resume: bool) -> None:
             stored = json.loads(spec_file.read_text())
         except json.JSONDecodeError:
             stored = None
+        if (
+            isinstance(stored, dict)
+            and stored.get("data_root")
+            and not Path(stored["data_root"]).is_absolute()
+        ):
+            # Runs before roots were recorded absolute: resumed from where they were started, as documented.
+            stored["data_root"] = str(Path(stored["data_root"]).resolve())
         if isinstance(stored, dict) and stored != json.loads(json.dumps(spec)):
             raise CliError(
                 f"{out} holds a supernet trained with other settings ({settings_diff(stored, spec)}); "

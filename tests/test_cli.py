@@ -582,3 +582,31 @@ def test_nas_train_help_states_the_defaults_and_the_vit_recipe():
     for name, value in VisionTransformerSupernet.training_recipe.items():
         found = re.search(r"vit(?:'s recipe)?: ([0-9.e-]+)", helps[name])
         assert found and float(found.group(1)) == value, (name, helps[name])
+
+
+def test_nas_train_records_the_data_root_absolute(tmp_path, monkeypatch):
+    """nas search and nas export rebuild the data from supernet.json wherever they run: a relative --data-root
+    would point elsewhere. A run recorded with a relative root before still resumes from where it started."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    import nas.train
+    from nas import data as nas_data
+
+    def cifar10(root, split="train"):
+        return TensorDataset(
+            torch.randn(40, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(40) % 10
+        )
+
+    monkeypatch.setattr(nas_data, "cifar10", cifar10)
+    monkeypatch.setattr(nas.train, "train_supernet", lambda net, data, **kw: None)
+    monkeypatch.chdir(tmp_path)
+    train = ["train", "--space", "mobilenetv3", "--data", "cifar10", "--data-root", "cifar", "--epochs", "1"]
+    assert main([*train, "--out", "run"]) == 0
+    spec_file = tmp_path / "run" / "supernet.json"
+    assert json.loads(spec_file.read_text())["data_root"] == str(tmp_path / "cifar")
+    spec_file.write_text(
+        json.dumps({**json.loads(spec_file.read_text()), "data_root": "cifar"})
+    )  # an old run
+    assert main([*train, "--out", "run", "--resume"]) == 0
+    assert json.loads(spec_file.read_text())["data_root"] == str(tmp_path / "cifar")
