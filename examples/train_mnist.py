@@ -21,7 +21,7 @@ import search_spaces
 from nas import data
 from nas.cli import add_sampling_arguments, sampling_options
 from nas.evaluation import evaluate_subnet
-from nas.train import train_supernet
+from nas.train import recipe_for, train_supernet
 from nas.train.checkpoint import atomic_write_text
 from search_spaces import mobilenetv3
 
@@ -36,9 +36,9 @@ def main() -> None:
     )
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
-    p.add_argument("--weight-decay", type=float, default=3e-5)
+    p.add_argument("--lr", type=float, help="default 0.05, or the space's training recipe (vit: 2e-3)")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), help="default sgd, or the space's recipe")
+    p.add_argument("--weight-decay", type=float, help="default 3e-5, or the space's recipe (vit: 0.05)")
     p.add_argument("--augment", default="shift", choices=("shift", "affine", "none"))
     p.add_argument("--strategy", default="sandwich")
     p.add_argument("--n-random", type=int, default=2)
@@ -79,6 +79,9 @@ def main() -> None:
         p.error(f"--kernel-transform is for mobilenetv3's depthwise kernels, not {args.space}")
     else:
         net = search_spaces.get(args.space).supernet("small", num_classes=10, in_channels=1)
+    # Options given here, else the space's own training recipe (the ViT's), else this script's defaults.
+    given = {k: v for k in ("lr", "optimizer", "weight_decay") if (v := getattr(args, k)) is not None}
+    settings = {"lr": 0.05, "optimizer": "sgd", "weight_decay": 3e-5, **recipe_for(net, **given)}
     t0 = time.perf_counter()
     result = train_supernet(
         net,
@@ -86,11 +89,9 @@ def main() -> None:
         strategy=args.strategy,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        lr=args.lr,
         n_random=args.n_random,
         strategy_options=sampling_options(args),
-        optimizer=args.optimizer,
-        weight_decay=args.weight_decay,
+        **settings,
         augment={"shift": True, "none": False}.get(args.augment, args.augment),
         out_dir=args.out,
         resume=args.resume,
