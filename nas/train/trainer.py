@@ -374,8 +374,8 @@ def _with_new_defaults(stored: dict[str, Any]) -> dict[str, Any]:
         >>> _with_new_defaults({"lr": 0.1})["distill_labels"]
         0.0
     """
-    added = {n: f.default for n, f in TrainConfig.__dataclass_fields__.items() if n in _FIELDS_ADDED_LATER}
-    return {**added, **stored}
+    fields = TrainConfig.__dataclass_fields__
+    return {**{name: fields[name].default for name in _FIELDS_ADDED_LATER}, **stored}
 
 
 # TrainConfig fields a checkpoint written before them lacks; each one's default must train as its absence did.
