@@ -1402,7 +1402,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         required=True,
         help="report directory; a new report there removes the plots of the last one that it does not rewrite "
-        "(listed in its report_files.json), never other files",
+        "(listed in its report_files.json), never other files; a folder holding an index.html or summary.json "
+        "that no report wrote is refused",
     )
     p.set_defaults(func=cmd_report)
 

@@ -3,7 +3,9 @@
 A target without a front (every evaluation of it failed, or none has a finite value) is left out with a warning
 and a line on the page saying why; the report fails only when no target has one. The report owns the files it
 writes: it lists them in ``report_files.json`` and, when run again into the same folder, removes the files of its
-last run that this run does not rewrite (a target no longer in the store); other files there are never touched.
+last run that this run does not rewrite (a target no longer in the store); other files there are never touched,
+and a folder holding an ``index.html``, ``summary.json`` or plot of the same name that no report wrote is refused
+rather than overwritten.
 
 Example:
     >>> from nas.report import write_report  # doctest: +SKIP
@@ -39,6 +41,10 @@ REPORT_FILES = "report_files.json"
 _TARGET_FILE = re.compile(r"(front|hv)_[^/\\]+\.(png|csv)")
 #: (prefix, extension) of the files written for each target with a front
 _FILES = (("front", "png"), ("hv", "png"), ("front", "csv"))
+#: the files every report writes besides the per-target ones
+_PAGE_FILES = ("index.html", "summary.json", REPORT_FILES)
+#: marks a page as a report's own, so that a later report may replace it
+_GENERATOR = "<meta name='generator' content='nas report'>"
 
 
 def _fronts(result: SearchResult) -> list[tuple[str, list[str]]]:
@@ -203,6 +209,32 @@ def _previous_files(out: Path) -> set[str]:
     return {n for n in listed if isinstance(n, str) and Path(n).name == n and _TARGET_FILE.fullmatch(n)}
 
 
+def _is_report_folder(out: Path) -> bool:
+    """Whether ``out`` holds a report written by :func:`write_report`: its file list, or (for a report written
+    before reports listed their files) a page with a report's title."""
+    if (out / REPORT_FILES).is_file():
+        return True
+    try:
+        with open(out / "index.html", encoding="utf-8", errors="replace") as f:
+            head = f.read(2048)
+    except OSError:
+        return False
+    return _GENERATOR in head or "<title>nas search report" in head
+
+
+def _refuse_foreign_files(out: Path, names: set[str]) -> None:
+    """Raise ``FileExistsError`` when writing ``names`` into ``out`` would replace files no report wrote: a report
+    sent to a folder of the user's must not overwrite their ``index.html`` (or anything else)."""
+    if _is_report_folder(out):
+        return
+    clashes = sorted(n for n in names if (out / n).exists())
+    if clashes:
+        raise FileExistsError(
+            f"{out} holds {', '.join(clashes)}, which a report would overwrite, and no report wrote them (the "
+            f"folder has no {REPORT_FILES}); choose an empty or new --out folder, or move those files away"
+        )
+
+
 def _nothing_to_report(result: SearchResult, fronts: Sequence[tuple[str, Any, Any, str | None]]) -> str:
     """The error for a run where no target has a front: each target's reason and the first evaluation error."""
     distinct = {reason for *_, reason in fronts}
@@ -233,7 +265,8 @@ def write_report(source: SearchResult | str | os.PathLike[str], out_dir: str | o
     A target without a front (no successful feasible evaluation with finite values) gets a line saying why
     instead of its plots, a logged warning and an entry in ``summary.json["skipped"]``; a ``ValueError`` when
     no target has a front. Per-target files of an earlier report in ``out_dir`` that this one does not rewrite
-    are removed (only those listed in its ``report_files.json``).
+    are removed (only those listed in its ``report_files.json``); a ``FileExistsError`` (before anything is
+    written) when ``out_dir`` holds files of the names a report writes that no report wrote.
     """
     result = source if isinstance(source, SearchResult) else SearchResult.load(str(source))
     if not len(result):
@@ -246,10 +279,14 @@ def write_report(source: SearchResult | str | os.PathLike[str], out_dir: str | o
     if all(reason is not None for *_, reason in fronts):
         raise ValueError(_nothing_to_report(result, fronts))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    previous = _previous_files(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; a report is a folder (index.html, plots, CSVs)")
     stems = [stem for _, _, stem, reason in fronts if reason is None]
     written = {f"{kind}_{stem}.{ext}" for stem in stems for kind, ext in _FILES}
+    if out.is_dir():
+        _refuse_foreign_files(out, written | set(_PAGE_FILES))
+    out.mkdir(parents=True, exist_ok=True)
+    previous = _previous_files(out)
     # Listed before they are written: a report stopped part-way still names every file it may have left.
     _list_files(out, previous | written)
     summary: dict[str, Any] = {"meta": result.meta, "evaluations": len(result), "fronts": {}, "skipped": {}}
@@ -285,7 +322,7 @@ def write_report(source: SearchResult | str | os.PathLike[str], out_dir: str | o
     meta = result.meta
     title = f"nas search report: {meta.get('algorithm', '?')} on {meta.get('space', '?')}"
     page = (
-        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<!doctype html><html><head><meta charset='utf-8'>{_GENERATOR}"
         f"<title>{html.escape(title)}</title><style>"
         "body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;font-size:12px}"
         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left} code{font-size:11px}"

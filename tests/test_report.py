@@ -176,3 +176,37 @@ def test_a_new_report_removes_its_own_stale_files_only(tmp_path):
     write_report(SearchResult(h, [("accuracy", "max"), ("latency@cpu", "min")]), out)
     assert (out / "notes.txt").read_text() == "mine" and (tmp_path / "front_outside.png").is_file()
     assert (out / "front_cpu.png").is_file() and (out / "index.html").is_file()
+
+
+@pytest.mark.parametrize("name", ["index.html", "summary.json", "front_cpu.csv"])
+def test_a_folder_with_files_no_report_wrote_is_refused_before_anything_is_written(tmp_path, capsys, name):
+    """`--out` pointed at a folder of the user's (a website, a results folder) must not overwrite their files."""
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / name).write_text("the user's own")
+    with pytest.raises(FileExistsError, match=name):
+        write_report(make_result(n=8), out)
+    assert sorted(p.name for p in out.iterdir()) == [name] and (out / name).read_text() == "the user's own"
+    store = tmp_path / "run.db"
+    _store(store, [{"accuracy": 90.0 + i, "latency@cpu": 1.0 + i} for i in range(3)])
+    assert main(["report", str(store), "--out", str(out)]) == 2
+    assert "choose an empty or new --out folder" in capsys.readouterr().err
+    (out / "notes.txt").write_text("x")  # other files never stop a report
+    (out / name).unlink()
+    write_report(make_result(n=8), out)
+    assert (out / "notes.txt").read_text() == "x" and (out / "index.html").is_file()
+
+
+def test_a_report_folder_is_rewritten_even_one_written_before_reports_listed_their_files(tmp_path):
+    out = tmp_path / "rep"
+    write_report(make_result(n=8), out)
+    write_report(make_result(n=9), out)  # its own report_files.json
+    assert json.loads((out / "summary.json").read_text())["evaluations"] == 9
+    (out / "report_files.json").unlink()  # as a report of an earlier version left its folder
+    write_report(make_result(n=10), out)
+    assert json.loads((out / "summary.json").read_text())["evaluations"] == 10
+    (out / "report_files.json").unlink()
+    page = (out / "index.html").read_text().replace("<meta name='generator' content='nas report'>", "")
+    (out / "index.html").write_text(page)  # the page of an earlier version had no generator tag
+    write_report(make_result(n=11), out)
+    assert json.loads((out / "summary.json").read_text())["evaluations"] == 11
