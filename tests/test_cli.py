@@ -120,7 +120,7 @@ def test_an_out_of_the_wrong_kind_gets_a_one_line_error(tmp_path, capsys):
         == 0
     )
     assert main(["report", str(db), "--out", str(notes)]) == 2
-    assert "File exists" in capsys.readouterr().err
+    assert "is a file; a report is a folder" in capsys.readouterr().err
     # a folder where the profile / predictor file belongs is refused before any measuring or fitting
     folder = tmp_path / "runs"
     folder.mkdir()
