@@ -244,6 +244,51 @@ def _latency_function(space: Any, space_name: str, target: str) -> Callable[[Any
     )
 
 
+def _target_record(target: str, space_name: str) -> dict[str, Any] | None:
+    """Where a target's latencies come from and how they were measured, as ``nas export --measure`` needs it:
+    ``{"source", "metric", "metadata"}`` (metadata empty when the target records none: an nb201 device, a
+    predictor without provenance), or ``None`` when ``target`` names nothing here. Resolved in the order of
+    :func:`_latency_function`.
+
+    Example:
+        >>> _target_record("raspi4", "nb201")
+        {'source': 'raspi4', 'metric': 'latency_ms', 'metadata': {}}
+    """
+    import hw_profiles
+    from nas.hw.export_check import RECORDED_KEYS
+    from nas.hw.profiles import meta_path
+
+    path = Path(target)
+    if path.suffix == ".json" and path.is_file():
+        import predictors
+
+        provenance = predictors.load(path).provenance
+        device = provenance.get("device") or {}
+        metadata = {k: device[k] for k in RECORDED_KEYS if k in device}
+        return {
+            "source": str(path.resolve()),
+            "metric": provenance.get("metric", "latency_ms"),
+            "metadata": metadata,
+        }
+    if space_name == "nb201":
+        from search_spaces import nb201
+
+        if target.removeprefix("nb201-") in nb201.DEVICES:
+            return {"source": target, "metric": "latency_ms", "metadata": {}}
+    if path.name.endswith((".csv", ".csv.gz")) and path.is_file():
+        source = str(path.resolve())
+    elif target in hw_profiles.available():
+        path, source = hw_profiles.path_of(target), target
+    else:
+        return None
+    try:
+        recorded = json.loads(meta_path(path).read_text())["metadata"]
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded = {}
+    metadata = {k: recorded[k] for k in RECORDED_KEYS if k in recorded} if isinstance(recorded, dict) else {}
+    return {"source": source, "metric": "latency_ms", "metadata": metadata}
+
+
 def _profile_predictor(
     profile: Any, space: Any, target: str, path: Path, profile_name: str | None = None
 ) -> Callable[[Any], float]:
@@ -798,6 +843,8 @@ def _objectives(args: argparse.Namespace, space: Any) -> tuple[list[Any], dict[s
         fn = _latency_function(space, args.space, target)
         objectives.append(search.latency(label, fn))
         recipe["targets"][label] = target
+        # what `nas export --measure` measures like: recorded now, as the file is then (and from any directory)
+        recipe.setdefault("target_measurements", {})[label] = _target_record(target, args.space)
     for extra in args.objective or []:
         if extra not in ("macs", "params", "model_bytes"):
             raise CliError(f"unknown extra objective {extra!r}; choose macs, params or model_bytes")
@@ -1015,6 +1062,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"{', '.join(names)}); search with --target, or drop --max-latency"
         )
     bound = parse_duration_ms(args.max_latency) if args.max_latency else None
+    measuring = _measurement_target(recipe, target, lat_col, args.store) if args.measure else None
     if front.empty:
         history = result.history
         failed = int((history["status"] != "ok").sum())
@@ -1040,6 +1088,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     best = front.sort_values(keys, ascending=[False] + [True] * (len(keys) - 1), kind="mergesort").iloc[0]
     cfg = result.configs(front.loc[[best.name]])[0]
     net = search_spaces.load_trained(supernet_dir)
+    if measuring is not None:  # refused now, before anything is written, when it cannot be measured here
+        _check_measurable(measuring, net.input_shape(cfg, 1), target)
     formats = tuple(args.format)
     int8_data = _int8_calibration(supernet_dir, cfg, args.data_root) if "onnx-int8" in formats else {}
     bn_data = _bn_calibration_images(supernet_dir, recipe, args.data_root)
@@ -1060,7 +1110,98 @@ def cmd_export(args: argparse.Namespace) -> int:
             # a small validation split holds fewer than INT8_IMAGES images: say how many were compared
             n = check.get("int8_samples", INT8_IMAGES)
             print(f"int8 ONNX agrees with the float model on {agreement:.1%} of {n} held-out images")
+    if measuring is not None:
+        _measure_exported(out, measuring, target, float(best[lat_col]), bound, args.max_latency)
     return 0
+
+
+def _measurement_target(
+    recipe: Mapping[str, Any], target: str | None, lat_col: str | None, store: str
+) -> dict[str, Any]:
+    """The record of how ``target``'s latencies were measured (see :func:`_target_record`), for ``--measure``.
+
+    ``nas search`` records it beside a SQLite store; a run searched before it did is read from the target
+    file the run names, as seen from here.
+    """
+    if lat_col is None or target is None:
+        raise CliError(
+            "--measure compares the exported subnet's latency with its target's, but this run has no latency "
+            "target; search with --target, or drop --measure"
+        )
+    record = (recipe.get("target_measurements") or {}).get(target)
+    if record is None and target in (recipe.get("targets") or {}):
+        named = recipe["targets"][target]
+        record = _target_record(named, str(recipe.get("space")))
+        if record is None:
+            raise CliError(
+                f"--measure: target {target} is {named}, which is not there from this directory (the run was "
+                "searched before nas recorded its targets' measurement settings); run nas export from the "
+                "directory the search ran in"
+            )
+    if record is None:
+        raise CliError(
+            f"--measure needs the measurement settings of target {target}, which nas search records beside a "
+            f"SQLite store (STORE{SIDECAR_SUFFIX}), and {store} has none; drop --measure, or time the export "
+            "with nas.hw.measure_export(out, profile_metadata)"
+        )
+    return dict(record)
+
+
+def _check_measurable(record: Mapping[str, Any], input_shape: Sequence[int], target: str) -> None:
+    """Refuse ``--measure`` (one line, before exporting) for a target whose measurement cannot be repeated here."""
+    from nas.hw.export_check import measurement_settings
+    from nas.hw.measure import BACKENDS, BackendUnavailableError
+
+    what = f"target {target} ({record['source']})"
+    try:
+        measurement_settings(record["metadata"], input_shape, record["metric"], what=what)
+    except (BackendUnavailableError, ValueError) as exc:  # one line, whether about this machine or the target
+        fix = ""
+        if record["metadata"].get("backend") not in BACKENDS:
+            fix = (
+                "; it needs a target measured by `nas profile` (a profile .csv, or a predictor `nas fit` made "
+                "from one), or drop --measure"
+            )
+        raise CliError(f"--measure: {exc}{fix}") from None
+
+
+def _measure_exported(
+    out: Path, record: Mapping[str, Any], target: str, predicted: float, bound: float | None, bound_text: str
+) -> None:
+    """Time the export as ``target``'s latencies were measured, print measured against predicted, record both
+    in its manifest, and warn when the measurement breaks ``--max-latency`` (the export stands)."""
+    from nas.hw.export_check import measure_export
+
+    m = measure_export(
+        out,
+        record["metadata"],
+        metric=record["metric"],
+        predicted_ms=predicted,
+        max_latency_ms=bound,
+        target=target,
+    )
+    s = m["settings"]
+    how = s["backend"] + (f" {s['precision']}" if s["precision"] != "fp32" else "")
+    how += f", batch {s['batch_size']}, {s['threads']} thread{'s' if s['threads'] != 1 else ''}"
+    how += f", {s['clock']} clock" if s["clock"] != "wall" else ""
+    print(
+        f"measured {m['measured_ms']:.3f} ms on this machine ({how}; {s['statistic']} of {m['n']}, IQR "
+        f"{m['iqr_ms']:.3f} ms); predicted {predicted:.3f} ms ({m['difference']:+.1%})"
+    )
+    where = "this machine"
+    if m["other_machine"]:
+        where = "this machine, not on the target's device"
+        print(
+            f"nas export: note: target {target} was measured on another machine (this one has "
+            f"{m['other_machine']}): the measured latency is this machine's, not the target device's",
+            file=sys.stderr,
+        )
+    if bound is not None and not m["within_max_latency"]:
+        print(
+            f"nas export: warning: the measured {m['measured_ms']:.3f} ms is above --max-latency {bound_text} (on "
+            f"{where}); the export is still the subnet the prediction chose (predicted {predicted:.3f} ms)",
+            file=sys.stderr,
+        )
 
 
 INT8_IMAGES = 256  # calibration images for the int8 export, and as many held-out ones to check it on
@@ -1448,6 +1589,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-verify",
         action="store_true",
         help="write the files even when they differ from the model (the differences are still recorded)",
+    )
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="after exporting, time the exported subnet on this machine with the settings the target's "
+        "latencies were measured with (backend, precision, batch size, threads, clock, input channels, repeats: "
+        "from its profile, or from the profile a `nas fit` predictor records), print the measured against the "
+        "predicted latency and record both in manifest.json (measured_latency). Refused before exporting when "
+        "the target records no such settings (a built-in table, a predictor without provenance) or its backend "
+        "cannot run here. On another machine than the target's the numbers are this machine's, and it says so. "
+        "A measurement above --max-latency is a warning: the export stays the subnet the prediction chose and "
+        "the exit status is 0",
     )
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_export)

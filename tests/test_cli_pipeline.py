@@ -309,3 +309,83 @@ def test_a_space_given_as_a_file_name_is_told_its_dotted_path(tmp_path, monkeypa
     assert err.strip().endswith("--space pkg.my_space")
     assert main([*args, "/elsewhere/my_space.py"]) == 2
     assert capsys.readouterr().err.strip().endswith("--space my_space from /elsewhere")
+
+
+def test_export_measure_times_the_export_as_the_target_was_measured(run_dir, tmp_path, monkeypatch, capsys):
+    from nas.cli import _target_record
+    from nas.hw import measure
+    from nas.search import SearchResult
+
+    prof, pred, db = tmp_path / "cpu.csv", tmp_path / "cpu.json", tmp_path / "s.db"
+    args = ["profile", "--supernet", str(run_dir), "--samples", "8", "--threads", "1", "--out", str(prof)]
+    assert main([*args, "--repeats", "2", "--rounds", "1", "--warmup", "0"]) == 0
+    assert main(["fit", str(prof), "--kind", "ridge", "--out", str(pred), "--quiet"]) == 0
+    args = ["search", "--space", "mobilenetv3", "--supernet", str(run_dir), "--target", str(pred)]
+    assert main([*args, "--algorithm", "random", "--budget", "2", "--store", str(db), "--quiet"]) == 0
+    sidecar = tmp_path / "s.db.nas.json"
+    recipe = json.loads(sidecar.read_text())
+    recorded = recipe["target_measurements"]["cpu"]
+    assert recorded["source"] == str(pred) and recorded["metric"] == "latency_ms"
+    assert _target_record(str(prof), "mobilenetv3")["metadata"]["repeats"] == 2  # a profile target: its own
+    front = SearchResult.load(f"sqlite:///{db}").pareto(target="cpu")
+    bound = float(front["latency@cpu"].min())  # the fastest prediction, as the bound (repr: exactly)
+    capsys.readouterr()
+
+    # a fake clock: every timed call takes 1 ms more than the bound allows
+    monkeypatch.setattr(measure._TorchRunner, "time", lambda self, n: [bound + 1.0] * n)
+    out = tmp_path / "model"
+    export = ["export", str(db), "--format", "safetensors", "--measure"]
+    # above --max-latency: a warning, not a failure
+    assert main([*export, "--max-latency", f"{bound!r}ms", "--out", str(out)]) == 0
+    std = capsys.readouterr()
+    assert f"measured {bound + 1:.3f} ms on this machine (torch, batch 1, 1 thread; median of 30" in std.out
+    assert f"predicted {bound:.3f} ms (" in std.out
+    assert "is above --max-latency" in std.err and "another machine" not in std.err
+    m = json.loads((out / "manifest.json").read_text())["measured_latency"]
+    profiled = json.loads((tmp_path / "cpu.csv.meta.json").read_text())["metadata"]
+    for key in ("backend", "precision", "batch_size", "threads", "clock", "in_channels"):
+        assert m["settings"][key] == profiled[key]
+    assert m["measured_ms"] == bound + 1.0 and m["predicted_ms"] == bound and not m["within_max_latency"]
+    assert m["target"] == "cpu" and m["other_machine"] is None
+
+    # another CPU model than the profile's: still measured, and said to be this machine's numbers
+    monkeypatch.setattr(measure, "_cpu_model", lambda: "Another CPU 9000")
+    assert main([*export, "--max-latency", "1s", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "target cpu was measured on another machine (this one has CPU 'Another CPU 9000', not" in err
+    assert "the measured latency is this machine's" in err and "above --max-latency" not in err
+    m = json.loads((out / "manifest.json").read_text())["measured_latency"]
+    assert m["machine"]["cpu"] == "Another CPU 9000" and m["within_max_latency"]
+
+    # a store from before searches recorded the targets' settings reads them from the target file
+    del recipe["target_measurements"]
+    sidecar.write_text(json.dumps(recipe))
+    assert main([*export, "--out", str(tmp_path / "old")]) == 0
+    assert "measured_latency" in json.loads((tmp_path / "old" / "manifest.json").read_text())
+    sidecar.write_text(json.dumps({**recipe, "targets": {"cpu": "elsewhere/cpu.json"}}))
+    assert main([*export, "--out", str(tmp_path / "moved")]) == 2
+    assert (
+        "target cpu is elsewhere/cpu.json, which is not there from this directory" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "moved").exists()
+
+    # targets whose measurement cannot be repeated here are refused before anything is written
+    def refused(metadata, expected):
+        recipe["target_measurements"] = {"cpu": {**recorded, "metadata": metadata}}
+        sidecar.write_text(json.dumps(recipe))
+        assert main([*export, "--out", str(tmp_path / "refused")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("nas export: error: --measure: ") and expected in err, err
+        assert not (tmp_path / "refused").exists()
+
+    capsys.readouterr()
+    # a predictor without provenance
+    refused({}, "does not record the backend its latencies were measured with")
+    refused({"backend": "TensorFlow Lite"}, "which nas cannot run")  # a published table
+    refused(
+        {**recorded["metadata"], "in_channels": 3}, "measured on 3-channel inputs, but this model takes 1"
+    )
+    if not torch.cuda.is_available():
+        refused(
+            {**recorded["metadata"], "backend": "cuda"}, "backend 'cuda', but this machine has no CUDA GPU"
+        )

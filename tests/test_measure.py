@@ -591,3 +591,29 @@ def test_an_onnxruntime_profile_is_refused_for_another_onnxruntime_or_torch_vers
     )
     with pytest.raises(ValueError, match=r"torch 1\.0\.0 but this machine has torch"):
         cli_hooks.run_profile(ToyNet(), "onnxruntime", 4, out, **QUICK)
+
+
+def test_measure_export_compares_the_predicted_statistic_and_keeps_the_export_loadable(tmp_path, monkeypatch):
+    from nas.export import export, load_exported, read_manifest
+    from nas.hw.export_check import machine_difference, measure_export
+    from search_spaces import mobilenetv3
+
+    net = mobilenetv3.supernet("small", in_channels=1)
+    out = export(net, net.space.min(), tmp_path / "m", formats=("safetensors",))
+    # a fake clock: repeat i of the 10 takes i + 1 ms, so median 5.5, 10th percentile 1.9
+    monkeypatch.setattr(measure._TorchRunner, "time", lambda self, n: [float(i + 1) for i in range(n)])
+    meta = {"backend": "torch", "threads": 1, "repeats": 10, "rounds": 1, "warmup": 0, "in_channels": 1}
+    m = measure_export(out, meta, metric="latency_p10_ms", predicted_ms=2.0, max_latency_ms=1.5)
+    assert m["settings"]["statistic"] == "p10" and m["measured_ms"] == pytest.approx(1.9)
+    assert m["median_ms"] == 5.5 and m["difference"] == pytest.approx(-0.05) and not m["within_max_latency"]
+    assert read_manifest(out)["measured_latency"] == json.loads(json.dumps(m))
+    load_exported(out)  # the rewritten manifest still lists the same files and checksums
+    with pytest.raises(ValueError, match="predicts 'energy_mj', not a latency statistic"):
+        measure_export(out, meta, metric="energy_mj")
+    # a GPU target is told apart by its GPU, a CPU one by its CPU
+    cuda = {"backend": "cuda", "cpu": "A", "gpu": "NVIDIA H100"}
+    assert machine_difference(cuda, {"cpu": "B", "gpu": "NVIDIA H100"}) is None
+    assert (
+        machine_difference(cuda, {"cpu": "A", "gpu": "NVIDIA A10"}) == "GPU 'NVIDIA A10', not 'NVIDIA H100'"
+    )
+    assert machine_difference({"backend": "torch"}, {"cpu": "B"}) is None  # not recorded: cannot tell

@@ -1,4 +1,5 @@
-"""Hardware: the profile file format, on-device measurement and per-layer latency tables.
+"""Hardware: the profile file format, on-device measurement, per-layer latency tables and the check of an
+exported subnet's latency against its prediction.
 
 Names resolve on first use, so ``import nas.hw`` stays light; add a measurement backend by adding a line to
 ``_LAZY``.
@@ -26,6 +27,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "lut_feature": ("nas.hw.lut", "lut_feature"),
     "build_lut": ("nas.hw.lut", "build_lut"),
     "CLOCKS": ("nas.hw.measure", "CLOCKS"),
+    "measure_export": ("nas.hw.export_check", "measure_export"),
+    "measurement_settings": ("nas.hw.export_check", "measurement_settings"),
 }
 
 __all__ = sorted(_LAZY)
