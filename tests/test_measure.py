@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import numpy as np
@@ -617,3 +618,16 @@ def test_measure_export_compares_the_predicted_statistic_and_keeps_the_export_lo
         machine_difference(cuda, {"cpu": "A", "gpu": "NVIDIA A10"}) == "GPU 'NVIDIA A10', not 'NVIDIA H100'"
     )
     assert machine_difference({"backend": "torch"}, {"cpu": "B"}) is None  # not recorded: cannot tell
+
+
+def test_run_fit_with_one_held_out_config_saves_its_undefined_tau_as_null(tmp_path, capsys) -> None:
+    """Kendall's tau of one held-out config is NaN, which JSON cannot hold: the fit of a 4-row profile crashed
+    on save ("Out of range float values are not JSON compliant") after fitting."""
+    prof = tmp_path / "p.csv"
+    _synthetic_profile(prof)
+    res = cli_hooks.run_fit(prof, tmp_path / "pred.json", kind="ridge", test_fraction=0.1)
+    assert res["test"] == 1 and math.isnan(res["metrics"]["kendall_tau"])
+    assert "kendall_tau: n/a (1 held-out config)" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "pred.json").read_text())
+    assert saved["provenance"]["held_out"]["kendall_tau"] is None
+    assert saved["provenance"]["held_out"]["within_10pct"] == res["metrics"]["within_10pct"]

@@ -652,7 +652,8 @@ def fit_profile(
         "train": len(train),
         "test": int(n_test),
         "seed": int(seed),
-        "held_out": metrics,
+        # JSON has no NaN: Kendall's tau of a single held-out config is undefined, recorded as null
+        "held_out": {k: (float(v) if math.isfinite(v) else None) for k, v in metrics.items()},
         "fitted_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     return Fitted(pred, train, test, metrics)
@@ -742,7 +743,7 @@ def run_fit(
         print(f"fitted {result['kind']} on {len(train)} configs of {prof.space!r}; held out {n_test}")
         print(f"  fitted on: {describe_provenance(pred.provenance)}")
         for k, v in metrics.items():
-            print(f"  {k:>14}: {v:.4g}")
+            print(f"  {k:>14}: {v:.4g}" if math.isfinite(v) else f"  {k:>14}: n/a ({n_test} held-out config)")
         if math.isnan(noise["median_cv"]):
             print("  noise floor: not reported by this profile")
         else:
