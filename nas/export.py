@@ -47,11 +47,14 @@ from nas.supernet import Supernet
 
 __all__ = [
     "FORMATS",
+    "INT8_QUANTIZE",
     "ExportError",
+    "activation_products",
     "crop_dead_taps",
     "export",
     "export_onnx_int8",
     "fuse_for_int8",
+    "has_attention",
     "integer_hard_activations",
     "load_exported",
     "measured_density",
@@ -522,12 +525,97 @@ def integer_hard_activations(model: Any) -> dict[str, int]:
     return counts
 
 
+INT8_QUANTIZE = ("auto", "all", "weights")
+# Ops with a weight that "weights" quantizes; the rest of the graph stays float.
+_WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def _constant_tensors(graph: Any) -> set[str]:
+    """Names of the tensors of ``graph`` that do not depend on its inputs: initializers, and the outputs of
+    nodes that read only those (``Constant``, a ``Transpose`` of a weight, ...). Nodes are in topological
+    order, as ONNX requires."""
+    names = {i.name for i in graph.initializer}
+    for node in graph.node:
+        if all(not name or name in names for name in node.input):
+            names.update(node.output)
+    return names
+
+
+def activation_products(model: Any) -> list[Any]:
+    """The ``MatMul`` / ``Gemm`` / ``Einsum`` nodes of an ONNX model that multiply two activations (attention's
+    ``q k^T`` and ``scores @ v``), not an activation by a weight.
+
+    Example:
+        >>> from onnx import TensorProto, helper
+        >>> graph = helper.make_graph(
+        ...     [helper.make_node("MatMul", ["x", "w"], ["y"], name="proj"),
+        ...      helper.make_node("MatMul", ["y", "x"], ["z"], name="scores")],
+        ...     "g",
+        ...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+        ...     [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 2])],
+        ...     [helper.make_tensor("w", TensorProto.FLOAT, [2, 2], [1.0, 0.0, 0.0, 1.0])],
+        ... )
+        >>> [n.name for n in activation_products(helper.make_model(graph))]
+        ['scores']
+    """
+    constants = _constant_tensors(model.graph)
+    return [
+        n
+        for n in model.graph.node
+        if n.op_type in ("MatMul", "Gemm", "Einsum")
+        and sum(1 for name in n.input[:2] if name and name not in constants) == 2
+    ]
+
+
+def has_attention(model: Any) -> bool:
+    """Whether an ONNX model computes attention, i.e. multiplies two activations (:func:`activation_products`).
+
+    A ``Softmax`` alone does not count: a classifier may end in one.
+    """
+    return bool(activation_products(model))
+
+
+def _name_nodes(graph: Any) -> None:
+    """Give every nameless node a unique name: ``quantize_static`` excludes nodes by name."""
+    used = {n.name for n in graph.node}
+    for i, node in enumerate(graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+
+
+def _int8_selection(model: Any, quantize: str) -> tuple[str, dict[str, Any]]:
+    """The resolved ``quantize`` choice (``all`` or ``weights``) and the ``quantize_static`` keyword arguments
+    that select what it quantizes in ``model`` (whose nameless nodes get names for ``weights``)."""
+    if quantize == "auto":
+        quantize = "weights" if has_attention(model) else "all"
+    if quantize == "all":
+        # Layer norms stay float: onnxruntime has no integer kernel for them, and per-channel quantization of
+        # their 1-D scale and shift fails ("Axis 1 is out-of-range", one warning per norm) to per-tensor.
+        layer_norms = [n.name for n in model.graph.node if n.op_type == "LayerNormalization"]
+        return quantize, {"nodes_to_exclude": layer_norms}
+    _name_nodes(model.graph)
+    # Float outputs: onnxruntime then fuses DequantizeLinear -> MatMul (+ bias Add) into one
+    # MatMulIntegerToFloat (and a Gemm into a float-output QGemm) instead of requantizing every projection's
+    # output for the float ops after it, and the residual stream keeps the patch embedding in float (measured
+    # on vit: 2-4x less logit error than a requantized patch-conv output, at the same speed).
+    return quantize, {
+        "op_types_to_quantize": list(_WEIGHT_OPS),
+        "nodes_to_exclude": [n.name for n in activation_products(model)],
+        "extra_options": {"OpTypesToExcludeOutputQuantization": list(_WEIGHT_OPS)},
+    }
+
+
 def export_onnx_int8(
     model: nn.Module,
     path: Path,
     calib_inputs: torch.Tensor,
     batch: int = 8,
     eval_inputs: torch.Tensor | None = None,
+    quantize: str = "auto",
 ) -> dict[str, Any]:
     """Write an int8 ONNX model in QDQ form that onnxruntime runs with integer kernels.
 
@@ -535,14 +623,29 @@ def export_onnx_int8(
     exported, pre-processed by onnxruntime (shape inference, Conv+BN folding), rewritten by
     :func:`fuse_for_int8` (h-swish as ``HardSwish``, SE pooling as ``GlobalAveragePool``) and statically
     quantized: int8 per-channel symmetric weights (zero point 0, which selects onnxruntime's symmetric conv
-    kernels), uint8 activations calibrated (min/max) on ``calib_inputs``. The QDQ graph is then rewritten by
-    :func:`integer_hard_activations` (h-swish and SE gates as integer Add / Mul instead of float islands) and
-    :func:`crop_dead_taps` (kernel taps that only ever read padding removed), so that it runs faster than
-    the float export on onnxruntime's CPU kernels, whose int8 depthwise convs are slower than the float ones.
+    kernels), uint8 activations calibrated (min/max) on ``calib_inputs``. What gets quantized (``quantize``):
+
+    * ``all``: every op type onnxruntime's quantizer knows but layer norms. The QDQ graph is then rewritten by
+      :func:`integer_hard_activations` (h-swish and SE gates as integer Add / Mul instead of float islands)
+      and :func:`crop_dead_taps` (kernel taps that only ever read padding removed), so that conv networks run
+      faster than the float export on onnxruntime's CPU kernels, whose int8 depthwise convs are slower than
+      the float ones.
+    * ``weights``: only Conv / Gemm / MatMul with a weight (int8 weights, uint8 inputs, float outputs, which
+      onnxruntime runs as ``MatMulIntegerToFloat``); attention's products of two activations, softmax, GELU,
+      layer norms and residual adds stay float. Quantizing everything in a ViT requantizes each of those:
+      on vit ``small`` subnets (onnxruntime 1.32, 1 thread, batch 1 and 32) ``all`` took 1.1-1.7x the float
+      time with 0.3-1% mean logit error (1 - cosine) on MNIST, ``weights`` 0.87-1.2x with 0.011-0.017%
+      (1.2x only for 48-wide subnets; the 224 px ``tiny`` max subnet: 0.59x, ``all`` 0.74x). Quantizing the
+      two products as well was about as fast and less exact (``benchmarks/vit_int8.py``, README).
+    * ``auto`` (default): ``weights`` for a graph with attention (:func:`has_attention`: a product of two
+      activations), else ``all`` (the conv spaces).
+
     Returns how close the int8 model is to ``model`` on ``eval_inputs`` (default: ``calib_inputs``; pass
-    held-out inputs for an unbiased figure): mean logit cosine similarity,
-    top-1 agreement and max abs difference.
+    held-out inputs for an unbiased figure): mean logit cosine similarity, top-1 agreement and max abs
+    difference; and the choice applied (``int8_quantize``: ``all`` or ``weights``).
     """
+    if quantize not in INT8_QUANTIZE:
+        raise ValueError(f"quantize={quantize!r} is not one of {', '.join(INT8_QUANTIZE)}")
     import numpy as np
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -564,10 +667,8 @@ def export_onnx_int8(
         # After pre-processing: its onnxruntime pass expands HardSwish back into HardSigmoid + Mul.
         prepared = onnx.load(str(prep_path))
         rewrites = fuse_for_int8(prepared)
+        quantize, selection = _int8_selection(prepared, quantize)
         onnx.save(prepared, str(prep_path))
-        # Layer norms stay float: onnxruntime has no integer kernel for them, and per-channel quantization of
-        # their 1-D scale and shift fails ("Axis 1 is out-of-range", one warning per norm) to per-tensor.
-        layer_norms = [n.name for n in prepared.graph.node if n.op_type == "LayerNormalization"]
         quantize_static(
             str(prep_path),
             str(path),
@@ -576,7 +677,7 @@ def export_onnx_int8(
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=layer_norms,
+            **selection,
         )
         quantized = onnx.load(str(path))
         rewrites.update(integer_hard_activations(quantized))
@@ -598,6 +699,7 @@ def export_onnx_int8(
         "int8_max_abs_diff": float(abs(expected - got).max()),
         "int8_samples": len(inputs),
         "int8_calibration_samples": len(calib_inputs),
+        "int8_quantize": quantize,
         "int8_graph_rewrites": rewrites,
     }
 
