@@ -58,6 +58,45 @@ def test_hypervolume_matches_pymoo(m):
         assert hypervolume(F, ref) == pytest.approx(expected, rel=1e-10, abs=1e-12)
 
 
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_large_fronts_with_ties_match_brute_force_and_pymoo(m):
+    """Thousands of integer points near a simplex: large fronts full of ties and duplicates, mixed directions.
+
+    The small-grid test above never takes the 3-D divide and conquer past six levels with ties, nor the
+    4-objective filter past its first chunk of 1024 rows; this one does both.
+    """
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    rng = np.random.default_rng(20 + m)
+    k = 12 if m == 4 else 30
+    P = rng.integers(0, k + 1, size=(6000, m))
+    P = P[P.sum(axis=1) >= k][:2500].astype(float)  # points on or above the plane sum = k: many non-dominated
+    P = np.vstack([P, P[:150], P[150:300] + 1])  # exact duplicates and dominated near-copies
+    P = P[rng.permutation(len(P))]
+    maximised = k - P[:, 0]  # the first objective as a score to maximise ...
+    P[:, 0] = -maximised  # ... enters in minimisation form, negated
+    expected = brute_mask(P)
+    assert 100 < expected.sum() < len(P)  # a large front, and dominated points too
+    np.testing.assert_array_equal(nondominated_mask(P), expected)
+    by_pymoo = np.zeros(len(P), dtype=bool)
+    by_pymoo[NonDominatedSorting().do(P, only_non_dominated_front=True)] = True
+    np.testing.assert_array_equal(nondominated_mask(P), by_pymoo)
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_hypervolume_matches_pymoo_with_ties_and_points_on_or_outside_the_box(m):
+    from pymoo.indicators.hv import HV
+
+    rng = np.random.default_rng(30 + m)
+    for _ in range(40):
+        # Integer grids: ties in every objective, duplicates, and points on the reference boundary or beyond it.
+        F = rng.integers(-1, 6, size=(int(rng.integers(1, 60)), m)).astype(float)
+        ref = rng.integers(2, 6, size=m).astype(float)
+        inside = F[(ref > F).all(axis=1)]
+        expected = HV(ref_point=ref)(inside) if len(inside) else 0.0
+        assert hypervolume(F, ref) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
 def test_hypervolume_known_values_and_reference_handling():
     assert hypervolume([[1, 3], [2, 2], [3, 1]], [4, 4]) == pytest.approx(6.0)
     assert hypervolume([[1, 1, 1]], [2, 3, 4]) == pytest.approx(6.0)
@@ -101,6 +140,28 @@ def test_backend_selection_without_gpu(monkeypatch):
         assert pareto.array_module("auto", n=10**6) is np
         with pytest.raises(RuntimeError, match="cupy"):
             pareto.array_module("cupy")
+
+
+@pytest.mark.parametrize("failure", ["no device", "driver error"])
+def test_auto_backend_uses_numpy_when_cupy_imports_but_has_no_device(monkeypatch, failure):
+    """cupy imports on machines without a GPU and fails only when used: ``auto`` must ask the driver and fall
+    back to numpy, ``cupy`` must say why it cannot run."""
+    import sys
+    import types
+
+    def is_available():
+        if failure == "driver error":
+            raise RuntimeError("cudaErrorInsufficientDriver")
+        return False
+
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(is_available=is_available)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    assert pareto.array_module("auto", n=10**6) is np
+    with pytest.raises(RuntimeError, match="backend='cupy' requested"):
+        pareto.array_module("cupy")
+    F = np.random.default_rng(0).random((pareto._GPU_MIN_POINTS + 1, 3))  # big enough to consider the GPU
+    np.testing.assert_array_equal(nondominated_mask(F), nondominated_mask(F, backend="numpy"))
 
 
 def test_cummin_fallback_matches_numpy():

@@ -63,6 +63,33 @@ def test_hypervolume_curve_never_decreases_and_ends_at_total():
     assert ref["latency@cpu"] > result.history["latency@cpu"].max()
 
 
+def test_hypervolume_curve_matches_pymoo_recomputed_after_every_evaluation():
+    """Each point of the curve is the hypervolume of the feasible successful evaluations made so far, over the
+    target's own objectives only (the other target's latency, infeasible and failed rows ignored)."""
+    from pymoo.indicators.hv import HV
+
+    result = make_result(n=60, seed=4)
+    h = result.history
+    rng = np.random.default_rng(4)
+    infeasible = rng.random(len(h)) < 0.2
+    h.loc[infeasible, ["violation", "feasible"]] = [1.0, False]
+    failed = rng.random(len(h)) < 0.1
+    h.loc[failed, ["accuracy", "latency@cpu", "latency@phone"]] = np.nan
+    h.loc[failed, ["violation", "feasible", "status"]] = [np.inf, False, "failed"]
+    names = result.front_objectives("cpu")
+    usable = h[h["feasible"] & (h["status"] == "ok")]
+    beyond_some = {"accuracy": 75.0, "latency@cpu": 9.0}  # some evaluations lie outside this box
+    for ref in (default_reference(result, names), beyond_some):
+        steps, hv = hypervolume_curve(result, names, ref, points=60)
+        assert steps.tolist() == list(range(1, 61))
+        ref_min = np.array([-ref["accuracy"], ref["latency@cpu"]])
+        for n, value in zip(steps, hv):
+            seen = usable[usable["order"] < n]
+            F = np.column_stack([-seen["accuracy"], seen["latency@cpu"]])
+            inside = F[(ref_min > F).all(axis=1)]
+            assert value == pytest.approx(HV(ref_point=ref_min)(inside) if len(inside) else 0.0, abs=1e-12)
+
+
 def test_empty_run_is_refused(tmp_path):
     result = make_result().history.iloc[:0]
     empty = SearchResult(result, [("accuracy", "max"), ("latency@cpu", "min")])
