@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import bisect
+import logging
 from types import ModuleType
 from typing import Any
 
@@ -33,6 +34,8 @@ import numpy as np
 __all__ = ["array_module", "hypervolume", "nondominated_mask", "pareto_front"]
 
 _GPU_MIN_POINTS = 20_000  # below this the transfer costs more than the GPU saves
+
+log = logging.getLogger(__name__)
 
 
 def array_module(backend: str = "auto", n: int | None = None) -> ModuleType:
@@ -197,6 +200,20 @@ def nondominated_mask(F: Any, backend: str = "auto") -> np.ndarray:
     if n == 0:
         return np.zeros(0, dtype=bool)
     xp = array_module(backend, n) if m <= 3 else np
+    if xp is np or backend != "auto":
+        return _nondominated_mask(xp, F)
+    try:
+        return _nondominated_mask(xp, F)
+    except Exception as exc:  # any GPU failure: a kernel that does not compile, out of memory, an old cupy
+        # `auto` promised the same answer as numpy, not a GPU: a device that answers the driver query but then
+        # fails (an old cupy, a kernel that does not compile, no memory left) must not end a search.
+        log.warning("the GPU non-dominated filter failed (%s: %s); using numpy", type(exc).__name__, exc)
+        return _nondominated_mask(np, F)
+
+
+def _nondominated_mask(xp: ModuleType, F: np.ndarray) -> np.ndarray:
+    """:func:`nondominated_mask` on the array module ``xp`` (``F`` non-empty, 2-D)."""
+    m = F.shape[1]
     Fx = xp.asarray(F)
     U, inverse = _unique_rows_lex(xp, Fx)
     if m == 1:

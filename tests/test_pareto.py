@@ -174,3 +174,25 @@ def test_cummin_fallback_matches_numpy():
 
     v = np.array([3, 1, 2, 0, 5])
     np.testing.assert_array_equal(pareto._cummin(NoAccumulate, v), [3, 1, 1, 0, 0])
+
+
+def test_auto_backend_falls_back_to_numpy_when_the_gpu_fails_at_run_time(monkeypatch, caplog):
+    """A device that answers the driver query and then fails (old cupy, a kernel that does not compile, no
+    memory) must not end a search under ``auto``; ``cupy`` asked for explicitly still fails loudly."""
+    import logging
+
+    class BrokenGpu:  # stands in for cupy: arrays fail on first use
+        @staticmethod
+        def asarray(x):
+            raise RuntimeError("nvrtc: error: kernel failed to compile")
+
+    monkeypatch.setattr(
+        pareto, "array_module", lambda backend="auto", n=None: np if backend == "numpy" else BrokenGpu
+    )
+    F = np.random.default_rng(1).random((50, 3))
+    with caplog.at_level(logging.WARNING, logger="nas.pareto"):
+        got = nondominated_mask(F)
+    np.testing.assert_array_equal(got, nondominated_mask(F, backend="numpy"))
+    assert "kernel failed to compile" in caplog.text and "using numpy" in caplog.text
+    with pytest.raises(RuntimeError, match="kernel failed to compile"):
+        nondominated_mask(F, backend="cupy")
