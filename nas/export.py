@@ -575,6 +575,25 @@ def has_attention(model: Any) -> bool:
     return bool(activation_products(model))
 
 
+def int8_choice(model: nn.Module, sample: torch.Tensor, quantize: str = "auto") -> str:
+    """What :func:`export_onnx_int8` quantizes in ``model`` with ``quantize``: ``all`` or ``weights``.
+
+    ``auto`` is resolved as the export resolves it (a float ONNX graph of ``model`` on ``sample`` is written to a
+    temporary file and checked by :func:`has_attention`); a profile records the answer, so that latencies of
+    graphs quantized differently never share one.
+    """
+    if quantize not in INT8_QUANTIZE:
+        raise ValueError(f"quantize={quantize!r} is not one of {', '.join(INT8_QUANTIZE)}")
+    if quantize != "auto":
+        return quantize
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="nas-int8-") as work:
+        path = Path(work) / "float.onnx"
+        _write_onnx(_without_act_quant(model), sample, path)
+        return "weights" if has_attention(onnx.load(str(path))) else "all"
+
+
 def _name_nodes(graph: Any) -> None:
     """Give every nameless node a unique name: ``quantize_static`` excludes nodes by name."""
     used = {n.name for n in graph.node}

@@ -447,3 +447,28 @@ def test_int8_export_names_unknown_quantize_choices(small_net, tmp_path):
     model = small_net.extract(small_net.space.min()).eval()
     with pytest.raises(ValueError, match="quantize='weight' is not one of auto, all, weights"):
         export_onnx_int8(model, tmp_path / "m.onnx", torch.randn(2, 3, 24, 24), quantize="weight")
+
+
+def test_an_int8_profile_records_how_its_graphs_were_quantized_and_is_not_mixed(small_net, tmp_path):
+    """A vit int8 profile measured when every op type was quantized must not be extended with latencies of the
+    weight-ops-only graphs nas exports now (they run 0.6-0.9x as long): the choice is recorded and checked."""
+    from nas.hw import cli_hooks
+    from nas.hw.profiles import Profile
+
+    out = tmp_path / "vit-int8.csv"
+    settings = {"repeats": 1, "rounds": 1, "warmup": 0, "progress": False, "verbose": False}
+    first = cli_hooks.run_profile(small_net, "onnxruntime", 1, out, precision="int8", threads=1, **settings)
+    assert first.metadata["int8_quantize"] == "weights"
+    extended = cli_hooks.run_profile(
+        small_net, "onnxruntime", 2, out, precision="int8", threads=1, **settings
+    )
+    assert len(extended) == 2 and extended.metadata["int8_quantize"] == "weights"
+    old = Profile.load(out)  # as a profile of an earlier nas left it: no record, every op type quantized
+    del old.metadata["int8_quantize"]
+    old.save(out)
+    with pytest.raises(
+        ValueError,
+        match="quantized as 'all' \\(every op type.*now quantizes this space's graphs as 'weights'",
+    ):
+        cli_hooks.run_profile(small_net, "onnxruntime", 3, out, precision="int8", threads=1, **settings)
+    assert len(Profile.load(out)) == 2

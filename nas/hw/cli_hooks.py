@@ -122,6 +122,8 @@ def _check_extension(
                 "profile holds one machine's latencies: write this one's to another file (--out)"
             )
     _check_library_versions(where, meta, backend, here.get("versions", {}))
+    if precision == "int8" and meta.get("precision") == "int8":
+        _check_int8_choice(where, meta, net, int(batch_size))
     if "in_channels" not in meta and wanted.get("in_channels") is not None and verbose:
         print(
             f"note: {path} does not record its input channels (measured before nas recorded them); this run "
@@ -133,6 +135,30 @@ def _check_extension(
             "note: this run measures with "
             + ", ".join(f"{k}={_effective(settings, k)} (the file: {meta[k]})" for k in differ)
             + "; allowed (the effort, not the meaning, of a latency), recorded per run in the metadata"
+        )
+
+
+def _check_int8_choice(where: str, meta: dict[str, Any], net: Any, batch_size: int) -> None:
+    """Refuse to extend an int8 profile whose graphs were quantized otherwise than this net's would be now.
+
+    ``export_onnx_int8`` quantizes only the weight ops of a graph with attention and every op of the others
+    (its ``auto``); int8 profiles measured before nas recorded the choice quantized every op type (``all``).
+    """
+    if not (hasattr(net, "extract") and hasattr(net, "input_shape")):
+        return  # a plain builder: no config to ask; the measured profile records the choice
+    import torch
+
+    from nas.export import int8_choice
+
+    cfg = net.space.canonical(net.space.max())
+    now = int8_choice(net.extract(cfg).eval(), torch.randn(tuple(net.input_shape(cfg, batch_size))))
+    before = meta.get("int8_quantize", "all")
+    if before != now:
+        how = "" if "int8_quantize" in meta else " (every op type: the profile predates nas recording it)"
+        raise ValueError(
+            f"{where!r} holds int8 latencies of graphs quantized as {before!r}{how}, but nas now quantizes this "
+            f"space's graphs as {now!r} (weight ops only for a graph with attention); latencies of graphs "
+            "quantized differently must not share a profile: write to another file (--out)"
         )
 
 

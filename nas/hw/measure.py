@@ -269,7 +269,14 @@ class _OrtRunner(_Runner):
         self.session.run(None, self.feed)
 
 
-def _ort_session(model: nn.Module, x: torch.Tensor, precision: str, threads: int | None, work: Path) -> Any:
+def _ort_session(
+    model: nn.Module,
+    x: torch.Tensor,
+    precision: str,
+    threads: int | None,
+    work: Path,
+    int8_choices: set[str],
+) -> Any:
     try:
         import onnxruntime as ort
     except ImportError:
@@ -286,7 +293,8 @@ def _ort_session(model: nn.Module, x: torch.Tensor, precision: str, threads: int
         # for which kernels run, and kernels are what latency depends on.
         gen = torch.Generator().manual_seed(0)
         calib = torch.randn((8, *x_contig.shape[1:]), generator=gen)
-        nas_export.export_onnx_int8(model, path, calib)
+        chosen = nas_export.export_onnx_int8(model, path, calib)["int8_quantize"]
+        int8_choices.add(chosen)
     else:
         nas_export._write_onnx(model, x_contig, path)
     opts = ort.SessionOptions()
@@ -489,6 +497,9 @@ def profile(
     samples: list[list[float]] = [[] for _ in unique]
     cache: OrderedDict[int, _Runner] = OrderedDict()
     meta = device_metadata(backend, threads)
+    int8_choices: set[str] = (
+        set()
+    )  # what export_onnx_int8 quantized (all / weights), recorded in the metadata
     t_start = time.perf_counter()
     was_training = getattr(net, "training", None)
 
@@ -510,7 +521,8 @@ def profile(
         elif backend == "cuda":
             r = _CudaRunner(model, x)
         else:
-            r = _OrtRunner(_ort_session(model, x, precision, threads, work), x.contiguous().numpy())
+            session = _ort_session(model, x, precision, threads, work, int8_choices)
+            r = _OrtRunner(session, x.contiguous().numpy())
         if clock == "thread_cpu":
             r.clock = time.thread_time_ns
         cache[i] = r
@@ -551,6 +563,8 @@ def profile(
     channels = {input_channels(shape_of(c)) for c in unique}
     if len(channels) == 1 and None not in channels:
         meta["in_channels"] = channels.pop()
+    if int8_choices:
+        meta["int8_quantize"] = "+".join(sorted(int8_choices))
     record = space_record(getattr(net, "space", None) if space is None or isinstance(space, str) else space)
     if record is not None:
         meta["space_dims"] = record
