@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_tiny import TinySupernet, tiny_data
+from train_tiny import TinyNoBatchNorm, TinySupernet, tiny_data
 
 from nas.evaluation import evaluate_subnet
 from nas.train import STRATEGIES, load_weights, make_strategy, train_supernet
@@ -443,3 +443,68 @@ def test_distill_labels_mixes_the_labels_into_the_students_loss(tmp_path):
     net = TinySupernet()
     train_supernet(net, data, epochs=1, lr=0.1, distill=False, out_dir=tmp_path / "nodistill", **FAST)
     assert _same(_weights(net), runs[1.0])
+
+
+def test_two_data_parallel_workers_update_like_one_process_with_both_batches(tmp_path):
+    """2 gloo workers x 16 examples == 1 process x 32 (gradients averaged; a net without batch norm, whose batch
+    statistics are per worker). ``uniform`` leaves a subnet's unused parameters without gradients: the workers
+    must skip them in the optimizer like one process does (zero gradients still applied weight decay and
+    momentum)."""
+    from safetensors.torch import load_file
+
+    settings = {
+        "strategy": "uniform",
+        "epochs": 1,
+        "lr": 0.1,
+        "weight_decay": 1e-2,
+        "augment": False,
+        "seed": 3,
+    }
+    script = tmp_path / "worker.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            from pathlib import Path
+            import torch
+            import torch.distributed as dist
+            sys.path.insert(0, {str(Path(__file__).parent)!r})
+            from train_tiny import TinyNoBatchNorm, tiny_data
+            from nas.train import trainer
+
+            torch.set_num_threads(1)
+            rank = int(sys.argv[1])
+            dist.init_process_group("gloo", init_method="file://" + sys.argv[3], rank=rank, world_size=2)
+            torch.manual_seed(0)
+            net = TinyNoBatchNorm()
+            cfg = trainer.TrainConfig(batch_size=16, channels_last=False, **{settings!r})
+            x, y = tiny_data(128).tensors
+            trainer._run(net, x, y, None, cfg, Path(sys.argv[2]), False, False, trainer._Sync(rank, 2))
+            """
+        )
+    )
+    (tmp_path / "two").mkdir()
+    cmd = [sys.executable, str(script), "RANK", str(tmp_path / "two"), str(tmp_path / "rendezvous")]
+    procs = [
+        subprocess.Popen(
+            [rank if a == "RANK" else a for a in cmd],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in ("0", "1")
+    ]
+    try:
+        torch.manual_seed(0)
+        net = TinyNoBatchNorm()
+        train_supernet(net, tiny_data(128), out_dir=tmp_path / "one", **{**FAST, **settings})
+        for proc in procs:
+            output, _ = proc.communicate(timeout=300)
+            assert proc.returncode == 0, output
+    finally:
+        for proc in procs:
+            proc.kill()
+    one, two = load_file(tmp_path / "one" / WEIGHTS), load_file(tmp_path / "two" / WEIGHTS)
+    assert set(one) == set(two)
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=k)
