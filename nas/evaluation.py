@@ -4,9 +4,10 @@ The running BN statistics a supernet accumulates during training mix every subne
 single subnet. :func:`evaluate_subnet` therefore re-estimates them for the subnet being measured (as in
 Once-for-All and BigNAS): it resets the running statistics, runs ``calib_batches`` (default
 :data:`CALIB_BATCHES` = 8) batches of ``calib_batch_size`` (default 256) calibration images through the subnet
-in training mode without gradients, with cumulative averaging (``momentum=None``), then measures top-1
-accuracy in eval mode. Afterwards every buffer of the supernet (BN running statistics, quantization observers)
-and the train/eval mode are restored, so that calling it changes nothing. Only the buffers are saved (no deep
+in training mode without gradients, averaging the batches' statistics weighted by their sizes (a cumulative
+average, like ``momentum=None`` but exact for batches of unequal size), then measures top-1 accuracy in eval
+mode. Afterwards every buffer of the supernet (BN running statistics, quantization observers) and the
+train/eval mode are restored, so that calling it changes nothing. Only the buffers are saved (no deep
 copy of the supernet), which keeps the cost of a call at one calibration pass plus one evaluation pass. On CPU
 the supernet's convolution weights are switched to channels-last memory for the call (and back afterwards):
 oneDNN's channels-last kernels evaluate a MobileNetV3 subnet about 2x faster than NCHW ones.
@@ -180,6 +181,11 @@ def recalibrate_bn(
     statistics from a few classes skew every layer). Call it inside :func:`bn_calibration` to undo the
     change afterwards.
 
+    The images are run in batches of at most ``batch_size`` whose sizes differ by at most one, and each batch's
+    statistics count in proportion to its images (the running mean is then the exact mean over all of them).
+    Why: torch's cumulative average (``momentum=None``) weighs every batch alike, so a short last batch counted
+    as much as a full one (36 + 4 images put a MobileNetV3 layer's running mean 0.4 standard deviations off).
+
     A network without buffers (a ViT: layer norms keep no running statistics) has nothing a training-mode
     pass could re-estimate, so no image is run through it and 0 is returned.
     """
@@ -187,9 +193,9 @@ def recalibrate_bn(
         raise ValueError(f"batches={batches} and batch_size={batch_size} must both be >= 1")
     if next(net.buffers(), None) is None:
         return 0
-    for m in _bn_layers(net):
+    layers = _bn_layers(net)
+    for m in layers:
         m.reset_running_stats()
-        m.momentum = None  # cumulative moving average over the calibration batches
     net.train()
     # Dropout off, every kind (Dropout2d, AlphaDropout...): the statistics must be those of the eval pass.
     for m in net.modules():
@@ -199,10 +205,11 @@ def recalibrate_bn(
     n = min(len(calib_x), batches * batch_size)
     if n < len(calib_x):
         calib_x = calib_x[torch.randperm(len(calib_x), generator=torch.Generator().manual_seed(0))[:n]]
-    for start in range(0, n, batch_size):
-        xb = calib_x[start : min(start + batch_size, n)]
-        net(resize_to(xb, cfg) if cfg is not None and "resolution" in cfg else xb)
+    for xb in torch.tensor_split(calib_x[:n], -(-n // batch_size)) if n else ():
         used += len(xb)
+        for m in layers:  # this batch's share of the images so far: a size-weighted cumulative average
+            m.momentum = len(xb) / used
+        net(resize_to(xb, cfg) if cfg is not None and "resolution" in cfg else xb)
     net.eval()
     return used
 

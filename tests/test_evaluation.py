@@ -212,3 +212,63 @@ def test_calibration_images_may_come_without_labels():
         evaluate_subnet(net, net.space.min(), data, calib_data=[1, 2, 3])
     with pytest.raises(TypeError, match="got Tensor"):
         evaluate_subnet(net, net.space.min(), calib, calib_data=calib)  # the evaluated data needs labels
+
+
+def test_recalibrated_statistics_are_those_of_all_calibration_images_in_uneven_batches():
+    """36 images in batches of up to 32: the running mean is the exact mean over all 36 (each batch counts by
+    its images; a plain cumulative average gave a short last batch the weight of a full one)."""
+    from torch import nn
+
+    from nas.evaluation import bn_calibration, recalibrate_bn
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 4, 3)
+    net = nn.Sequential(conv, nn.BatchNorm2d(4))
+    x = torch.randn(36, 1, 6, 6)
+    x[-4:] += 5.0  # the images a short last batch would hold: far from the others
+    with torch.no_grad():
+        pre = conv(x)  # the BN's inputs (nothing before it depends on the batch)
+    with bn_calibration(net):
+        assert recalibrate_bn(net, x, batches=2, batch_size=32) == 36
+        torch.testing.assert_close(net[1].running_mean, pre.mean((0, 2, 3)))
+    assert net[1].momentum == 0.1 and not torch.any(net[1].running_mean)  # restored
+    # one batch of all of them: the unbiased variance as well
+    recalibrate_bn(net, x, batches=1, batch_size=64)
+    torch.testing.assert_close(net[1].running_mean, pre.mean((0, 2, 3)))
+    torch.testing.assert_close(net[1].running_var, pre.transpose(0, 1).reshape(4, -1).var(1))
+
+
+def test_accuracy_is_a_hand_count_on_the_extracted_subnet_with_recalibrated_statistics():
+    """evaluate_subnet == argmax == label counted by hand on the extracted static subnet, whose batch norms are
+    recalibrated by hand (training mode, no dropout, the same two batches); the supernet is left as it was."""
+    from torch import nn
+
+    from nas.supernet import resize_to
+
+    net, data = _net_and_data()
+    x, y = data.tensors
+    calib = torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    cfg = net.space.canonical(net.space.sample(4).replace(resolution=min(net.space["resolution"].values)))
+    net.train()
+    net.stages[0].eval()  # mixed modes come back as they were
+    modes = [m.training for m in net.modules()]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    acc = evaluate_subnet(
+        net, cfg, data, calib_data=calib, calib_batches=2, calib_batch_size=16, batch_size=10
+    )
+    assert [m.training for m in net.modules()] == modes
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    sub = net.extract(cfg)
+    with torch.no_grad():
+        for m in sub.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        sub.train()
+        for m in sub.modules():
+            if isinstance(m, nn.Dropout):
+                m.eval()
+        for start in (0, 16):  # all 32 images are used (no random draw), in two batches of 16
+            sub(resize_to(calib[start : start + 16], cfg))
+        predicted = sub.eval()(resize_to(x, cfg)).argmax(1)
+    assert acc == 100.0 * int((predicted == y).sum()) / len(y)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_tiny import TinySupernet, tiny_data
+from train_tiny import TinyNoBatchNorm, TinySupernet, tiny_data
 
 from nas.evaluation import evaluate_subnet
 from nas.train import STRATEGIES, load_weights, make_strategy, train_supernet
@@ -443,3 +443,171 @@ def test_distill_labels_mixes_the_labels_into_the_students_loss(tmp_path):
     net = TinySupernet()
     train_supernet(net, data, epochs=1, lr=0.1, distill=False, out_dir=tmp_path / "nodistill", **FAST)
     assert _same(_weights(net), runs[1.0])
+
+
+def _reference_run(
+    net, x, y, strategy, *, batch_size, lr, weight_decay, smoothing, mix, clip, warmup_epochs, seed, **opts
+):
+    """One epoch of train_supernet written out by hand (augment off): the same batches and subnets (seeded by
+    the epoch and the step), the loss of every subnet summed (a student's: ``mix`` of the labels' loss, the rest
+    cross-entropy against the max subnet's detached softmax), one clip of the summed gradient, then SGD with
+    Nesterov momentum 0.9 and weight decay on weights only; linear warmup then cosine decay of the LR. At a
+    phase change (``delayed``, ``progressive``) channels are re-sorted and the momentum starts afresh."""
+    import math
+
+    from nas.supernet import resize_to
+
+    total = len(x) // batch_size
+    strat = make_strategy(strategy, net, total, **opts)
+    warm = int(warmup_epochs * total)
+    params = list(net.named_parameters())
+    momentum = {}
+    phase = strat.phase(0)
+    torch.manual_seed(seed)  # dropout
+    for step in range(total):
+        if strat.phase(step) != phase:  # channels re-sorted by importance, momentum started afresh
+            net.sort_channels()
+            momentum.clear()
+            phase = strat.phase(step)
+        batch = torch.from_numpy(np.random.default_rng([seed, 1, 0]).permutation(len(x)))
+        batch = batch[step * batch_size : (step + 1) * batch_size]
+        xb, yb = x[batch], y[batch]
+        if step < warm:
+            step_lr = lr * (step + 1) / warm
+        else:
+            step_lr = 0.5 * lr * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
+        loss, teacher = 0.0, None
+        for task in strat.tasks(step, np.random.default_rng([seed, 2, step])):
+            cfg = net.activate(task.config)
+            logp = torch.log_softmax(net(resize_to(xb, cfg)), 1)
+            labels = ((1 - smoothing) * -logp.gather(1, yb[:, None])[:, 0] - smoothing * logp.mean(1)).mean()
+            this = labels if teacher is None else (1 - mix) * -(teacher * logp).sum(1).mean() + mix * labels
+            if task.teacher:
+                teacher = logp.exp().detach()
+            loss = loss + task.weight * this
+        grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
+        norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads if g is not None))
+        scale = min(1.0, clip / (norm + 1e-6))
+        with torch.no_grad():
+            for (name, p), g in zip(params, grads, strict=True):
+                if g is None:  # no subnet of the step used it: the optimizer skips it
+                    continue
+                d = g * scale + (weight_decay * p if p.dim() > 1 else 0.0)
+                momentum[name] = d.clone() if name not in momentum else 0.9 * momentum[name] + d
+                p -= step_lr * (d + 0.9 * momentum[name])
+
+
+@pytest.mark.parametrize(
+    ("strategy", "options", "mix"),
+    [
+        ("sandwich", {"num_random": 2}, 0.0),
+        ("sandwich", {"num_random": 1}, 0.25),
+        ("delayed", {"num_random": 1, "delay": 0.5, "ramp": 0.5}, 0.0),
+    ],
+)
+def test_training_steps_match_a_hand_written_reference(strategy, options, mix, tmp_path):
+    """Loss terms (labels with smoothing for the max subnet, the detached teacher's soft predictions for the
+    others, mixed with the labels by ``distill_labels``, the delayed strategy's ramped weights), gradients summed over the subnets and clipped once, the LR
+    schedule, and SGD with weight decay on weights only: train_supernet == the reference within rounding."""
+    x, y = tiny_data(128).tensors  # 4 steps of FAST's 32
+    hyper = {"lr": 0.1, "weight_decay": 1e-2, "warmup_epochs": 0.5, "seed": 3}
+    torch.manual_seed(0)
+    net = TinySupernet()
+    train_supernet(
+        net,
+        (x, y),
+        strategy=strategy,
+        epochs=1,
+        label_smoothing=0.1,
+        grad_clip=1.5,
+        distill_labels=mix,
+        strategy_options={k: v for k, v in options.items() if k != "num_random"},
+        n_random=options["num_random"],
+        augment=False,
+        out_dir=tmp_path,
+        **hyper,
+        **FAST,
+    )
+    torch.manual_seed(0)
+    ref = TinySupernet()
+    _reference_run(
+        ref,
+        x,
+        y,
+        strategy,
+        batch_size=FAST["batch_size"],
+        smoothing=0.1,
+        mix=mix,
+        clip=1.5,
+        **hyper,
+        **options,
+    )
+    ref.activate(ref.space.max())
+    trained, expected = net.state_dict(), ref.state_dict()
+    for k in expected:
+        torch.testing.assert_close(trained[k], expected[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_two_data_parallel_workers_update_like_one_process_with_both_batches(tmp_path):
+    """2 gloo workers x 16 examples == 1 process x 32 (gradients averaged; a net without batch norm, whose batch
+    statistics are per worker). ``uniform`` leaves a subnet's unused parameters without gradients: the workers
+    must skip them in the optimizer like one process does (zero gradients still applied weight decay and
+    momentum)."""
+    from safetensors.torch import load_file
+
+    settings = {
+        "strategy": "uniform",
+        "epochs": 1,
+        "lr": 0.1,
+        "weight_decay": 1e-2,
+        "augment": False,
+        "seed": 3,
+    }
+    script = tmp_path / "worker.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            from pathlib import Path
+            import torch
+            import torch.distributed as dist
+            sys.path.insert(0, {str(Path(__file__).parent)!r})
+            from train_tiny import TinyNoBatchNorm, tiny_data
+            from nas.train import trainer
+
+            torch.set_num_threads(1)
+            rank = int(sys.argv[1])
+            dist.init_process_group("gloo", init_method="file://" + sys.argv[3], rank=rank, world_size=2)
+            torch.manual_seed(0)
+            net = TinyNoBatchNorm()
+            cfg = trainer.TrainConfig(batch_size=16, channels_last=False, **{settings!r})
+            x, y = tiny_data(128).tensors
+            trainer._run(net, x, y, None, cfg, Path(sys.argv[2]), False, False, trainer._Sync(rank, 2))
+            """
+        )
+    )
+    (tmp_path / "two").mkdir()
+    cmd = [sys.executable, str(script), "RANK", str(tmp_path / "two"), str(tmp_path / "rendezvous")]
+    procs = [
+        subprocess.Popen(
+            [rank if a == "RANK" else a for a in cmd],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in ("0", "1")
+    ]
+    try:
+        torch.manual_seed(0)
+        net = TinyNoBatchNorm()
+        train_supernet(net, tiny_data(128), out_dir=tmp_path / "one", **{**FAST, **settings})
+        for proc in procs:
+            output, _ = proc.communicate(timeout=300)
+            assert proc.returncode == 0, output
+    finally:
+        for proc in procs:
+            proc.kill()
+    one, two = load_file(tmp_path / "one" / WEIGHTS), load_file(tmp_path / "two" / WEIGHTS)
+    assert set(one) == set(two)
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=k)

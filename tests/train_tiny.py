@@ -89,6 +89,18 @@ class TinySupernet(Supernet):
         self.head.weight.copy_(head[:, order].reshape(len(head), -1))
 
 
+class TinyNoBatchNorm(TinySupernet):
+    """TinySupernet with a per-channel scale in place of batch norm, and no dropout: a step's update then does
+    not depend on how its batch is split among data-parallel workers."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__(num_classes, in_channels)
+        self.drop.p = 0.0
+
+    def _bn(self, i, x):
+        return x * self.bns[i].weight[: self.w, None, None]
+
+
 def tiny_data(n: int = 256, seed: int = 0, size: int = 16):
     """Synthetic 10-class images: class c brightens its own 4x4 patch of a noisy image."""
     g = torch.Generator().manual_seed(seed)

@@ -188,14 +188,23 @@ class _Sync:
             return
         import torch.distributed as dist
 
-        # Every worker trained the same subnets (seeded by the step), so the same parameters have gradients;
-        # zeros for the others keep the collective calls in lock-step anyway.
-        for p in net.parameters():
-            if p.requires_grad:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
+        params = [p for p in net.parameters() if p.requires_grad]
+        if not params:
+            return
+        # A parameter no subnet of the step used has no gradient on any worker, and must keep none: the optimizer
+        # then skips it as a single process does (a zero gradient would still apply weight decay and momentum).
+        # Workers agree on which those are (attentive sampling may train different candidates per worker).
+        used = torch.tensor(
+            [p.grad is not None for p in params], dtype=torch.float32, device=params[0].device
+        )
+        dist.all_reduce(used)
+        for p, n in zip(params, used.tolist(), strict=True):
+            if n == 0:
+                continue
+            if p.grad is None:  # used on another worker only: contributes zeros to the average
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad /= self.world
 
 
 # ------------------------------------------------------------------------------------------------ the loop
