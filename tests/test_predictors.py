@@ -305,6 +305,18 @@ def test_an_exact_predictor_of_the_eyeriss_table_has_tau_one():
     assert predictors.metrics(y, exact)["kendall_tau"] == pytest.approx(1.0)
 
 
+def test_a_single_log_model_gives_the_std_of_its_log_normal():
+    from scipy.stats import lognorm
+
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 3, (12, 3)).astype(float)
+    y = np.exp(X @ [0.5, 0.2, 0.1]) * rng.lognormal(0, 0.4, 12)  # few noisy samples: log-std about 0.35
+    pred = predictors.fit(X, y, kind="ridge", target="log")
+    model, Xt = pred.groups[0][0], rng.uniform(0, 3, (5, 3))
+    expected = lognorm(model.std(Xt), scale=np.exp(model.predict(Xt))).std()
+    np.testing.assert_allclose(pred.predict_std(Xt), expected, rtol=1e-12)
+
+
 def test_package_does_not_import_nas():
     code = "import sys, predictors; sys.exit(1 if any(m == 'nas' or m.startswith('nas.') for m in sys.modules) else 0)"
     subprocess.run([sys.executable, "-c", code], check=True)
