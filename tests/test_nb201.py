@@ -89,6 +89,44 @@ def test_connected_detection():
     )
 
 
+def test_connectivity_and_path_features_equal_brute_force_path_enumeration_on_all_cells():
+    names = nb201.space.feature_names
+    col = {n: names.index(n) for n in ("connected", "paths", "depth_longest", "depth_shortest")}
+    col |= {f"{kind}:{op}": names.index(f"{kind}_count:{op}") for kind in ("live", "dead_in", "dead_out")
+            for op in nb201.OPS[1:]}  # fmt: skip
+    none, skip = nb201.OPS.index("none"), nb201.OPS.index("skip_connect")
+
+    def paths(ops, src, dst):  # every path of non-none edges from node src to node dst, as edge lists
+        if src == dst:
+            return [[]]
+        return [[e, *rest] for e, (j, i) in enumerate(nb201.EDGES) if i == src and ops[e] != none
+                for rest in paths(ops, j, dst)]  # fmt: skip
+
+    disconnected = 0
+    for cfg in nb201.all_configs():
+        ops = tuple(nb201.OPS.index(cfg[name]) for name in nb201.EDGE_NAMES)
+        found = paths(ops, 0, 3)
+        f = nb201.space.features(cfg)
+        assert nb201.is_connected(cfg) == bool(found) == (nb201.space.degenerate_reason(cfg) is None)
+        assert (f[col["connected"]], f[col["paths"]]) == (bool(found), len(found))
+        steps = [sum(ops[e] != skip for e in p) for p in found]  # skip_connect is no layer
+        assert (f[col["depth_longest"]], f[col["depth_shortest"]]) == (
+            max(steps, default=0),
+            min(steps, default=0),
+        )
+        disconnected += not found
+        # every real op is exactly one of: live (on an input-output path), fed by zeros, or never used
+        fed = [bool(paths(ops, 0, n)) for n in range(4)]
+        used = [bool(paths(ops, n, 3)) for n in range(4)]
+        counts = {kind: [0] * len(nb201.OPS) for kind in ("live", "dead_in", "dead_out")}
+        for e, (j, i) in enumerate(nb201.EDGES):
+            if ops[e] != none:
+                counts["live" if fed[i] and used[j] else "dead_in" if not fed[i] else "dead_out"][ops[e]] += 1
+        for kind, c in counts.items():
+            assert [f[col[f"{kind}:{op}"]] for op in nb201.OPS[1:]] == c[1:], (kind, nb201.arch_str(cfg))
+    assert disconnected == 341
+
+
 def test_latency_lookup():
     cfg = nb201.from_arch_str(ROW1)
     assert nb201.latency(cfg, "raspi4") == pytest.approx(54.77739761998237, rel=1e-12)

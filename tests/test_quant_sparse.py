@@ -211,6 +211,45 @@ def test_model_bytes_counts_bits_and_sparse_storage(qs_net):
     assert (spec.bits, spec.density, spec.pattern) == (8, 0.5, "2:4")
 
 
+def test_quantized_sparse_subnets_metrics_equal_counts_on_the_extracted_model(qs_net):
+    """MACs = FlopCounterMode / 2, params = numel, specs = the trace, and model_bytes recounted from the weights."""
+    import dataclasses
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nas.supernet import trace_layer_specs
+
+    def shape_key(s):  # the trace reads float weights: no bit-width or sparsity
+        return dataclasses.replace(s, bits=32, density=1.0, pattern="", name="").key
+
+    seen = set()
+    for cfg in qs_net.space.samples(4, seed=5):
+        cfg = qs_net.space.canonical(cfg)
+        model, shape = qs_net.extract(cfg).eval(), qs_net.input_shape(cfg)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(shape))
+        assert 2 * metrics.macs(qs_net, cfg) == counter.get_total_flops()
+        assert metrics.params(qs_net, cfg) == sum(p.numel() for p in model.parameters())
+        specs, traced = qs_net.layer_specs(cfg), trace_layer_specs(model, shape)
+        assert [shape_key(s) for s in specs] == [shape_key(t) for t in traced]
+        modules, bits = dict(model.named_modules()), 0
+        for spec, t in zip(specs, traced):
+            bits += 32 * spec.bias_count
+            if not spec.weight_count:
+                continue
+            m = modules[t.name]
+            weights = [m.reduce.weight, m.expand.weight] if spec.kind == "se" else [m.weight]
+            kept = round(spec.weight_count * spec.density)
+            assert sum(int(torch.count_nonzero(w)) for w in weights) <= kept, spec.key
+            seen.add((spec.bits, spec.pattern or spec.density))
+            bits += kept * spec.bits  # kept values at their bit-width, a float32 scale per output channel
+            bits += 32 * spec.out_channels if spec.bits < 32 else 0
+            if spec.density < 1.0:  # a bitmap of all weights, or 2 bits of position per kept N:M value
+                bits += 2 * kept if spec.pattern else spec.weight_count
+        assert metrics.model_bytes(qs_net, cfg) == (bits + 7) // 8
+    assert {(4, 0.5), (4, 1.0), (8, "2:4"), (32, 0.25)} <= seen  # 4-bit, 50 %, N:M and float sparse all met
+
+
 def test_int8_export_runs_in_onnxruntime_and_reloads(qs_net, tmp_path):
     import onnx
 
