@@ -16,9 +16,10 @@ Built in:
   kernel + depth, then everything (width, resolution, quantization, sparsity); channels are re-sorted by
   importance at each phase change.
 * ``delayed`` (DεpS, delayed ε-shrinking): the full network alone for the first ``delay`` fraction (default
-  50%) of the steps, then sandwich sampling over the whole space with the smaller subnets' effective learning
-  rate (their loss weight, which for SGD scales their update exactly like a learning rate) ramping linearly
-  from 0 to 1 over ``ramp`` of the steps.
+  50%) of the steps (channels are re-sorted by importance when shrinking starts), then sandwich sampling over
+  the whole space with the smaller subnets' loss weight ramping linearly from 0 to 1 over ``ramp`` of the
+  steps. The weight scales their share of the summed gradient: with SGD and no gradient clipping that is
+  their learning rate; AdamW's normalised update and a clipped gradient respond to it less than linearly.
 
 Every strategy also takes ``attentive`` (default 0 = off; AttentiveNAS "worst-up" sampling): each random
 subnet comes with ``attentive`` more random candidates, and the trainer trains whichever of them has the highest
