@@ -12,7 +12,7 @@ import nas
 from nas import metrics, static
 from nas.export import export, load_exported
 from nas.ops import ElasticConv2d
-from nas.ops.quant import ElasticActQuant, fake_quant_weight, weight_scale
+from nas.ops.quant import ElasticActQuant, act_qparams, fake_quant_weight, weight_scale
 from nas.ops.sparse import parse_sparsity, sparsity_mask
 from nas.supernet import resize_to
 from search_spaces import mobilenetv3
@@ -79,6 +79,27 @@ def test_activation_observers_are_per_bit_width():
     assert isinstance(aq.to_static(), static.ActQuant)
     aq.set_active(32)
     assert aq(x) is x and isinstance(aq.to_static(), nn.Identity)
+
+
+def test_activation_qparams_follow_ranges_loaded_after_the_buffers_were_replaced():
+    """``.to(device)`` replaces the observer buffers by new tensors whose version counters restart at 0; a
+    ``load_state_dict`` afterwards brings the counters back to the ones the cached qparams were taken at."""
+
+    def state(lo: float, hi: float) -> dict[str, torch.Tensor]:
+        return {
+            "min_val": torch.full((2,), lo),
+            "max_val": torch.full((2,), hi),
+            "observed": torch.ones(2, dtype=torch.bool),
+        }
+
+    aq = ElasticActQuant().eval()
+    aq.set_active(8)
+    aq.load_state_dict(state(-1.0, 1.0))
+    assert aq.qparams() == act_qparams(-1.0, 1.0)
+    aq._apply(torch.clone)  # what .to(other_device) does to every buffer
+    aq.load_state_dict(state(-10.0, 30.0))
+    assert aq.qparams() == act_qparams(-10.0, 30.0)
+    assert aq(torch.tensor([20.0])).item() == pytest.approx(20.0, abs=aq.qparams()[0])
 
 
 # ------------------------------------------------------------------------------------------- sparsity
