@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import nas
-from nas import metrics, static
+from nas import metrics, semi_structured, static
 from nas.export import export, load_exported
 from nas.ops import ElasticConv2d
-from nas.ops.quant import ElasticActQuant, fake_quant_weight, weight_scale
+from nas.ops.quant import ElasticActQuant, act_qparams, fake_quant_weight, weight_scale
 from nas.ops.sparse import parse_sparsity, sparsity_mask
 from nas.supernet import resize_to
 from search_spaces import mobilenetv3
@@ -57,6 +58,48 @@ def test_straight_through_gradient():
     torch.testing.assert_close(w.grad, torch.ones_like(w))
 
 
+def _reference_fake_quant(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per output channel: scale = max|w| / (2**(bits-1) - 1) in float32, ``w * (1 / scale)`` in float32,
+    rounded half to even, clamped to the symmetric range; an all-zero channel stays zero."""
+    qmax = 2 ** (bits - 1) - 1
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    scale = (w.abs().flatten(1).amax(1) / qmax).clamp_min(1e-12).view(shape)
+    levels = torch.from_numpy(np.rint((w * (1.0 / scale)).numpy())).clamp(-qmax, qmax)
+    return levels * scale
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_fake_quant_weight_equals_a_hand_written_reference(bits):
+    g = torch.Generator().manual_seed(bits)
+    for shape in [(8, 4, 3, 3), (16, 1, 7, 7), (5, 12), (32, 24, 1, 1)]:
+        w = torch.randn(shape, generator=g) * torch.rand(shape[0], generator=g).view(
+            -1, *[1] * (len(shape) - 1)
+        )
+        w[0] = 0.0  # an all-zero channel: scale clamped, no NaN
+        assert torch.equal(fake_quant_weight(w, bits), _reference_fake_quant(w, bits))
+    # Rounding is half to even (torch's kernel and ONNX Round): with scale 1, 0.5 -> 0, 1.5 -> 2, 2.5 -> 2.
+    qmax = 2 ** (bits - 1) - 1
+    halves = torch.tensor([[qmax, 0.5, 1.5, 2.5, -2.5, 3.5]])
+    assert fake_quant_weight(halves, bits).tolist() == [[qmax, 0.0, 2.0, 2.0, -2.0, 4.0]]
+
+
+def test_act_qparams_match_torch_minmax_observer():
+    """Same zero point as torch.ao's uint8 MinMaxObserver; the scale is (hi - lo) / 255 rounded once to
+    float32, which torch's float32 subtraction then division misses by one ulp at most."""
+    from torch.ao.quantization import MinMaxObserver
+
+    g = torch.Generator().manual_seed(0)
+    for i in range(200):
+        lo, hi = (torch.randn(2, generator=g) * 10 ** (i % 5 - 2)).sort().values.tolist()
+        lo, hi = (abs(lo), abs(hi)) if i % 3 == 0 else (lo, hi)  # ranges that do not include 0 too
+        observer = MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+        observer(torch.tensor([lo, hi]))
+        scale, zero_point = observer.calculate_qparams()
+        ours = act_qparams(min(lo, hi), max(lo, hi))
+        assert ours[1] == int(zero_point)
+        assert ours[0] == pytest.approx(float(scale), rel=2**-23)
+
+
 def test_activation_observers_are_per_bit_width():
     aq = ElasticActQuant()
     x = torch.randn(8, 4, 5, 5)
@@ -79,6 +122,27 @@ def test_activation_observers_are_per_bit_width():
     assert isinstance(aq.to_static(), static.ActQuant)
     aq.set_active(32)
     assert aq(x) is x and isinstance(aq.to_static(), nn.Identity)
+
+
+def test_activation_qparams_follow_ranges_loaded_after_the_buffers_were_replaced():
+    """``.to(device)`` replaces the observer buffers by new tensors whose version counters restart at 0; a
+    ``load_state_dict`` afterwards brings the counters back to the ones the cached qparams were taken at."""
+
+    def state(lo: float, hi: float) -> dict[str, torch.Tensor]:
+        return {
+            "min_val": torch.full((2,), lo),
+            "max_val": torch.full((2,), hi),
+            "observed": torch.ones(2, dtype=torch.bool),
+        }
+
+    aq = ElasticActQuant().eval()
+    aq.set_active(8)
+    aq.load_state_dict(state(-1.0, 1.0))
+    assert aq.qparams() == act_qparams(-1.0, 1.0)
+    aq._apply(torch.clone)  # what .to(other_device) does to every buffer
+    aq.load_state_dict(state(-10.0, 30.0))
+    assert aq.qparams() == act_qparams(-10.0, 30.0)
+    assert aq(torch.tensor([20.0])).item() == pytest.approx(20.0, abs=aq.qparams()[0])
 
 
 # ------------------------------------------------------------------------------------------- sparsity
@@ -123,6 +187,47 @@ def test_masked_quantized_conv_passes_gradients_to_kept_weights_and_masks_follow
         after = conv.active_weight(16)
     assert torch.equal(after != 0, sparsity_mask(conv.weight, "2:4").bool())
     assert not torch.equal(after != 0, before != 0)
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_conv_weight_is_the_transformed_crop_of_the_slice_then_masked_then_quantized(depthwise):
+    """The order of the weight policy on a kernel-transform conv, against a hand-written pipeline: channel
+    slice, centre crops each followed by their transform, the mask of that (not a slice of a masked max
+    kernel), per-channel quantization; the cached (no grad), autograd and static paths all agree."""
+    conv = ElasticConv2d(16, 16, kernel_sizes=(3, 5, 7), depthwise=depthwise, kernel_transform=True)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for t in conv.kernel_transforms.values():
+            t.add_(torch.randn(t.shape, generator=g) * 0.3)
+
+    def reference(c_in: int, c_out: int, k: int, bits: int, sparsity: float | str) -> torch.Tensor:
+        w = conv.weight.detach()[:c_out, : 1 if depthwise else c_in]
+        for size in (5, 3)[: (7 - k) // 2]:
+            start = (w.shape[-1] - size) // 2
+            w = w[:, :, start : start + size, start : start + size]
+            w = (w.reshape(*w.shape[:2], -1) @ conv.kernel_transforms[f"k{size}"].detach()).reshape(w.shape)
+        w = w * sparsity_mask(w, sparsity)
+        return fake_quant_weight(w, bits)
+
+    x = torch.randn(2, 16, 9, 9, generator=g)
+    for c_in, c_out in ((16, 16), (12, 4)):
+        c_out = c_in if depthwise else c_out
+        for k in (3, 5, 7):
+            conv.set_active(out_channels=None if depthwise else c_out, kernel=k)
+            for bits in (4, 8, 32):
+                for sparsity in (1.0, 0.5, 0.25) + (() if depthwise else ("2:4",)):
+                    conv.set_policy(bits=bits, sparsity=sparsity)
+                    expected = reference(c_in, c_out, k, bits, sparsity)
+                    with torch.no_grad():
+                        torch.testing.assert_close(conv.active_weight(c_in), expected, rtol=0, atol=1e-6)
+                        cached = conv(x[:, :c_in])
+                        assert torch.equal(conv.to_static(c_in).weight, conv.active_weight(c_in))
+                    assert torch.equal(conv(x[:, :c_in]).detach(), cached)
+    conv.set_active(kernel=7, out_channels=None if depthwise else 8)
+    conv.set_policy(bits=32, sparsity=0.25)
+    sliced_mask = conv.active_weight(8) != 0
+    mask_of_max = sparsity_mask(conv.weight, 0.25)[:8, : 1 if depthwise else 8].bool()
+    assert not torch.equal(sliced_mask, mask_of_max)  # the two orders differ: the slice's own mask is used
 
 
 # ------------------------------------------------------------------------------------------- supernet
@@ -510,6 +615,20 @@ def test_crop_dead_taps_computes_the_same_function(size, stride, quantized, kern
 
 
 # ------------------------------------------------------------------------------------------- 2:4 on GPUs
+def test_2to4_masks_are_what_the_semi_structured_format_stores():
+    """A 2:4 mask of a linear / 1x1 conv weight survives torch's CUTLASS compression (the CPU reference
+    conversion) unchanged: its groups are the format's groups of 4 consecutive inputs of an output row."""
+    conversions = pytest.importorskip("torch.sparse._semi_structured_conversions")
+    g = torch.Generator().manual_seed(4)
+    for rows, cols in [(32, 64), (64, 32), (128, 128)]:
+        w = torch.randn(rows, cols, 1, 1, generator=g)
+        sparse = (w * sparsity_mask(w, "2:4")).reshape(rows, cols).half()
+        assert semi_structured.is_2to4(sparse)
+        packed, meta = conversions.sparse_semi_structured_from_dense_cutlass(sparse)
+        assert torch.equal(conversions.sparse_semi_structured_to_dense_cutlass(packed, meta), sparse)
+        assert not semi_structured.is_2to4(sparse.t())  # the other axis would not be 2:4
+
+
 def _two_four_model(qs_net):
     space = qs_net.space
     cfg = space.canonical({**space.max(), "stage2.block0.sparsity": "2:4", "stage4.block1.sparsity": "2:4"})

@@ -82,6 +82,7 @@ class ElasticActQuant(nn.Module):
         self.momentum = float(momentum)
         self.active_bits = 32
         self._qparams_key: tuple | None = None
+        self._qparams_buffers: tuple[torch.Tensor, ...] = ()  # the buffers _qparams_key was taken from
         self._qparams: tuple[float, int] | None = None
 
     def set_active(self, bits: int) -> None:
@@ -95,11 +96,15 @@ class ElasticActQuant(nn.Module):
         if self.active_bits == 32:
             return None
         i = self.weight_bits.index(self.active_bits)
-        key = (i, self.min_val._version, self.max_val._version, self.observed._version)
-        if key != self._qparams_key:
+        # Version counters alone do not identify the ranges: ``.to(device)`` replaces the buffers with new
+        # tensors whose counters restart at 0, and a later ``load_state_dict`` (or a few observations) brings
+        # them back to the cached versions with other values. So the buffers themselves are compared too.
+        buffers = (self.min_val, self.max_val, self.observed)
+        key = (i, *(t._version for t in buffers))
+        if key != self._qparams_key or any(a is not b for a, b in zip(buffers, self._qparams_buffers)):
             observed = bool(self.observed[i])
             self._qparams = act_qparams(self.min_val[i], self.max_val[i]) if observed else None
-            self._qparams_key = key
+            self._qparams_key, self._qparams_buffers = key, buffers
         return self._qparams
 
     @torch.no_grad()
