@@ -1302,8 +1302,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         default="mnist",
         help="training data: mnist (bundled, default), digits (scikit-learn), cifar10 (needs --data-root), or "
-        "a .npz file of your own with x_train, y_train (images N,H,W or N,C,H,W; integer labels) and optionally "
-        "x_test, y_test; 10%% of the training images (digits, which has no test split: 20%%) are held out for "
+        "a .npz file of your own with x_train, y_train (images N,H,W or N,C,H,W; integer labels 0..K-1) and "
+        "optionally x_test, y_test; 10%% of the training images (digits, which has no test split: 20%%) are held out for "
         "validation and search",
     )
     p.add_argument("--data-root", help="folder with cifar-10-batches-bin (for --data cifar10)")

@@ -175,8 +175,10 @@ def npz(path: str | Path, split: str = "train") -> TensorDataset:
     """Labelled images of your own from a NumPy ``.npz`` file, normalised per channel.
 
     The file holds ``x_train`` and ``y_train`` (and, for ``split="test"``, ``x_test`` and ``y_test``): images as
-    ``(N, H, W)`` or channels-first ``(N, C, H, W)``, ``uint8`` (0-255) or float, and integer labels
-    ``0 .. K-1``. It is read with ``allow_pickle=False``, so a file cannot run code. Both splits are normalised
+    ``(N, H, W)`` or channels-first ``(N, C, H, W)``, ``uint8`` (0-255) or float (both splits alike), and integer
+    labels ``0 .. K-1`` with every class in ``y_train``, of shape ``(N,)`` or ``(N, 1)`` (as Keras gives them).
+    Channels-last images ``(N, H, W, C)`` are refused with the transpose that fixes them, not read as ``C = H``
+    channels. It is read with ``allow_pickle=False``, so a file cannot run code. Both splits are normalised
     with the per-channel mean and standard deviation of ``x_train`` (after scaling ``uint8`` to 0-1), so training,
     evaluation and export see the same preprocessing. Write one with
     ``np.savez(path, x_train=x, y_train=y, x_test=xt, y_test=yt)``.
@@ -208,25 +210,39 @@ def npz(path: str | Path, split: str = "train") -> TensorDataset:
     except (OSError, EOFError) as exc:
         raise ValueError(f"{path} is not a NumPy .npz file ({exc})") from None
     x_train = _npz_images(path, arrays, "x_train")
-    x, y = (x_train, arrays.get("y_train")) if split == "train" else (None, arrays.get("y_test"))
+    y_train = _npz_labels(path, arrays, "y_train", len(x_train))
+    classes = np.unique(y_train)
+    if not np.array_equal(classes, np.arange(len(classes))):
+        # Else the class count (max label + 1) would include classes with no image, silently.
+        raise ValueError(
+            f"{path}: y_train labels must be 0 .. K-1 with every class present, got {len(classes)} classes "
+            f"{_preview(classes)}; renumber them: classes, y_train = np.unique(y_train, return_inverse=True)"
+        )
+    x, y = x_train, y_train
     if split == "test":
-        if "x_test" not in arrays or "y_test" not in arrays:
+        missing = [k for k in ("x_test", "y_test") if k not in arrays]
+        if missing:
             raise ValueError(
-                f"{path} holds no test split: add x_test and y_test arrays, or evaluate on a split of x_train"
+                f"{path} holds no test split (no {' or '.join(missing)}): add x_test and y_test arrays, or "
+                "evaluate on a split of x_train"
             )
         x = _npz_images(path, arrays, "x_test")
         if x.shape[1:] != x_train.shape[1:]:
             raise ValueError(
                 f"{path}: x_test images are {x.shape[1:]}, x_train images {x_train.shape[1:]}; they must match"
             )
-    labels_key = f"y_{split}"
-    if y is None:
-        raise ValueError(f"{path} lacks {labels_key} (integer labels, one per image)")
-    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-        raise ValueError(
-            f"{path}: {labels_key} must be {len(x)} non-negative integer labels, one per image; got dtype {y.dtype}, "
-            f"shape {y.shape}"
-        )
+        if (x.dtype == np.uint8) != (x_train.dtype == np.uint8):  # both are scaled by x_train's rule
+            raise ValueError(
+                f"{path}: x_test is {x.dtype} but x_train {x_train.dtype}; store both as uint8 (0-255) or both "
+                "as float, on the same scale"
+            )
+        y = _npz_labels(path, arrays, "y_test", len(x))
+        unseen = np.setdiff1d(y, classes)
+        if unseen.size:
+            raise ValueError(
+                f"{path}: y_test has labels {_preview(unseen)} that y_train lacks (classes 0 .. "
+                f"{len(classes) - 1}); drop those test images or add training images of those classes"
+            )
     scale = 255.0 if x_train.dtype == np.uint8 else 1.0
     reference = x_train.astype(np.float64) / scale
     mean = reference.mean(axis=(0, 2, 3))
@@ -244,11 +260,37 @@ def _npz_images(path: Path, arrays: dict[str, np.ndarray], key: str) -> np.ndarr
         x = x[:, None]
     if x.ndim != 4 or len(x) == 0:
         raise ValueError(f"{path}: {key} must be images (N, H, W) or (N, C, H, W), got shape {x.shape}")
-    if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-        raise ValueError(f"{path}: {key} looks channels-last {x.shape}; store it channels-first (N, C, H, W)")
+    if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (
+        1,
+        3,
+        4,
+    ):  # gray, RGB, RGBA last; e.g. Keras's CIFAR-10
+        raise ValueError(
+            f"{path}: {key} looks channels-last (N, H, W, C) {x.shape}; store it channels-first (N, C, H, W): "
+            f"{key}.transpose(0, 3, 1, 2)"
+        )
     if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
         raise ValueError(f"{path}: {key} must be uint8 or float images, got {x.dtype}")
     return x
+
+
+def _npz_labels(path: Path, arrays: dict[str, np.ndarray], key: str, n: int) -> np.ndarray:
+    if key not in arrays:
+        raise ValueError(f"{path} lacks {key} (integer labels, one per image)")
+    y = arrays[key]
+    if y.ndim == 2 and y.shape[1] == 1:  # Keras's datasets give labels as (N, 1)
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != n or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+        raise ValueError(
+            f"{path}: {key} must be {n} non-negative integer labels, one per image; got dtype {y.dtype}, "
+            f"shape {y.shape}"
+        )
+    return y
+
+
+def _preview(values: np.ndarray, limit: int = 6) -> str:
+    shown = ", ".join(str(int(v)) for v in values[:limit])
+    return f"[{shown}{', ...' if len(values) > limit else ''}]"
 
 
 def train_val_split(

@@ -131,3 +131,64 @@ def test_npz_missing_file_or_test_split(tmp_path):
     (tmp_path / "text.npz").write_text("not numpy")
     with pytest.raises(ValueError, match=r"not a NumPy \.npz file"):
         data.npz(tmp_path / "text.npz")
+
+
+def test_npz_keras_layout_is_refused_with_the_transpose_then_read(tmp_path):
+    # Keras/TF give CIFAR-10 as (N, 32, 32, 3) uint8 images and (N, 1) labels: the images must not be read as 32
+    # channels; the error names the transpose, and after it the (N, 1) labels are taken as they are.
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(20, 32, 32, 3), dtype=np.uint8)
+    y = (np.arange(20) % 10).astype(np.uint8)[:, None]
+    path = tmp_path / "keras.npz"
+    np.savez(path, x_train=x, y_train=y)
+    with pytest.raises(ValueError, match=r"channels-last .*x_train\.transpose\(0, 3, 1, 2\)"):
+        data.npz(path)
+    np.savez(path, x_train=x.transpose(0, 3, 1, 2), y_train=y)
+    images, labels = data.npz(path).tensors
+    assert tuple(images.shape) == (20, 3, 32, 32) and labels.tolist() == y[:, 0].tolist()
+    green = x[..., 1] / 255.0  # channel 1 is the images' green plane, normalised with its own statistics
+    assert images[3, 1, 5, 7].item() == pytest.approx((green[3, 5, 7] - green.mean()) / green.std(), rel=1e-4)
+    np.savez(path, x_train=rng.integers(0, 256, size=(20, 32, 32, 4), dtype=np.uint8), y_train=y)  # RGBA
+    with pytest.raises(ValueError, match="channels-last"):
+        data.npz(path)
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        # labels 1..10 (MATLAB-style) or with gaps would add classes no image has
+        ({"x_train": np.zeros((4, 5, 5)), "y_train": np.array([1, 2, 3, 4])}, r"0 \.\. K-1 .*\[1, 2, 3, 4\]"),
+        ({"x_train": np.zeros((4, 5, 5)), "y_train": np.array([0, 2, 0, 2])}, "np.unique"),
+        (
+            {
+                "x_train": np.zeros((4, 5, 5)),
+                "y_train": np.array([0, 1, 0, 1]),
+                "x_test": np.zeros((2, 5, 5)),
+            },
+            r"no test split \(no y_test\)",
+        ),
+        (
+            {
+                "x_train": np.zeros((4, 5, 5)),
+                "y_train": np.array([0, 1, 0, 1]),
+                "x_test": np.zeros((2, 5, 5)),
+                "y_test": np.array([1, 2]),
+            },
+            r"y_test has labels \[2\] that y_train lacks",
+        ),
+        (
+            {
+                "x_train": np.zeros((4, 5, 5), np.uint8),
+                "y_train": np.array([0, 1, 0, 1]),
+                "x_test": np.zeros((2, 5, 5), np.float32),
+                "y_test": np.array([0, 1]),
+            },
+            "x_test is float32 but x_train uint8",
+        ),
+    ],
+)
+def test_npz_labels_and_test_split_that_would_mislead_are_refused(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=message):
+        data.npz(path, "test" if "x_test" in arrays else "train")
