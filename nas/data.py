@@ -115,6 +115,8 @@ def mnist(split: str = "train") -> TensorDataset:
 def digits() -> TensorDataset:
     """scikit-learn's 1,797 handwritten digits as ``(N, 1, 8, 8)`` float32, normalised, labels 0-9.
 
+    The pixels (0-16) are normalised with ``(x/16 - 0.3054) / 0.3781``, as MNIST's are from 0-255.
+
     Example:
         >>> x, y = digits().tensors
         >>> tuple(x.shape), int(y.max())
