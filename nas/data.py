@@ -258,9 +258,11 @@ def _npz_images(path: Path, arrays: dict[str, np.ndarray], key: str) -> np.ndarr
             f"{path} lacks {key}; expected arrays x_train, y_train (and x_test, y_test), got {sorted(arrays)}"
         )
     x = arrays[key]
+    if len(x) == 0:
+        raise ValueError(f"{path}: {key} holds no images (shape {x.shape})")
     if x.ndim == 3:
         x = x[:, None]
-    if x.ndim != 4 or len(x) == 0:
+    if x.ndim != 4:
         raise ValueError(f"{path}: {key} must be images (N, H, W) or (N, C, H, W), got shape {x.shape}")
     if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (
         1,
@@ -273,6 +275,12 @@ def _npz_images(path: Path, arrays: dict[str, np.ndarray], key: str) -> np.ndarr
         )
     if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
         raise ValueError(f"{path}: {key} must be uint8 or float images, got {x.dtype}")
+    if x.dtype != np.uint8 and not np.isfinite(x).all():
+        # one NaN pixel turns every loss and BN statistic it reaches into NaN, far from where it came from
+        bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+        raise ValueError(
+            f"{path}: {key} has NaN or infinite pixels in {len(bad)} images (first: index {bad[0]}); fix or drop them"
+        )
     return x
 
 

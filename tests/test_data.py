@@ -112,6 +112,17 @@ def test_npz_reads_your_own_images_normalised_by_the_training_split(tmp_path):
         ({"x_train": np.zeros((4, 5, 5)), "y_train": np.zeros(4)}, "integer labels"),
         ({"x_train": np.zeros((4, 5, 5), dtype=np.int32), "y_train": np.zeros(4, int)}, "uint8 or float"),
         ({"x_train": np.zeros((4, 5, 5)), "y_train": np.array([None] * 4, dtype=object)}, "without pickle"),
+        (
+            {"x_train": np.zeros((0, 5, 5)), "y_train": np.zeros(0, int)},
+            r"x_train holds no images \(shape \(0, 5, 5\)\)",
+        ),
+        (
+            {
+                "x_train": np.where(np.arange(100).reshape(4, 5, 5) == 60, np.nan, 0.5),
+                "y_train": np.zeros(4, int),
+            },
+            r"NaN or infinite pixels in 1 images \(first: index 2\)",
+        ),
     ],
 )
 def test_npz_bad_files_say_what_is_wrong(tmp_path, arrays, message):

@@ -468,7 +468,7 @@ def test_an_int8_profile_records_how_its_graphs_were_quantized_and_is_not_mixed(
     old.save(out)
     with pytest.raises(
         ValueError,
-        match="quantized as 'all' \\(every op type.*now quantizes this space's graphs as 'weights'",
+        match=r"quantized as 'all' \(every op type.*now quantizes this space's graphs as 'weights'",
     ):
         cli_hooks.run_profile(small_net, "onnxruntime", 3, out, precision="int8", threads=1, **settings)
     assert len(Profile.load(out)) == 2
