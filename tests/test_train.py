@@ -307,6 +307,19 @@ def test_augmentation_shifts_by_whole_pixels():
     assert torch.equal(shifted, again)
 
 
+def test_augmentation_fills_each_colour_channel_with_its_own_minimum():
+    """Normalised CIFAR channels have different minima (black is -1.99 in blue, -1.71 in red): one minimum over
+    all channels pushed the border of the others below anything in the image."""
+    from nas.train.trainer import _augment
+
+    x = torch.rand(8, 3, 10, 10) + torch.tensor([-1.71, -1.8, -1.99]).view(1, 3, 1, 1)
+    shifted = _augment(x, torch.Generator().manual_seed(1), max_shift=2)
+    lowest = x.amin(dim=(2, 3))
+    assert (shifted >= lowest[..., None, None] - 1e-6).all()
+    border = shifted[..., 0, :].amin(dim=2)  # images moved down have their top row filled
+    assert torch.isclose(border, lowest, atol=1e-6).any(dim=1).sum() >= 1
+
+
 def test_unknown_augmentation_is_refused(tmp_path):
     net = TinySupernet()
     with pytest.raises(ValueError, match="augment"):

@@ -152,8 +152,9 @@ def _affine(
     theta[:, 0, 2] = shift[:, 0] * 2 / w
     theta[:, 1, 2] = shift[:, 1] * 2 / h
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    # Pad with the image's background value (its minimum), not zero: inputs are normalised.
-    bg = x.amin(dim=(1, 2, 3), keepdim=True)
+    # Pad with the image's background value, not zero (inputs are normalised): each channel's own minimum, so a
+    # colour image's border is its darkest colour rather than one channel's minimum pushed into the others.
+    bg = x.amin(dim=(2, 3), keepdim=True)
     return F.grid_sample(x - bg, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + bg
 
 
