@@ -631,3 +631,22 @@ def test_run_fit_with_one_held_out_config_saves_its_undefined_tau_as_null(tmp_pa
     saved = json.loads((tmp_path / "pred.json").read_text())
     assert saved["provenance"]["held_out"]["kendall_tau"] is None
     assert saved["provenance"]["held_out"]["within_10pct"] == res["metrics"]["within_10pct"]
+
+
+def test_merge_keeps_the_extra_columns_of_either_run() -> None:
+    # a profile measured before nas recorded the fast tail, extended by a run that records it
+    old = Profile("toy-conv", [{"width": 2, "kernel": 1}], [1.0], repeats=[3], extras={"energy_mj": [0.5]})
+    new = Profile(
+        "toy-conv",
+        [{"width": 2, "kernel": 1}, {"width": 4, "kernel": 1}],  # the first is already in old
+        [9.0, 2.0],
+        latency_cv=[0.9, 0.1],
+        repeats=[6, 6],
+        extras={"latency_p10_ms": [8.0, 1.5]},
+    )
+    merged = cli_hooks._merge(old, new)
+    assert [c["width"] for c in merged.configs] == [2, 4] and merged.latency_ms.tolist() == [1.0, 2.0]
+    assert merged.repeats.tolist() == [3, 6]
+    assert list(merged.extras) == ["energy_mj", "latency_p10_ms"]
+    np.testing.assert_array_equal(merged.extras["energy_mj"], [0.5, np.nan])
+    np.testing.assert_array_equal(merged.extras["latency_p10_ms"], [np.nan, 1.5])

@@ -307,7 +307,8 @@ def _merge(old: Profile, new: Profile) -> Profile:
 
     ``metadata["runs"]`` lists each run's date, duration, settings (``_RUN_KEYS``) and config count. The
     top-level ``repeats``, ``rounds`` and ``warmup`` stay only while every run used the same value; otherwise
-    they are removed and ``runs`` (and the per-row ``repeats`` column) say what each row got.
+    they are removed and ``runs`` (and the per-row ``repeats`` column) say what each row got. The extra columns
+    are those of either run, NaN in the rows of a run that did not record one.
     """
     have = {c.key for c in old.configs}
     rows = [i for i, c in enumerate(new.configs) if c.key not in have]
@@ -326,8 +327,12 @@ def _merge(old: Profile, new: Profile) -> Profile:
     cv = np.concatenate([old.latency_cv, add.latency_cv])
     if np.isfinite(cv).any():
         meta["median_cv"] = float(np.nanmedian(cv))
+    # Every column of either run, missing values NaN: a profile measured before nas recorded the fast tail
+    # (latency_min_ms, latency_p10_ms) keeps the new rows' values instead of dropping them.
+    missing_old, missing_add = np.full(len(old), np.nan), np.full(len(add), np.nan)
     extras = {
-        k: np.concatenate([old.extras[k], add.extras.get(k, np.full(len(add), np.nan))]) for k in old.extras
+        k: np.concatenate([old.extras.get(k, missing_old), add.extras.get(k, missing_add)])
+        for k in [*old.extras, *(k for k in add.extras if k not in old.extras)]
     }
     return Profile(
         old.space,
