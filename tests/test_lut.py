@@ -209,3 +209,52 @@ def test_the_activations_nas_export_describes_can_be_timed():
     for act in ("leakyrelu", "elu", "mish"):
         module, shape = layer_module(LayerSpec("act", 4, 4, in_h=3, in_w=3, out_h=3, out_w=3, act=act))
         assert tuple(module(torch.zeros(shape)).shape) == shape
+
+
+def test_on_a_fake_timer_each_layer_is_measured_once_and_the_line_is_fitted_by_hand(monkeypatch) -> None:
+    from nas import Choice, SearchSpace
+    from nas.hw import lut as lut_module
+    from nas.hw import measure
+
+    clock = {"ns": 0}
+    calls: dict[float, int] = {}
+
+    class FakeLayer(nn.Module):
+        def __init__(self, ms: float):
+            super().__init__()
+            self.ms = ms
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            clock["ns"] += round(self.ms * 1_000_000)
+            calls[self.ms] = calls.get(self.ms, 0) + 1
+            return x
+
+    def fake_layer_module(spec: LayerSpec, batch_size: int = 1) -> tuple[nn.Module, tuple[int, ...]]:
+        return FakeLayer(spec.out_channels / 4), (batch_size, 1)  # 4 output channels take 1 ms
+
+    monkeypatch.setattr(measure._Runner, "clock", staticmethod(lambda: clock["ns"]))
+    monkeypatch.setattr(lut_module, "layer_module", fake_layer_module)
+
+    class Net:
+        space = SearchSpace("fake", [Choice("w", (4, 8, 12)), Choice("d", (1, 2))])
+
+        def layer_specs(self, cfg):
+            body = [LayerSpec("conv", 3, cfg["w"], name=f"b{i}") for i in range(cfg["d"])]
+            return [*body, LayerSpec("conv", 3, 4, name="head")]
+
+    net = Net()
+    cfgs = list(net.space.all_configs())
+    lut = LatencyLUT.build(net, cfgs, threads=1, warmup=1, repeats=4, rounds=2, progress=False)
+    assert sorted(lut.table.values()) == [1.0, 2.0, 3.0]
+    # each distinct layer is measured once however many configs share it: 2 rounds of 1 warm-up + 2 timed calls
+    assert calls == {1.0: 6, 2.0: 6, 3.0: 6}
+    raw = lut.raw_sum(net, cfgs)  # w/4 per body layer, times d, plus the 1 ms head
+    assert raw.tolist() == [c["d"] * c["w"] / 4 + 1 for c in cfgs]
+    fit = lut.calibrate(net, cfgs, 1.5 * raw + 0.25)  # least squares recovers an exact line
+    assert fit["scale"] == pytest.approx(1.5) and fit["overhead_ms"] == pytest.approx(0.25)
+    assert fit["median_abs_rel_error"] == pytest.approx(0.0, abs=1e-12)
+    # a decreasing line is noise: scale 1 and the mean offset instead
+    fit = lut.calibrate(net, cfgs, 10.0 - raw)
+    assert (fit["scale"], fit["overhead_ms"]) == (1.0, pytest.approx(float(np.mean(10.0 - 2 * raw))))
+    fit = lut.calibrate(net, cfgs[:1], [10.0])  # one network: the overhead only
+    assert (fit["scale"], fit["overhead_ms"]) == (1.0, 10.0 - raw[0])

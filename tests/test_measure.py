@@ -143,6 +143,81 @@ def test_bounded_cache_rebuilds_models() -> None:
     assert len(net2.built) == 4
 
 
+@pytest.mark.parametrize(
+    "x",
+    [[3.0], [2.0, 5.0], [1.0, 2.0, 4.0], [4.0, 1.0, 3.0, 2.0], [0.7] * 6, [1.0, 1.5, 2.0, 10.0, 1.2, 1.1]],
+    ids=["one", "two", "odd", "even", "identical", "outlier"],
+)
+def test_latency_stats_definitions(x) -> None:
+    # percentiles by linear interpolation (numpy's default), CV with the population std (ddof=0)
+    a = np.asarray(x)
+    s = measure.latency_stats(x)
+    assert s["median_ms"] == np.median(a) and s["n"] == a.size and s["min_ms"] == a.min()
+    assert s["iqr_ms"] == np.percentile(a, 75, method="linear") - np.percentile(a, 25, method="linear")
+    assert s["p10_ms"] == np.percentile(a, 10, method="linear")
+    assert s["cv"] == pytest.approx(a.std(ddof=0) / a.mean(), abs=1e-15)
+
+
+class FakeTimed(nn.Module):
+    """Advances a fake clock: call ``k`` of config ``w`` (warm-up calls included) takes ``w`` ms + ``k`` us."""
+
+    def __init__(self, w: int, clock: dict[str, int], calls: dict[int, int]):
+        super().__init__()
+        self.w, self.clock, self.calls = w, clock, calls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.calls.get(self.w, 0)
+        self.calls[self.w] = k + 1
+        self.clock["ns"] += self.w * 1_000_000 + k * 1_000
+        return x
+
+
+def test_profile_statistics_on_a_fake_clock(monkeypatch) -> None:
+    clock: dict[str, int] = {"ns": 0}
+    calls: dict[int, int] = {}
+    monkeypatch.setattr(measure._Runner, "clock", staticmethod(lambda: clock["ns"]))
+    widths = [3, 1, 7, 2, 5, 4, 6]
+    built: list[int] = []
+
+    def build(cfg: Config) -> nn.Module:
+        built.append(cfg["w"])
+        return FakeTimed(cfg["w"], clock, calls)
+
+    order: list[int] = []
+    p = measure.profile(
+        build,
+        [{"w": w} for w in widths] + [{"w": 3}],  # the duplicate is measured once
+        input_shape=(1, 2, 2),
+        space="fake",
+        warmup=2,
+        repeats=7,  # 3 rounds: 3 timed calls per visit, 9 in all
+        rounds=3,
+        seed=5,
+        max_cached=2,  # far fewer than the configs: evicted runners are rebuilt
+        progress=False,
+        order_log=order,
+    )
+    rng = np.random.default_rng(5)
+    assert order == [int(i) for _ in range(3) for i in rng.permutation(len(widths))]
+    assert len(built) > len(widths)  # rebuilt after eviction
+    # Replay the visits by hand: each skips its 2 warm-up calls and times the next 3.
+    expected: dict[int, list[float]] = {w: [] for w in widths}
+    done = dict.fromkeys(widths, 0)
+    for i in order:
+        w = widths[i]
+        expected[w] += [w + (done[w] + 2 + j) * 1e-3 for j in range(3)]
+        done[w] += 5
+    assert p.repeats.tolist() == [9] * len(widths) and p.metadata["repeats"] == 9
+    for row, w in enumerate(widths):
+        s = measure.latency_stats(expected[w])
+        assert p.configs[row]["w"] == w
+        assert p.latency_ms[row] == pytest.approx(s["median_ms"], rel=1e-12)
+        assert p.latency_iqr_ms[row] == pytest.approx(s["iqr_ms"], rel=1e-9)
+        assert p.latency_cv[row] == pytest.approx(s["cv"], rel=1e-9)
+        assert p.extras["latency_min_ms"][row] == pytest.approx(s["min_ms"], rel=1e-12)
+        assert p.extras["latency_p10_ms"][row] == pytest.approx(s["p10_ms"], rel=1e-12)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without a GPU")
 def test_cuda_backend_clear_error_without_gpu() -> None:
     with pytest.raises(measure.BackendUnavailableError, match="CUDA GPU"):

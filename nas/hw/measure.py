@@ -86,6 +86,10 @@ class BackendUnavailableError(RuntimeError):
 def latency_stats(samples_ms: Sequence[float] | np.ndarray) -> dict[str, float]:
     """Median, inter-quartile range and coefficient of variation (std / mean) of repeated timings in ms.
 
+    Also the sample count ``n``, the fastest timing ``min_ms`` and the 10th percentile ``p10_ms``. Percentiles
+    interpolate linearly between the sorted timings (numpy's default); the CV uses the population standard
+    deviation (``ddof=0``), so one timing has CV 0.
+
     Example:
         >>> s = latency_stats([1.0, 2.0, 3.0, 4.0])
         >>> s["median_ms"], s["iqr_ms"], round(s["cv"], 3)
