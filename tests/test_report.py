@@ -237,3 +237,19 @@ def test_a_report_folder_is_rewritten_even_one_written_before_reports_listed_the
     (out / "index.html").write_text(page)  # the page of an earlier version had no generator tag
     write_report(make_result(n=11), out)
     assert json.loads((out / "summary.json").read_text())["evaluations"] == 11
+
+
+def test_loading_a_run_closes_the_store_it_opened(tmp_path, monkeypatch):
+    """SearchResult.load left its SQLite connection to garbage collection: the -wal/-shm files (and the lock)
+    stayed beside the database for a while (a CI folder listing caught them). A store passed in stays open."""
+    from nas.search.store import Store, open_store
+
+    url = _store(tmp_path / "s.db", [{"accuracy": 90.0, "latency@cpu": 1.0}])
+    closed = []
+    monkeypatch.setattr(Store, "close", lambda self, _close=Store.close: closed.append(self) or _close(self))
+    SearchResult.load(url)
+    assert len(closed) == 1
+    store = open_store(url, create=False)
+    assert len(SearchResult.load(store)) == 1 and len(closed) == 1  # the caller's store: still open
+    assert len(store.records()) == 1
+    store.close()

@@ -205,12 +205,18 @@ class SearchResult:
 
         Example: ``SearchResult.load("sqlite:///runs/search.db").pareto(target="raspi4")``
         """
-        from nas.search.store import open_store
+        from nas.search.store import Store, open_store
 
         st = open_store(store, create=False)
-        meta = st.read_meta()
-        if meta is None:
-            raise ValueError(f"store {st.url} holds no search run")
-        objectives = [(o["name"], o["direction"]) for o in meta["objectives"]]
-        extra = [c["metric"] for c in meta.get("constraints", []) if c.get("own_fn")]
-        return cls.from_records(st.records(), objectives, extra, meta, st.url)
+        try:
+            meta = st.read_meta()
+            if meta is None:
+                raise ValueError(f"store {st.url} holds no search run")
+            objectives = [(o["name"], o["direction"]) for o in meta["objectives"]]
+            extra = [c["metric"] for c in meta.get("constraints", []) if c.get("own_fn")]
+            return cls.from_records(st.records(), objectives, extra, meta, st.url)
+        finally:
+            # A store opened here is closed here, not at garbage collection: an open SQLite connection keeps
+            # the -wal/-shm files beside the database and a lock on it (a notebook, a folder listing, a copy).
+            if not isinstance(store, Store):
+                st.close()
