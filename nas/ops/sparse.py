@@ -1,8 +1,11 @@
 """Sparsity as a searchable per-layer policy: unstructured magnitude masks and N:M patterns.
 
 A sparsity value is a density (fraction of weights kept: ``1.0`` dense, ``0.5``, ``0.25``) or an N:M pattern
-string such as ``"2:4"`` (in every group of M consecutive weights along the input dimension of an output
-channel, the N largest are kept: the layout NVIDIA's sparse tensor cores run).
+string such as ``"2:4"`` (in every group of M consecutive weights of an output channel's flattened
+``(in, kh, kw)`` weights, the N largest are kept). For linear layers and 1x1 convs that is the layout NVIDIA's
+sparse tensor cores run (``nas.semi_structured``); for a k x k conv a group spans kernel taps and channels,
+unlike TensorRT's per-tap channel groups, so such convs stay dense on the GPU (the pattern still sets their
+compressed size and their accuracy in the search).
 
 Masks are exact: an unstructured mask keeps exactly ``round(density * numel)`` weights (the largest by
 magnitude), an N:M mask exactly N per group. They are computed from the current
