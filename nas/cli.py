@@ -937,8 +937,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     for target in targets:
         front = result.pareto(target=target)
         names = result.front_objectives(target)
+        h = result.history
+        unpriced = int(((h["status"] == "partial") & h[names].isna().any(axis=1)).sum())
+        why = f" ({unpriced} partial evaluations have no value for it: see the store's error column)"
         print(
             f"\nPareto front{' for ' + target if target else ''}: {len(front)} of {len(result)} evaluations"
+            + (why if unpriced else "")
         )
         print(front[["key", *names]].to_string(index=False, max_rows=30))
     return 0
@@ -1035,6 +1039,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import search_spaces
     from nas.export import ExportError, export, read_manifest
     from nas.search import SearchResult
+    from nas.search.result import USABLE_STATUSES
 
     if args.tolerance is not None and not args.tolerance >= 0:
         raise CliError(f"--tolerance {args.tolerance:g} must be >= 0 (--no-verify skips the check)")
@@ -1065,8 +1070,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     measuring = _measurement_target(recipe, target, lat_col, args.store) if args.measure else None
     if front.empty:
         history = result.history
-        failed = int((history["status"] != "ok").sum())
-        infeasible = int(((history["status"] == "ok") & ~history["feasible"].astype(bool)).sum())
+        usable = history["status"].isin(USABLE_STATUSES)
+        failed = int((~usable).sum())
+        infeasible = int((usable & ~history["feasible"].astype(bool)).sum())
         if not len(history):
             raise CliError(f"{args.store} holds no evaluations yet; run (or resume) the search first")
         no_value = len(history) - failed - infeasible

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from nas.atomic import write_bytes
-from nas.search.result import SearchResult
+from nas.search.result import USABLE_STATUSES, SearchResult
 
 __all__ = ["REPORT_FILES", "default_reference", "hypervolume_curve", "write_report"]
 
@@ -69,9 +69,9 @@ def _file_stem(label: str, used: set[str]) -> str:
 def _no_front_reason(result: SearchResult, names: Sequence[str]) -> str | None:
     """Why the front over ``names`` is empty (no evaluation to plot or to bound a hypervolume), or ``None``."""
     h = result.history
-    usable = (h["status"] == "ok").to_numpy() & h["feasible"].to_numpy(dtype=bool)
+    usable = h["status"].isin(USABLE_STATUSES).to_numpy() & h["feasible"].to_numpy(dtype=bool)
     if not usable.any():
-        n_failed = int((h["status"] != "ok").sum())
+        n_failed = int((~h["status"].isin(USABLE_STATUSES)).sum())
         return (
             f"none of the {len(h)} evaluations succeeded and met the constraints "
             f"({n_failed} failed, {len(h) - n_failed} infeasible)"
@@ -92,7 +92,7 @@ def default_reference(result: SearchResult, names: Sequence[str], margin: float 
     """Reference point for hypervolume: the worst observed value of each objective, pushed out by ``margin``
     of the observed range (so that extreme front points still count)."""
     direction = dict(result.objectives)
-    ok = result.history[(result.history["status"] == "ok") & result.history["feasible"]]
+    ok = result.history[result.history["status"].isin(USABLE_STATUSES) & result.history["feasible"]]
     ref = {}
     for n in names:
         v = ok[n].to_numpy(dtype=np.float64)
@@ -124,7 +124,7 @@ def _plot_front(result: SearchResult, names: Sequence[str], label: str) -> bytes
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    df = result.history[result.history["status"] == "ok"]
+    df = result.history[result.history["status"].isin(USABLE_STATUSES)]
     front = result.pareto(objectives=names)
     # x: the target-specific (cost) objective when there is one, y: the first shared objective (quality).
     x_name = next((n for n in names if "@" in n), names[-1])

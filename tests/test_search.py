@@ -429,6 +429,100 @@ def test_failed_evaluations_are_stored_and_a_broken_objective_fails_fast():
         run(SPACE, [Objective("q", broken)], budget=20, progress=False)
 
 
+def _cost_b_unmeasured_for_w3(c: Config) -> float:
+    """Target b's latency table has no entry for w == 3 (as HW-NAS-Bench's edgetpu lacks 4,699 NB201 cells)."""
+    if c["w"] == 3:
+        raise KeyError(f"{c.to_json()} not in profile b")
+    return cost(c, "b")
+
+
+def test_a_target_that_fails_costs_only_its_own_front(tmp_path):
+    """A config one target could not price stays on the other targets' fronts ("partial"), instead of being
+    dropped from every front as a failed evaluation."""
+    calls: list[str] = []
+    objs = [*objectives(calls), Objective("cost@b", _cost_b_unmeasured_for_w3, "min")]
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+    result = run(SPACE, objs, algorithm="nsga2", budget=40, seed=1, store=url, progress=False)
+    h = result.history
+    w3 = h["config"].map(lambda t: json.loads(t)["w"] == 3)
+    assert w3.any() and (~w3).any()
+    assert (h["status"] == np.where(w3, "partial", "ok")).all()
+    assert h.loc[w3, "error"].str.contains(r"cost@b: KeyError: .*not in profile b").all()
+    assert h.loc[w3, "cost@b"].isna().all() and h.loc[w3, ["quality", "cost@a"]].notna().all().all()
+    assert h["feasible"].all()
+    # Target a's front is the front of every evaluation; target b's of those b could price.
+    for target, rows in (("a", h), ("b", h[~w3])):
+        F = np.column_stack([-rows["quality"], rows[f"cost@{target}"]])
+        assert set(result.pareto(target=target)["key"]) == set(rows["key"][nondominated_mask(F)])
+    # w == 3 is on a's true front (quality 3 at cost 3.6 or 4.6), so a's front keeps some partial rows.
+    assert result.pareto(target="a")["key"].isin(h.loc[w3, "key"]).any()
+    assert "partial" in repr(result)
+    loaded = SearchResult.load(url)
+    assert loaded.history["status"].tolist() == h["status"].tolist()
+    assert set(loaded.pareto(target="a")["key"]) == set(result.pareto(target="a")["key"])
+
+
+def test_partial_records_are_failed_for_the_searcher_and_for_constraints_on_missing_values():
+    told: list[tuple[str, bool]] = []
+    searcher = searchers.get("random")(seed=3)
+    tell = searcher.tell
+
+    def recording_tell(configs, F, V):
+        told.extend((c.key, bool(np.isnan(f).all())) for c, f in zip(configs, F))
+        tell(configs, F, V)
+
+    searcher.tell = recording_tell
+    objs = [*objectives(), Objective("cost@b", _cost_b_unmeasured_for_w3, "min")]
+    result = run(SPACE, objs, algorithm=searcher, budget=25, progress=False)
+    partial = set(result.history.loc[result.history["status"] == "partial", "key"])
+    assert partial and {k for k, all_nan in told if all_nan} == partial
+    # A bound on b's latency cannot be checked where b has none: infeasible on every front.
+    bounded = run(
+        SPACE,
+        objs,
+        algorithm="random",
+        budget=25,
+        seed=3,
+        constraints=[Constraint("cost@b", "<=", 100.0)],
+        progress=False,
+    )
+    h = bounded.history
+    assert (h["feasible"] == (h["status"] == "ok")).all()
+    assert not bounded.pareto(target="a")["key"].isin(h.loc[h["status"] == "partial", "key"]).any()
+
+
+def test_every_target_or_the_shared_objective_failing_is_a_failed_evaluation():
+    def cost_a_unmeasured_for_w3(c: Config) -> float:
+        if c["w"] == 3:
+            raise KeyError("not in a's profile")
+        return cost(c)
+
+    objs = [
+        Objective("quality", quality, "max"),
+        Objective("cost@a", cost_a_unmeasured_for_w3, "min"),
+        Objective("cost@b", _cost_b_unmeasured_for_w3, "min"),
+    ]
+    h = run(SPACE, objs, algorithm="random", budget=25, seed=0, progress=False).history
+    w3 = h["config"].map(lambda t: json.loads(t)["w"] == 3)
+    assert w3.any() and (h["status"] == np.where(w3, "failed", "ok")).all()
+    assert h.loc[w3, "error"].str.contains("cost@a: KeyError").all()
+    assert h.loc[w3, "error"].str.contains("cost@b: KeyError").all()
+    assert not h.loc[w3, "feasible"].any()
+    # One target alone: its failure is the evaluation's (there is no other front to keep it on).
+    single = run(SPACE, [objs[0], objs[2]], algorithm="random", budget=25, seed=0, progress=False).history
+    w3 = single["config"].map(lambda t: json.loads(t)["w"] == 3)
+    assert w3.any() and (single["status"] == np.where(w3, "failed", "ok")).all()
+
+
+def test_a_target_whose_objective_always_fails_stops_the_search():
+    def broken(c: Config) -> float:
+        raise FileNotFoundError("b.json")
+
+    objs = [*objectives(), Objective("cost@b", broken, "min")]
+    with pytest.raises(RuntimeError, match=r"first 5 evaluations all failed.*cost@b: FileNotFoundError"):
+        run(SPACE, objs, algorithm="random", budget=20, progress=False)
+
+
 def test_an_infinite_objective_value_is_a_failed_evaluation(tmp_path):
     """The store keeps no infinities: inf read back as NaN in an "ok" row, so a reloaded run disagreed."""
 

@@ -23,7 +23,11 @@ import pandas as pd
 from nas.pareto import hypervolume, nondominated_mask
 from nas.space import Config
 
-__all__ = ["SearchResult"]
+__all__ = ["USABLE_STATUSES", "SearchResult"]
+
+#: statuses of evaluations that can sit on a front: ``"ok"``, and ``"partial"`` (some targets' objectives failed;
+#: the record counts on the fronts of the targets it has values for)
+USABLE_STATUSES = ("ok", "partial")
 
 
 class SearchResult:
@@ -32,7 +36,8 @@ class SearchResult:
     Attributes:
         history: one row per real evaluation, in the order they finished: ``order``, ``key``, ``config`` (JSON),
             one column per objective (and constrained metric), ``violation``, ``feasible``, ``status``
-            (``"ok"`` or ``"failed"``), ``error``, ``wall_time_s``, ``worker``.
+            (``"ok"``; ``"partial"`` when some hardware targets' objectives failed, their values NaN; or
+            ``"failed"``), ``error``, ``wall_time_s``, ``worker``. ``feasible`` is false for failed rows.
         objectives: ``(name, direction)`` pairs.
         meta: the run metadata (space, algorithm, seed, budget, ...).
     """
@@ -97,7 +102,7 @@ class SearchResult:
 
     def _candidates(self, names: Sequence[str]) -> pd.DataFrame:
         df = self.history
-        ok = (df["status"] == "ok") & df["feasible"].astype(bool)
+        ok = df["status"].isin(USABLE_STATUSES) & df["feasible"].astype(bool)
         for n in names:
             ok &= np.isfinite(df[n].to_numpy(dtype=np.float64))
         return df[ok]
@@ -157,8 +162,10 @@ class SearchResult:
 
     def __repr__(self) -> str:
         n_ok = int((self.history["status"] == "ok").sum()) if len(self.history) else 0
+        n_partial = int((self.history["status"] == "partial").sum()) if len(self.history) else 0
+        partial = f", {n_partial} partial" if n_partial else ""
         return (
-            f"SearchResult({len(self.history)} evaluations, {n_ok} ok, objectives={self.objective_names}, "
+            f"SearchResult({len(self.history)} evaluations, {n_ok} ok{partial}, objectives={self.objective_names}, "
             f"algorithm={self.meta.get('algorithm')!r})"
         )
 
@@ -179,7 +186,7 @@ class SearchResult:
             for n in names:
                 row[n] = r["values"].get(n, np.nan)
             row["violation"] = r["violation"]
-            row["feasible"] = r["status"] == "ok" and r["violation"] == 0.0
+            row["feasible"] = r["status"] in USABLE_STATUSES and r["violation"] == 0.0
             for k in ("status", "error", "wall_time_s", "worker", "finished_at"):
                 row[k] = r.get(k)
             rows.append(row)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from nas.search.objectives import Constraint, Objective, check_objectives
-from nas.search.result import SearchResult
+from nas.search.result import USABLE_STATUSES, SearchResult
 from nas.search.searchers.base import Problem, Searcher, get
 from nas.search.store import Store, open_store
 from nas.space import Config, SearchSpace
@@ -87,22 +87,49 @@ def evaluate_config(
 
     An exception in an objective makes the record ``status="failed"`` with the error text, ``nan`` values and an
     infinite violation; it does not propagate, so one bad subnet cannot stop a search.
+
+    With several hardware targets, an exception in one target's objective (``latency@edgetpu`` of a cell the
+    device's profile never measured) costs only that target: the record is ``status="partial"``, keeps every
+    other value, and counts on the fronts of the targets it has values for. The searcher is told a partial
+    record as failed (it ranks whole objective vectors), and a constraint on a missing value makes the record
+    infeasible everywhere (the bound cannot be checked). When every target fails, or a shared objective does
+    (accuracy), the record is ``"failed"``.
     """
     t0 = time.perf_counter()
     values: dict[str, float] = {}
     status, error = "ok", None
+    targets = {o.target for o in objectives if o.target is not None}
+    target_errors: dict[str, list[str]] = {}
     try:
         for o in objectives:
-            values[o.name] = o(cfg)
+            try:
+                values[o.name] = o(cfg)
+            except Exception as exc:
+                if o.target is None or len(targets) < 2:
+                    raise
+                target_errors.setdefault(o.target, []).append(f"{o.name}: {type(exc).__name__}: {exc}")
         for c in constraints:
             if c.fn is not None:
                 values[c.metric] = _constraint_value(c, cfg)
+        if target_errors:
+            text = "; ".join(e for errs in target_errors.values() for e in errs)
+            status, error = ("failed" if set(target_errors) == targets else "partial"), text
+            # Info, not a warning, when partial: a profile that lacks some configs (HW-NAS-Bench's edgetpu) would
+            # print a line for a third of the evaluations; the CLI counts them per target, the store keeps each error.
+            log.log(
+                logging.WARNING if status == "failed" else logging.INFO,
+                "evaluation of %s failed on target(s) %s: %s",
+                cfg.to_json(),
+                sorted(target_errors),
+                text,
+            )
     except Exception as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         log.warning("evaluation of %s failed: %s", cfg.to_json(), error)
     for name in [o.name for o in objectives] + [c.metric for c in constraints if c.fn is not None]:
         values.setdefault(name, math.nan)
-    violation = sum(c.violation(values[c.metric]) for c in constraints) if status == "ok" else math.inf
+    usable = status in USABLE_STATUSES
+    violation = sum(c.violation(values[c.metric]) for c in constraints) if usable else math.inf
     return {
         "key": cfg.key,
         "config": cfg.to_json(),
@@ -254,11 +281,12 @@ class Engine:
         if record["status"] == "ok":
             self.n_ok += 1
             self.n_failed_streak = 0
-        else:
+        else:  # "partial" too: a target whose objective always fails is as broken as a shared one
             self.n_failed_streak += 1
             if self.n_ok == 0 and self.n_failed_streak >= _FAIL_FAST_AFTER:
                 raise SearchFailedError(
-                    f"the first {self.n_failed_streak} evaluations all failed; last error: {record['error']}"
+                    f"the first {self.n_failed_streak} evaluations all failed (on every target or on some); "
+                    f"last error: {record['error']}"
                 )
         if self.progress is not None:
             self.progress.advance(1)
