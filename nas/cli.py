@@ -840,6 +840,11 @@ def _objectives(args: argparse.Namespace, space: Any) -> tuple[list[Any], dict[s
         )
     for target in args.target or []:
         label = target_label(target)
+        if label in recipe["targets"]:
+            raise CliError(
+                f"--target {target} and --target {recipe['targets'][label]} both name the target {label!r} (a "
+                "file's label is its name without .csv/.json): pass each target once, or rename one of the files"
+            )
         fn = _latency_function(space, args.space, target)
         objectives.append(search.latency(label, fn))
         recipe["targets"][label] = target

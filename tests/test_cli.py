@@ -71,6 +71,13 @@ def test_clear_errors(tmp_path, capsys):
         "unknown nb201 dataset 'cifar1000'; choose cifar10, cifar100, imagenet16" in capsys.readouterr().err
     )
     assert not store.exists()
+    # two targets with one label (a built-in profile and its file) would be one objective name twice
+    profile = "hw_profiles/nb201-raspi4.csv.gz"
+    args = ["search", "--space", "nb201", "--target", "nb201-raspi4", "--target", profile, "--budget", "5"]
+    assert main([*args, "--store", str(store), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--target {profile} and --target nb201-raspi4 both name the target 'nb201-raspi4'" in err
+    assert "rename one of the files" in err and not store.exists()
 
 
 def test_refused_commands_leave_no_files_behind(tmp_path, capsys):
