@@ -523,6 +523,36 @@ def test_a_target_whose_objective_always_fails_stops_the_search():
         run(SPACE, objs, algorithm="random", budget=20, progress=False)
 
 
+def test_a_latency_at_or_below_zero_fails_that_target_instead_of_topping_its_front():
+    """A lookup table with a negative fitted overhead predicts < 0 ms for small configs: such a value would
+    dominate every real subnet on the front."""
+
+    def overhead_below_zero(c: Config) -> float:
+        return cost(c) - 3.0  # small configs (w * d <= 2) come out at or below zero
+
+    objs = [*objectives(), latency("b", overhead_below_zero)]
+    h = run(SPACE, objs, algorithm="random", budget=40, seed=0, progress=False).history
+    small = h["config"].map(lambda t: cost(Config.from_json(t)) <= 3.0)
+    assert small.any() and (h["status"] == np.where(small, "partial", "ok")).all()
+    assert (
+        h.loc[small, "error"]
+        .str.contains(r"latency@b: ValueError: latency@b: -?[\d.]+ ms for .* is not a")
+        .all()
+    )
+    assert (h["latency@b"].dropna() > 0).all()
+
+    # the same check on the predictor path (features in, ms out) and on measured latency
+    class NegativeOverhead:
+        def predict(self, X):
+            return X.sum(axis=1) - 1e6
+
+    with pytest.raises(ValueError, match=r"latency@cpu: -[\d.e+]+ ms for \{.*\} is not a latency"):
+        latency("cpu", NegativeOverhead(), space=SPACE)(SPACE.max())
+    with pytest.raises(ValueError, match=r"latency@dev: 0 ms for .* is not a latency"):
+        latency("dev", measure=lambda c: 0.0)(SPACE.max())
+    assert latency("dev", measure=lambda c: 0.25)(SPACE.max()) == 0.25
+
+
 def test_an_infinite_objective_value_is_a_failed_evaluation(tmp_path):
     """The store keeps no infinities: inf read back as NaN in an "ok" row, so a reloaded run disagreed."""
 

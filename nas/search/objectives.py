@@ -293,6 +293,38 @@ def accuracy(supernet: Any, data: Any, name: str = "accuracy", **evaluate_kwargs
     )
 
 
+class _PositiveLatency:
+    """A latency function whose values must be > 0.
+
+    A value <= 0 is an extrapolation artefact, not a latency: a lookup table whose fitted overhead is negative,
+    or a model of latency itself (not its log) asked about configs smaller than any it was fitted on. On a front
+    it would dominate every real subnet, so it fails the evaluation instead (only this target's front, when a
+    search has several), naming the value and the fix. A plain class, so that Ray can pickle it.
+    """
+
+    def __init__(self, fn: Callable[[Config], float], name: str):
+        self.fn = fn
+        self.name = name
+
+    def __call__(self, cfg: Config) -> float:
+        value = self.fn(cfg)
+        try:
+            ms = float(value)
+        except (TypeError, ValueError):
+            return value  # Objective says what a non-number is
+        if ms <= 0:
+            raise ValueError(
+                f"{self.name}: {ms:.4g} ms for {_describe(cfg)} is not a latency (a predictor extrapolating below "
+                "the configs it was fitted on, e.g. a lookup table with a negative fitted overhead); refit it on "
+                "measurements that include configs this small"
+            )
+        return value
+
+
+def _describe(cfg: Any) -> str:
+    return cfg.to_json() if hasattr(cfg, "to_json") else repr(dict(cfg))
+
+
 def latency(
     target: str,
     predictor: Any = None,
@@ -319,7 +351,7 @@ def latency(
         raise ValueError(f"latency({target!r}): give exactly one of predictor= or measure=")
     name = name or f"latency@{target}"
     if measure is not None:
-        return Objective(name, measure, direction="min", expensive=True)
+        return Objective(name, _PositiveLatency(measure, name), direction="min", expensive=True)
     if hasattr(predictor, "predict"):
         if space is None:
             raise ValueError(f"latency({target!r}): a predictor object needs space= to compute features")
@@ -334,9 +366,9 @@ def latency(
         def predicted(cfg: Config) -> float:
             return float(np.asarray(predictor.predict(space.features(cfg)[None, :])).reshape(-1)[0])
 
-        return Objective(name, predicted, direction="min", expensive=False)
+        return Objective(name, _PositiveLatency(predicted, name), direction="min", expensive=False)
     if callable(predictor):
-        return Objective(name, predictor, direction="min", expensive=False)
+        return Objective(name, _PositiveLatency(predictor, name), direction="min", expensive=False)
     raise TypeError(f"latency({target!r}): predictor must have .predict(X) or be callable, got {predictor!r}")
 
 
