@@ -6,7 +6,7 @@ evaluation. By default (``--latency profile``) latency is a cheap lookup in the 
 which is what ``nas search --space nb201 --target DEVICE`` does: searchers may query it for any candidate and
 only accuracy must be learnt. ``--latency measured`` treats the table latency as a live measurement that
 model-based searchers must learn as well; there 0.99 at 250 asks for more than evaluating every one of the
-8,764 distinct functions once (the one-per-function set below scores 0.990): above that lie only the copies
+8,764 distinct live graphs once (the one-per-graph set below scores 0.990): above that lie only the copies
 whose table values came out lucky (training noise in accuracy, run-to-run noise in the raspi4 / pixel3
 latencies), which a search sees only by measuring them.
 The true front is that of the connected cells; the reference point is its nadir pushed out by 10% of its range

@@ -3,7 +3,8 @@
 A cell is a 4-node DAG; node ``j`` sums one operation applied to every earlier node ``i`` (the edge
 ``node{j}.in{i}``). The six edges, in arch-string order, each take one of five operations, so the space has
 5**6 = 15,625 cells. 341 of them are *disconnected*: no path of non-``none`` edges leads from the input
-(node 0) to the output (node 3), so the cell outputs zeros and the network guesses (10% on CIFAR-10).
+(node 0) to the output (node 3), so the cell's output does not depend on its input and the network
+guesses (10% on CIFAR-10).
 
 Data shipped with the project (see ``search_spaces/data/README.md`` and ``hw_profiles/README.md``):
 accuracy after 200 epochs on CIFAR-10 / CIFAR-100 / ImageNet16-120 (NATS-Bench, MIT) and latency measured or
@@ -174,7 +175,8 @@ def _structure(ops: tuple[int, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
                 f"node{node}_used_out:{op}",
                 sum(used[e] and ops[e] == k for e, (_, i) in enumerate(EDGES) if i == node),
             )
-    # 4. path structure over live edges: longest / shortest path, most convolutions on one path, path count
+    # 4. path structure over live edges: longest / shortest path, most convolutions on one path, path count.
+    #    convs / conv3 maximise over all paths on their own, not along the longest path (see the class docs).
     longest = [0, -99, -99, -99]
     shortest = [0, 99, 99, 99]
     convs = [0, -99, -99, -99]
@@ -244,6 +246,13 @@ class NB201Space(SearchSpace):
     convolutions on one path and the number of additions. ``benchmarks/predictors.py`` measures what they
     bring over the one-hot encoding on the HW-NAS-Bench devices.
 
+    Path features count over the input-to-output paths of non-``none`` edges (0 for a disconnected cell):
+    ``depth_longest`` / ``depth_shortest`` are the most / fewest layers on one path (a ``skip_connect`` adds
+    no layer), ``paths`` how many paths there are. ``convs_on_longest_path`` (``conv3_on_longest_path``) is the
+    most convolutions (3x3 convolutions) on any one path, which need not be a longest one: in
+    ``|none~0|+|avg_pool_3x3~0|none~1|+|nor_conv_1x1~0|none~1|avg_pool_3x3~2|`` the longest path is two pools
+    and the feature is 1, from the direct 1x1 convolution (the names are kept: saved predictors use them).
+
     Example:
         >>> len(space.feature_names) == space.features(space.max()).shape[0]
         True
@@ -266,9 +275,17 @@ class NB201Space(SearchSpace):
     def graph(self, cfg: Mapping[str, Any]) -> Graph:
         """The cell as a graph of its *live* operations (on a path from the input to the output).
 
-        Operations become nodes (between an ``input`` and an ``output`` node), fed by the operations that
-        enter their source node. Dead operations change nothing the network computes, so they are left out:
-        cells that differ only in dead edges, or in the order of equivalent branches, get the same graph.
+        Operations become nodes (between an ``input`` and an ``output`` node), fed by the operations that enter
+        their source node. Dead operations are left out: cells that differ only in dead edges, or in the order
+        of equivalent branches, get the same graph (8,764 graphs for the 15,284 connected cells, the classes of
+        graph isomorphism). An operation that never reaches the output changes nothing; one fed only by zeros is
+        taken as zero, as NAS-Bench-201's own unique strings do, though a ReLU-Conv-BN on zeros outputs its
+        BatchNorm bias, a constant (the CIFAR-10 accuracy of such cells differs from that of the other cells of
+        their graph by +0.01 points on average). ``skip_connect`` stays a node although it is the identity, so
+        the graph is finer than the function: cells that differ only in chains of skips (``x`` vs
+        ``skip(skip(x))``) get different graphs. Contracting skips would leave 5,424 distinct networks;
+        NAS-Bench-201 counts 6,466 unique strings over all 15,625 cells (theirs contract skips but keep zero-fed
+        terms such as ``#+#``).
 
         Example:
             >>> g = space.graph(from_arch_str("|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|"))

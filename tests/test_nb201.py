@@ -165,6 +165,76 @@ def test_features_are_structure_aware_and_consistent():
         space.features(Config({**dict(cfg), "node1.in0": "conv"}))
 
 
+def test_convs_on_longest_path_is_the_most_convolutions_on_any_path():
+    # the longest path is pool -> pool (2 layers, no convolution); the direct 1x1 convolution is the most
+    # convolutions on one path, and that is what the feature counts (its name predates this definition)
+    cell = nb201.from_arch_str("|none~0|+|avg_pool_3x3~0|none~1|+|nor_conv_1x1~0|none~1|avg_pool_3x3~2|")
+    f = dict(zip(nb201.space.feature_names, nb201.space.features(cell)))
+    assert (f["depth_longest"], f["convs_on_longest_path"], f["conv3_on_longest_path"]) == (2, 1, 0)
+
+
+def test_use_node_and_addition_features_equal_brute_force_reachability_on_all_cells():
+    """The features the path test above leaves out, recomputed from reachability by depth-first search."""
+    names = nb201.space.feature_names
+    real, edges = nb201.OPS[1:], nb201.EDGES
+    convs = ("nor_conv_1x1", "nor_conv_3x3")
+
+    def reach(ops, a, b):  # is there a path of non-none edges from node a to node b?
+        return a == b or any(
+            i == a and ops[e] != "none" and reach(ops, j, b) for e, (j, i) in enumerate(edges)
+        )
+
+    def paths(ops, a):  # every path from node a to the output, as lists of ops
+        if a == 3:
+            return [[]]
+        return [
+            [ops[e], *p]
+            for e, (j, i) in enumerate(edges)
+            if i == a and ops[e] != "none"
+            for p in paths(ops, j)
+        ]
+
+    for cfg in nb201.all_configs():
+        ops = [cfg[name] for name in nb201.EDGE_NAMES]
+        fed, used = [reach(ops, 0, n) for n in range(4)], [reach(ops, n, 3) for n in range(4)]
+        use = [ops[e] != "none" and used[j] for e, (j, i) in enumerate(edges)]
+        live = [u and fed[i] for u, (j, i) in zip(use, edges)]
+        want = {"live_nodes": sum(fed[n] and used[n] for n in (1, 2)), "used_nodes": sum(used[1:3]),
+                "used_zero_nodes": sum(used[n] and not fed[n] for n in (1, 2))}  # fmt: skip
+        for n in (1, 2):
+            want |= {f"node{n}_used": used[n], f"node{n}_zero": not fed[n]}
+        for label, mask in (("adds", [o != "none" for o in ops]), ("live_adds", live), ("used_adds", use)):
+            want[label] = sum(
+                max(sum(m for m, (j, _) in zip(mask, edges) if j == n) - 1, 0) for n in (1, 2, 3)
+            )
+        for op in real:
+            want[f"used_count:{op}"] = sum(u and o == op for u, o in zip(use, ops))
+            want[f"zero_used_count:{op}"] = sum(
+                u and o == op and not fed[i] for u, o, (_, i) in zip(use, ops, edges)
+            )
+            for n in (1, 2, 3):
+                want[f"node{n}_live_in:{op}"] = sum(
+                    m and o == op and j == n for m, o, (j, _) in zip(live, ops, edges)
+                )
+                want[f"node{n}_used_in:{op}"] = sum(
+                    m and o == op and j == n for m, o, (j, _) in zip(use, ops, edges)
+                )
+            for n in (0, 1, 2):
+                want[f"node{n}_used_out:{op}"] = sum(
+                    m and o == op and i == n for m, o, (_, i) in zip(use, ops, edges)
+                )
+            for e, name in enumerate(nb201.EDGE_NAMES):
+                want[f"live:{name}={op}"], want[f"used:{name}={op}"] = (
+                    live[e] and ops[e] == op,
+                    use[e] and ops[e] == op,
+                )
+        found = paths(ops, 0)
+        want["convs_on_longest_path"] = max((sum(o in convs for o in p) for p in found), default=0)
+        want["conv3_on_longest_path"] = max((p.count("nor_conv_3x3") for p in found), default=0)
+        f = dict(zip(names, nb201.space.features(cfg)))
+        assert {k: f[k] for k in want} == {k: float(v) for k, v in want.items()}, nb201.arch_str(cfg)
+
+
 def test_space_survives_pickling():
     import pickle
 
