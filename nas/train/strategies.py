@@ -177,11 +177,16 @@ class Strategy:
                 {n: (self._min[n] if n in free else self._max[n]) for n in self.space.names}
             )
         tasks = [SubnetTask(self._max, 1.0, True), SubnetTask(smallest, weight)]
-        for _ in range(self.num_random):
-            config = self.sample(rng, elastic_kinds)
-            candidates = tuple(self.sample(rng, elastic_kinds) for _ in range(self.attentive))
-            tasks.append(SubnetTask(config, weight, candidates=candidates))
+        tasks += [self.random_task(rng, elastic_kinds, weight) for _ in range(self.num_random)]
         return tasks
+
+    def random_task(
+        self, rng: np.random.Generator, elastic_kinds: tuple[str, ...] | None = None, weight: float = 1.0
+    ) -> SubnetTask:
+        """A random subnet with its ``attentive`` extra candidates (none when attentive sampling is off)."""
+        config = self.sample(rng, elastic_kinds)
+        candidates = tuple(self.sample(rng, elastic_kinds) for _ in range(self.attentive))
+        return SubnetTask(config, weight, candidates=candidates)
 
 
 def _checked_groups(net: Any) -> dict[str, tuple[str, ...]]:
@@ -250,7 +255,8 @@ class Uniform(Strategy):
     name = "uniform"
 
     def tasks(self, step: int, rng: np.random.Generator) -> list[SubnetTask]:
-        return [SubnetTask(self.sample(rng))]
+        # Its one subnet is a random one, so ``attentive`` applies to it as to the sandwich's random slots.
+        return [self.random_task(rng)]
 
 
 @register_strategy
