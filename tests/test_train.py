@@ -156,7 +156,7 @@ def test_uniform_draws_the_spaces_own_sampler_and_honours_attentive():
     assert attentive.describe()["attentive"] == 2
 
 
-def test_logged_losses_are_the_steps_batch_means(tmp_path):
+def test_logged_losses_are_the_steps_batch_means():
     """The losses a step reports (and the metrics log writes) are per-example means: ``loss_max`` the max
     subnet's label loss, ``loss_min`` the min subnet's, ``loss_other`` the mean over the random subnets of
     each one's soft cross-entropy against the max subnet's detached predictions; unweighted."""
