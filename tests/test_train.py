@@ -60,6 +60,19 @@ def test_registry_and_strategy_tasks():
 
 
 @pytest.mark.parametrize(
+    ("fractions", "phases"),
+    [
+        ((0.1, 0.2, 0.3, 0.4), "fkkdddwwww"),  # 0.1 + 0.2 sums to 3.0000000000000004 steps of 10
+        ((0.7, 0.1, 0.1, 0.1), "fffffffkdw"),  # 7.000000000000001: the kernel phase got no step at all
+        (None, "fffkkdddww"),  # equal shares of 10 steps: 2.5 per phase, a phase runs while step < its end
+    ],
+)
+def test_progressive_phases_get_the_steps_their_fractions_give(fractions, phases):
+    strategy = make_strategy("progressive", TinySupernet(), 10, fractions=fractions)
+    assert "".join(strategy.phase(step)[0] for step in range(10)) == phases
+
+
+@pytest.mark.parametrize(
     ("groups", "fragment"),
     [
         ({"kernels": ("kernel",)}, "'kernels' is not a kind; use resolution, depth, kernel"),
