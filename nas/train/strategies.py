@@ -313,9 +313,9 @@ class ProgressiveShrinking(Strategy):
                 shares[i] = 0.0
         total = sum(shares)
         self.fractions = tuple(f / total for f in shares)
-        # Where each phase ends (the next one's first step). Rounded before the ceiling: float sums such as 0.1 + 0.2 land
-        # just above a whole step (3.0000000000000004 of 10) and gave that phase's step to the phase before it
-        # (fractions 0.7/0.1/0.1/0.1 of 10 steps skipped the kernel phase entirely).
+        # Where each phase ends (the next one's first step). Rounded before the ceiling: float sums such as
+        # 0.1 + 0.2 land just above a whole step (3.0000000000000004 of 10) and gave that phase's step to the
+        # phase before it (fractions 0.7/0.1/0.1/0.1 of 10 steps skipped the kernel phase entirely).
         self._bounds = np.ceil(np.round(np.cumsum(self.fractions) * self.total_steps, 6))
 
     def _phases_that_apply(self) -> list[bool]:
