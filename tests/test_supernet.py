@@ -96,6 +96,12 @@ def test_sort_channels_keeps_max_subnet_function_and_orders_channels():
     with torch.no_grad():  # make importances differ from the initial order
         for p in net.parameters():
             p.mul_(torch.rand_like(p) + 0.5)
+        for (
+            name,
+            b,
+        ) in net.named_buffers():  # and batch-norm statistics differ per channel, so they must move too
+            if name.endswith(("running_mean", "running_var")):
+                b.copy_(torch.rand_like(b) + 0.5)
     cfg = net.activate(net.space.max())
     x = torch.randn(2, *net.input_shape(cfg)[1:])
     with torch.no_grad():

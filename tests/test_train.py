@@ -60,6 +60,19 @@ def test_registry_and_strategy_tasks():
 
 
 @pytest.mark.parametrize(
+    ("fractions", "phases"),
+    [
+        ((0.1, 0.2, 0.3, 0.4), "fkkdddwwww"),  # 0.1 + 0.2 sums to 3.0000000000000004 steps of 10
+        ((0.7, 0.1, 0.1, 0.1), "fffffffkdw"),  # 7.000000000000001: the kernel phase got no step at all
+        (None, "fffkkdddww"),  # equal shares of 10 steps: 2.5 per phase, a phase runs while step < its end
+    ],
+)
+def test_progressive_phases_get_the_steps_their_fractions_give(fractions, phases):
+    strategy = make_strategy("progressive", TinySupernet(), 10, fractions=fractions)
+    assert "".join(strategy.phase(step)[0] for step in range(10)) == phases
+
+
+@pytest.mark.parametrize(
     ("groups", "fragment"),
     [
         ({"kernels": ("kernel",)}, "'kernels' is not a kind; use resolution, depth, kernel"),
@@ -133,6 +146,86 @@ def test_attentive_sampling_draws_candidates_and_trains_the_worst():
 
     assert _worst_candidate(("good", "bad", "fair"), x, y, teacher, forward, loss_of) == "bad"
     assert _worst_candidate(("good", "fair"), x, y, teacher, forward, loss_of) == "fair"
+
+
+def test_uniform_draws_the_spaces_own_sampler_and_honours_attentive():
+    """``uniform`` trains one subnet drawn exactly as ``space.sample`` draws it (quantization and sparsity
+    dimensions included), and ``attentive`` gives that random subnet its extra candidates as it does the
+    sandwich's random slots (it was accepted, recorded in the checkpoint and silently ignored)."""
+    from search_spaces import mobilenetv3
+
+    net = mobilenetv3.supernet("small", in_channels=1, quant=True, sparsity=True)
+    assert {"quant", "sparsity"} <= set(net.elastic_groups())
+    plain = make_strategy("uniform", net, 100)
+    for step in range(50):
+        (task,) = plain.tasks(step, np.random.default_rng(step))
+        assert task.config == net.space.sample(np.random.default_rng(step)) and not task.teacher
+        assert task.candidates == ()
+    attentive = make_strategy("uniform", net, 100, attentive=2)
+    (task,) = attentive.tasks(3, np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    assert task.config == net.space.sample(rng)  # the same first draw as without attentive sampling
+    assert task.candidates == (net.space.sample(rng), net.space.sample(rng))
+    assert attentive.describe()["attentive"] == 2
+
+
+def test_logged_losses_are_the_steps_batch_means():
+    """The losses a step reports (and the metrics log writes) are per-example means: ``loss_max`` the max
+    subnet's label loss, ``loss_min`` the min subnet's, ``loss_other`` the mean over the random subnets of
+    each one's soft cross-entropy against the max subnet's detached predictions; unweighted."""
+    from nas.train.strategies import SubnetTask
+    from nas.train.trainer import TrainConfig, _train_step
+
+    torch.manual_seed(0)
+    net = TinySupernet()
+    net.drop.p = 0.0  # the reference forwards below must see what the step saw
+    x, y = tiny_data(32).tensors
+    space = net.space
+    configs = [space.max(), space.min(), *(space.sample(s) for s in (1, 2, 4))]
+    tasks = [SubnetTask(configs[0], 1.0, True)] + [SubnetTask(c, 0.5) for c in configs[1:]]
+    cfg = TrainConfig(channels_last=False, label_smoothing=0.1)
+    losses = _train_step(net, tasks, x, y, cfg)
+
+    def logits(c):
+        from nas.supernet import resize_to
+
+        with torch.no_grad():
+            return net(resize_to(x, net.activate(c)))
+
+    teacher = torch.softmax(logits(configs[0]), 1)
+    soft_ce = [float(-(teacher * torch.log_softmax(logits(c), 1)).sum(1).mean()) for c in configs[1:]]
+    labels = float(torch.nn.functional.cross_entropy(logits(configs[0]), y, label_smoothing=0.1))
+    assert losses["loss_max"] == pytest.approx(labels, abs=1e-5)
+    assert losses["loss_min"] == pytest.approx(soft_ce[0], abs=1e-5)
+    assert losses["loss_other"] == pytest.approx(np.mean(soft_ce[1:]), abs=1e-5)
+
+
+def test_the_metrics_log_holds_the_lr_and_losses_of_the_step_it_names(tmp_path, monkeypatch):
+    """Every 10th step's record: ``step`` counts the steps done, ``epoch`` is the (0-based) epoch of that step,
+    ``lr`` the learning rate the optimizer applied in it and the losses those of its batch."""
+    from nas.train import trainer
+
+    applied, reported = [], []
+    real_step, real_train_step = torch.optim.SGD.step, trainer._train_step
+
+    def step(self, *args, **kwargs):
+        applied.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    def train_step(*args, **kwargs):
+        reported.append(real_train_step(*args, **kwargs))
+        return reported[-1]
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    monkeypatch.setattr(trainer, "_train_step", train_step)
+    torch.manual_seed(0)
+    train_supernet(TinySupernet(), tiny_data(224), epochs=3, lr=0.1, out_dir=tmp_path, **FAST)  # 21 steps
+    records = [r for r in _log_records(tmp_path) if "lr" in r]
+    assert [r["step"] for r in records] == [10, 20, 21] and [r["epoch"] for r in records] == [1, 2, 2]
+    for r in records:
+        assert r["lr"] == applied[r["step"] - 1]
+        assert {k: v for k, v in r.items() if k.startswith("loss")} == reported[r["step"] - 1]
+    assert len(set(applied)) > 10  # the schedule moved, so a record of another step's lr would show
 
 
 def _log_records(run_dir):
@@ -516,6 +609,8 @@ def _reference_run(
         ("sandwich", {"num_random": 2}, 0.0),
         ("sandwich", {"num_random": 1}, 0.25),
         ("delayed", {"num_random": 1, "delay": 0.5, "ramp": 0.5}, 0.0),
+        # 4 steps, one per phase: full net, kernel, + depth, everything; channels re-sorted at each change
+        ("progressive", {"num_random": 1}, 0.0),
     ],
 )
 def test_training_steps_match_a_hand_written_reference(strategy, options, mix, tmp_path):

@@ -17,8 +17,8 @@ Built in:
   importance at each phase change.
 * ``delayed`` (DεpS, delayed ε-shrinking): the full network alone for the first ``delay`` fraction (default
   50%) of the steps (channels are re-sorted by importance when shrinking starts), then sandwich sampling over
-  the whole space with the smaller subnets' loss weight ramping linearly from 0 to 1 over ``ramp`` of the
-  steps. The weight scales their share of the summed gradient: with SGD and no gradient clipping that is
+  the whole space with the smaller subnets' loss weight ramping linearly from 0 to 1 over ``ramp`` (default
+  20%) of the steps (:meth:`DelayedShrinking.ramp_weight`). The weight scales their share of the summed gradient: with SGD and no gradient clipping that is
   their learning rate; AdamW's normalised update and a clipped gradient respond to it less than linearly.
 
 Every strategy also takes ``attentive`` (default 0 = off; AttentiveNAS "worst-up" sampling): each random
@@ -177,11 +177,16 @@ class Strategy:
                 {n: (self._min[n] if n in free else self._max[n]) for n in self.space.names}
             )
         tasks = [SubnetTask(self._max, 1.0, True), SubnetTask(smallest, weight)]
-        for _ in range(self.num_random):
-            config = self.sample(rng, elastic_kinds)
-            candidates = tuple(self.sample(rng, elastic_kinds) for _ in range(self.attentive))
-            tasks.append(SubnetTask(config, weight, candidates=candidates))
+        tasks += [self.random_task(rng, elastic_kinds, weight) for _ in range(self.num_random)]
         return tasks
+
+    def random_task(
+        self, rng: np.random.Generator, elastic_kinds: tuple[str, ...] | None = None, weight: float = 1.0
+    ) -> SubnetTask:
+        """A random subnet with its ``attentive`` extra candidates (none when attentive sampling is off)."""
+        config = self.sample(rng, elastic_kinds)
+        candidates = tuple(self.sample(rng, elastic_kinds) for _ in range(self.attentive))
+        return SubnetTask(config, weight, candidates=candidates)
 
 
 def _checked_groups(net: Any) -> dict[str, tuple[str, ...]]:
@@ -250,7 +255,8 @@ class Uniform(Strategy):
     name = "uniform"
 
     def tasks(self, step: int, rng: np.random.Generator) -> list[SubnetTask]:
-        return [SubnetTask(self.sample(rng))]
+        # Its one subnet is a random one, so ``attentive`` applies to it as to the sandwich's random slots.
+        return [self.random_task(rng)]
 
 
 @register_strategy
@@ -261,6 +267,14 @@ class ProgressiveShrinking(Strategy):
     and sparsity become elastic in the last phase together with width. A phase that makes nothing new
     elastic (the kernel phase of a supernet without elastic kernels, such as Once-for-All's ResNet) is skipped:
     its share goes to the phase after it, and the default shares are split among the phases that remain.
+
+    The first phase trains the max subnet alone. Each later phase trains by the sandwich rule within the
+    dimensions elastic so far (the others at their max): the max subnet (the teacher), the smallest subnet of
+    those dimensions and ``num_random`` random ones. Where this differs from the paper: Once-for-All samples the
+    resolution in every phase, trains each phase as a run of its own (a new optimizer and learning-rate
+    schedule; here one warmup + cosine schedule spans all phases and only the optimizer state is reset at each
+    change, when channels are re-sorted), distils from a fixed, separately trained full network, and splits
+    the depth and width phases into two stages each (the smallest value joins in the second).
 
     Example:
         >>> from search_spaces import mobilenetv3, resnet
@@ -299,7 +313,10 @@ class ProgressiveShrinking(Strategy):
                 shares[i] = 0.0
         total = sum(shares)
         self.fractions = tuple(f / total for f in shares)
-        self._bounds = np.cumsum(self.fractions) * self.total_steps
+        # Where each phase ends (the next one's first step). Rounded before the ceiling: float sums such as
+        # 0.1 + 0.2 land just above a whole step (3.0000000000000004 of 10) and gave that phase's step to the
+        # phase before it (fractions 0.7/0.1/0.1/0.1 of 10 steps skipped the kernel phase entirely).
+        self._bounds = np.ceil(np.round(np.cumsum(self.fractions) * self.total_steps, 6))
 
     def _phases_that_apply(self) -> list[bool]:
         """Per phase: whether it makes a dimension elastic that the phase before it kept at its max.
@@ -357,7 +374,17 @@ class DelayedShrinking(Strategy):
         return "full" if step < self.start else "shrink"
 
     def ramp_weight(self, step: int) -> float:
-        """Loss weight (= relative learning rate under SGD) of the non-max subnets at ``step``."""
+        """Loss weight (= relative learning rate under SGD) of the non-max subnets at ``step``.
+
+        0 before shrinking starts; then ``k / n`` at the k-th step of shrinking (k = 1, 2, ...) for
+        ``n = ramp * total_steps``, so 1 from the n-th step of shrinking on (the max subnet always has 1).
+
+        Example:
+            >>> from search_spaces import mobilenetv3
+            >>> s = DelayedShrinking(mobilenetv3.supernet("small"), 100, delay=0.5, ramp=0.04)
+            >>> [s.ramp_weight(step) for step in (49, 50, 51, 52, 53, 54)]
+            [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+        """
         if step < self.start:
             return 0.0
         span = self.ramp * self.total_steps

@@ -13,7 +13,18 @@ uninterrupted single run would see, and ends with the same weights (on CPU, same
 Run directory (``out_dir``):
 
 * ``checkpoint.safetensors`` every ``checkpoint_every`` steps and at each epoch end (atomic),
-* ``metrics.jsonl`` one JSON object per logged step / epoch,
+* ``metrics.jsonl`` one JSON object per line (each with the wall-clock ``time``):
+
+  - every 10th step and the last: ``step`` (steps done, counting this one), ``epoch`` (the 0-based epoch this
+    step belongs to), ``lr`` (the learning rate this step applied) and this step's losses, each a mean over
+    the batch and not scaled by the subnet's loss weight: ``loss_max`` (the max subnet's, on the labels),
+    ``loss_min`` (the second subnet's: the smallest of the elastic part), ``loss_other`` (the mean over the
+    random subnets, or the one subnet of ``uniform``). A student's loss under distillation is its soft
+    cross-entropy against the teacher's predictions: the KL divergence plus the teacher's entropy;
+  - at each epoch end: ``epoch`` (epochs done), ``step``, ``seconds`` (training time so far) and, with
+    validation data, ``val_max`` / ``val_min`` (accuracy in %, batch norm recalibrated);
+  - at each phase change (``progressive``, ``delayed``): ``event: "phase"``, ``step``, ``phase``.
+
 * ``supernet.safetensors`` the final weights, ``train.json`` the run's settings and final metrics.
 """
 
@@ -620,6 +631,8 @@ def train_supernet(
         train_data, val_data: ``TensorDataset`` (or ``(images, labels)``) at the data's native resolution;
             batches are resized to each sampled subnet's resolution. With ``val_data`` the max and min subnets
             are evaluated (BN recalibrated) after every epoch.
+        lr: the peak learning rate: linear warmup over ``warmup_epochs``, then cosine decay towards 0, set
+            every step (one schedule for the whole run, across the phases of phased strategies).
         strategy: one of ``sandwich``, ``uniform``, ``progressive``, ``delayed`` (see
             :mod:`nas.train.strategies`; ``strategy_options={...}`` passes e.g. ``delay`` or ``fractions``).
         distill: in-place distillation from the max subnet (strategies with a teacher).
@@ -634,6 +647,9 @@ def train_supernet(
         options: other :class:`TrainConfig` fields (``optimizer``, ``weight_decay``, ``label_smoothing``,
             ``augment``, ``channels_last``, ``warmup_epochs``, ``grad_clip``, ``distill_labels``,
             ``strategy_options``). A space's own recipe is not applied here: pass ``**recipe_for(net)``.
+            ``weight_decay`` spares biases and normalisation parameters (every 1-D tensor), kernel
+            transformation matrices and what ``net.no_weight_decay()`` names; ``grad_clip`` bounds the norm of
+            the step's whole gradient (summed over its subnets, averaged over data-parallel workers).
 
     Example:
         >>> import torch, tempfile
