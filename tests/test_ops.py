@@ -139,6 +139,19 @@ def test_slice_cache_follows_weight_updates_and_keeps_gradients():
     assert grad[6:].abs().sum() == 0 and grad[:, :, 0].abs().sum() == 0
 
 
+def test_slice_cache_is_not_used_while_a_kernel_transform_records_gradients():
+    # A frozen max-size weight with trainable kernel transforms: the slice carries the transform's graph
+    # (a matmul that saves its inputs), so a cached copy would be backpropagated through a second time.
+    conv = ElasticConv2d(4, 4, kernel_sizes=(3, 5), kernel_transform=True)
+    conv.weight.requires_grad_(False)
+    conv.set_active(kernel=3)
+    x = torch.randn(1, 4, 5, 5)
+    conv(x).sum().backward()
+    once = conv.kernel_transforms["k3"].grad.clone()
+    conv(x).sum().backward()  # the second step of gradient accumulation
+    torch.testing.assert_close(conv.kernel_transforms["k3"].grad, 2 * once)
+
+
 def test_batchnorm_eval_uses_first_running_stats_and_train_updates_them():
     bn = ElasticBatchNorm2d(16)
     with torch.no_grad():

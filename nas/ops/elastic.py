@@ -79,8 +79,14 @@ class _SliceCache:
         self.value: torch.Tensor | None = None
 
     @staticmethod
-    def usable(param: torch.Tensor) -> bool:
-        return not (torch.is_grad_enabled() and param.requires_grad)
+    def usable(*params: torch.Tensor | None) -> bool:
+        """Whether a slice derived from ``params`` may be cached: only if none of them records a gradient.
+
+        Every tensor the slice is computed from must be checked, not just the main weight: a cached slice
+        that carries an autograd graph (e.g. through a trainable kernel transform of a frozen weight) would
+        be backpropagated through a second time and fail.
+        """
+        return not (torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params))
 
     def get(self, key: tuple) -> torch.Tensor | None:
         return self.value if key == self.key else None
@@ -240,11 +246,11 @@ class ElasticConv2d(nn.Module):
         """The weight slice for ``in_channels`` inputs at the active settings (a view, or the cached copy)."""
         c_out = self.out_channels_for(in_channels)
         k = self.active_kernel
-        if not _SliceCache.usable(self.weight):
+        transforms = () if self.kernel_transforms is None else tuple(self.kernel_transforms.values())
+        if not _SliceCache.usable(self.weight, *transforms):
             return self._slice(in_channels, c_out, k)
         key = (in_channels, c_out, k, *_param_state(self.weight), *self.transform_state())
-        if self.kernel_transforms is not None:
-            key += tuple(s for t in self.kernel_transforms.values() for s in _param_state(t))
+        key += tuple(s for t in transforms for s in _param_state(t))
         cached = self._cache.get(key)
         if cached is None:
             cached = self._cache.put(key, self._slice(in_channels, c_out, k).contiguous())

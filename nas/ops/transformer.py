@@ -114,9 +114,9 @@ class ElasticMultiheadSelfAttention(nn.Module):
         """``(qkv_weight, qkv_bias, proj_weight, proj_bias)`` of the active heads for ``embed_dim`` channels
         (cached contiguous copies while no gradient is recorded)."""
         e = _check_size("ElasticMultiheadSelfAttention", "embed_dim", embed_dim, self.max_embed_dim)
-        if not _SliceCache.usable(self.qkv_weight):
-            return self._slices(e, self.active_heads)
         params = (self.qkv_weight, self.qkv_bias, self.proj_weight, self.proj_bias)
+        if not _SliceCache.usable(*params):
+            return self._slices(e, self.active_heads)
         key = (e, self.active_heads, *(s for p in params for s in _param_state(p)))
         cached = self._cache.get(key)
         if cached is None:
