@@ -139,6 +139,23 @@ def test_slice_cache_follows_weight_updates_and_keeps_gradients():
     assert grad[6:].abs().sum() == 0 and grad[:, :, 0].abs().sum() == 0
 
 
+def test_slice_cache_follows_fused_optimizer_steps():
+    # Fused optimizers write the parameters without bumping their version counters (torch 2.13).
+    conv = ElasticConv2d(8, 8, kernel_sizes=(3, 5))
+    conv.set_active(out_channels=6, kernel=3)
+    fc = ElasticLinear(8, 8)
+    fc.set_active(out_features=5)
+    x, features = torch.randn(1, 8, 5, 5), torch.randn(2, 6)
+    opt = torch.optim.Adam([*conv.parameters(), *fc.parameters()], lr=0.5, fused=True)
+    with torch.no_grad():  # fills the caches
+        conv(x), fc(features)
+    (conv(x).square().sum() + fc(features).square().sum()).backward()
+    opt.step()
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight[:6, :, 1:4, 1:4], padding=1))
+        torch.testing.assert_close(fc(features), F.linear(features, fc.weight[:5, :6], fc.bias[:5]))
+
+
 def test_slice_cache_is_not_used_while_a_kernel_transform_records_gradients():
     # A frozen max-size weight with trainable kernel transforms: the slice carries the transform's graph
     # (a matmul that saves its inputs), so a cached copy would be backpropagated through a second time.

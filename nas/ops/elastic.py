@@ -6,8 +6,11 @@ Input channels are read from the incoming tensor, so only output sizes and kerne
 ``to_static()`` copies the active slice into a plain ``torch.nn`` layer that computes the same function.
 
 Sliced weights are cached per active shape while no gradient is recorded (evaluation, search, latency
-measurement): the cache is keyed on the parameter's storage and version counter, so an optimizer step or
-``load_state_dict`` (both bump the version) invalidates it without any bookkeeping by the caller.
+measurement): the cache is keyed on the parameter's storage and version counter, so an in-place update or
+``load_state_dict`` (both bump the version) invalidates it without any bookkeeping by the caller. Fused
+optimizers (``torch.optim.AdamW(..., fused=True)``) update parameters without bumping their version counters,
+so the key also holds a count of ``torch.optim`` optimizer steps (a global step hook). Writes through
+``param.data`` (``param.data.add_(...)``) bump nothing: call :func:`clear_slice_caches` after them.
 
 Example:
     >>> import torch
@@ -29,6 +32,7 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from nas.ops import quant as _quant
 from nas.ops import sparse as _sparse
@@ -122,11 +126,25 @@ class _ViewCache(dict):
         return (type(self), ())
 
 
+_optimizer_steps = 0  # torch.optim steps taken in this process (see _count_optimizer_step)
+
+
+def _count_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    """Global ``torch.optim`` step hook: fused optimizers (``fused=True``) write parameters in place without
+    bumping their version counters, so the step count is part of every slice-cache key."""
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
 def _param_state(p: torch.Tensor | None) -> tuple:
-    # data_ptr changes on .to(device) / re-assignment, _version on every in-place update (optimizer, copy_).
+    # data_ptr changes on .to(device) / re-assignment, _version on every in-place update (copy_, most optimizer
+    # steps), the step count on every optimizer step (fused optimizers bump no version counter).
     if p is None:
         return ()
-    return (p.data_ptr(), p._version, p.dtype, p.device, torch.is_inference_mode_enabled())
+    return (p.data_ptr(), p._version, _optimizer_steps, p.dtype, p.device, torch.is_inference_mode_enabled())
 
 
 def _pointwise_as_matmul(x: torch.Tensor) -> bool:
