@@ -179,7 +179,9 @@ class ElasticConv2d(nn.Module):
             the next larger *transformed* kernel, ``crop(w) @ T_k`` with one learned ``k*k x k*k`` matrix per
             smaller size, shared by all channels (identity at start). Without them the centre taps of the 7x7
             kernel must serve as the 3x3 kernel as well; with them each size gets its own view of the shared
-            weights for ``(k*k) ** 2`` extra parameters per smaller size.
+            weights for ``(k*k) ** 2`` extra parameters per smaller size. ``kernel_transforms["k5"]`` maps
+            the 5x5 crop of the 7x7 kernel (OFA's ``7to5_matrix``), ``"k3"`` the 3x3 crop of that (``5to3``);
+            OFA applies its matrices with ``F.linear``, i.e. transposed: load them as ``M.T``.
 
     Example:
         >>> dw = ElasticConv2d(32, 32, kernel_sizes=(3, 5, 7), depthwise=True)

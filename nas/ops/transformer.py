@@ -305,7 +305,8 @@ class ElasticPatchEmbed(nn.Module):
     stride ``patch``, an optional class token and a learned position embedding.
 
     The position embedding is stored for the largest grid; a smaller grid (a lower input resolution) uses it
-    resized bicubically (``align_corners=False``, as DeiT / timm resize it for a new resolution). The class
+    resized bicubically (``align_corners=False``, no antialiasing: DeiT's resize for a new resolution; timm's
+    ``resample_abs_pos_embed`` antialiases by default, which gives other values when shrinking). The class
     token's position row is never resized. ``to_static`` bakes the resized, sliced embedding into a
     :class:`nas.static.PatchTokens`, so the extracted subnet does no resizing at run time.
 
