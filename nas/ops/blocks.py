@@ -45,9 +45,10 @@ def make_activation(name: str) -> nn.Module:
 
 
 class ElasticSqueezeExcite(nn.Module):
-    """Squeeze-excite over the first ``C`` channels; hidden units ``make_divisible(C / reduction, divisor)``.
+    """Squeeze-excite over the first ``C`` channels; hidden units ``make_divisible(C // reduction, divisor)``.
 
-    Matches :class:`nas.static.SqueezeExcite` operation for operation.
+    ``C`` is the active (expanded) width of the input, so the hidden width shrinks with the expand ratio, as in
+    Once-for-All's dynamic SE. Matches :class:`nas.static.SqueezeExcite` operation for operation.
     """
 
     def __init__(self, channels: int, reduction: int = 4, divisor: int = 8):
