@@ -26,7 +26,7 @@ test-all: setup
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -m ''
 
 bench: setup
-	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	for b in benchmarks/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 lint: setup
 	$(BIN)/ruff check .

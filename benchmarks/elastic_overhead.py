@@ -15,14 +15,12 @@ preset).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from _common import describe, machine, write_json
 
 import search_spaces
 from nas.supernet import resize_to
@@ -117,23 +115,19 @@ def main() -> None:
             f"{statistics.median(r['static_s'] for r in per) * 1e3:>16.3f} | {summary['median_ratio']:>12.3f} | "
             f"{summary['min_ratio']:>5.2f} | {summary['max_ratio']:>5.2f}"
         )
-    print(f"ran {elapsed:.1f} s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    host = machine()
+    print(f"ran {elapsed:.1f} s on {describe(host)}")
     payload = {
         "benchmark": "elastic_overhead",
         "space": args.space,
         "preset": args.preset,
         "threads": args.threads,
         "torch": torch.__version__,
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
+        "machine": host,
         "seconds": elapsed,
         "rows": rows,
     }
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, out)
+    print(f"wrote {write_json(args.out, payload)}")
 
 
 if __name__ == "__main__":

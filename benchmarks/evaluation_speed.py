@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from _common import describe, machine, write_json
 
 import nas.evaluation as evaluation
 import search_spaces
@@ -46,8 +44,10 @@ def main() -> None:
     args = p.parse_args()
     if args.out is None:
         suffix = "" if args.space == "mobilenetv3" or args.supernet else f"-{args.space}"
-        args.out = f"benchmarks/results/evaluation_speed{suffix}.json"
+        # beside this file, not under the working directory: `make bench` and a run from elsewhere agree
+        args.out = str(Path(__file__).resolve().parent / "results" / f"evaluation_speed{suffix}.json")
     torch.set_num_threads(args.threads)
+    began = time.perf_counter()
 
     if args.supernet:
         net = search_spaces.load_trained(args.supernet)
@@ -87,21 +87,22 @@ def main() -> None:
         print(f"{name:<14} {median:>10.2f} {60 / median:>14.1f}")
     speedup = statistics.median(seconds["nchw"]) / statistics.median(seconds["channels_last"])
     print(f"speed-up {speedup:.2f}x; identical accuracies: {same}")
+    elapsed = time.perf_counter() - began
+    host = machine()
+    print(f"ran {elapsed:.1f} s on {describe(host)}")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     record = {
+        "benchmark": "evaluation_speed",
         "args": vars(args),
         "seconds_per_subnet": seconds,
         "accuracies": accuracies,
         "identical_accuracies": same,
         "speedup": speedup,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "machine": host,
+        "seconds": elapsed,
         "torch": torch.__version__,
     }
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(out)
+    print(f"wrote {write_json(args.out, record)}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Profile random MobileNetV3 (small preset) subnets on this CPU and fit latency predictors on them.
 
-Steps (each stage's output is kept under benchmarks/results/, so a rerun resumes instead of re-measuring):
+Steps (each stage's output is kept under ``--results`` (benchmarks/results/), so a rerun resumes instead of
+re-measuring):
 
 1. ``run_profile``: ``--samples`` random subnets, torch eager backend, batch 1, fixed ``--threads``, interleaved
    rounds (every round visits all configs in a fresh random order), ``--repeats`` timed calls per config.
@@ -18,7 +19,6 @@ Run:  .venv/bin/python benchmarks/profile_mobilenetv3.py            (about 10-20
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -29,6 +29,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import describe, machine, write_json  # noqa: E402
 
 import predictors  # noqa: E402
 from nas.hw.cli_hooks import run_profile  # noqa: E402
@@ -42,8 +44,9 @@ METRICS = ("within_10pct", "within_5pct", "mape", "kendall_tau")
 
 
 def _row(name: str, m: dict[str, float]) -> str:
+    # widths match the header in main(): within10 8, within5 7, MAPE 7, tau 6
     return (
-        f"| {name:<34} | {m['within_10pct']:>7.1%} | {m['within_5pct']:>7.1%} | {m['mape']:>6.2f}% "
+        f"| {name:<34} | {m['within_10pct']:>8.1%} | {m['within_5pct']:>7.1%} | {m['mape']:>6.2f}% "
         f"| {m['kendall_tau']:>6.3f} |"
     )
 
@@ -68,17 +71,23 @@ def main(argv: list[str] | None = None) -> int:
         default="wall",
         help="wall time, or the timed thread's CPU time (robust to other jobs on a shared machine)",
     )
-    ap.add_argument("--tag", default=None, help="file name stem under benchmarks/results/")
+    ap.add_argument("--tag", default=None, help="file name stem of the stage files and the JSON")
+    ap.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="folder of the stage files (resumed from) and of the JSON profile_TAG.json (default: %(default)s)",
+    )
     args = ap.parse_args(argv)
     if args.tag is None:
         args.tag = "mobilenetv3-small-torch-b1" + ("-cpuclock" if args.clock == "thread_cpu" else "")
     t0 = time.time()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     net = mobilenetv3.supernet("small", num_classes=10, in_channels=1)
     space = net.space
 
     # 1. profile (resumable)
-    prof_path = RESULTS / f"{args.tag}.csv"
+    prof_path = args.results / f"{args.tag}.csv"
     prof = run_profile(
         net,
         "torch",
@@ -108,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "median_iqr_rel": float(np.median(rel_iqr)),
         "p90_cv": float(np.percentile(prof.latency_cv, 90)),
     }
-    recheck_path = RESULTS / f"{args.tag}-recheck.csv"
+    recheck_path = args.results / f"{args.tag}-recheck.csv"
     recheck_cfgs = [configs[i] for i in test[: args.recheck]]
     if recheck_path.exists() and len(Profile.load(recheck_path)) == len(recheck_cfgs):
         again = Profile.load(recheck_path)
@@ -133,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         repeat_metrics[metric] = predictors.metrics(prof.metric(metric)[idx], again.metric(metric))
 
     # 4 (before 3: its features feed the learned predictors). lookup table over the layers of all subnets
-    lut_path = RESULTS / f"{args.tag}-lut.json"
+    lut_path = args.results / f"{args.tag}-lut.json"
     lut = LatencyLUT.load(lut_path) if lut_path.exists() else LatencyLUT({})
     added = lut.extend(
         net,
@@ -203,16 +212,18 @@ def main(argv: list[str] | None = None) -> int:
             f"target: {metric} ({'median' if metric == 'latency_ms' else '10th percentile'} of the repeats)"
         )
         print(
-            f"| {'predictor (test ' + str(len(test)) + ' configs)':<34} | within10 | within5 | MAPE   | tau    |"
+            f"| {'predictor (test ' + str(len(test)) + ' configs)':<34} | within10 | within5 | MAPE    | tau    |"
         )
-        print(f"|{'-' * 36}|{'-' * 9}|{'-' * 9}|{'-' * 8}|{'-' * 8}|")
+        print(f"|{'-' * 36}|{'-' * 10}|{'-' * 9}|{'-' * 9}|{'-' * 8}|")
         print(_row(f"re-measurement ({len(idx)} cfgs)", repeat_metrics[metric]))
         print(_row(f"lookup table (calib {args.calib})", lut_rows[metric]))
         for label, m in rows[metric].items():
             print(_row(label, m))
     elapsed = time.time() - t0
+    host = machine()
     print(
-        f"\nbenchmark ran {elapsed:.0f}s (profiling itself: {meta.get('duration_s')}s in the run that measured it)"
+        f"\nbenchmark ran {elapsed:.0f}s on {describe(host)} (profiling itself: {meta.get('duration_s')}s in the "
+        "run that measured it)"
     )
     results.update(
         {
@@ -241,12 +252,11 @@ def main(argv: list[str] | None = None) -> int:
             "lut_layers": len(lut),
             "elapsed_s": elapsed,
             "host": platform.node(),
+            "machine": host,
             "pid": os.getpid(),
         }
     )
-    out = RESULTS / f"profile_{args.tag}.json"
-    out.write_text(json.dumps(results, indent=1, default=float) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_json(args.results / f'profile_{args.tag}.json', results)}")
     return 0
 
 

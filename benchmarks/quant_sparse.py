@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import describe, machine, write_json
 
 from nas import metrics
 from nas.evaluation import recalibrate_bn
@@ -148,6 +148,11 @@ def top1(out_int8: Path, x: torch.Tensor, labels: torch.Tensor) -> dict[str, flo
         "acc_fake_quant": 100.0 * float((expected == y).mean()),
         "acc_int8": 100.0 * float((got == y).mean()),
     }
+
+
+def _accuracy_cell(row: dict, key: str, width: int) -> str:
+    """An accuracy column: the value, or ``-`` where none was measured (random inputs have no labels)."""
+    return f"{row[key]:>{width}.2f}" if key in row else f"{'-':>{width}}"
 
 
 def _ort_version() -> str:
@@ -304,15 +309,15 @@ def main() -> None:
             f"{r['subnet']:>8} | {r['resolution']:>3} | {r['batch']:>5} | {r['fp32_ms']:>8.3f} | {r['int8_ms']:>8.3f} | "
             f"{r['speedup']:>7.2f} | {r['macs'] / 1e6:>6.2f} | {r['bytes_fp32'] / 1024:>7.1f} | "
             f"{r['bytes_int8'] / 1024:>7.1f} | {r['cosine']:>6.4f} | {r['top1_agreement']:>8.4f} | "
-            f"{r.get('acc_fake_quant', float('nan')):>6.2f} | {r.get('acc_int8', float('nan')):>8.2f}"
+            f"{_accuracy_cell(r, 'acc_fake_quant', 6)} | {_accuracy_cell(r, 'acc_int8', 8)}"
         )
+    if labels is not None:
+        print("acc fq / acc int8: top-1 accuracy (%) of the fake-quant torch model / the int8 ONNX model")
     for name, totals in profiles.items():
         parts = ", ".join(f"{k} {v:.2f}" for k, v in totals.items() if v >= 0.01)
         print(f"max subnet {name} at batch {max(args.batches)}, ms by op kind: {parts}")
-    print(f"ran {elapsed:.1f} s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
+    host = machine()
+    print(f"ran {elapsed:.1f} s on {describe(host)}")
     payload = {
         "benchmark": "quant_sparse",
         "space": net.space.name,
@@ -321,12 +326,12 @@ def main() -> None:
         "threads": args.threads,
         "clock": clock,
         "onnxruntime": _ort_version(),
+        "machine": host,
         "seconds": elapsed,
         "rows": rows,
         "op_profile_max_subnet_ms": profiles,
     }
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, out)
+    print(f"wrote {write_json(args.out, payload)}")
 
 
 if __name__ == "__main__":

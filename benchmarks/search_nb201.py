@@ -1,4 +1,5 @@
-"""Sample efficiency of the searchers on NAS-Bench-201: hypervolume found / true after 50, 100, 250 evaluations.
+"""Sample efficiency of the searchers on NAS-Bench-201: hypervolume found / true after 50, 100, 250 evaluations
+(and after ``--budget`` evaluations when that is none of these).
 
 For each hardware target (HW-NAS-Bench latency) the problem is CIFAR-10 accuracy (max) against latency (min),
 both read from the tables shipped with ``search_spaces.nb201``; every evaluated config counts as one real
@@ -12,10 +13,10 @@ latencies), which a search sees only by measuring them.
 The true front is that of the connected cells; the reference point is its nadir pushed out by 10% of its range
 in each objective (with the worst cell of the table as reference, random search already scores 0.99).
 
-Also prints, per target, what evaluating one random config of every distinct function (cells with the same
-``space.graph``) would score: the table accuracies of equivalent cells differ by training noise, so the last ~1%
-of the true front's hypervolume is the luck of particular cells (raspi4: 0.990; edgegpu lower, 0.89, because
-there a random copy is often much slower: its dead operations still run).
+Also prints, per target, what evaluating one random config of every distinct live graph (cells with the same
+``graph_key`` of ``space.graph``) would score: the table accuracies of equivalent cells differ by training
+noise, so the last ~1% of the true front's hypervolume is the luck of particular cells (raspi4: 0.990;
+edgegpu lower, 0.89, because there a random copy is often much slower: its dead operations still run).
 
 Prints median [min - max] over seeds and writes ``benchmarks/results/search_nb201.json``.
 
@@ -29,9 +30,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -40,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import describe, machine, write_json
 
 from nas.cli import CliError, parse_key_values
 from nas.pareto import hypervolume, nondominated_mask
@@ -61,8 +61,19 @@ def true_front(target: str) -> tuple[np.ndarray, np.ndarray, float]:
     return front, ref, hypervolume(front, ref)
 
 
+def checkpoints(budget: int) -> list[int]:
+    """Evaluation counts the hypervolume is reported at: those of ``CHECKPOINTS`` within ``budget``, and
+    ``budget`` itself (a short run, e.g. ``--budget 20``, would otherwise report nothing).
+
+    Example:
+        >>> checkpoints(250), checkpoints(120), checkpoints(20)
+        ([50, 100, 250], [50, 100, 120], [20])
+    """
+    return sorted({b for b in CHECKPOINTS if b <= budget} | {budget})
+
+
 def one_per_function(target: str, draws: int = 20, seed: int = 0) -> dict:
-    """HV ratio of a set holding one random config of every distinct function (``space.graph``), median of
+    """HV ratio of a set holding one random config of every distinct live graph (``graph_key``), median of
     ``draws`` draws: what evaluating every distinct architecture once would score without also picking the
     luckiest of its equivalent cells (their table accuracies differ by training noise, sd ~0.1 points)."""
     from nas.graph import graph_key
@@ -121,9 +132,7 @@ def one_run(args: tuple[str, str, int, int, dict]) -> dict:
     h = result.history
     assert len(h) == budget and h["key"].is_unique, "budget or deduplication broken"
     F = np.column_stack([-h["accuracy"].to_numpy(), h[f"latency@{target}"].to_numpy()])
-    ratios = {
-        b: float(hypervolume(F[h["order"].to_numpy() < b], ref) / true_hv) for b in CHECKPOINTS if b <= budget
-    }
+    ratios = {b: float(hypervolume(F[h["order"].to_numpy() < b], ref) / true_hv) for b in checkpoints(budget)}
     return {"target": target, "algorithm": algorithm, "seed": seed, "ratios": ratios, "wall_s": wall}
 
 
@@ -154,6 +163,8 @@ def main() -> None:
     )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "search_nb201.json"))
     args = parser.parse_args()
+    if args.budget < 1:
+        parser.error(f"--budget {args.budget}: give at least 1 evaluation")
 
     try:
         linas_options = parse_key_values(args.linas_option, "--linas-option")
@@ -185,8 +196,8 @@ def main() -> None:
             report(one_run(job))
     elapsed = time.time() - started
 
-    checkpoints = [b for b in CHECKPOINTS if b <= args.budget]
-    header = f"{'target':8s} {'algorithm':9s} " + " ".join(f"{'HV@' + str(b):>22s}" for b in checkpoints)
+    reported = checkpoints(args.budget)
+    header = f"{'target':8s} {'algorithm':9s} " + " ".join(f"{'HV@' + str(b):>22s}" for b in reported)
     header += f" {'s/run':>7s}"
     print(f"\nHypervolume found / true, median [min - max] over {args.seeds} seeds")
     print(header)
@@ -197,7 +208,7 @@ def main() -> None:
             rs = [r for r in runs if r["target"] == t and r["algorithm"] == a]
             row = {"target": t, "algorithm": a, "wall_s_mean": float(np.mean([r["wall_s"] for r in rs]))}
             cells = []
-            for b in checkpoints:
+            for b in reported:
                 v = np.array([r["ratios"][b] for r in rs])
                 row[f"hv{b}"] = {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())}
                 cells.append(f"{np.median(v):.4f} [{v.min():.3f}-{v.max():.3f}]")
@@ -205,34 +216,27 @@ def main() -> None:
             print(f"{t:8s} {a:9s} " + " ".join(f"{c:>22s}" for c in cells) + f" {row['wall_s_mean']:7.1f}")
     ceilings = {t: one_per_function(t) for t in args.targets}
     print(
-        "\nOne random config of every distinct function (NB201 cells with the same graph), median of 20 draws:"
+        "\nOne random config of every distinct live graph (NB201 cells with one graph_key), median of 20 draws:"
     )
     for t, c in ceilings.items():
         print(
-            f"  {t:8s} HV ratio {c['hv_ratio']:.4f} ({c['functions']} functions, {c['cells']} connected cells)"
+            f"  {t:8s} HV ratio {c['hv_ratio']:.4f} ({c['functions']} live graphs, {c['cells']} connected cells)"
         )
-    print(
-        f"\nran {len(runs)} searches in {elapsed:.0f} s on {os.cpu_count()} CPU(s), {args.workers} worker(s)"
-    )
+    host = machine()
+    print(f"\nran {len(runs)} searches in {elapsed:.0f} s on {describe(host)}, {args.workers} worker(s)")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(
-        json.dumps(
-            {
-                "benchmark": "search_nb201",
-                "args": vars(args),
-                "elapsed_s": elapsed,
-                "machine": platform.platform(),
-                "summary": summary,
-                "one_per_function": ceilings,
-                "runs": [{**r, "ratios": {str(k): v for k, v in r["ratios"].items()}} for r in runs],
-            },
-            indent=1,
-        )
+    out = write_json(
+        args.out,
+        {
+            "benchmark": "search_nb201",
+            "args": vars(args),
+            "elapsed_s": elapsed,
+            "machine": host,
+            "summary": summary,
+            "one_per_function": ceilings,
+            "runs": [{**r, "ratios": {str(k): v for k, v in r["ratios"].items()}} for r in runs],
+        },
     )
-    os.replace(tmp, out)
     print(f"wrote {out}")
 
 

@@ -23,7 +23,6 @@ Writes benchmarks/results/vit_int8.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -34,9 +33,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
+from _common import describe, machine, write_json
 
 import search_spaces
-from nas import atomic
 from nas import export as nas_export
 from nas.data import mnist
 from nas.hw.measure import _OrtRunner, latency_stats
@@ -91,7 +90,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per model per round")
     p.add_argument("--samples", type=int, default=256, help="held-out images for the fidelity figures")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(RESULTS), help="JSON file to write (default: %(default)s)")
     args = p.parse_args()
+    began = time.perf_counter()
     torch.set_num_threads(1)
     ort.set_default_logger_severity(3)  # the quantizer's per-tensor notes
     if args.supernet:
@@ -152,7 +153,8 @@ def main() -> None:
         )
     for b in batches:
         print(f"\nbatch {b}: median thread-CPU ms (x fp32), 1 thread")
-        print("subnet     " + "".join(f"{v:>18}" for v in variants))
+        # a cell is "{ms:>10.3f} ({ratio:.2f})", 17 characters
+        print(f"{'subnet':<11}" + "".join(f"{v:>17}" for v in variants))
         for name, row in results["subnets"].items():
             ms = {v: row[v][f"batch{b}_ms"] for v in variants}
             print(f"{name:<11}" + "".join(f"{ms[v]:>10.3f} ({ms[v] / ms['fp32']:.2f})" for v in variants))
@@ -162,10 +164,17 @@ def main() -> None:
             f"{name:<11}"
             + "".join(f"  {v}: {row[v]['top1_agreement']:.4f} / {row[v]['cosine']:.5f}" for v in variants)
         )
-    results.update(vars(args), load_average_end=os.getloadavg(), onnxruntime=ort.__version__)
-    RESULTS.parent.mkdir(exist_ok=True)
-    atomic.write_text(RESULTS, json.dumps(results, indent=1))
-    print(f"\nwrote {RESULTS}")
+    elapsed = time.perf_counter() - began
+    host = machine()
+    print(f"\nran {elapsed:.0f} s on {describe(host)}")
+    results.update(
+        vars(args),
+        load_average_end=os.getloadavg(),
+        onnxruntime=ort.__version__,
+        machine=host,
+        seconds=elapsed,
+    )
+    print(f"wrote {write_json(args.out, results)}")
 
 
 if __name__ == "__main__":

@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _common import describe, machine, write_json
 
 from nas import data
 from nas.evaluation import evaluate_subnet
 from nas.train import load_weights, train_supernet
-from nas.train.checkpoint import atomic_write_text
 from nas.train.strategies import STRATEGIES, Strategy, SubnetTask, register_strategy
 from search_spaces import mobilenetv3
 
@@ -117,7 +116,7 @@ def main() -> None:
     p.add_argument("--parts", default="alone,strategies", help="which parts to run: alone, strategies")
     p.add_argument("--reuse", action="append", default=[], help="STRATEGY=RUN_DIR: evaluate a trained run")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="benchmarks/results/weight_sharing.json")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "weight_sharing.json"))
     args = p.parse_args()
     args.augment = {"none": False, "shift": True}.get(args.augment, args.augment)
     torch.set_num_threads(args.threads)
@@ -134,8 +133,7 @@ def main() -> None:
     }
 
     def save() -> None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out, json.dumps(result, indent=2))
+        write_json(out, result)
 
     started = time.perf_counter()
     train, test = data.mnist("train"), data.mnist("test")
@@ -178,10 +176,11 @@ def main() -> None:
             gap = f"{r[n] - alone[n]['accuracy']:+6.2f}" if n in alone else f"{'':>6s}"
             cells.append(f"{r[n]:7.2f} {gap}")
         print(f"{strategy:12s} {r['seconds']:7.0f} " + " ".join(cells))
-    print(
-        f"\nran {time.perf_counter() - started:.0f} s; recipe {result['recipe']}, threads={args.threads}, "
-        f"{platform.processor() or 'cpu'}"
-    )
+    elapsed = time.perf_counter() - started
+    host = machine()
+    print(f"\nran {elapsed:.0f} s on {describe(host)}; recipe {result['recipe']}, threads={args.threads}")
+    # this session's time and machine; the parts' own "seconds" may come from earlier sessions (resumed)
+    result.update(machine=host, session_seconds=elapsed)
     save()
 
 

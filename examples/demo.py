@@ -90,7 +90,7 @@ def mobilenet_part(out: Path, epochs: int, samples: int, budget: int) -> None:
     cut = len(y) * 3 // 4
     held_out = predictors.fit(X[:cut], y[:cut], kind="auto", seed=0, space=net.space.name)
     scores = predictors.evaluate(held_out, X[cut:], y[cut:])
-    print(f"  held out: within 10% {scores['within_10pct']:.2f}, MAPE {scores['mape']:.3f}")
+    print(f"  held out: within 10% {scores['within_10pct']:.2f}, MAPE {scores['mape']:.1f}%")
     pred = predictors.fit(X, y, kind=held_out.kind, seed=0, space=net.space.name)
     pred.save(out / "this-cpu.json")
 
