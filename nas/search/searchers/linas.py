@@ -842,7 +842,11 @@ class LinasSearcher(Searcher):
             Vp = np.array([max(scores[c.key][1], 0.0) for c in cands])
             return cands, Fp, Vp
 
-        # Start from the measured configs, best (feasible) first, topped up with random ones.
+        # Start from the measured configs, feasible ones first in the order they were told (so past inner_pop
+        # evaluations mostly the initial design: a diverse start, not the measured front, whose neighbourhood the
+        # pool gets from its mutations and neighbours), topped up with random ones. Starting from the best
+        # instead (constrained rank, then crowding) searched no better: 10-dim toy space, 250 evaluations,
+        # 5 seeds, hypervolume 819.9 against 821.7.
         order = np.lexsort((np.arange(len(F)), np.nan_to_num(V, nan=np.inf) > 0))
         rows = [space.to_indices(configs[i]) for i in order[: self.inner_pop]]
         while len(rows) < self.inner_pop:
