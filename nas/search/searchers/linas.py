@@ -2,9 +2,10 @@
 
 Each round:
 
-1. fit one predictor per expensive objective (and one for the constraint violation) on every evaluated config
-   (``space.features``; optionally, for accuracy on spaces of cells, averaged with a graph-kernel GP on
-   ``space.graph``); cheap objectives are called directly;
+1. fit one predictor per expensive objective on every successfully evaluated config (``space.features``;
+   optionally, for accuracy on spaces of cells, averaged with a graph-kernel GP on ``space.graph``), and one
+   for the constraint violation on those and the failed ones (a failure counts as a violation beyond any
+   measured one, so the search learns to avoid where evaluations fail); cheap objectives are called directly;
 2. search the predicted problem with an inner NSGA-II, and add mutations of the measured front and random
    configs, giving a pool of unseen candidates;
 3. pick the batch greedily by **predicted hypervolume gain** over the measured front, using the optimistic point
@@ -692,9 +693,20 @@ class LinasSearcher(Searcher):
             else:
                 models.append(self._fit(X, bags, F[:, j], self.seed + len(self.configs), j))
         v_model = None
-        if self.problem.n_constraints and np.nanmax(np.nan_to_num(V, nan=0.0)) > 0:
-            Vfit = np.where(np.isfinite(V), V, np.nanmax(V))
-            v_model = self._fit(X, bags, Vfit, self.seed + 1, -1)
+        # Failed evaluations have no values to learn from, but where they are is worth learning: they join the
+        # violation model with a violation beyond any measured one, so candidates predicted to fail rank as
+        # infeasible. Why: a model of the successes alone predicts the failing region as good as its neighbours
+        # (a net too wide to fit in memory is predicted accurate); a LINAS run spent 44 of 100 evaluations there.
+        failed = list({self.configs[i].key: self.configs[i] for i in np.flatnonzero(~ok)}.values())
+        measured_violation = bool(self.problem.n_constraints) and np.nanmax(np.nan_to_num(V, nan=0.0)) > 0
+        if measured_violation or failed:
+            Vfit = np.where(np.isfinite(V), V, np.nanmax(V)) if measured_violation else np.zeros(len(V))
+            Xv, bags_v = X, bags
+            if failed:
+                Vfit = np.concatenate([Vfit, np.full(len(failed), 1.0 + 2.0 * max(float(Vfit.max()), 0.0))])
+                Xv = np.vstack([X, self._feature_rows(failed)])
+                bags_v = None if bags is None else [*bags, *(self._graph_bags(failed) or [])]
+            v_model = self._fit(Xv, bags_v, Vfit, self.seed + 1, -1)
         needs_graph = any(getattr(md, "takes_graph", False) for md in (*models, v_model))
         shared = self._equivalence_sharing(configs, F)
 
