@@ -384,6 +384,26 @@ def test_linas_learns_where_nb201_cells_fail_with_the_graph_kernel_too():
     assert failed[:12].any() and failed[12:].sum() <= 5
 
 
+def test_wl_kernel_rows_give_the_cosine_of_the_full_label_bags():
+    """The GP stores bags over the training vocabulary plus one "rest of the norm" column: its kernel between a
+    candidate (with labels never seen in training) and a training bag, and of a candidate with itself, must be
+    the cosine over the full label sets."""
+    from nas.search.searchers.wl_kernel import WLKernelGP
+
+    train = [{"a": 2.0, "b": 1.0}, {"b": 3.0, "c": 1.0}, {"a": 1.0, "c": 2.0}]
+    cands = [{"a": 1.0, "z": 2.0}, {"y": 1.0}, {"b": 1.0, "c": 1.0, "x": 5.0}]
+    gp = WLKernelGP(train, [1.0, 2.0, 3.0])
+
+    def cos(p: dict, q: dict) -> float:
+        dot = sum(v * q.get(k, 0.0) for k, v in p.items())
+        return dot / np.sqrt(sum(v * v for v in p.values()) * sum(v * v for v in q.values()))
+
+    Zt, Zc = gp._rows(train), gp._rows(cands)
+    # 1e-8, not 1e-15: a training row's "rest" column is sqrt(1 - |row|^2), the square root of a rounding error
+    np.testing.assert_allclose(Zc @ Zt.T, [[cos(c, t) for t in train] for c in cands], atol=1e-7)
+    np.testing.assert_allclose((Zc * Zc).sum(axis=1), 1.0, atol=1e-12)
+
+
 # ------------------------------------------------------------------------------------------ 7. optuna adapter
 MIXED = SearchSpace(
     "mixed",
