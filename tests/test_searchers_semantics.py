@@ -341,34 +341,35 @@ def test_linas_predictions_pick_candidates_but_never_enter_its_history():
 def test_linas_learns_where_evaluations_fail():
     """Failures carry no values, but LINAS must not keep proposing where they happen: models of the successes
     alone predict the failing region (here the widest, deepest nets, as if they ran out of memory) as good as its
-    neighbours. Seeds 0 and 1, 40 random configs told, one batch of 10 asked: 1 and 3 failing picks before
-    failures joined the violation model, none after. Whole runs (100 evaluations, 5 seeds) spent 26% of their
-    evaluations on failures before (44% at worst, hypervolume ratio 0.967), 3% after (0.978); random 12%,
-    nsga2 5%, tpe 10%."""
+    neighbours. Share of 100 evaluations that failed, seeds 0-4: 0.15, 0.44, 0.11, 0.19, 0.43 without a failure
+    model (hypervolume ratio 0.967), 0.08, 0.12, 0.07, 0.11, 0.16 with it (0.987); random search about 0.12,
+    nsga2 0.05, tpe 0.10."""
 
-    def fails(c: Config) -> bool:
-        return c["width"] == 1.0 and c["depth"] == 4
+    def blocks(c: Config) -> list[int]:
+        return [b for b in range(4) if COND.is_active(c, f"b{b}.k")]
 
-    n_failing_picks = 0
-    for seed in (0, 1):
-        s = LinasSearcher(seed=seed)
-        s.setup(Problem(COND, ("q", "c")))
-        told = COND.samples(40, seed=seed, unique=True)
-        quality = np.array([c["depth"] * c["width"] + 0.1 * _active_sum(c, "e") for c in told])
-        cost = np.array([3.0 * c["depth"] * c["width"] ** 2 + 0.05 * _active_sum(c, "k") for c in told])
-        F = np.stack([-quality, cost], axis=1)
-        F[[fails(c) for c in told]] = np.nan
-        assert np.isnan(F[:, 0]).sum() >= 3
-        s.tell(told, F, np.where(np.isnan(F[:, 0]), np.inf, 0.0))
-        n_failing_picks += sum(fails(c) for c in s.ask(10))
-    assert n_failing_picks <= 1
+    def quality(c: Config) -> float:
+        if c["width"] == 1.0 and c["depth"] == 4:
+            raise RuntimeError("out of memory")
+        gain = sum(np.log(c[f"b{b}.e"]) + 0.1 * c[f"b{b}.k"] for b in blocks(c))
+        return float(gain * c["width"] + 0.3 * c["depth"])
+
+    def cost(c: Config) -> float:
+        return float(
+            sum(c[f"b{b}.e"] * (c[f"b{b}.k"] / 3) ** 2 for b in blocks(c)) * c["width"] ** 2
+            + 0.5 * c["depth"]
+        )
+
+    objs = [Objective("q", quality, "max"), Objective("cost", cost, "min")]
+    h = run(COND, objs, "linas", budget=100, seed=1, progress=False).history
+    assert len(h) == 100 and (h["status"] != "ok").mean() < 0.25
 
 
 def test_linas_learns_where_nb201_cells_fail_with_the_graph_kernel_too():
-    """With the graph-kernel predictor the violation model reads graphs, and failed cells bring theirs. Cells
+    """The failure model works beside the graph-kernel predictor (it reads ``space.features`` only). Cells
     with a 3x3 conv on the first edge fail (the most accurate operation, so the successes alone make them look
-    best). Failures among the 48 model-based picks after a 12-config design, seeds 0-2: gbdt-wl 19, 13, 8 before
-    failures joined the violation model, 2, 2, 1 after; sklearn-gbdt 6, 8, 1 before, 2, 2, 1 after."""
+    best). Failures among the 48 model-based picks after a 12-config design, seeds 0-2: gbdt-wl 19, 13, 8
+    without a failure model, 2, 2, 1 with it; sklearn-gbdt 6, 8, 1 without, 2, 3, 1 with."""
     from search_spaces import nb201
 
     def acc(c: Config) -> float:
