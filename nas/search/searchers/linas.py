@@ -2,9 +2,11 @@
 
 Each round:
 
-1. fit one predictor per expensive objective (and one for the constraint violation) on every evaluated config
-   (``space.features``; optionally, for accuracy on spaces of cells, averaged with a graph-kernel GP on
-   ``space.graph``); cheap objectives are called directly;
+1. fit one predictor per expensive objective (and one for the constraint violation) on every successfully
+   evaluated config (``space.features``; optionally, for accuracy on spaces of cells, averaged with a
+   graph-kernel GP on ``space.graph``), and, once evaluations have failed, one of failure against success on
+   every evaluated config (a candidate predicted to fail far more often than the measured rate counts as
+   infeasible); cheap objectives are called directly;
 2. search the predicted problem with an inner NSGA-II, and add mutations of the measured front and random
    configs, giving a pool of unseen candidates;
 3. pick the batch greedily by **predicted hypervolume gain** over the measured front, using the optimistic point
@@ -695,7 +697,8 @@ class LinasSearcher(Searcher):
         if self.problem.n_constraints and np.nanmax(np.nan_to_num(V, nan=0.0)) > 0:
             Vfit = np.where(np.isfinite(V), V, np.nanmax(V))
             v_model = self._fit(X, bags, Vfit, self.seed + 1, -1)
-        needs_graph = any(getattr(md, "takes_graph", False) for md in (*models, v_model))
+        fail_model, fail_threshold = self._failure_model(X)
+        needs_graph = any(getattr(md, "takes_graph", False) for md in (*models, v_model, fail_model))
         shared = self._equivalence_sharing(configs, F)
 
         def predict(
@@ -718,6 +721,12 @@ class LinasSearcher(Searcher):
             if v_model is not None:
                 viol, viol_sd = _mean_std(v_model, Xc, bc, with_std)
                 viol = viol - self._kappa_now() * viol_sd
+            if fail_model is not None:
+                # likely to fail, even optimistically: infeasible, by its failure probability
+                p, p_sd = _mean_std(fail_model, Xc, bc, with_std)
+                viol = np.where(
+                    p - self._kappa_now() * p_sd > fail_threshold, np.maximum(viol, 0.0) + p, viol
+                )
             # A config whose cheap objective cannot be computed ranks below every feasible one; if it is
             # proposed all the same, its evaluation fails and is recorded like any failed evaluation.
             viol = np.where(failed, np.maximum(viol, 0.0) + _FAILED_CHEAP_VIOLATION, viol)
@@ -734,6 +743,31 @@ class LinasSearcher(Searcher):
             siblings = [shared.key(c) for c in pool]
             known = np.array([k in shared.measured for k in siblings])
         return self._select(n, pool, mu, sd, viol, F, V, siblings, known)
+
+    def _failure_model(self, X: np.ndarray) -> tuple[Any, float]:
+        """A model of failure (1) against success (0) over every told config (``None`` when none failed), and
+        the predicted failure probability above which a candidate counts as infeasible.
+
+        Why: failed evaluations have no values, and models of the successes alone predict a failing region (nets
+        too wide for the memory) as good as its neighbours: a LINAS run spent 44 of 100 evaluations there. The
+        threshold sits halfway between the measured failure rate and certainty, so failures that no feature
+        explains (a flaky device: the same probability everywhere) leave the search as it was; so does the
+        model, ridge or extremely randomised trees by cross-validation (``"sklearn-auto"``), which for such
+        failures mostly picks the smooth ridge (7 of 8 toy cases; trees in 8 of 8 where a region fails).
+
+        Toy MobileNetV3-like space, 100 evaluations: where the widest, deepest nets fail, 26% of the evaluations
+        failed before (5 seeds; hypervolume ratio 0.967), 11% with it (0.987); where 30% of the configs fail at
+        random, 31% failed either way (8 seeds; 0.975 either way; the predictor's own boosted trees cost 0.009
+        there, avoiding the neighbours of every failed config). NAS-Bench-201 with cells failing on a 3x3 conv
+        on the first edge, failures among 48 model-based picks, seeds 0-2: gbdt-wl 19, 13, 8 -> 2, 2, 1.
+        """
+        ok = np.isfinite(self.values).all(axis=1)
+        failed = list({self.configs[i].key: self.configs[i] for i in np.flatnonzero(~ok)}.values())
+        if not failed:
+            return None, 1.0
+        Xf = np.vstack([X, self._feature_rows(failed)])
+        y = np.concatenate([np.zeros(len(X)), np.ones(len(failed))])
+        return fit_predictor(Xf, y, "sklearn-auto", seed=self.seed + 2), 0.5 * (1.0 + float(y.mean()))
 
     def _equivalence_sharing(self, configs: list[Config], F: np.ndarray) -> _SharedGraphs | None:
         """Sharing of graph-invariant objectives between configs with one graph, or ``None`` when nothing is
@@ -842,7 +876,11 @@ class LinasSearcher(Searcher):
             Vp = np.array([max(scores[c.key][1], 0.0) for c in cands])
             return cands, Fp, Vp
 
-        # Start from the measured configs, best (feasible) first, topped up with random ones.
+        # Start from the measured configs, feasible ones first in the order they were told (so past inner_pop
+        # evaluations mostly the initial design: a diverse start, not the measured front, whose neighbourhood the
+        # pool gets from its mutations and neighbours), topped up with random ones. Starting from the best
+        # instead (constrained rank, then crowding) searched no better: 10-dim toy space, 250 evaluations,
+        # 5 seeds, hypervolume 819.9 against 821.7.
         order = np.lexsort((np.arange(len(F)), np.nan_to_num(V, nan=np.inf) > 0))
         rows = [space.to_indices(configs[i]) for i in order[: self.inner_pop]]
         while len(rows) < self.inner_pop:

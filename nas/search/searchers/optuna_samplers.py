@@ -3,8 +3,12 @@
 Each searcher keeps an in-memory study with every objective minimised (values arrive in minimisation form).
 Asked configs are optuna trials (``study.ask`` with the space's categorical distributions); results told for
 configs the searcher did not ask for (a resumed run, runner fills) become completed trials through
-``study.add_trial``. Violations are told with ``Trial.set_constraint`` (optuna 5's constraint API), failures as
-failed trials.
+``study.add_trial``. Violations are told with ``Trial.set_constraint`` (optuna 5's constraint API; TPE ranks
+infeasible trials after every feasible one, GP models the violation), failures of asked configs as failed trials
+(``TrialState.FAIL``, which the samplers leave out). A failure told for a config the searcher did not ask for adds
+no trial: a failed trial would carry no more. Leaving failures out, the samplers do not learn where evaluations
+fail: on a toy MobileNetV3-like space whose widest, deepest nets fail (100 evaluations, 5 seeds), 10% of TPE's
+evaluations failed, about as many as random search's 12% (NSGA-II 5%, LINAS 11%).
 """
 
 from __future__ import annotations

@@ -4,7 +4,19 @@ Configs are encoded as integer index vectors (``space.to_indices``, bounds ``0..
 crossover and polynomial mutation act on them with rounding repair, the usual integer setup of pymoo and DyNAS-T.
 A generation is handed out config by config; pymoo is told once every member has a result. Members already
 known (duplicates, replayed results) are answered from the searcher's own history without a new evaluation.
-Constraint violations become pymoo's inequality constraint ``G = violation <= 0``.
+Constraint violations become pymoo's inequality constraint ``G = violation <= 0``; failed evaluations (NaN
+values) are told as a value worse than every one measured so far in each objective (and, when there are
+constraints, a violation of 1e300), so they rank below every real result.
+
+pymoo's population keeps its own vectors: on a space with conditional dimensions, the values of a member's
+inactive dims stay in it (canonicalisation applies only to the configs handed out and their keys), and come back
+when a mutation re-activates them. Canonicalising the vectors too (a pymoo repair) searched no better: a toy
+MobileNetV3-like space of 22,113 configs, 200 evaluations, 5 seeds, hypervolume ratio NSGA-II 0.977 -> 0.949,
+NSGA-III 0.950 -> 0.944.
+
+Configs told after the first generation that pymoo did not propose (the runner's random fills) are known (never
+proposed again) but do not join pymoo's population; configs told before it (a resumed run) seed the first
+generation.
 """
 
 from __future__ import annotations
