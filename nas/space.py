@@ -247,7 +247,11 @@ class Choice:
         )
 
     def is_active(self, values: Mapping[str, Value]) -> bool:
-        """Whether this dimension matters given the (already known) values of the dimensions it depends on."""
+        """Whether this dimension's own condition holds on the values of the dimensions it depends on.
+
+        A parent that is itself inactive makes this dimension inactive too; :meth:`SearchSpace.is_active` and
+        :meth:`SearchSpace.inactive_names` follow the chain, this method does not.
+        """
         return all(any(_same_value(values[p], a) for a in allowed) for p, allowed in self.when.items())
 
     def with_prefix(self, prefix: str) -> Choice:
@@ -395,9 +399,11 @@ class SearchSpace:
             needed_later = last_read.get(d.name, -1) > i
             nxt: dict[tuple[tuple[str, int], ...], int] = {}
             for state, n in states.items():
-                known = {name: by_name[name].values[j] for name, j in state}
+                # j = -1 marks a controller that is itself inactive: everything conditioned on it is inactive too
+                known = {name: by_name[name].values[j] for name, j in state if j >= 0}
+                active = not d.when or (all(p in known for p in d.when) and d.is_active(known))
                 # An inactive dimension only ever takes its canonical value; other assignments are duplicates.
-                options = range(len(d.values)) if d.is_active(known) else (d.index(d.canonical),)
+                options = range(len(d.values)) if active else (-1,)
                 kept = tuple((name, j) for name, j in state if last_read[name] > i)
                 if needed_later:
                     for j in options:
@@ -453,9 +459,11 @@ class SearchSpace:
             raise InvalidConfigError(self._unknown_message(unknown[0]) + f" (unknown keys: {unknown[:5]})")
         values: dict[str, Value] = {}
         missing: list[str] = []
+        inactive: set[str] = set()
         for d in self.dims:  # parents precede children, so each condition sees its parents' final values
-            if d.when and not missing and not d.is_active(values):
+            if d.when and not missing and not self._active_given(d, values, inactive):
                 values[d.name] = d.canonical
+                inactive.add(d.name)
             elif d.name in cfg:
                 values[d.name] = d.values[d.index(cfg[d.name])]  # InvalidConfigError names a bad value
             else:
@@ -464,9 +472,32 @@ class SearchSpace:
             return self.validate(cfg)  # raises, naming the missing dimensions
         return Config(values)
 
+    @staticmethod
+    def _active_given(d: Choice, values: Mapping[str, Value], inactive: set[str]) -> bool:
+        """Whether ``d`` matters: its condition holds on its parents' values and no parent is itself inactive
+        (a dimension conditioned on an inactive one is inactive, whatever that parent's canonical value is)."""
+        return not d.when or (inactive.isdisjoint(d.when) and d.is_active(values))
+
+    def inactive_names(self, cfg: Mapping[str, Value]) -> frozenset[str]:
+        """The dimensions that do not matter in ``cfg`` (their value is ignored; canonical configs hold the
+        dimension's canonical value there).
+
+        Example:
+            >>> s = SearchSpace("toy", [Choice("depth", (2, 3)), Choice("k3", (3, 5), when={"depth": (3,)}),
+            ...                         Choice("se3", (0, 1), when={"k3": (3,)})])
+            >>> sorted(s.inactive_names({"depth": 2, "k3": 3, "se3": 0}))  # se3 follows k3 out
+            ['k3', 'se3']
+        """
+        inactive: set[str] = set()
+        for d in self.dims:
+            if not self._active_given(d, cfg, inactive):
+                inactive.add(d.name)
+        return frozenset(inactive)
+
     def is_active(self, cfg: Mapping[str, Value], name: str) -> bool:
-        """Whether dimension ``name`` matters in ``cfg``."""
-        return self[name].is_active(cfg)
+        """Whether dimension ``name`` matters in ``cfg`` (its condition holds and its parents matter)."""
+        self[name]  # raises, naming the close matches, for an unknown name
+        return name not in self.inactive_names(cfg)
 
     def max(self) -> Config:
         """The largest network: the last value of every dimension."""
@@ -497,18 +528,19 @@ class SearchSpace:
     def all_configs(self) -> Iterator[Config]:
         """Every distinct (canonical) config, in index order; only sensible for small spaces."""
 
-        def rec(i: int, values: dict[str, Value]) -> Iterator[Config]:
+        def rec(i: int, values: dict[str, Value], inactive: frozenset[str]) -> Iterator[Config]:
             if i == len(self.dims):
                 yield Config(dict(values))
                 return
             d = self.dims[i]
-            choices = d.values if d.is_active(values) else (d.canonical,)
-            for v in choices:
+            active = self._active_given(d, values, set(inactive))
+            below = inactive if active else inactive | {d.name}
+            for v in d.values if active else (d.canonical,):
                 values[d.name] = v
-                yield from rec(i + 1, values)
+                yield from rec(i + 1, values, below)
             del values[d.name]
 
-        return rec(0, {})
+        return rec(0, {}, frozenset())
 
     # ----------------------------------------------------------------------------------------- encodings
     def to_indices(self, cfg: Mapping[str, Any]) -> np.ndarray:
@@ -550,9 +582,10 @@ class SearchSpace:
         so a skipped block adds nothing. Subclasses override this with structure-aware features.
         """
         cfg = self.canonical(cfg)
+        inactive = self.inactive_names(cfg)
         out: list[float] = []
         for d in self.dims:
-            active = d.is_active(cfg)
+            active = d.name not in inactive
             if d.is_numeric:
                 out.append(float(cfg[d.name]) if active else 0.0)
             else:
@@ -596,8 +629,11 @@ class SearchSpace:
             raise ValueError(f"mutation probability must be in [0, 1], got {prob}")
         rng = as_generator(seed)
         values = dict(self.canonical(cfg))
-        for d in self.dims:
-            if len(d.values) > 1 and d.is_active(values) and rng.random() < prob:
+        inactive: set[str] = set()
+        for d in self.dims:  # in order, so that a mutated parent decides whether its children matter
+            if not self._active_given(d, values, inactive):
+                inactive.add(d.name)
+            elif len(d.values) > 1 and rng.random() < prob:
                 current = d.index(values[d.name])
                 j = int(rng.integers(len(d.values) - 1))
                 values[d.name] = d.values[j + (j >= current)]

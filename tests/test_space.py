@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -112,6 +113,40 @@ def test_canonical_merges_configs_that_differ_only_in_inactive_dims(seed):
     assert SPACE.canonical(cfg).key == SPACE.canonical(other).key
     assert not SPACE.is_active(cfg, "stage1.block2.kernel")
     assert SPACE.is_active(cfg, "stage1.block1.kernel")
+
+
+# B matters only when A == 1, C only when B == 0; B's canonical value is 0, so C's own condition holds whenever B
+# is inactive: C must follow B out all the same.
+NESTED = SearchSpace(
+    "nested",
+    [
+        Choice("A", (0, 1)),
+        Choice("B", (0, 1, 2), when={"A": (1,)}),
+        Choice("C", (3, 5), when={"B": (0,)}),
+        Choice("D", (1, 2)),
+    ],
+)
+
+
+def test_a_dimension_conditioned_on_an_inactive_one_is_inactive():
+    one, other = NESTED.canonical({"A": 0, "C": 3, "D": 1}), NESTED.canonical({"A": 0, "C": 5, "D": 1})
+    assert one.key == other.key == NESTED.canonical({"A": 0, "D": 1}).key
+    assert NESTED.inactive_names(one) == {"B", "C"} and not NESTED.is_active(one, "C")
+    assert NESTED.is_active({"A": 1, "B": 0, "C": 5, "D": 1}, "C")
+    assert not NESTED.is_active({"A": 1, "B": 2, "C": 3, "D": 1}, "C")
+    # distinct configs: A=0 -> 1 x D; A=1 -> (B=0 -> 2 C, B=1/2 -> 1) x D = 4 x 2; with A=0's 2: 10
+    brute = {
+        NESTED.canonical(dict(zip("ABCD", v))).key
+        for v in itertools.product((0, 1), (0, 1, 2), (3, 5), (1, 2))
+    }
+    assert NESTED.size == len(list(NESTED.all_configs())) == len(brute) == 10
+    assert {c.key for c in NESTED.all_configs()} == brute
+    # an inactive dimension gives no features, and mutation never spends itself on one
+    assert NESTED.features(one)[NESTED.feature_names.index("C")] == 0.0
+    assert NESTED.features({"A": 1, "B": 0, "C": 5, "D": 1})[NESTED.feature_names.index("C")] == 5.0
+    # prob 1 flips A (making B matter) and then B away from 0, so C never matters and stays canonical
+    rng = np.random.default_rng(0)
+    assert all(NESTED.mutate(one, rng, prob=1.0)["C"] == 3 for _ in range(20))
 
 
 @given(seeds)

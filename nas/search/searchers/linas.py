@@ -349,8 +349,9 @@ def _dominance_distance(front: np.ndarray, points: np.ndarray) -> np.ndarray:
 def _neighbours(space: Any, cfg: Config, limit: int = 256) -> list[Config]:
     """Configs that differ from ``cfg`` in one active dimension (at most ``limit``)."""
     out = []
+    inactive = space.inactive_names(cfg)
     for d in space.dims:
-        if not d.is_active(cfg):
+        if d.name in inactive:
             continue
         for v in d.values:
             if v != cfg[d.name]:
