@@ -942,8 +942,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     for target in targets:
         front = result.pareto(target=target)
         names = result.front_objectives(target)
-        h = result.history
-        unpriced = int(((h["status"] == "partial") & h[names].isna().any(axis=1)).sum())
+        unpriced = result.lacking(target)
         why = f" ({unpriced} partial evaluations have no value for it: see the store's error column)"
         print(
             f"\nPareto front{' for ' + target if target else ''}: {len(front)} of {len(result)} evaluations"

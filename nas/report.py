@@ -311,11 +311,20 @@ def write_report(source: SearchResult | str | os.PathLike[str], out_dir: str | o
             "hypervolume": float(hv[-1]) if hv.size else 0.0,
             "front_size": len(front),
             "front_keys": front["key"].tolist(),
+            # partial evaluations this target could not price (its objective failed; the others kept them)
+            "lacking": result.lacking(objectives=names),
         }
+        lacking = summary["fronts"][label]["lacking"]
         sections.append(
             f"<h2>{html.escape(label)}</h2>"
             f"<p>{len(front)} Pareto-optimal configs; hypervolume {summary['fronts'][label]['hypervolume']:.4g} "
-            f"(reference {html.escape(json.dumps(ref))})</p>"
+            f"(reference {html.escape(json.dumps(ref))})"
+            + (
+                f"; {lacking} evaluations have no value for this target (see the store's error column)"
+                if lacking
+                else ""
+            )
+            + "</p>"
             f'<img src="front_{stem}.png"> <img src="hv_{stem}.png">'
             f"{_table_html(front, names)}"
         )

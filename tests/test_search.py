@@ -457,6 +457,17 @@ def test_a_target_that_fails_costs_only_its_own_front(tmp_path):
     # w == 3 is on a's true front (quality 3 at cost 3.6 or 4.6), so a's front keeps some partial rows.
     assert result.pareto(target="a")["key"].isin(h.loc[w3, "key"]).any()
     assert "partial" in repr(result)
+    assert (result.lacking(target="a"), result.lacking(target="b")) == (0, int(w3.sum()))
+    from nas.report import write_report
+
+    write_report(result, tmp_path / "report")
+    fronts = json.loads((tmp_path / "report" / "summary.json").read_text())["fronts"]
+    assert (fronts["a"]["lacking"], fronts["b"]["lacking"]) == (0, int(w3.sum()))
+    assert fronts["a"]["front_keys"] == result.pareto(target="a")["key"].tolist()
+    assert (
+        f"{int(w3.sum())} evaluations have no value for this target"
+        in (tmp_path / "report/index.html").read_text()
+    )
     loaded = SearchResult.load(url)
     assert loaded.history["status"].tolist() == h["status"].tolist()
     assert set(loaded.pareto(target="a")["key"]) == set(result.pareto(target="a")["key"])

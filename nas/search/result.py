@@ -122,6 +122,16 @@ class SearchResult:
         first = names[0]
         return front.sort_values([first, "order"], ascending=[dict(self.objectives)[first] == "min", True])
 
+    def lacking(self, target: str | None = None, objectives: Sequence[str] | None = None) -> int:
+        """How many ``"partial"`` evaluations lack a value of this front's objectives (their target failed:
+        e.g. a profile that never measured the config), so are missing from the front.
+
+        Example: ``result.lacking(target="edgetpu")`` -- cells HW-NAS-Bench has no edgetpu latency for.
+        """
+        names = self._front_names(target, objectives)
+        h = self.history
+        return int(((h["status"] == "partial") & h[names].isna().any(axis=1)).sum())
+
     def hypervolume(
         self,
         ref: Mapping[str, float] | Sequence[float],
