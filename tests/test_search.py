@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from nas.pareto import hypervolume, nondominated_mask
+from nas.report import write_report
 from nas.search import (
     Constraint,
     LazyFunction,
@@ -458,8 +459,6 @@ def test_a_target_that_fails_costs_only_its_own_front(tmp_path):
     assert result.pareto(target="a")["key"].isin(h.loc[w3, "key"]).any()
     assert "partial" in repr(result)
     assert (result.lacking(target="a"), result.lacking(target="b")) == (0, int(w3.sum()))
-    from nas.report import write_report
-
     write_report(result, tmp_path / "report")
     fronts = json.loads((tmp_path / "report" / "summary.json").read_text())["fronts"]
     assert (fronts["a"]["lacking"], fronts["b"]["lacking"]) == (0, int(w3.sum()))
