@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -19,17 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from nas import atomic
+from nas.hw.measure import cpu_model
 
 __all__ = ["describe", "machine", "write_json"]
-
-
-def _cpu_model() -> str:
-    # platform.processor() is empty on most Linux systems; /proc/cpuinfo names the model.
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def machine() -> dict[str, Any]:
@@ -43,7 +34,7 @@ def machine() -> dict[str, Any]:
     except OSError:  # not available (Windows)
         load = None
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count() or 1,
         "cpus_usable": usable,
         "platform": platform.platform(),

@@ -349,7 +349,7 @@ def test_export_measure_times_the_export_as_the_target_was_measured(run_dir, tmp
     assert m["target"] == "cpu" and m["other_machine"] is None
 
     # another CPU model than the profile's: still measured, and said to be this machine's numbers
-    monkeypatch.setattr(measure, "_cpu_model", lambda: "Another CPU 9000")
+    monkeypatch.setattr(measure, "cpu_model", lambda: "Another CPU 9000")
     assert main([*export, "--max-latency", "1s", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "target cpu was measured on another machine (this one has CPU 'Another CPU 9000', not" in err

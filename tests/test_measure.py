@@ -588,7 +588,7 @@ def test_run_profile_refuses_to_extend_with_other_input_channels_device_or_cpu(t
         cli_hooks.run_profile(net, "torch", 4, out, **QUICK)
     with pytest.raises(ValueError, match=r"device='lab' but this run uses device='home'.*--device-name lab"):
         cli_hooks.run_profile(ToyNet(), "torch", 4, out, device_name="home", **QUICK)
-    monkeypatch.setattr(measure, "_cpu_model", lambda: "Another CPU 9000")
+    monkeypatch.setattr(measure, "cpu_model", lambda: "Another CPU 9000")
     with pytest.raises(
         ValueError, match=r"measured on cpu '.*' but this machine's cpu is 'Another CPU 9000'.*--out"
     ):

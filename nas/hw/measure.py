@@ -62,6 +62,7 @@ __all__ = [
     "CLOCKS",
     "PRECISIONS",
     "BackendUnavailableError",
+    "cpu_model",
     "device_metadata",
     "input_channels",
     "latency_stats",
@@ -112,7 +113,8 @@ def latency_stats(samples_ms: Sequence[float] | np.ndarray) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ metadata
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """This machine's CPU model name (``/proc/cpuinfo``; ``platform.processor()`` is empty on most Linux systems)."""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         for line in f:
             if line.lower().startswith("model name"):
@@ -158,7 +160,7 @@ def device_metadata(backend: str = "torch", threads: int | None = None) -> dict[
     meta: dict[str, Any] = {
         "device": f"{platform.node() or 'host'}-{backend}",
         "backend": backend,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count() or 1,
         "cpus_usable": affinity,
         "threads": int(threads) if threads is not None else torch.get_num_threads(),
