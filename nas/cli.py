@@ -1044,6 +1044,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from nas.export import ExportError, export, read_manifest
     from nas.search import SearchResult
     from nas.search.result import USABLE_STATUSES
+    from nas.search.runner import space_fingerprint
 
     if args.tolerance is not None and not args.tolerance >= 0:
         raise CliError(f"--tolerance {args.tolerance:g} must be >= 0 (--no-verify skips the check)")
@@ -1053,7 +1054,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     recipe = json.loads(sidecar.read_text()) if sidecar and sidecar.is_file() else {}
     supernet_dir = args.supernet or recipe.get("supernet")
     if not supernet_dir:
-        raise CliError("this run has no supernet to export from (tabular space?); pass --supernet RUN_DIR")
+        searched = str(result.meta.get("space") or recipe.get("space") or "")
+        if search_spaces.is_builtin(searched) and not hasattr(search_spaces.get(searched), "supernet"):
+            # nb201: accuracies and latencies are looked up, there are no weights; --supernet would not help
+            raise CliError(
+                f"this run searched {searched}, a tabular space (accuracies and latencies looked up, no "
+                "supernet or weights), so there is no model to export; its fronts are in the store (nas report)"
+            )
+        raise CliError("this run has no supernet to export from; pass --supernet RUN_DIR (the one searched)")
     names = result.objective_names
     if "accuracy" not in names:
         raise CliError(
@@ -1098,6 +1106,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     best = front.sort_values(keys, ascending=[False] + [True] * (len(keys) - 1), kind="mergesort").iloc[0]
     cfg = result.configs(front.loc[[best.name]])[0]
     net = search_spaces.load_trained(supernet_dir)
+    fingerprint = result.meta.get("space_fingerprint")
+    if fingerprint and space_fingerprint(net.space) != fingerprint:
+        # Caught here: otherwise the config fails deep in export() with a message about unknown dimensions.
+        raise CliError(
+            f"the supernet in {supernet_dir} is one of space {net.space.name!r}, not the space this run searched "
+            f"({result.meta.get('space')!r}); pass the --supernet the search used"
+        )
     if measuring is not None:  # refused now, before anything is written, when it cannot be measured here
         _check_measurable(measuring, net.input_shape(cfg, 1), target)
     formats = tuple(args.format)

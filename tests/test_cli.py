@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -513,6 +514,7 @@ def test_export_re_estimates_batch_norm_on_the_data_the_search_recorded(tmp_path
     import search_spaces
     from nas import data as nas_data
     from nas.cli import _int8_calibration
+    from search_spaces import nb201
 
     db = tmp_path / "s.db"
     search = ["search", "--space", "nb201", "--target", "raspi4", "--algorithm", "random", "--budget", "3"]
@@ -535,7 +537,8 @@ def test_export_re_estimates_batch_norm_on_the_data_the_search_recorded(tmp_path
         return out
 
     monkeypatch.setattr(nas_data, "cifar10", cifar10)
-    monkeypatch.setattr(search_spaces, "load_trained", lambda run_dir: None)
+    # a stand-in with the searched space (nb201's), which export checks the supernet against
+    monkeypatch.setattr(search_spaces, "load_trained", lambda run_dir: SimpleNamespace(space=nb201.space))
     monkeypatch.setattr(nas.export, "export", export)
     argv = ["export", str(db), "--format", "safetensors", "--out", str(tmp_path / "m")]
     # a store from before searches recorded their data: the supernet's root, the default split
@@ -551,6 +554,30 @@ def test_export_re_estimates_batch_norm_on_the_data_the_search_recorded(tmp_path
     roots.clear()
     _int8_calibration(str(sn), {}, "/moved/cifar")
     assert roots == ["/moved/cifar", "/moved/cifar"]
+
+
+def test_export_of_a_tabular_run_or_with_another_spaces_supernet_says_so(tmp_path, monkeypatch, capsys):
+    import search_spaces
+    from search_spaces import mobilenetv3
+
+    db, out = tmp_path / "s.db", tmp_path / "m"
+    search = ["search", "--space", "nb201", "--target", "raspi4", "--algorithm", "random", "--budget", "2"]
+    assert main([*search, "--store", str(db), "--quiet"]) == 0
+    capsys.readouterr()
+    # nb201 has no weights: said so, rather than asking for a --supernet that cannot help
+    assert main(["export", str(db), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "this run searched nb201, a tabular space" in err and "pass --supernet" not in err, err
+    # a supernet of another space: named, not a KeyError about the config's dimensions deep in the export
+    net = mobilenetv3.supernet("small", in_channels=1)
+    monkeypatch.setattr(search_spaces, "load_trained", lambda run_dir: net)
+    assert main(["export", str(db), "--supernet", "sn", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "the supernet in sn is one of space 'mobilenetv3-small', not the space this run searched ('nb201')"
+        in err
+    )
+    assert not out.exists()
 
 
 def test_nas_train_takes_the_spaces_recipe_for_the_options_not_given(tmp_path, monkeypatch, capsys):
