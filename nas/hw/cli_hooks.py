@@ -490,6 +490,10 @@ _PROVENANCE_DEVICE_KEYS = (
     "clock",
     "in_channels",
     "dataset",
+    # the measurement effort, so that `nas export --measure` repeats a predictor's profile as it was measured
+    "warmup",
+    "repeats",
+    "rounds",
     "measured_at",
 )
 

@@ -50,8 +50,8 @@ RECORDED_KEYS = (
 )
 # The statistic of the repeats that each profile column holds (nas fit --metric picks one to predict).
 _STATISTICS = {"latency_ms": "median", "latency_p10_ms": "p10", "latency_min_ms": "min"}
-# The measurement effort when a target does not record its own (predictors record only the settings): the
-# defaults of `nas profile`.
+# The measurement effort when a target does not record its own (a predictor fitted before `nas fit` recorded
+# it): the defaults of `nas profile`.
 _DEFAULT_EFFORT = {"warmup": 3, "repeats": 30, "rounds": 3}
 
 
