@@ -42,6 +42,9 @@ def test_search_report_and_resume_on_nb201(tmp_path, capsys):
     assert len(SearchResult.load(str(db)).history) == 30
     assert main([*args, "--budget", "20", "--resume"]) == 2
     assert "already holds 30 evaluations" in capsys.readouterr().err
+    # without --resume: the flag to add is named (the library's resume=True alone meant nothing in a shell)
+    assert main([*args, "--budget", "30"]) == 2
+    assert "(nas search --resume) to continue it" in capsys.readouterr().err
     # ... and a refused resume with other targets leaves the run's recipe as it was
     other = ["search", "--space", "nb201", "--target", "fpga", "--algorithm", "random", "--store", str(db)]
     assert main([*other, "--quiet", "--budget", "25", "--resume"]) == 2
