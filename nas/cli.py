@@ -1649,6 +1649,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # The reader went away (`nas profiles | head`): not bad input, so no "error: [Errno 32]" line (it is a
+        # ConnectionError, caught below otherwise). Python would complain again flushing stdout at exit.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command a pipe cut short
     except (
         CliError,
         ValueError,

@@ -650,3 +650,16 @@ def test_nas_train_records_the_data_root_absolute(tmp_path, monkeypatch):
     )  # an old run
     assert main([*train, "--out", "run", "--resume"]) == 0
     assert json.loads(spec_file.read_text())["data_root"] == str(tmp_path / "cifar")
+
+
+def test_output_cut_short_by_a_pipe_is_not_reported_as_an_error(monkeypatch, capsys):
+    class ClosedPipe:  # what `nas profiles | head -1` leaves print() writing to
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["profiles"]) == 141  # 128 + SIGPIPE, as a shell reports it
+    assert "Broken pipe" not in capsys.readouterr().err  # it used to print "error: [Errno 32] Broken pipe"
