@@ -948,7 +948,10 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"\nPareto front{' for ' + target if target else ''}: {len(front)} of {len(result)} evaluations"
             + (why if unpriced else "")
         )
-        print(front[["key", *names]].to_string(index=False, max_rows=30))
+        if front.empty:  # rather than pandas' "Empty DataFrame / Columns: [...] / Index: []"
+            print(f"  no evaluation is on it: {_empty_front_reason(result, target)}")
+        else:
+            print(front[["key", *names]].to_string(index=False, max_rows=30))
     return 0
 
 
@@ -1039,11 +1042,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _empty_front_reason(result: Any, target: str | None) -> str:
+    """Why no evaluation of ``result`` is on ``target``'s front: how many failed, broke a constraint or lack a
+    value of its objectives (a partial evaluation whose target could not price it)."""
+    from nas.search.result import USABLE_STATUSES
+
+    history = result.history
+    usable = history["status"].isin(USABLE_STATUSES)
+    failed = int((~usable).sum())
+    infeasible = int((usable & ~history["feasible"].astype(bool)).sum())
+    no_value = len(history) - failed - infeasible
+    return (
+        f"of {len(history)}, {failed} failed, {infeasible} broke a constraint and {no_value} lack a value of "
+        f"{', '.join(result.front_objectives(target))}"
+    )
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import search_spaces
     from nas.export import ExportError, export, read_manifest
     from nas.search import SearchResult
-    from nas.search.result import USABLE_STATUSES
     from nas.search.runner import space_fingerprint
 
     if args.tolerance is not None and not args.tolerance >= 0:
@@ -1081,17 +1099,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     bound = parse_duration_ms(args.max_latency) if args.max_latency else None
     measuring = _measurement_target(recipe, target, lat_col, args.store) if args.measure else None
     if front.empty:
-        history = result.history
-        usable = history["status"].isin(USABLE_STATUSES)
-        failed = int((~usable).sum())
-        infeasible = int((usable & ~history["feasible"].astype(bool)).sum())
-        if not len(history):
+        if not len(result.history):
             raise CliError(f"{args.store} holds no evaluations yet; run (or resume) the search first")
-        no_value = len(history) - failed - infeasible
         raise CliError(
-            f"no evaluation in {args.store} can be exported: of {len(history)}, {failed} failed, {infeasible} "
-            f"broke a constraint and {no_value} lack a value of {', '.join(result.front_objectives(target))} "
-            "(the store's error column says why evaluations failed); fix the cause and search again"
+            f"no evaluation in {args.store} can be exported: {_empty_front_reason(result, target)} (the store's "
+            "error column says why evaluations failed); fix the cause and search again"
         )
     if bound is not None:
         fastest = float(front[lat_col].min())

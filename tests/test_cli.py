@@ -663,3 +663,13 @@ def test_output_cut_short_by_a_pipe_is_not_reported_as_an_error(monkeypatch, cap
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert main(["profiles"]) == 141  # 128 + SIGPIPE, as a shell reports it
     assert "Broken pipe" not in capsys.readouterr().err  # it used to print "error: [Errno 32] Broken pipe"
+
+
+def test_search_says_why_a_front_is_empty(capsys):
+    args = ["search", "--space", "nb201", "--target", "raspi4", "--algorithm", "random", "--budget", "3"]
+    assert main([*args, "--constraint", "latency@raspi4<=0.001ms", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front for raspi4: 0 of 3 evaluations" in out and "Empty DataFrame" not in out, out
+    assert (
+        "no evaluation is on it: of 3, 0 failed, 3 broke a constraint and 0 lack a value of accuracy" in out
+    )
