@@ -1317,12 +1317,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nas {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("spaces", help="list the built-in search spaces")
+    def command(name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """A subcommand whose ``--help`` opens with what it does (the line ``nas --help`` lists it with)."""
+        kwargs.setdefault("description", help[:1].upper() + help[1:] + ".")
+        return sub.add_parser(name, help=help, **kwargs)
+
+    p = command("spaces", help="list the built-in search spaces")
     p.set_defaults(func=cmd_spaces)
-    p = sub.add_parser("profiles", help="list the built-in hardware profiles")
+    p = command("profiles", help="list the built-in hardware profiles")
     p.set_defaults(func=cmd_profiles)
 
-    p = sub.add_parser("train", help="train a weight-sharing supernet (resumable)")
+    p = command("train", help="train a weight-sharing supernet (resumable)")
     p.add_argument(
         "--space",
         default="mobilenetv3",
@@ -1403,7 +1408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics log, final weights)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("profile", help="measure subnet latencies on this machine into a profile file")
+    p = command("profile", help="measure subnet latencies on this machine into a profile file")
     p.add_argument(
         "--space",
         default=None,
@@ -1422,14 +1427,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directory of a trained supernet: its space, preset and input channels are measured (a "
         "--space, --preset or --in-channels that says otherwise is refused)",
     )
-    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "cuda"))
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "onnxruntime", "cuda"),
+        help="torch: the extracted subnet in eager torch on this CPU (default); onnxruntime: its ONNX export "
+        "(the int8 one with --precision int8); cuda: eager torch on this machine's GPU",
+    )
     p.add_argument(
         "--precision",
         default="fp32",
         choices=("fp32", "int8"),
         help="int8: static QDQ quantization of the exported model (needs --backend onnxruntime)",
     )
-    p.add_argument("--samples", type=int, default=300, help="random subnets to measure")
+    p.add_argument("--samples", type=int, default=300, help="random subnets to measure (default 300)")
     p.add_argument(
         "--repeats",
         type=int,
@@ -1452,7 +1463,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="name recorded in the profile's metadata (default: HOSTNAME-BACKEND, e.g. myhost-torch; the CPU "
         "and GPU model are recorded beside it); an extended profile keeps its name",
     )
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1, help="inputs per timed forward call (default 1)")
     p.add_argument("--threads", type=int, default=None, help="fixed thread count (default: all cores)")
     p.add_argument(
         "--clock",
@@ -1461,18 +1472,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="wall: real latency (quiet machine); thread_cpu: CPU time of the timed thread, robust to other "
         "jobs on a shared machine (needs --threads 1)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random subnets and the visiting order")
     p.add_argument(
         "--out",
         required=True,
         help="profile CSV; an existing one is extended (resume) with the same backend, batch size, precision, "
         "clock, threads, input channels, device name, CPU/GPU model and torch version (and onnxruntime or CUDA "
-        "version for those backends); other values are refused (write a new file), while other --repeats, "
+        "version for those backends) and, for int8, the same quantization of the graphs; other values are "
+        "refused (write a new file), while other --repeats, "
         "--rounds or --warmup are allowed and recorded per run",
     )
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("fit", help="fit a latency predictor on a profile; prints held-out error")
+    p = command("fit", help="fit a latency predictor on a profile; prints held-out error")
     p.add_argument(
         "profile",
         help="profile CSV made by `nas profile`, or the name of a built-in profile (`nas profiles`, e.g. "
@@ -1501,8 +1513,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the module that defines the profile's space, when it is one of your own (e.g. examples.custom_space); "
         "built-in spaces are found from the name the profile records",
     )
-    p.add_argument("--test-fraction", type=float, default=0.25)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.25,
+        help="share of the profile's configs held out to score the predictor (default 0.25; 0: none)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split and the fit")
     p.add_argument(
         "--keep-degenerate",
         action="store_true",
@@ -1516,7 +1533,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("search", help="multi-objective search; one Pareto front per --target")
+    p = command("search", help="multi-objective search; one Pareto front per --target")
     p.add_argument(
         "--space",
         required=True,
@@ -1539,8 +1556,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", action="append", help="extra objective: macs, params or model_bytes")
     p.add_argument("--constraint", action="append", help="e.g. 'latency@raspi4<=5ms' (repeatable)")
     p.add_argument("--algorithm", default="linas", help="random, nsga2, agemoea, nsga3, tpe, gp or linas")
-    p.add_argument("--budget", type=int, default=250, help="real evaluations, counted exactly")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget", type=int, default=250, help="real evaluations, counted exactly (default 250)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the searcher (default 0)")
     p.add_argument(
         "--searcher-option",
         action="append",
@@ -1553,7 +1570,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size", type=int, help="configs proposed per round (default: the searcher's own; linas: 10)"
     )
-    p.add_argument("--backend", default="local", choices=("local", "ray"))
+    p.add_argument(
+        "--backend",
+        default="local",
+        choices=("local", "ray"),
+        help="local: evaluate in this process (default); ray: as Ray Tune trials (a local Ray unless "
+        "--ray-address)",
+    )
     p.add_argument(
         "--ray-address", help="Ray cluster address (implies --backend ray); 'auto' for the local one"
     )
@@ -1574,7 +1597,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("report", help="Pareto plots, hypervolume curves and an HTML page for a search store")
+    p = command("report", help="Pareto plots, hypervolume curves and an HTML page for a search store")
     p.add_argument("store", help="sqlite:///runs/search.db or runs/search.db")
     p.add_argument(
         "--out",
@@ -1585,7 +1608,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser(
+    p = command(
         "export",
         help="export the most accurate Pareto-optimal subnet within a latency bound",
         description="Export the most accurate Pareto-optimal subnet of a search (within --max-latency on "

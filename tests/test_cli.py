@@ -673,3 +673,15 @@ def test_search_says_why_a_front_is_empty(capsys):
     assert (
         "no evaluation is on it: of 3, 0 failed, 3 broke a constraint and 0 lack a value of accuracy" in out
     )
+
+
+def test_every_command_and_option_explains_itself_in_help():
+    import argparse
+
+    from nas.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        assert command.description, f"nas {name} --help says nothing about what the command does"
+        silent = [a.option_strings or [a.dest] for a in command._actions if not a.help]
+        assert not silent, f"nas {name} --help leaves these options unexplained: {silent}"
