@@ -685,3 +685,19 @@ def test_every_command_and_option_explains_itself_in_help():
         assert command.description, f"nas {name} --help says nothing about what the command does"
         silent = [a.option_strings or [a.dest] for a in command._actions if not a.help]
         assert not silent, f"nas {name} --help leaves these options unexplained: {silent}"
+
+
+def test_profile_settings_that_do_not_go_together_name_the_flags(tmp_path, capsys):
+    base = ["profile", "--samples", "1", "--out", str(tmp_path / "p.csv")]
+    assert (
+        main([*base, "--clock", "thread_cpu"]) == 2
+    )  # no --threads: "threads=None" alone told a shell user little
+    assert (
+        "(nas profile --clock thread_cpu --threads 1); got backend='torch', threads=None"
+        in capsys.readouterr().err
+    )
+    assert main([*base, "--precision", "int8"]) == 2
+    assert (
+        "nas profile --backend onnxruntime --precision int8); got backend='torch'" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "p.csv").exists()
