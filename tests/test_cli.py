@@ -701,3 +701,11 @@ def test_profile_settings_that_do_not_go_together_name_the_flags(tmp_path, capsy
         "nas profile --backend onnxruntime --precision int8); got backend='torch'" in capsys.readouterr().err
     )
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_fit_refuses_an_unknown_kind_before_it_starts(capsys):
+    assert main(["fit", "raspi4", "--kind", "gdbt", "--out", "never.json"]) == 2
+    err = capsys.readouterr().err
+    assert err == "nas fit: error: unknown predictor kind 'gdbt'; use one of " + (
+        "['auto', 'ridge', 'gbdt', 'mlp', 'lut', 'ensemble']\n"
+    ), err  # no progress bar, no "left out 341 degenerate configs" line before it
