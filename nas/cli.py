@@ -1617,7 +1617,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("store", help="the search store")
     p.add_argument("--target", help="hardware target of the front (default: the run's first)")
-    p.add_argument("--max-latency", help="e.g. 4ms")
+    p.add_argument(
+        "--max-latency", help="latency bound on --target's front: 4ms, 0.5s or 800us (a bare number is ms)"
+    )
     p.add_argument("--supernet", help="supernet run directory (default: the one the search used)")
     p.add_argument(
         "--data-root",
