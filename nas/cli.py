@@ -1233,6 +1233,12 @@ def _measure_exported(
             f"{m['other_machine']}): the measured latency is this machine's, not the target device's",
             file=sys.stderr,
         )
+    if m.get("other_quantization"):
+        print(
+            f"nas export: note: target {target}'s latencies are not of this graph: this measurement times "
+            f"{m['other_quantization']}; re-profile the target with nas profile to compare like with like",
+            file=sys.stderr,
+        )
     if bound is not None and not m["within_max_latency"]:
         print(
             f"nas export: warning: the measured {m['measured_ms']:.3f} ms is above --max-latency {bound_text} (on "

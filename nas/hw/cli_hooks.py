@@ -494,6 +494,7 @@ _PROVENANCE_DEVICE_KEYS = (
     "warmup",
     "repeats",
     "rounds",
+    "int8_quantize",
     "measured_at",
 )
 
