@@ -1683,6 +1683,27 @@ RESUME_HINTS = {
 }
 
 
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (writing to it raises ``BrokenPipeError``)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    except (OSError, ValueError):  # closed or unusable otherwise: not a reader that went away
+        return False
+    return False
+
+
+def _report_error(args: argparse.Namespace, exc: BaseException) -> int:
+    """Bad input as one line on stderr, exit status 2 (called while handling ``exc``; ``NAS_DEBUG=1`` re-raises
+    it for the traceback)."""
+    if os.environ.get("NAS_DEBUG"):
+        raise exc
+    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    print(f"nas {args.command}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nas`` command."""
     parser = build_parser()
@@ -1692,7 +1713,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
         return int(args.func(args) or 0)
-    except BrokenPipeError:
+    except BrokenPipeError as exc:
+        if not _stdout_closed():  # a connection of the command's own (a Ray or database socket): an error
+            return _report_error(args, exc)
         # The reader went away (`nas profiles | head`): not bad input, so no "error: [Errno 32]" line (it is a
         # ConnectionError, caught below otherwise). Python would complain again flushing stdout at exit.
         with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -1713,11 +1736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # of the user's that lacks a method the command needs raises NotImplementedError naming it; an --out
         # that is a file where a folder belongs, or the reverse, raises one of the path errors): one line,
         # no traceback; NAS_DEBUG=1 shows where it came from.
-        if os.environ.get("NAS_DEBUG"):
-            raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"nas {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return _report_error(args, exc)
     except KeyboardInterrupt:
         print(f"nas {args.command}: interrupted{RESUME_HINTS.get(args.command, '')}", file=sys.stderr)
         return 130

@@ -653,12 +653,23 @@ def test_nas_train_records_the_data_root_absolute(tmp_path, monkeypatch):
 
 
 def test_output_cut_short_by_a_pipe_is_not_reported_as_an_error(monkeypatch, capsys):
+    import nas.cli
+
     class ClosedPipe:  # what `nas profiles | head -1` leaves print() writing to
         def write(self, text):
             raise BrokenPipeError(32, "Broken pipe")
 
         def flush(self):
             raise BrokenPipeError(32, "Broken pipe")
+
+    def lost_connection(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    # a broken connection of the command's own, with stdout fine, is still an error
+    monkeypatch.setattr(nas.cli, "cmd_profiles", lost_connection)
+    assert main(["profiles"]) == 2
+    assert capsys.readouterr().err == "nas profiles: error: [Errno 32] Broken pipe\n"
+    monkeypatch.undo()
 
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert main(["profiles"]) == 141  # 128 + SIGPIPE, as a shell reports it
