@@ -1685,13 +1685,22 @@ RESUME_HINTS = {
 
 def _stdout_closed() -> bool:
     """Whether standard output is a pipe whose reader has gone (writing to it raises ``BrokenPipeError``)."""
+    import select
+
     try:
         sys.stdout.flush()
     except BrokenPipeError:
         return True
     except (OSError, ValueError):  # closed or unusable otherwise: not a reader that went away
         return False
-    return False
+    # Nothing was left to flush (the failed write dropped it): ask the pipe. A pipe's write end whose reader
+    # closed reports POLLERR; a terminal, a file or a live pipe does not.
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor (captured output), or no poll()
+        return False
 
 
 def _report_error(args: argparse.Namespace, exc: BaseException) -> int:

@@ -674,6 +674,15 @@ def test_output_cut_short_by_a_pipe_is_not_reported_as_an_error(monkeypatch, cap
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert main(["profiles"]) == 141  # 128 + SIGPIPE, as a shell reports it
     assert "Broken pipe" not in capsys.readouterr().err  # it used to print "error: [Errno 32] Broken pipe"
+    monkeypatch.undo()
+
+    # a real pipe whose reader is gone before the command writes (`nas profiles | head -0`)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nas.cli", "profiles"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # long before the command has imported what it needs and prints
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and err == "", err
 
 
 def test_search_says_why_a_front_is_empty(capsys):
