@@ -408,7 +408,7 @@ def cmd_spaces(args: argparse.Namespace) -> int:
             shown = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in recipe.items())
             print(f"{'':14s} nas train defaults: {shown}")
     print(
-        "(or --space some.module of your own that defines space() and supernet(); see examples/custom_space.py)"
+        "(or --space some.module of your own that defines space and supernet(); see examples/custom_space.py)"
     )
     return 0
 
@@ -1338,7 +1338,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--space",
         default="mobilenetv3",
         help="built-in space with a supernet (default mobilenetv3), or the dotted path of a module of your own "
-        "that defines space() and supernet() (e.g. examples.custom_space; imported from the working directory "
+        "that defines space (a nas.SearchSpace, or a function returning one) and supernet() (e.g. "
+        "examples.custom_space; imported from the working directory "
         "or the Python path)",
     )
     p.add_argument(

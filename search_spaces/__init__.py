@@ -127,7 +127,7 @@ def get(name: str) -> ModuleType:
 
 def _user_module(name: str) -> ModuleType:
     hint = (
-        f"built-in: {', '.join(_BUILTIN)}; or the dotted path of a module of your own that defines space() "
+        f"built-in: {', '.join(_BUILTIN)}; or the dotted path of a module of your own that defines space "
         "(and supernet() to train it), e.g. examples.custom_space"
     )
     if name.endswith(".py"):  # a file name: say which dotted path imports it
