@@ -408,7 +408,7 @@ def cmd_spaces(args: argparse.Namespace) -> int:
             shown = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in recipe.items())
             print(f"{'':14s} nas train defaults: {shown}")
     print(
-        "(or --space some.module of your own that defines space() and supernet(); see examples/custom_space.py)"
+        "(or --space some.module of your own that defines space and supernet(); see examples/custom_space.py)"
     )
     return 0
 
@@ -948,7 +948,10 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"\nPareto front{' for ' + target if target else ''}: {len(front)} of {len(result)} evaluations"
             + (why if unpriced else "")
         )
-        print(front[["key", *names]].to_string(index=False, max_rows=30))
+        if front.empty:  # rather than pandas' "Empty DataFrame / Columns: [...] / Index: []"
+            print(f"  no evaluation is on it: {_empty_front_reason(result, target)}")
+        else:
+            print(front[["key", *names]].to_string(index=False, max_rows=30))
     return 0
 
 
@@ -1039,11 +1042,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _empty_front_reason(result: Any, target: str | None) -> str:
+    """Why no evaluation of ``result`` is on ``target``'s front: how many failed, broke a constraint or lack a
+    value of its objectives (a partial evaluation whose target could not price it)."""
+    from nas.search.result import USABLE_STATUSES
+
+    history = result.history
+    usable = history["status"].isin(USABLE_STATUSES)
+    failed = int((~usable).sum())
+    infeasible = int((usable & ~history["feasible"].astype(bool)).sum())
+    no_value = len(history) - failed - infeasible
+    return (
+        f"of {len(history)}, {failed} failed, {infeasible} broke a constraint and {no_value} lack a value of "
+        f"{', '.join(result.front_objectives(target))}"
+    )
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import search_spaces
     from nas.export import ExportError, export, read_manifest
     from nas.search import SearchResult
-    from nas.search.result import USABLE_STATUSES
+    from nas.search.runner import space_fingerprint
 
     if args.tolerance is not None and not args.tolerance >= 0:
         raise CliError(f"--tolerance {args.tolerance:g} must be >= 0 (--no-verify skips the check)")
@@ -1053,7 +1072,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     recipe = json.loads(sidecar.read_text()) if sidecar and sidecar.is_file() else {}
     supernet_dir = args.supernet or recipe.get("supernet")
     if not supernet_dir:
-        raise CliError("this run has no supernet to export from (tabular space?); pass --supernet RUN_DIR")
+        searched = str(result.meta.get("space") or recipe.get("space") or "")
+        if search_spaces.is_builtin(searched) and not hasattr(search_spaces.get(searched), "supernet"):
+            # nb201: accuracies and latencies are looked up, there are no weights; --supernet would not help
+            raise CliError(
+                f"this run searched {searched}, a tabular space (accuracies and latencies looked up, no "
+                "supernet or weights), so there is no model to export; its fronts are in the store (nas report)"
+            )
+        raise CliError("this run has no supernet to export from; pass --supernet RUN_DIR (the one searched)")
     names = result.objective_names
     if "accuracy" not in names:
         raise CliError(
@@ -1073,17 +1099,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     bound = parse_duration_ms(args.max_latency) if args.max_latency else None
     measuring = _measurement_target(recipe, target, lat_col, args.store) if args.measure else None
     if front.empty:
-        history = result.history
-        usable = history["status"].isin(USABLE_STATUSES)
-        failed = int((~usable).sum())
-        infeasible = int((usable & ~history["feasible"].astype(bool)).sum())
-        if not len(history):
+        if not len(result.history):
             raise CliError(f"{args.store} holds no evaluations yet; run (or resume) the search first")
-        no_value = len(history) - failed - infeasible
         raise CliError(
-            f"no evaluation in {args.store} can be exported: of {len(history)}, {failed} failed, {infeasible} "
-            f"broke a constraint and {no_value} lack a value of {', '.join(result.front_objectives(target))} "
-            "(the store's error column says why evaluations failed); fix the cause and search again"
+            f"no evaluation in {args.store} can be exported: {_empty_front_reason(result, target)} (the store's "
+            "error column says why evaluations failed); fix the cause and search again"
         )
     if bound is not None:
         fastest = float(front[lat_col].min())
@@ -1098,6 +1118,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     best = front.sort_values(keys, ascending=[False] + [True] * (len(keys) - 1), kind="mergesort").iloc[0]
     cfg = result.configs(front.loc[[best.name]])[0]
     net = search_spaces.load_trained(supernet_dir)
+    fingerprint = result.meta.get("space_fingerprint")
+    if fingerprint and space_fingerprint(net.space) != fingerprint:
+        # Caught here: otherwise the config fails deep in export() with a message about unknown dimensions.
+        raise CliError(
+            f"the supernet in {supernet_dir} is one of space {net.space.name!r}, not the space this run searched "
+            f"({result.meta.get('space')!r}); pass the --supernet the search used"
+        )
     if measuring is not None:  # refused now, before anything is written, when it cannot be measured here
         _check_measurable(measuring, net.input_shape(cfg, 1), target)
     formats = tuple(args.format)
@@ -1206,6 +1233,12 @@ def _measure_exported(
             f"{m['other_machine']}): the measured latency is this machine's, not the target device's",
             file=sys.stderr,
         )
+    if m.get("other_quantization"):
+        print(
+            f"nas export: note: target {target}'s latencies are not of this graph: this measurement times "
+            f"{m['other_quantization']}; re-profile the target with nas profile to compare like with like",
+            file=sys.stderr,
+        )
     if bound is not None and not m["within_max_latency"]:
         print(
             f"nas export: warning: the measured {m['measured_ms']:.3f} ms is above --max-latency {bound_text} (on "
@@ -1290,17 +1323,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nas {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("spaces", help="list the built-in search spaces")
+    def command(name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """A subcommand whose ``--help`` opens with what it does (the line ``nas --help`` lists it with)."""
+        kwargs.setdefault("description", help[:1].upper() + help[1:] + ".")
+        return sub.add_parser(name, help=help, **kwargs)
+
+    p = command("spaces", help="list the built-in search spaces")
     p.set_defaults(func=cmd_spaces)
-    p = sub.add_parser("profiles", help="list the built-in hardware profiles")
+    p = command("profiles", help="list the built-in hardware profiles")
     p.set_defaults(func=cmd_profiles)
 
-    p = sub.add_parser("train", help="train a weight-sharing supernet (resumable)")
+    p = command("train", help="train a weight-sharing supernet (resumable)")
     p.add_argument(
         "--space",
         default="mobilenetv3",
         help="built-in space with a supernet (default mobilenetv3), or the dotted path of a module of your own "
-        "that defines space() and supernet() (e.g. examples.custom_space; imported from the working directory "
+        "that defines space (a nas.SearchSpace, or a function returning one) and supernet() (e.g. "
+        "examples.custom_space; imported from the working directory "
         "or the Python path)",
     )
     p.add_argument(
@@ -1376,7 +1415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics log, final weights)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("profile", help="measure subnet latencies on this machine into a profile file")
+    p = command("profile", help="measure subnet latencies on this machine into a profile file")
     p.add_argument(
         "--space",
         default=None,
@@ -1395,14 +1434,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directory of a trained supernet: its space, preset and input channels are measured (a "
         "--space, --preset or --in-channels that says otherwise is refused)",
     )
-    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "cuda"))
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "onnxruntime", "cuda"),
+        help="torch: the extracted subnet in eager torch on this CPU (default); onnxruntime: its ONNX export "
+        "(the int8 one with --precision int8); cuda: eager torch on this machine's GPU",
+    )
     p.add_argument(
         "--precision",
         default="fp32",
         choices=("fp32", "int8"),
         help="int8: static QDQ quantization of the exported model (needs --backend onnxruntime)",
     )
-    p.add_argument("--samples", type=int, default=300, help="random subnets to measure")
+    p.add_argument("--samples", type=int, default=300, help="random subnets to measure (default 300)")
     p.add_argument(
         "--repeats",
         type=int,
@@ -1425,7 +1470,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="name recorded in the profile's metadata (default: HOSTNAME-BACKEND, e.g. myhost-torch; the CPU "
         "and GPU model are recorded beside it); an extended profile keeps its name",
     )
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1, help="inputs per timed forward call (default 1)")
     p.add_argument("--threads", type=int, default=None, help="fixed thread count (default: all cores)")
     p.add_argument(
         "--clock",
@@ -1434,18 +1479,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="wall: real latency (quiet machine); thread_cpu: CPU time of the timed thread, robust to other "
         "jobs on a shared machine (needs --threads 1)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random subnets and the visiting order")
     p.add_argument(
         "--out",
         required=True,
         help="profile CSV; an existing one is extended (resume) with the same backend, batch size, precision, "
         "clock, threads, input channels, device name, CPU/GPU model and torch version (and onnxruntime or CUDA "
-        "version for those backends); other values are refused (write a new file), while other --repeats, "
+        "version for those backends) and, for int8, the same quantization of the graphs; other values are "
+        "refused (write a new file), while other --repeats, "
         "--rounds or --warmup are allowed and recorded per run",
     )
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("fit", help="fit a latency predictor on a profile; prints held-out error")
+    p = command("fit", help="fit a latency predictor on a profile; prints held-out error")
     p.add_argument(
         "profile",
         help="profile CSV made by `nas profile`, or the name of a built-in profile (`nas profiles`, e.g. "
@@ -1474,8 +1520,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the module that defines the profile's space, when it is one of your own (e.g. examples.custom_space); "
         "built-in spaces are found from the name the profile records",
     )
-    p.add_argument("--test-fraction", type=float, default=0.25)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.25,
+        help="share of the profile's configs held out to score the predictor (default 0.25; 0: none)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split and the fit")
     p.add_argument(
         "--keep-degenerate",
         action="store_true",
@@ -1489,7 +1540,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("search", help="multi-objective search; one Pareto front per --target")
+    p = command("search", help="multi-objective search; one Pareto front per --target")
     p.add_argument(
         "--space",
         required=True,
@@ -1512,8 +1563,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", action="append", help="extra objective: macs, params or model_bytes")
     p.add_argument("--constraint", action="append", help="e.g. 'latency@raspi4<=5ms' (repeatable)")
     p.add_argument("--algorithm", default="linas", help="random, nsga2, agemoea, nsga3, tpe, gp or linas")
-    p.add_argument("--budget", type=int, default=250, help="real evaluations, counted exactly")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget", type=int, default=250, help="real evaluations, counted exactly (default 250)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the searcher (default 0)")
     p.add_argument(
         "--searcher-option",
         action="append",
@@ -1526,7 +1577,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size", type=int, help="configs proposed per round (default: the searcher's own; linas: 10)"
     )
-    p.add_argument("--backend", default="local", choices=("local", "ray"))
+    p.add_argument(
+        "--backend",
+        default="local",
+        choices=("local", "ray"),
+        help="local: evaluate in this process (default); ray: as Ray Tune trials (a local Ray unless "
+        "--ray-address)",
+    )
     p.add_argument(
         "--ray-address", help="Ray cluster address (implies --backend ray); 'auto' for the local one"
     )
@@ -1547,7 +1604,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("report", help="Pareto plots, hypervolume curves and an HTML page for a search store")
+    p = command("report", help="Pareto plots, hypervolume curves and an HTML page for a search store")
     p.add_argument("store", help="sqlite:///runs/search.db or runs/search.db")
     p.add_argument(
         "--out",
@@ -1558,7 +1615,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser(
+    p = command(
         "export",
         help="export the most accurate Pareto-optimal subnet within a latency bound",
         description="Export the most accurate Pareto-optimal subnet of a search (within --max-latency on "
@@ -1567,7 +1624,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("store", help="the search store")
     p.add_argument("--target", help="hardware target of the front (default: the run's first)")
-    p.add_argument("--max-latency", help="e.g. 4ms")
+    p.add_argument(
+        "--max-latency", help="latency bound on --target's front: 4ms, 0.5s or 800us (a bare number is ms)"
+    )
     p.add_argument("--supernet", help="supernet run directory (default: the one the search used)")
     p.add_argument(
         "--data-root",
@@ -1625,6 +1684,36 @@ RESUME_HINTS = {
 }
 
 
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (writing to it raises ``BrokenPipeError``)."""
+    import select
+
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    except (OSError, ValueError):  # closed or unusable otherwise: not a reader that went away
+        return False
+    # Nothing was left to flush (the failed write dropped it): ask the pipe. A pipe's write end whose reader
+    # closed reports POLLERR; a terminal, a file or a live pipe does not.
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor (captured output), or no poll()
+        return False
+
+
+def _report_error(args: argparse.Namespace, exc: BaseException) -> int:
+    """Bad input as one line on stderr, exit status 2 (called while handling ``exc``; ``NAS_DEBUG=1`` re-raises
+    it for the traceback)."""
+    if os.environ.get("NAS_DEBUG"):
+        raise exc
+    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    print(f"nas {args.command}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nas`` command."""
     parser = build_parser()
@@ -1634,6 +1723,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError as exc:
+        if not _stdout_closed():  # a connection of the command's own (a Ray or database socket): an error
+            return _report_error(args, exc)
+        # The reader went away (`nas profiles | head`): not bad input, so no "error: [Errno 32]" line (it is a
+        # ConnectionError, caught below otherwise). Python would complain again flushing stdout at exit.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command a pipe cut short
     except (
         CliError,
         ValueError,
@@ -1649,11 +1746,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # of the user's that lacks a method the command needs raises NotImplementedError naming it; an --out
         # that is a file where a folder belongs, or the reverse, raises one of the path errors): one line,
         # no traceback; NAS_DEBUG=1 shows where it came from.
-        if os.environ.get("NAS_DEBUG"):
-            raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"nas {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return _report_error(args, exc)
     except KeyboardInterrupt:
         print(f"nas {args.command}: interrupted{RESUME_HINTS.get(args.command, '')}", file=sys.stderr)
         return 130

@@ -127,7 +127,7 @@ def get(name: str) -> ModuleType:
 
 def _user_module(name: str) -> ModuleType:
     hint = (
-        f"built-in: {', '.join(_BUILTIN)}; or the dotted path of a module of your own that defines space() "
+        f"built-in: {', '.join(_BUILTIN)}; or the dotted path of a module of your own that defines space "
         "(and supernet() to train it), e.g. examples.custom_space"
     )
     if name.endswith(".py"):  # a file name: say which dotted path imports it
@@ -172,8 +172,9 @@ def _accepted(factory: Any, what: str, options: dict[str, Any], optional: dict[s
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     refused = [k for k in options if not (takes_any or k in params)]
     if refused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in refused)  # the nas train options they come from
         raise ValueError(
-            f"{what} takes no {', '.join(map(repr, refused))} argument; drop the matching option"
+            f"{what} takes no {', '.join(map(repr, refused))} argument; drop the matching option ({flags})"
         )
     kwargs = {**options, **{k: v for k, v in optional.items() if takes_any or k in params}}
     # A parameter without a default that is not passed would fail later as a bare TypeError.

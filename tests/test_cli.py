@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -41,6 +42,9 @@ def test_search_report_and_resume_on_nb201(tmp_path, capsys):
     assert len(SearchResult.load(str(db)).history) == 30
     assert main([*args, "--budget", "20", "--resume"]) == 2
     assert "already holds 30 evaluations" in capsys.readouterr().err
+    # without --resume: the flag to add is named (the library's resume=True alone meant nothing in a shell)
+    assert main([*args, "--budget", "30"]) == 2
+    assert "(nas search --resume) to continue it" in capsys.readouterr().err
     # ... and a refused resume with other targets leaves the run's recipe as it was
     other = ["search", "--space", "nb201", "--target", "fpga", "--algorithm", "random", "--store", str(db)]
     assert main([*other, "--quiet", "--budget", "25", "--resume"]) == 2
@@ -513,6 +517,7 @@ def test_export_re_estimates_batch_norm_on_the_data_the_search_recorded(tmp_path
     import search_spaces
     from nas import data as nas_data
     from nas.cli import _int8_calibration
+    from search_spaces import nb201
 
     db = tmp_path / "s.db"
     search = ["search", "--space", "nb201", "--target", "raspi4", "--algorithm", "random", "--budget", "3"]
@@ -535,7 +540,8 @@ def test_export_re_estimates_batch_norm_on_the_data_the_search_recorded(tmp_path
         return out
 
     monkeypatch.setattr(nas_data, "cifar10", cifar10)
-    monkeypatch.setattr(search_spaces, "load_trained", lambda run_dir: None)
+    # a stand-in with the searched space (nb201's), which export checks the supernet against
+    monkeypatch.setattr(search_spaces, "load_trained", lambda run_dir: SimpleNamespace(space=nb201.space))
     monkeypatch.setattr(nas.export, "export", export)
     argv = ["export", str(db), "--format", "safetensors", "--out", str(tmp_path / "m")]
     # a store from before searches recorded their data: the supernet's root, the default split
@@ -551,6 +557,30 @@ def test_export_re_estimates_batch_norm_on_the_data_the_search_recorded(tmp_path
     roots.clear()
     _int8_calibration(str(sn), {}, "/moved/cifar")
     assert roots == ["/moved/cifar", "/moved/cifar"]
+
+
+def test_export_of_a_tabular_run_or_with_another_spaces_supernet_says_so(tmp_path, monkeypatch, capsys):
+    import search_spaces
+    from search_spaces import mobilenetv3
+
+    db, out = tmp_path / "s.db", tmp_path / "m"
+    search = ["search", "--space", "nb201", "--target", "raspi4", "--algorithm", "random", "--budget", "2"]
+    assert main([*search, "--store", str(db), "--quiet"]) == 0
+    capsys.readouterr()
+    # nb201 has no weights: said so, rather than asking for a --supernet that cannot help
+    assert main(["export", str(db), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "this run searched nb201, a tabular space" in err and "pass --supernet" not in err, err
+    # a supernet of another space: named, not a KeyError about the config's dimensions deep in the export
+    net = mobilenetv3.supernet("small", in_channels=1)
+    monkeypatch.setattr(search_spaces, "load_trained", lambda run_dir: net)
+    assert main(["export", str(db), "--supernet", "sn", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "the supernet in sn is one of space 'mobilenetv3-small', not the space this run searched ('nb201')"
+        in err
+    )
+    assert not out.exists()
 
 
 def test_nas_train_takes_the_spaces_recipe_for_the_options_not_given(tmp_path, monkeypatch, capsys):
@@ -620,3 +650,82 @@ def test_nas_train_records_the_data_root_absolute(tmp_path, monkeypatch):
     )  # an old run
     assert main([*train, "--out", "run", "--resume"]) == 0
     assert json.loads(spec_file.read_text())["data_root"] == str(tmp_path / "cifar")
+
+
+def test_output_cut_short_by_a_pipe_is_not_reported_as_an_error(monkeypatch, capsys):
+    import nas.cli
+
+    class ClosedPipe:  # what `nas profiles | head -1` leaves print() writing to
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    def lost_connection(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    # a broken connection of the command's own, with stdout fine, is still an error
+    monkeypatch.setattr(nas.cli, "cmd_profiles", lost_connection)
+    assert main(["profiles"]) == 2
+    assert capsys.readouterr().err == "nas profiles: error: [Errno 32] Broken pipe\n"
+    monkeypatch.undo()
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["profiles"]) == 141  # 128 + SIGPIPE, as a shell reports it
+    assert "Broken pipe" not in capsys.readouterr().err  # it used to print "error: [Errno 32] Broken pipe"
+    monkeypatch.undo()
+
+    # a real pipe whose reader is gone before the command writes (`nas profiles | head -0`)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nas.cli", "profiles"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # long before the command has imported what it needs and prints
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and err == "", err
+
+
+def test_search_says_why_a_front_is_empty(capsys):
+    args = ["search", "--space", "nb201", "--target", "raspi4", "--algorithm", "random", "--budget", "3"]
+    assert main([*args, "--constraint", "latency@raspi4<=0.001ms", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front for raspi4: 0 of 3 evaluations" in out and "Empty DataFrame" not in out, out
+    assert (
+        "no evaluation is on it: of 3, 0 failed, 3 broke a constraint and 0 lack a value of accuracy" in out
+    )
+
+
+def test_every_command_and_option_explains_itself_in_help():
+    import argparse
+
+    from nas.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        assert command.description, f"nas {name} --help says nothing about what the command does"
+        silent = [a.option_strings or [a.dest] for a in command._actions if not a.help]
+        assert not silent, f"nas {name} --help leaves these options unexplained: {silent}"
+
+
+def test_profile_settings_that_do_not_go_together_name_the_flags(tmp_path, capsys):
+    base = ["profile", "--samples", "1", "--out", str(tmp_path / "p.csv")]
+    assert (
+        main([*base, "--clock", "thread_cpu"]) == 2
+    )  # no --threads: "threads=None" alone told a shell user little
+    assert (
+        "(nas profile --clock thread_cpu --threads 1); got backend='torch', threads=None"
+        in capsys.readouterr().err
+    )
+    assert main([*base, "--precision", "int8"]) == 2
+    assert (
+        "nas profile --backend onnxruntime --precision int8); got backend='torch'" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_fit_refuses_an_unknown_kind_before_it_starts(capsys):
+    assert main(["fit", "raspi4", "--kind", "gdbt", "--out", "never.json"]) == 2
+    err = capsys.readouterr().err
+    assert err == "nas fit: error: unknown predictor kind 'gdbt'; use one of " + (
+        "['auto', 'ridge', 'gbdt', 'mlp', 'lut', 'ensemble']\n"
+    ), err  # no progress bar, no "left out 341 degenerate configs" line before it

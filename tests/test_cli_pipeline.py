@@ -338,12 +338,13 @@ def test_export_measure_times_the_export_as_the_target_was_measured(run_dir, tmp
     # above --max-latency: a warning, not a failure
     assert main([*export, "--max-latency", f"{bound!r}ms", "--out", str(out)]) == 0
     std = capsys.readouterr()
-    assert f"measured {bound + 1:.3f} ms on this machine (torch, batch 1, 1 thread; median of 30" in std.out
+    # the predictor's profile's effort too (2 repeats in 1 round), not nas profile's defaults (30 in 3)
+    assert f"measured {bound + 1:.3f} ms on this machine (torch, batch 1, 1 thread; median of 2," in std.out
     assert f"predicted {bound:.3f} ms (" in std.out
     assert "is above --max-latency" in std.err and "another machine" not in std.err
     m = json.loads((out / "manifest.json").read_text())["measured_latency"]
     profiled = json.loads((tmp_path / "cpu.csv.meta.json").read_text())["metadata"]
-    for key in ("backend", "precision", "batch_size", "threads", "clock", "in_channels"):
+    for key in ("backend", "precision", "batch_size", "threads", "clock", "in_channels", "repeats", "rounds"):
         assert m["settings"][key] == profiled[key]
     assert m["measured_ms"] == bound + 1.0 and m["predicted_ms"] == bound and not m["within_max_latency"]
     assert m["target"] == "cpu" and m["other_machine"] is None

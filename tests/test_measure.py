@@ -695,6 +695,36 @@ def test_measure_export_compares_the_predicted_statistic_and_keeps_the_export_lo
     assert machine_difference({"backend": "torch"}, {"cpu": "B"}) is None  # not recorded: cannot tell
 
 
+def test_measure_export_says_when_the_targets_int8_graphs_were_quantized_otherwise(tmp_path):
+    """A vit int8 profile measured before attention graphs were quantized weight ops only times other graphs
+    than nas exports now; the measurement says so rather than comparing them silently."""
+    pytest.importorskip("onnxruntime")
+    from nas.export import export
+    from nas.hw.export_check import RECORDED_KEYS, measure_export
+    from search_spaces import mobilenetv3
+
+    net = mobilenetv3.supernet("small", in_channels=1)
+    out = export(net, net.space.min(), tmp_path / "m", formats=("safetensors",))
+    meta = {
+        "backend": "onnxruntime",
+        "precision": "int8",
+        "threads": 1,
+        "repeats": 1,
+        "rounds": 1,
+        "warmup": 0,
+    }
+    # a conv graph is quantized as "all", as the target's were: nothing to say
+    m = measure_export(out, {**meta, "int8_quantize": "all"}, record=False)
+    assert m["settings"]["int8_quantize"] == "all" and m["other_quantization"] is None
+    m = measure_export(out, {**meta, "int8_quantize": "weights"}, record=False)
+    assert (
+        m["other_quantization"]
+        == "int8 graphs quantized as 'all' (what nas does now), not 'weights' as the target's were"
+    )
+    # a target recorded by nas search (or a predictor's provenance) keeps what its profile quantized
+    assert "int8_quantize" in RECORDED_KEYS and "int8_quantize" in cli_hooks._PROVENANCE_DEVICE_KEYS
+
+
 def test_run_fit_with_one_held_out_config_saves_its_undefined_tau_as_null(tmp_path, capsys) -> None:
     """Kendall's tau of one held-out config is NaN, which JSON cannot hold: the fit of a 4-row profile crashed
     on save ("Out of range float values are not JSON compliant") after fitting."""

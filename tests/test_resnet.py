@@ -339,7 +339,10 @@ def test_bad_configs_and_presets_raise_useful_errors(small_net):
         resnet.Preset("odd", (32,), 16, 1, False, (32, 64), (1,), (1, 2), 0.0)
     with pytest.raises(ValueError, match="pass projection=True"):
         resnet.ElasticBottleneck(16, 32)
-    with pytest.raises(ValueError, match="takes no 'kernel_transform'"):
+    with pytest.raises(
+        ValueError,
+        match=r"takes no 'kernel_transform' argument; drop the matching option \(--kernel-transform\)",
+    ):
         import search_spaces
 
         search_spaces.supernet_kwargs("resnet", {"kernel_transform": True})

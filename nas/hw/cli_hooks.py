@@ -490,6 +490,11 @@ _PROVENANCE_DEVICE_KEYS = (
     "clock",
     "in_channels",
     "dataset",
+    # the measurement effort, so that `nas export --measure` repeats a predictor's profile as it was measured
+    "warmup",
+    "repeats",
+    "rounds",
+    "int8_quantize",
     "measured_at",
 )
 
@@ -721,6 +726,10 @@ def run_fit(
     """
     if not 0.0 <= float(test_fraction) < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+    import predictors
+
+    if kind not in predictors.KINDS:  # before the profile is read and a progress bar drawn
+        raise ValueError(f"unknown predictor kind {kind!r}; use one of {list(predictors.KINDS)}")
     prof = Profile.load(profile_path)  # ProfileFormatError names the file and the fault
     if space is None:
         space = resolve_profile_space(prof, resolve_space)

@@ -26,7 +26,14 @@ from typing import Any
 
 from nas.atomic import write_text
 
-__all__ = ["MANIFEST_KEY", "RECORDED_KEYS", "machine_difference", "measure_export", "measurement_settings"]
+__all__ = [
+    "MANIFEST_KEY",
+    "RECORDED_KEYS",
+    "machine_difference",
+    "measure_export",
+    "measurement_settings",
+    "quantization_difference",
+]
 
 #: The manifest entry :func:`measure_export` writes.
 MANIFEST_KEY = "measured_latency"
@@ -46,12 +53,13 @@ RECORDED_KEYS = (
     "warmup",
     "repeats",
     "rounds",
+    "int8_quantize",
     "measured_at",
 )
 # The statistic of the repeats that each profile column holds (nas fit --metric picks one to predict).
 _STATISTICS = {"latency_ms": "median", "latency_p10_ms": "p10", "latency_min_ms": "min"}
-# The measurement effort when a target does not record its own (predictors record only the settings): the
-# defaults of `nas profile`.
+# The measurement effort when a target does not record its own (a predictor fitted before `nas fit` recorded
+# it): the defaults of `nas profile`.
 _DEFAULT_EFFORT = {"warmup": 3, "repeats": 30, "rounds": 3}
 
 
@@ -139,6 +147,21 @@ def measurement_settings(
     return settings
 
 
+def quantization_difference(metadata: Mapping[str, Any], here: Mapping[str, Any]) -> str | None:
+    """How the int8 graph measured ``here`` was quantized differently from the one ``metadata`` records
+    (``int8_quantize``: a vit int8 profile from before attention graphs were quantized weight ops only), in
+    words; ``None`` when alike, for fp32, or when the target does not record it.
+
+    Example:
+        >>> quantization_difference({"int8_quantize": "all"}, {"int8_quantize": "weights"})
+        "int8 graphs quantized as 'weights' (what nas does now), not 'all' as the target's were"
+    """
+    theirs, ours = metadata.get("int8_quantize"), here.get("int8_quantize")
+    if theirs is None or ours is None or theirs == ours:
+        return None
+    return f"int8 graphs quantized as {ours!r} (what nas does now), not {theirs!r} as the target's were"
+
+
 def machine_difference(metadata: Mapping[str, Any], here: Mapping[str, Any]) -> str | None:
     """How this machine (``here``: :func:`nas.hw.device_metadata`) differs from the one ``metadata`` was
     measured on, in words; ``None`` when it is the same model of CPU (of GPU, for ``cuda``) or cannot be told.
@@ -175,7 +198,8 @@ def measure_export(
     Returns:
         ``measured_ms`` (the statistic), ``median_ms``, ``iqr_ms``, ``n`` (timed calls), ``settings``,
         ``machine`` (this one: device, CPU, GPU), ``target_machine`` (as recorded), ``other_machine`` (how the
-        two differ, or ``None``), and when given ``predicted_ms`` with ``difference`` (measured / predicted - 1),
+        two differ, or ``None``), ``other_quantization`` (how the measured int8 graph's quantization differs
+        from the target's, or ``None``), and when given ``predicted_ms`` with ``difference`` (measured / predicted - 1),
         ``max_latency_ms`` with ``within_max_latency``, and ``target``.
 
     Example:
@@ -222,6 +246,8 @@ def measure_export(
     }[metric]
     settings["threads"] = meta["threads"]  # as used (None: the library's default here)
     settings["in_channels"] = meta.get("in_channels", settings["in_channels"])
+    if "int8_quantize" in meta:
+        settings["int8_quantize"] = meta["int8_quantize"]
     result: dict[str, Any] = {
         **({"target": target} if target else {}),
         "measured_ms": value,
@@ -232,6 +258,7 @@ def measure_export(
         "machine": {k: meta[k] for k in ("device", "cpu", "gpu") if k in meta},
         "target_machine": {k: metadata[k] for k in ("device", "hardware", "cpu", "gpu") if k in metadata},
         "other_machine": machine_difference(metadata, meta),
+        "other_quantization": quantization_difference(metadata, meta),
         "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     if predicted_ms is not None:

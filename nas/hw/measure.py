@@ -392,14 +392,16 @@ def check_settings(
         raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
     if precision == "int8" and backend != "onnxruntime":
         raise ValueError(
-            f"precision='int8' is measured with backend='onnxruntime' (QDQ int8 kernels); got backend={backend!r}"
+            f"precision='int8' is measured with backend='onnxruntime' (QDQ int8 kernels; nas profile --backend "
+            f"onnxruntime --precision int8); got backend={backend!r}"
         )
     if clock not in CLOCKS:
         raise ValueError(f"unknown clock {clock!r}; choose one of {list(CLOCKS)}")
     if clock == "thread_cpu" and (backend == "cuda" or threads != 1):
         raise ValueError(
             "clock='thread_cpu' counts only the calling thread's CPU time, so it needs a CPU backend "
-            f"('torch' or 'onnxruntime') and threads=1; got backend={backend!r}, threads={threads!r}"
+            f"('torch' or 'onnxruntime') and threads=1 (nas profile --clock thread_cpu --threads 1); got "
+            f"backend={backend!r}, threads={threads!r}"
         )
     if backend == "cuda" and not torch.cuda.is_available():
         raise BackendUnavailableError(

@@ -113,7 +113,7 @@ class Store:
         if not resume:
             raise StoreMismatchError(
                 f"store {self.url} already holds a run ({stored.get('algorithm')} on {stored.get('space')}, "
-                f"{n_done} evaluations); pass resume=True to continue it or use a new store"
+                f"{n_done} evaluations); pass resume=True (nas search --resume) to continue it or use a new store"
             )
         wanted = json.loads(json.dumps(dict(meta), sort_keys=True))  # same JSON normalisation as stored
         diffs = [
