@@ -136,6 +136,13 @@ def test_profile_int8_onnxruntime_and_measurement_settings(run_dir, tmp_path, ca
         assert main([*bad_args, "--backend", "cuda"]) == 2
         assert "backend='cuda' needs a CUDA GPU" in capsys.readouterr().err
         assert not bad.exists()
+    else:  # on a GPU the same command measures there and says which GPU it was
+        gpu_out = tmp_path / "gpu.csv"
+        cuda_args = ["profile", "--supernet", str(run_dir), "--samples", "2", "--out", str(gpu_out)]
+        assert main([*cuda_args, "--repeats", "4", "--rounds", "2", "--backend", "cuda"]) == 0
+        prof = Profile.load(gpu_out)
+        assert len(prof) == 2 and prof.metadata["backend"] == "cuda"
+        assert prof.metadata["gpu"] == torch.cuda.get_device_name()
 
 
 def test_a_space_of_your_own_goes_through_the_whole_pipeline(tmp_path, monkeypatch, capsys):

@@ -142,6 +142,33 @@ def test_backend_selection_without_gpu(monkeypatch):
             pareto.array_module("cupy")
 
 
+def _cupy_gpu() -> bool:
+    try:
+        import cupy
+
+        return bool(cupy.cuda.is_available())
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _cupy_gpu(), reason="needs cupy and a CUDA GPU")
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_cupy_backend_gives_the_numpy_answer(m):
+    """On a GPU the cupy path (sorting, dense ranks, divide and conquer) must give numpy's mask bit for bit,
+    ties and duplicate rows included, and ``auto`` must take it above the transfer threshold."""
+    rng = np.random.default_rng(m)
+    n = pareto._GPU_MIN_POINTS + 1234
+    F = rng.integers(0, 50, size=(n, m)).astype(np.float64)  # few values: many ties and duplicates
+    F[-100:] = F[:100]
+    expected = nondominated_mask(F, backend="numpy")
+    np.testing.assert_array_equal(nondominated_mask(F, backend="cupy"), expected)
+    assert pareto.array_module("auto", n=n).__name__ == "cupy"
+    np.testing.assert_array_equal(nondominated_mask(F, backend="auto"), expected)
+    if m >= 2:
+        ref = F.max(axis=0) + 1
+        assert hypervolume(F, ref, backend="cupy") == pytest.approx(hypervolume(F, ref, backend="numpy"))
+
+
 @pytest.mark.parametrize("failure", ["no device", "driver error"])
 def test_auto_backend_uses_numpy_when_cupy_imports_but_has_no_device(monkeypatch, failure):
     """cupy imports on machines without a GPU and fails only when used: ``auto`` must ask the driver and fall

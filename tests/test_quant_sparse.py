@@ -446,7 +446,7 @@ def test_fuse_for_int8_rewrites_hswish_and_se_pooling_without_changing_outputs()
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 5, 5])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 1, 1, 1])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     fused = onnx.ModelProto()
     fused.CopyFrom(model)
     assert fuse_for_int8(fused) == {"HardSwish": 1, "GlobalAveragePool": 1}
@@ -488,7 +488,7 @@ def _qdq_activation_graph(op: str, out_scale: float, out_zero: int, **attrs):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 8, 8])],
         initializer=inits,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 @pytest.mark.parametrize(
@@ -595,7 +595,7 @@ def test_crop_dead_taps_computes_the_same_function(size, stride, quantized, kern
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", c, size // stride, size // stride])],
         initializer=inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     cut = onnx.ModelProto()
     cut.CopyFrom(model)
     assert crop_dead_taps(cut) == int(kernel_after != [7, 7])
