@@ -460,6 +460,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.workers <= 1:  # a device this machine lacks: said before the data is read or anything written
+        from nas.train import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except ValueError as exc:
+            raise CliError(f"--device: {exc}") from None
     data_name = _data_name(args.data)
     train, _ = _dataset(nas_data, data_name, args.data_root, "train")
     val, _ = _dataset(nas_data, data_name, args.data_root, "val")
@@ -620,6 +627,7 @@ def _train(args: argparse.Namespace, net: Any, train: Any, val: Any, out: Path) 
         resume=args.resume,
         seed=args.seed,
         num_workers=args.workers,
+        device=args.device,
     )
 
 
@@ -836,7 +844,11 @@ def _objectives(args: argparse.Namespace, space: Any) -> tuple[list[Any], dict[s
         # Recorded so that `nas export` re-estimates batch norm on the images these accuracies were measured on.
         recipe.update(supernet=run_dir, dataset=data_name, data_root=root, held_out=held_out)
         objectives.append(
-            search.accuracy(_SupernetLoader(run_dir), _DataLoader(data_name, root, held_out), "accuracy")
+            search.accuracy(
+                _SupernetLoader(run_dir, device=_evaluation_device(args)),
+                _DataLoader(data_name, root, held_out),
+                "accuracy",
+            )
         )
     for target in args.target or []:
         label = target_label(target)
@@ -861,6 +873,19 @@ def _objectives(args: argparse.Namespace, space: Any) -> tuple[list[Any], dict[s
     return objectives, recipe
 
 
+def _evaluation_device(args: argparse.Namespace) -> str:
+    """``--device``, checked here unless Ray trials (which may run on other machines) resolve it."""
+    device = getattr(args, "device", None) or "auto"
+    if not (getattr(args, "backend", None) == "ray" or getattr(args, "ray_address", None)):
+        from nas.train import resolve_device
+
+        try:
+            resolve_device(device)
+        except ValueError as exc:
+            raise CliError(f"--device: {exc}") from None
+    return device
+
+
 def _search_data_root(given: str | None, data_name: str, spec: Mapping[str, Any]) -> str | None:
     """The data root a search reads: ``--data-root``, else the supernet's own when it searches the supernet's
     data; absolute, so that ``nas export`` finds it from any working directory."""
@@ -869,15 +894,20 @@ def _search_data_root(given: str | None, data_name: str, spec: Mapping[str, Any]
 
 
 class _SupernetLoader:
-    """Picklable zero-argument loader (Ray actors call it once each)."""
+    """Picklable zero-argument loader (Ray actors call it once each), on ``device`` when one is given."""
 
-    def __init__(self, run_dir: str):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: str, device: str | None = None):
+        self.run_dir, self.device = run_dir, device
 
     def __call__(self) -> Any:
         import search_spaces
 
-        return search_spaces.load_trained(self.run_dir)
+        net = search_spaces.load_trained(self.run_dir)
+        if self.device is not None:
+            from nas.train import resolve_device
+
+            net.to(resolve_device(self.device))
+        return net
 
     def __repr__(self) -> str:
         return f"supernet {self.run_dir}"
@@ -1398,6 +1428,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--n-random", type=int, default=2, help="random subnets per step besides max and min (default 2)"
     )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where to train: auto (default: the GPU when CUDA is available, else the CPU), cpu, cuda or "
+        "cuda:N; with --workers > 1, auto gives each worker a GPU when the Ray cluster has one per worker",
+    )
     add_sampling_arguments(p)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-distill", action="store_true", help="no in-place distillation from the max subnet")
@@ -1593,6 +1629,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="evaluations at once (default 1): threads of this process, each with its own copy of the supernet, "
         "or Ray trials with --backend ray / --ray-address",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where subnets' accuracy is measured: auto (default: the GPU when CUDA is available, else the CPU), "
+        "cpu, cuda or cuda:N; Ray trials resolve auto on the machine they run on",
     )
     p.add_argument("--store", help="sqlite:///path.db, postgresql://..., or a path (default: in memory)")
     p.add_argument(

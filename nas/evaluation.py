@@ -43,6 +43,7 @@ __all__ = [
     "CALIB_BATCH_SIZE",
     "bn_calibration",
     "channels_last_on_cpu",
+    "device_of",
     "evaluate_subnet",
     "recalibrate_bn",
 ]
@@ -167,6 +168,17 @@ def channels_last_on_cpu(net: nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
+def device_of(net: nn.Module) -> torch.device:
+    """The device ``net``'s parameters live on (the CPU for a net without any): where its inputs must go.
+
+    Example:
+        >>> device_of(nn.Linear(2, 2)).type
+        'cpu'
+    """
+    param = next(net.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def recalibrate_bn(
     net: nn.Module,
     calib_x: torch.Tensor,
@@ -205,10 +217,12 @@ def recalibrate_bn(
     n = min(len(calib_x), batches * batch_size)
     if n < len(calib_x):
         calib_x = calib_x[torch.randperm(len(calib_x), generator=torch.Generator().manual_seed(0))[:n]]
+    device = device_of(net)
     for xb in torch.tensor_split(calib_x[:n], -(-n // batch_size)) if n else ():
         used += len(xb)
         for m in layers:  # this batch's share of the images so far: a size-weighted cumulative average
             m.momentum = len(xb) / used
+        xb = xb.to(device, non_blocking=True)
         net(resize_to(xb, cfg) if cfg is not None and "resolution" in cfg else xb)
     net.eval()
     return used
@@ -229,7 +243,9 @@ def evaluate_subnet(
     """Top-1 accuracy in percent of subnet ``cfg`` of supernet ``net`` on ``data``.
 
     Args:
-        net: a :class:`nas.Supernet`; its active config, buffers and mode are restored afterwards.
+        net: a :class:`nas.Supernet`; its active config, buffers and mode are restored afterwards. It runs
+            where its weights are (``net.cuda()`` evaluates on the GPU); the data may stay on the CPU: each
+            batch is moved to the net's device.
         cfg: the subnet (validated and canonicalised by ``net.activate``).
         data: a ``TensorDataset`` (images, labels) or an ``(images, labels)`` pair at any resolution; images
             are resized to the subnet's resolution.
@@ -260,11 +276,13 @@ def evaluate_subnet(
                 recalibrate_bn(net, calib_x, active, calib_batches, calib_batch_size)
             net.eval()
             correct = 0
+            device = device_of(net)
             for start in range(0, len(x), batch_size):
-                xb = x[start : start + batch_size]
+                xb = x[start : start + batch_size].to(device, non_blocking=True)
                 if active is not None and "resolution" in active:
                     xb = resize_to(xb, active)
-                correct += int((net(xb).argmax(1) == y[start : start + batch_size]).sum())
+                predicted = net(xb).argmax(1).cpu()
+                correct += int((predicted == y[start : start + batch_size]).sum())
         finally:
             if previous is not None and hasattr(net, "activate"):
                 net.activate(previous)

@@ -143,6 +143,16 @@ def test_an_out_of_the_wrong_kind_gets_a_one_line_error(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "runs", "s.db", "s.db.nas.json"]
 
 
+def test_train_refuses_a_device_this_machine_lacks_before_writing(tmp_path, capsys):
+    import torch
+
+    missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--epochs", "1", "--device", missing, "--out", str(run)]) == 2
+    assert "--device: device=" in capsys.readouterr().err
+    assert not run.exists()
+
+
 def test_train_protects_an_existing_run(tmp_path, capsys):
     """A run directory's spec says what its weights are: never rewritten, never trained over by a fresh start."""
     run = tmp_path / "run"

@@ -69,6 +69,11 @@ def test_profile_fit_search_export(run_dir, tmp_path, capsys):
     assert main([*args[:7], "--preset", "imagenet", "--budget", "2", "--store", str(other), "--quiet"]) == 2
     assert "trained with --preset small, not --preset imagenet" in capsys.readouterr().err
     assert not other.exists()
+    # so is a --device this machine lacks, before the first evaluation
+    missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    assert main([*args[:7], "--device", missing, "--budget", "2", "--store", str(other), "--quiet"]) == 2
+    assert "--device: device=" in capsys.readouterr().err
+    assert not other.exists()
     out = tmp_path / "model"
     assert main(["export", str(db), "--max-latency", "1s", "--format", "safetensors", "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())

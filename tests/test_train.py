@@ -28,7 +28,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-FAST = {"batch_size": 32, "progress": False, "checkpoint_every": 3, "channels_last": False}
+FAST = {"batch_size": 32, "progress": False, "checkpoint_every": 3, "channels_last": False, "device": "cpu"}
 
 
 def _weights(net):
@@ -347,7 +347,7 @@ def test_kill_9_mid_epoch_and_resume_in_a_new_process(tmp_path):
         torch.manual_seed(0)
         net = TinySupernet()
         train_supernet(net, tiny_data(256), epochs=2, lr=0.1, out_dir=sys.argv[1], resume=sys.argv[3] == "1",
-                       batch_size=32, progress=False, checkpoint_every=3, channels_last=False)
+                       batch_size=32, progress=False, checkpoint_every=3, channels_last=False, device="cpu")
         """
     )
     path = tmp_path / "child.py"
@@ -722,3 +722,59 @@ def test_two_data_parallel_workers_update_like_one_process_with_both_batches(tmp
     assert set(one) == set(two)
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_device_is_checked_before_anything_is_written(tmp_path):
+    from nas.train import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="not a torch device"):
+        resolve_device("gpu0")
+    with pytest.raises(ValueError, match="trains on 'cpu' or 'cuda'"):
+        resolve_device("meta")
+    # a GPU this machine does not have: no CUDA at all, or an index past the last one
+    missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    with pytest.raises(ValueError, match="CUDA GPU"):
+        train_supernet(
+            TinySupernet(), tiny_data(64), out_dir=tmp_path / "run", device=missing, progress=False
+        )
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="one GPU per worker"):
+        train_supernet(
+            TinySupernet(), tiny_data(64), out_dir=tmp_path / "run", device="cuda:0", num_workers=2
+        )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_trains_and_resumes_on_the_gpu(tmp_path):
+    """The net, each batch and the validation run on the GPU; checkpoints load back on the CPU and the GPU."""
+    data, val = tiny_data(256), tiny_data(100, seed=1)
+    torch.manual_seed(0)
+    net = TinySupernet()
+    kw = {**FAST, "device": "cuda", "channels_last": True, "epochs": 3, "lr": 0.1, "val_data": val}
+    with pytest.raises(RuntimeError, match="injected"):
+        train_supernet(net, data, out_dir=tmp_path, _fail_at_step=11, **kw)
+    resumed = TinySupernet()
+    result = train_supernet(resumed, data, out_dir=tmp_path, resume=True, **kw)
+    assert result.steps == 24 and all(p.device.type == "cuda" for p in resumed.parameters())
+    summary = json.loads((tmp_path / "train.json").read_text())
+    assert summary["device"] == torch.cuda.get_device_name()
+    assert result.val_accuracy["max"] > 50  # the patches are easy: a net that trained on the GPU learnt them
+    on_cpu = load_weights(TinySupernet(), tmp_path)
+    cfg = on_cpu.space.max()
+    acc_cpu = evaluate_subnet(on_cpu, cfg, val, calib_data=data)
+    acc_gpu = evaluate_subnet(resumed, cfg, val, calib_data=data)  # CPU data, GPU net
+    assert abs(acc_cpu - acc_gpu) <= 2.0  # the same weights; float sums may flip an example or two
+
+
+def test_ray_workers_take_gpus_only_one_each():
+    """NCCL cannot share a GPU between workers, and Ray Train waits forever for GPUs a cluster lacks."""
+    from nas.train.ray_launcher import workers_use_gpu
+
+    assert workers_use_gpu("auto", 2, 2) and workers_use_gpu("cuda", 4, 2)
+    assert not workers_use_gpu("auto", 0, 2) and not workers_use_gpu("cpu", 8, 2)
+    with pytest.warns(UserWarning, match="1 GPU.*for 2 workers.*training on CPUs"):
+        assert not workers_use_gpu("auto", 1, 2)
+    with pytest.raises(ValueError, match="needs one GPU per worker, and the Ray cluster has 1"):
+        workers_use_gpu("cuda", 1, 2)

@@ -8,7 +8,7 @@ Example:
 
 from nas.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from nas.train.strategies import STRATEGIES, Strategy, SubnetTask, make_strategy, register_strategy
-from nas.train.trainer import TrainConfig, TrainResult, recipe_for, train_supernet
+from nas.train.trainer import TrainConfig, TrainResult, recipe_for, resolve_device, train_supernet
 
 __all__ = [
     "STRATEGIES",
@@ -21,6 +21,7 @@ __all__ = [
     "make_strategy",
     "recipe_for",
     "register_strategy",
+    "resolve_device",
     "save_checkpoint",
     "save_weights",
     "train_supernet",

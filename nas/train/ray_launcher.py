@@ -14,22 +14,26 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["run_on_ray"]
+__all__ = ["run_on_ray", "workers_use_gpu"]
 
 
 def _worker(config: dict[str, Any]) -> None:
     import ray.train
+    import ray.train.torch
     import torch.distributed as dist
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
+    # Ray Train gives each GPU worker its own device (CUDA_VISIBLE_DEVICES) and says which one.
+    device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
     sync = config["sync_cls"](rank, world)
     if not dist.is_initialized():  # pragma: no cover - Ray Train sets the process group up
         raise RuntimeError("Ray Train did not initialise torch.distributed")
@@ -43,10 +47,40 @@ def _worker(config: dict[str, Any]) -> None:
         config["resume"],
         config["progress"],
         sync,
+        device=device,
     )
     # Every worker must report: in Ray Train v2 report() is a barrier across the workers (only rank 0's
     # metrics are kept); a report from rank 0 alone waits forever for the others.
     ray.train.report({"steps": result.steps, "seconds": result.seconds, **result.val_accuracy})
+
+
+def workers_use_gpu(device: str, gpus: int, num_workers: int) -> bool:
+    """Whether the workers train on GPUs (one each, nccl) rather than CPUs (gloo), for the ``device`` asked for.
+
+    ``"auto"`` takes GPUs when the cluster has one per worker, and otherwise trains on CPUs with a warning when
+    it has some (NCCL cannot share one GPU between two workers); ``"cuda"`` requires one per worker.
+
+    Example:
+        >>> workers_use_gpu("auto", 0, 2), workers_use_gpu("auto", 4, 2), workers_use_gpu("cpu", 4, 2)
+        (False, True, False)
+    """
+    if device == "cpu":
+        return False
+    if gpus >= num_workers:
+        return True
+    if device == "cuda":
+        raise ValueError(
+            f"device='cuda' with {num_workers} workers needs one GPU per worker, and the Ray cluster has {gpus}; "
+            f"use num_workers={gpus} or fewer{' (or 1: no Ray)' if gpus else ''}, or device='cpu'"
+        )
+    if gpus:
+        warnings.warn(
+            f"the Ray cluster has {gpus} GPU(s) for {num_workers} workers, and each worker needs its own: "
+            f"training on CPUs (gloo). Use num_workers={gpus} to train on the GPUs (1: without Ray), or "
+            "device='cpu' to silence this",
+            stacklevel=3,
+        )
+    return False
 
 
 def run_on_ray(
@@ -62,6 +96,7 @@ def run_on_ray(
     address: str | None,
     run: Any,
     sync_cls: Any,
+    device: str = "auto",
 ) -> Any:
     """Train with ``num_workers`` Ray Train workers; returns the worker-0 :class:`TrainResult`."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -97,9 +132,9 @@ def run_on_ray(
                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}},
             )
         started_here = True
-    use_gpu = torch.cuda.is_available() and address is None
     threads = max(1, (os.cpu_count() or 1) // num_workers)
     try:
+        use_gpu = workers_use_gpu(device, int(ray.cluster_resources().get("GPU", 0)), num_workers)
         cpus = ray.cluster_resources().get("CPU", 0)
         if cpus < num_workers:
             # Ray Train would wait for the missing CPUs forever, with no message.
@@ -121,6 +156,7 @@ def run_on_ray(
                 "run": run,
                 "sync_cls": sync_cls,
                 "threads": threads,
+                "use_gpu": use_gpu,
             },
             scaling_config=ScalingConfig(
                 num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}

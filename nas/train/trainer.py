@@ -57,7 +57,7 @@ from nas.train.checkpoint import (
 )
 from nas.train.strategies import STRATEGIES, Strategy, make_strategy
 
-__all__ = ["TrainConfig", "TrainResult", "train_supernet"]
+__all__ = ["TrainConfig", "TrainResult", "resolve_device", "train_supernet"]
 
 METRICS = "metrics.jsonl"
 SUMMARY = "train.json"
@@ -177,6 +177,39 @@ def _step_rng(seed: int, step: int) -> np.random.Generator:
     return np.random.default_rng([seed, 2, step])
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The torch device ``device`` names: ``"auto"`` is the GPU when CUDA is available, else the CPU.
+
+    Raises ``ValueError`` for a device this machine does not have, naming what it has.
+
+    Example:
+        >>> resolve_device("cpu").type
+        'cpu'
+        >>> resolve_device("auto").type in ("cpu", "cuda")
+        True
+    """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a torch device; use 'auto', 'cpu' or 'cuda'") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device!r}, but this machine has no CUDA GPU (torch {torch.__version__}, "
+                f"torch.cuda.is_available() is False); use device='cpu' or 'auto'"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r}, but this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
+    elif resolved.type != "cpu":
+        raise ValueError(f"device={device!r}: nas trains on 'cpu' or 'cuda' ('auto' picks)")
+    return resolved
+
+
 def _tensors(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     from nas.evaluation import _kind_of, check_images_and_labels
 
@@ -231,8 +264,10 @@ def _run(
     progress: bool,
     sync: _Sync,
     fail_at_step: int | None = None,
+    device: torch.device | None = None,
 ) -> TrainResult:
     started = time.perf_counter()
+    device = device or torch.device("cpu")
     is_main = sync.rank == 0
     # Each worker takes every world-th example of the epoch's permutation.
     shard = len(x) // sync.world
@@ -245,6 +280,7 @@ def _run(
     total = steps_per_epoch * cfg.epochs
     options = {"num_random": cfg.n_random, **cfg.strategy_options}
     strategy: Strategy = make_strategy(cfg.strategy, net, total, **options)
+    net.to(device)  # before the optimizer is built: it holds the parameters it updates
     if cfg.channels_last:
         net.to(memory_format=torch.channels_last)
     net.train()
@@ -323,6 +359,9 @@ def _run(
             if cfg.augment:
                 gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + step)
                 xb = _affine(xb, gen) if cfg.augment == "affine" else _augment(xb, gen)
+            # Data stays in host memory and augmentation on the CPU (its generator makes it reproducible
+            # anywhere); each batch moves to the training device.
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             lr = _lr_at(cfg, step, total, steps_per_epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -359,6 +398,7 @@ def _run(
             "steps": step,
             "seconds": seconds,
             "session_seconds": time.perf_counter() - started,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "val_accuracy": val_acc,
         }
         atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2))
@@ -622,6 +662,7 @@ def train_supernet(
     progress: bool = True,
     ray_address: str | None = None,
     overwrite: bool = False,
+    device: str | torch.device = "auto",
     **options: Any,
 ) -> TrainResult:
     """Train every subnet of ``net`` at once by weight sharing; resumable; data-parallel on Ray Train.
@@ -643,6 +684,11 @@ def train_supernet(
         num_workers: > 1 runs data-parallel workers on Ray Train (gloo on CPU, nccl on GPU), on a local Ray
             instance, or on the cluster at ``ray_address``; all workers train the same subnets each step.
         n_random: random subnets per step besides max and min (sandwich-like strategies).
+        device: where to train: ``"auto"`` (default: the GPU when CUDA is available, else the CPU), ``"cpu"``,
+            ``"cuda"`` or ``"cuda:N"``. ``net`` stays there afterwards. The data stays in host memory (each
+            batch is copied over). Only CPU runs are bit-for-bit reproducible (resumed or not); GPU kernels
+            may sum in a different order each run. With ``num_workers > 1`` ``"auto"`` gives each worker a GPU
+            when the Ray cluster has one per worker, else trains on CPUs (gloo); ``"cuda"`` requires them.
         checkpoint_every: also checkpoint every this many steps (checkpoints are written at epoch ends too).
         options: other :class:`TrainConfig` fields (``optimizer``, ``weight_decay``, ``label_smoothing``,
             ``augment``, ``channels_last``, ``warmup_epochs``, ``grad_clip``, ``distill_labels``,
@@ -667,6 +713,12 @@ def train_supernet(
         raise ValueError(f"epochs={epochs} must be >= 1 and batch_size={batch_size} >= 2 (batch norm)")
     if num_workers < 1:
         raise ValueError(f"num_workers={num_workers} must be >= 1")
+    # Checked before anything is written; with Ray the workers' devices are decided by the cluster's GPUs.
+    train_device = resolve_device(device) if num_workers == 1 else None
+    if num_workers > 1 and str(device) not in ("auto", "cpu", "cuda"):
+        raise ValueError(
+            f"device={device!r}: with num_workers > 1 use 'auto', 'cpu' or 'cuda' (one GPU per worker)"
+        )
     phased = STRATEGIES[strategy].phase is not Strategy.phase
     if phased and getattr(type(net), "sort_channels", None) is Supernet.sort_channels:
         # Found now rather than at the first phase change, minutes or hours into the run.
@@ -711,7 +763,9 @@ def train_supernet(
         for name in (CHECKPOINT, METRICS):
             (out / name).unlink(missing_ok=True)
     if num_workers == 1:
-        return _run(net, x, y, val, cfg, out, resume, progress, _Sync(), fail_at_step)
+        return _run(net, x, y, val, cfg, out, resume, progress, _Sync(), fail_at_step, train_device)
     from nas.train.ray_launcher import run_on_ray
 
-    return run_on_ray(net, x, y, val, cfg, out, resume, progress, num_workers, ray_address, _run, _Sync)
+    return run_on_ray(
+        net, x, y, val, cfg, out, resume, progress, num_workers, ray_address, _run, _Sync, str(device)
+    )
