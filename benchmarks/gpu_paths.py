@@ -7,12 +7,13 @@ Three measurements, each skipped with a line saying why when this machine cannot
    transfer both ways and one warm-up call first), and whether both masks are identical.
 2. ``nas.semi_structured.to_semi_structured`` on the max subnet of the ``vit`` ``tiny`` preset (AutoFormer-T,
    224 px) whose ``nn.Linear`` weights were pruned to 2:4 by magnitude: latency of the dense float16 model and of
-   the 2:4 one per batch size (CUDA events, median of 20 after 5 warm-ups), and the largest logit difference.
+   the 2:4 one per batch size, run eagerly and replayed as CUDA graphs (``nas.semi_structured.latency_ms``:
+   CUDA events, median of 20 after 5 warm-ups), and the largest logit difference.
 3. ``nas.hw.profile(backend="cuda")`` on 8 random ``mobilenetv3`` ``small`` subnets: median latency, CV, and
    the same configs with the torch CPU backend for scale.
 
 Usage:
-    python benchmarks/gpu_paths.py [--sizes 10000 100000 1000000] [--batches 1 64 256] [--skip-profile]
+    python benchmarks/gpu_paths.py [--sizes 10000 100000 1000000] [--batches 1 64 256 1024] [--skip-profile]
 
 Writes benchmarks/results/gpu_paths.json (machine, GPU, versions, every number printed).
 """
@@ -73,20 +74,6 @@ def bench_pareto(sizes: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
-def _cuda_latency_ms(model: torch.nn.Module, x: torch.Tensor, warmup: int = 5, repeats: int = 20) -> float:
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            model(x)
-            end.record()
-            torch.cuda.synchronize()
-            if i >= warmup:
-                times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def bench_2to4(batches: list[int]) -> dict[str, Any]:
     if not semi_structured.cuda_supports_2to4():
         print("  skipped: needs an NVIDIA GPU of compute capability 8.0+")
@@ -110,19 +97,30 @@ def bench_2to4(batches: list[int]) -> dict[str, Any]:
         with torch.no_grad():
             diff = float((fast(x).float() - dense(x).float()).abs().max())
             scale = float(dense(x).float().abs().max())
-        t_dense, t_sparse = _cuda_latency_ms(dense, x), _cuda_latency_ms(fast, x)
-        rows.append(
-            {
-                "batch": b,
-                "dense_ms": t_dense,
-                "sparse_ms": t_sparse,
-                "max_abs_diff": diff,
-                "logit_scale": scale,
-            }
-        )
+        t_dense, t_sparse = semi_structured.latency_ms(dense, x), semi_structured.latency_ms(fast, x)
+        row = {
+            "batch": b,
+            "dense_ms": t_dense,
+            "sparse_ms": t_sparse,
+            "max_abs_diff": diff,
+            "logit_scale": scale,
+        }
+        try:
+            g_dense, g_sparse = semi_structured.CudaGraph(dense, x), semi_structured.CudaGraph(fast, x)
+            row["graph_dense_ms"] = semi_structured.latency_ms(g_dense, x)
+            row["graph_sparse_ms"] = semi_structured.latency_ms(g_sparse, x)
+            graphed = (
+                f"  | CUDA graphs: dense {row['graph_dense_ms']:8.3f} ms  2:4 {row['graph_sparse_ms']:8.3f} ms  "
+                f"x{row['graph_dense_ms'] / row['graph_sparse_ms']:5.2f}"
+            )
+            del g_dense, g_sparse
+        except RuntimeError as exc:
+            row["graph_error"] = str(exc)
+            graphed = f"  | CUDA graph capture failed: {str(exc)[:120]}"
+        rows.append(row)
         print(
-            f"  batch {b:>4}: dense fp16 {t_dense:8.3f} ms  2:4 {t_sparse:8.3f} ms  "
-            f"speed-up {t_dense / t_sparse:5.2f}x  max |diff| {diff:.4f} (logits up to {scale:.2f})",
+            f"  batch {b:>4}: eager dense fp16 {t_dense:8.3f} ms  2:4 {t_sparse:8.3f} ms  "
+            f"x{t_dense / t_sparse:5.2f}{graphed}  max |diff| {diff:.4f} (logits up to {scale:.2f})",
             flush=True,
         )
     return {"model": "vit tiny max", "converted": converted, "eligible": len(report), "rows": rows}
@@ -159,7 +157,7 @@ def bench_profile(n: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256, 1024])
     parser.add_argument("--configs", type=int, default=8, help="mobilenetv3 subnets to profile")
     parser.add_argument("--skip-profile", action="store_true")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "gpu_paths.json"))

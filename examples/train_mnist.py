@@ -58,6 +58,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
     p.add_argument("--workers", type=int, default=1, help="> 1: data-parallel on a local Ray instance")
     p.add_argument(
+        "--device", default="auto", help="auto (default: the GPU when CUDA is available), cpu, cuda or cuda:N"
+    )
+    p.add_argument(
         "--seed",
         type=int,
         help="seed of the initial weights, data order and subnet sampling (default: torch's fixed start-up "
@@ -97,6 +100,7 @@ def main() -> None:
         resume=args.resume,
         num_workers=args.workers,
         seed=0 if args.seed is None else args.seed,
+        device=args.device,
     )
     train_s = time.perf_counter() - t0
     print(f"trained {result.steps} steps in {train_s:.0f} s")
@@ -128,6 +132,7 @@ def main() -> None:
         "random": randoms,
         "train_seconds": train_s,
         "eval_seconds": time.perf_counter() - t0,
+        "device": torch.cuda.get_device_name() if next(net.parameters()).is_cuda else "cpu",
         "args": vars(args),
     }
     atomic_write_text(Path(args.out) / "eval.json", json.dumps(summary, indent=2))

@@ -762,7 +762,10 @@ def check_semi_structured(model: nn.Module, sample: torch.Tensor) -> dict[str, A
     ``None`` when no layer follows 2:4. Otherwise ``eligible`` lists them; on a CUDA GPU with sparse tensor
     cores (compute capability 8.0+) the model is also converted (:func:`nas.semi_structured.to_semi_structured`,
     float16) and ``layers`` says per layer whether it runs sparse, with ``max_abs_diff`` to the dense float16
-    model on ``sample``. Without such a GPU ``cuda`` is ``False`` and the exported files stay dense (with zeros).
+    model on ``sample``, and ``latency_ms`` / ``cuda_graph_latency_ms`` time the dense float16 and the 2:4 model
+    on ``sample`` run eagerly and replayed as CUDA graphs (:class:`nas.semi_structured.CudaGraph`; eager 2:4
+    layers pay a fixed host cost per call, see :mod:`nas.semi_structured`). Without such a GPU ``cuda`` is
+    ``False`` and the exported files stay dense (with zeros).
     """
     eligible = [name for name, _ in semi_structured.eligible_layers(model)]
     if not eligible:
@@ -776,6 +779,13 @@ def check_semi_structured(model: nn.Module, sample: torch.Tensor) -> dict[str, A
             entry["max_abs_diff"] = float((fast(x).float() - dense(x).float()).abs().max())
         entry["layers"] = report
         entry["device"] = torch.cuda.get_device_name()
+        timed = semi_structured.latency_ms
+        entry["latency_ms"] = {"dense": round(timed(dense, x), 4), "2:4": round(timed(fast, x), 4)}
+        try:
+            graphs = {"dense": semi_structured.CudaGraph(dense, x), "2:4": semi_structured.CudaGraph(fast, x)}
+            entry["cuda_graph_latency_ms"] = {name: round(timed(g, x), 4) for name, g in graphs.items()}
+        except RuntimeError as exc:  # a torch or cuSPARSELt build whose kernels cannot be captured
+            entry["cuda_graph_latency_ms"] = f"capture failed: {exc}"
     return entry
 
 

@@ -678,6 +678,9 @@ def test_export_manifest_lists_2to4_layers(qs_net, tmp_path):
     entry = json.loads((out / "manifest.json").read_text())["verification"]["semi_structured_2to4"]
     assert entry["eligible"] == ["stage2.0.expand.0", "stage2.0.project.0"]  # 32-bit: no ActQuant first
     assert entry["cuda"] == semi_structured.cuda_supports_2to4()
+    if entry["cuda"]:  # timed eagerly and as CUDA graphs, dense and 2:4
+        assert set(entry["latency_ms"]) == {"dense", "2:4"} and min(entry["latency_ms"].values()) > 0
+        assert isinstance(entry["cuda_graph_latency_ms"], dict), entry["cuda_graph_latency_ms"]
     dense = export(qs_net, space.max(), tmp_path / "d", formats=("safetensors",))
     assert "semi_structured_2to4" not in json.loads((dense / "manifest.json").read_text())["verification"]
 
@@ -700,3 +703,10 @@ def test_2to4_layers_run_on_sparse_tensor_cores(qs_net):
     dense = model.to(device="cuda", dtype=torch.float16)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), dense(x), rtol=2e-2, atol=2e-2)
+        # replayed as a CUDA graph (what makes 2:4 pay off): the same outputs, for new inputs too
+        graphed = semi_structured.CudaGraph(fast, x)
+        x2 = torch.randn_like(x)
+        torch.testing.assert_close(graphed(x2), fast(x2), rtol=1e-3, atol=1e-3)
+        assert semi_structured.latency_ms(graphed, x2) > 0
+        with pytest.raises(ValueError, match="captured for inputs of shape"):
+            graphed(x[:2])
