@@ -8,11 +8,14 @@ products, so the eligible layers are ``nn.Linear`` and pointwise (1x1, stride 1,
 ``nn.Conv2d``; the latter run as a linear map over the channels of every pixel. Depthwise and k x k convs
 keep their zeros but stay dense.
 
-Run the converted model as a CUDA graph (:class:`CudaGraph`). In eager mode every 2:4 matmul pays a fixed host
-cost: measured with torch 2.11 on an H200, ``torch._cslt_sparse_mm`` spends about 1.2 ms of CPU time per call
-(cuSPARSELt sets up its plan each time) around a GPU kernel of 20 us that the dense one takes 35 us for
-(12,608 x 240 x 960, float16), so a ViT-Ti with 56 such layers ran 10x slower than dense. A replayed graph
-launches only the kernels. :func:`latency_ms` times either way.
+Measure before relying on it. In eager mode every 2:4 matmul pays a fixed host cost: with torch 2.11 on an
+H200, ``torch._cslt_sparse_mm`` spends about 1.2 ms of CPU time per call (host work inside the op, likely
+cuSPARSELt's plan set-up) around a GPU kernel of 20 us that the dense one takes 35 us for (12,608 x 240 x 960, float16), so a ViT-Ti
+with 56 such layers ran 12x slower than dense at batch 1. Replayed as a CUDA graph (:class:`CudaGraph`) only
+the kernels run, yet there it was still 0.55-0.86x dense at batch 1-1,024: at these widths the sparse kernels
+(and whatever layout work torch does around them) cost more than they save (a single 2:4 matmul broke even at
+16,384 x 8,192 x 8,192). :func:`latency_ms` times either way; ``nas export`` records both for its model
+(``benchmarks/gpu_paths.py`` for the numbers above).
 
 Example:
     >>> import torch
