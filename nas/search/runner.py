@@ -91,7 +91,8 @@ def evaluate_config(
     With several hardware targets, an exception in one target's objective (``latency@edgetpu`` of a cell the
     device's profile never measured) costs only that target: the record is ``status="partial"``, keeps every
     other value, and counts on the fronts of the targets it has values for. The searcher is told a partial
-    record as failed (it ranks whole objective vectors), and a constraint on a missing value makes the record
+    record as failed unless it learns from partial results (LINAS: each objective's model also fits the partial
+    records that have its value; :attr:`nas.search.searchers.base.Searcher.learns_from_partial`), and a constraint on a missing value makes the record
     infeasible everywhere (the bound cannot be checked). When every target fails, or a shared objective does
     (accuracy), the record is ``"failed"``.
     """
@@ -183,9 +184,13 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ values
     def _minimisation_row(self, record: dict[str, Any]) -> np.ndarray:
-        if record["status"] != "ok":
+        if record["status"] not in USABLE_STATUSES:
             return np.full(len(self.objectives), np.nan)
-        return np.array([o.sign * record["values"][o.name] for o in self.objectives], dtype=np.float64)
+        # a partial record's missing values are nan (stored as null): the searcher decides what it learns
+        values = [record["values"].get(o.name) for o in self.objectives]
+        return np.array(
+            [math.nan if v is None else o.sign * v for o, v in zip(self.objectives, values, strict=True)]
+        )
 
     def _tell(self, configs: list[Config], records: list[dict[str, Any]]) -> None:
         if not configs:

@@ -72,6 +72,10 @@ class Searcher(abc.ABC):
     name: ClassVar[str] = ""
     #: configs per ask the runner uses when the user gives no batch_size
     default_batch_size: ClassVar[int] = 1
+    #: A partial result (some objectives measured, others not: one hardware target of several failed) is kept as
+    #: told, ``nan`` where a value is missing. Otherwise (the default: searchers that rank whole objective
+    #: vectors) such a row is told as a failure, every value ``nan``.
+    learns_from_partial: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -104,7 +108,11 @@ class Searcher(abc.ABC):
         return list(self._ask(int(n)))
 
     def tell(self, configs: Sequence[Config], values: Any, violations: Any | None = None) -> None:
-        """Results for ``configs``: ``values`` of shape (len(configs), n_objectives) in minimisation form."""
+        """Results for ``configs``: ``values`` of shape (len(configs), n_objectives) in minimisation form.
+
+        A failed evaluation is a row of ``nan``; a partial one has ``nan`` where its value is missing (see
+        :attr:`learns_from_partial`).
+        """
         self._require_setup()
         assert self.problem is not None
         configs = list(configs)
@@ -114,6 +122,8 @@ class Searcher(abc.ABC):
             raise ValueError(f"got {len(configs)} configs but {V.shape[0]} violations")
         if not configs:
             return
+        if not self.learns_from_partial:
+            F = np.where(np.isfinite(F).all(axis=1, keepdims=True), F, np.nan)
         for c in configs:
             self.known.setdefault(c.key, len(self.configs))
             self.configs.append(c)

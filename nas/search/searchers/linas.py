@@ -533,6 +533,9 @@ class LinasSearcher(Searcher):
 
     name = "linas"
     default_batch_size: ClassVar[int] = 10
+    # Each objective's model also fits the partial results that have its value (the accuracy of a cell one
+    # target's profile lacks); fronts, the initial design and the failure model count only complete ones.
+    learns_from_partial: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -692,8 +695,15 @@ class LinasSearcher(Searcher):
         for j in range(m):
             if j in self.problem.cheap:
                 models.append(None)
-            else:
-                models.append(self._fit(X, bags, F[:, j], self.seed + len(self.configs), j))
+                continue
+            Xj, bags_j, yj = X, bags, F[:, j]
+            partial = np.flatnonzero(~ok & np.isfinite(self.values[:, j]))
+            if len(partial):
+                more = [self.configs[i] for i in partial]
+                Xj = np.vstack([X, self._feature_rows(more)])
+                bags_j = None if bags is None else bags + self._graph_bags(more)
+                yj = np.concatenate([yj, self.values[partial, j]])
+            models.append(self._fit(Xj, bags_j, yj, self.seed + len(self.configs), j))
         v_model = None
         if self.problem.n_constraints and np.nanmax(np.nan_to_num(V, nan=0.0)) > 0:
             Vfit = np.where(np.isfinite(V), V, np.nanmax(V))
