@@ -1177,9 +1177,41 @@ def cmd_export(args: argparse.Namespace) -> int:
             # a small validation split holds fewer than INT8_IMAGES images: say how many were compared
             n = check.get("int8_samples", INT8_IMAGES)
             print(f"int8 ONNX agrees with the float model on {agreement:.1%} of {n} held-out images")
+    sparse = read_manifest(out)["verification"].get("semi_structured_2to4")
+    if sparse:
+        print(semi_structured_summary(sparse))
     if measuring is not None:
         _measure_exported(out, measuring, target, float(best[lat_col]), bound, args.max_latency)
     return 0
+
+
+def semi_structured_summary(entry: Mapping[str, Any]) -> str:
+    """One line on an export's 2:4 layers (its manifest's ``semi_structured_2to4`` entry): how many, and on a GPU
+    whether the sparse tensor cores made it faster than dense.
+
+    Example:
+        >>> semi_structured_summary({"eligible": ["a", "b"], "cuda": False})
+        '2 layers follow 2:4 sparsity; they run sparse only on an NVIDIA GPU of compute capability 8.0+ (nas.semi_structured.to_semi_structured), the exported files stay dense'
+    """
+    n = len(entry.get("eligible", ()))
+    head = f"{n} layer{'s' if n != 1 else ''} follow{'' if n != 1 else 's'} 2:4 sparsity"
+    if not entry.get("cuda"):
+        return (
+            f"{head}; they run sparse only on an NVIDIA GPU of compute capability 8.0+ "
+            "(nas.semi_structured.to_semi_structured), the exported files stay dense"
+        )
+    timings = entry.get("cuda_graph_latency_ms")
+    how = "as CUDA graphs"
+    if not isinstance(timings, Mapping):
+        timings, how = entry.get("latency_ms") or {}, "eagerly"
+    if not {"dense", "2:4"} <= set(timings):
+        return f"{head} (see manifest.json)"
+    dense, sparse = float(timings["dense"]), float(timings["2:4"])
+    verdict = "faster" if sparse < dense else "slower: keep the dense model here"
+    return (
+        f"{head}; on {entry.get('device', 'this GPU')} {how}, 2:4 {sparse:.3f} ms vs dense {dense:.3f} ms "
+        f"({dense / sparse:.2f}x, {verdict})"
+    )
 
 
 def _measurement_target(

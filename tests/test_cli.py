@@ -739,3 +739,16 @@ def test_fit_refuses_an_unknown_kind_before_it_starts(capsys):
     assert err == "nas fit: error: unknown predictor kind 'gdbt'; use one of " + (
         "['auto', 'ridge', 'gbdt', 'mlp', 'lut', 'ensemble']\n"
     ), err  # no progress bar, no "left out 341 degenerate configs" line before it
+
+
+def test_export_says_whether_2to4_paid_off():
+    from nas.cli import semi_structured_summary
+
+    gpu = {"eligible": ["a"], "cuda": True, "device": "NVIDIA H200"}
+    slower = semi_structured_summary({**gpu, "cuda_graph_latency_ms": {"dense": 0.641, "2:4": 1.166}})
+    assert slower.startswith("1 layer follows 2:4 sparsity; on NVIDIA H200 as CUDA graphs, 2:4 1.166 ms")
+    assert "(0.55x, slower: keep the dense model here)" in slower
+    # a capture that failed leaves the eager timings
+    eager = {**gpu, "latency_ms": {"dense": 2.0, "2:4": 1.0}, "cuda_graph_latency_ms": "capture failed: x"}
+    assert "eagerly, 2:4 1.000 ms vs dense 2.000 ms (2.00x, faster)" in semi_structured_summary(eager)
+    assert "stay dense" in semi_structured_summary({"eligible": ["a", "b"], "cuda": False})
