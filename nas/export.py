@@ -1046,17 +1046,46 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 
 def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """The parsed ``manifest.json`` of an export, with a clear error when it is missing or broken."""
+    """The parsed ``manifest.json`` of an export, with a clear error when it is missing, broken, of another
+    format version, or lacks what :func:`load_exported` reads."""
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         raise ExportError(f"{out_dir}: no {MANIFEST}; is this a directory written by nas.export?")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ExportError(f"{path}: manifest is not valid JSON ({exc})") from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ExportError(f"{path}: manifest is not valid JSON ({exc}); re-export the subnet") from None
+    if not isinstance(manifest, dict):
+        raise ExportError(
+            f"{path}: manifest is a JSON {type(manifest).__name__}, not an object; is this a directory written "
+            "by nas.export?"
+        )
     for key in ("architecture", "files", "config_json"):
         if key not in manifest:
             raise ExportError(f"{path}: manifest lacks {key!r}")
+    # A manifest of another format version may mean something else by the same keys: refuse it by name.
+    if manifest.get("format_version") != MANIFEST_VERSION:
+        raise ExportError(
+            f"{path}: manifest format_version {manifest.get('format_version')!r} is not supported (this version "
+            f"of nas reads {MANIFEST_VERSION}); load it with the nas version that wrote it (manifest 'versions') "
+            "or re-export the subnet with this one"
+        )
+    files = manifest["files"]
+    if not isinstance(files, dict) or not all(
+        isinstance(info, dict) and isinstance(info.get("sha256"), str) for info in files.values()
+    ):
+        raise ExportError(
+            f"{path}: manifest 'files' must map each file name to an object with its 'sha256'; re-export the subnet"
+        )
+    # Only plain names: a manifest must not make us read (hash) files outside its directory.
+    outside = [name for name in files if Path(name).name != name or name in (".", "..")]
+    if outside:
+        raise ExportError(
+            f"{path}: manifest lists files outside the export directory ({', '.join(map(repr, outside))}); "
+            "an export lists plain file names only: re-export the subnet"
+        )
+    if not isinstance(manifest["architecture"], dict):
+        raise ExportError(f"{path}: manifest 'architecture' is not an object; re-export the subnet")
     return manifest
 
 
@@ -1067,11 +1096,12 @@ def verify_files(out_dir: str | os.PathLike, manifest: Mapping[str, Any] | None 
     for name, info in manifest["files"].items():
         path = out / name
         if not path.is_file():
-            raise ExportError(f"{out}: {name} is listed in the manifest but missing")
+            raise ExportError(f"{out}: {name} is listed in the manifest but missing; re-export the subnet")
         digest = _sha256(path)
         if digest != info["sha256"]:
             raise ExportError(
-                f"{path}: SHA-256 {digest[:12]}... does not match the manifest ({info['sha256'][:12]}...)"
+                f"{path}: SHA-256 {digest[:12]}... does not match the manifest ({info['sha256'][:12]}...): the "
+                "file was changed or cut short after export; copy it again or re-export the subnet"
             )
 
 
@@ -1081,6 +1111,7 @@ def load_exported(out_dir: str | os.PathLike) -> nn.Module:
     Raises :class:`ExportError` when a file is missing, corrupt (SHA-256 mismatch) or does not fit the
     architecture.
     """
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     out = Path(out_dir)
@@ -1088,17 +1119,53 @@ def load_exported(out_dir: str | os.PathLike) -> nn.Module:
     verify_files(out, manifest)
     if WEIGHTS not in manifest["files"]:
         raise ExportError(f"{out}: the manifest lists no {WEIGHTS}")
+    architecture = manifest["architecture"]
     try:
-        model = static.build(manifest["architecture"])
+        # On the meta device first: no memory is allocated until the architecture's tensor shapes are known
+        # to be those of the weights (a manifest naming a huge layer would otherwise allocate it first).
+        with torch.device("meta"):
+            skeleton: nn.Module | None = static.build(architecture)
     except (TypeError, ValueError) as exc:
         raise ExportError(f"{out}: cannot rebuild the architecture: {exc}") from exc
-    state = load_file(str(out / WEIGHTS))
+    except (RuntimeError, NotImplementedError):  # a registered layer type whose constructor needs real data
+        skeleton = None
+    weights = out / WEIGHTS
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (no __iter__)
+    except (SafetensorError, OSError) as exc:
+        raise ExportError(
+            f"{weights}: not a readable safetensors file ({exc}); copy it again or re-export the subnet"
+        ) from None
+    _check_shapes(out, stored, skeleton)
+    try:
+        model = static.build(architecture)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ExportError(f"{out}: cannot rebuild the architecture: {exc}") from exc
+    if skeleton is None:
+        _check_shapes(out, stored, model)
+    state = load_file(str(weights))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ExportError(f"{out}: weights do not fit the architecture: {exc}") from exc
     model.config_json = manifest["config_json"]
     return model.eval()
+
+
+def _check_shapes(out: Path, stored: Mapping[str, tuple[int, ...]], model: nn.Module | None) -> None:
+    """Raise :class:`ExportError` unless ``model``'s state dict has exactly the tensor names and shapes
+    ``stored`` (those of the safetensors file); ``None``: nothing to check yet."""
+    if model is None:
+        return
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if stored != expected:
+        wrong = sorted(k for k in expected.keys() & stored.keys() if expected[k] != stored[k])
+        raise ExportError(
+            f"{out}: weights do not fit the architecture: missing {sorted(expected.keys() - stored.keys())[:5]}, "
+            f"unexpected {sorted(stored.keys() - expected.keys())[:5]}, other shape {wrong[:5]}; the manifest "
+            f"and {WEIGHTS} come from different exports: re-export the subnet"
+        )
 
 
 class _CallableModule(types.ModuleType):

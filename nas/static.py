@@ -456,9 +456,17 @@ def _build(spec: Any, path: str) -> nn.Module:
         raise ValueError(
             f"build: {path} has unknown type {spec['type']!r}; known: {', '.join(sorted(_BY_NAME))}"
         )
+    args = spec.get("args", {})
+    torch_layer = codec.cls.__module__.startswith("torch.")
+    placement = sorted({"device", "dtype"} & set(args)) if torch_layer and isinstance(args, dict) else []
+    if placement:
+        # describe() never writes them for torch's layers; from a manifest they would put a layer elsewhere
+        raise ValueError(
+            f"build: {path} ({spec['type']}) has argument(s) {placement}, which describe() never writes"
+        )
     children = [(str(name), _build(child, f"{path}.{name}")) for name, child in spec.get("children", [])]
     try:
-        return codec.make(dict(spec.get("args", {})), children)
+        return codec.make(dict(args), children)
     except (TypeError, KeyError, ValueError) as exc:
         raise ValueError(f"build: cannot construct {path} ({spec['type']}): {exc}") from exc
 

@@ -313,3 +313,63 @@ def test_onnx_with_more_round_ops_than_quantizers_is_recorded_unchecked(quant, t
     ver = json.loads((out / "manifest.json").read_text())["verification"]
     assert "more Round nodes than the model has activation quantizers" in ver["onnx_unchecked"]
     assert "onnx_max_abs_diff_unrounded" not in ver and ver["onnx_max_abs_diff"] >= 0
+
+
+def _edit_manifest(out, change):
+    manifest = json.loads((out / "manifest.json").read_text())
+    change(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_foreign_or_malformed_manifests_give_clear_errors(net, tmp_path):
+    out = export(net, net.space.min(), tmp_path / "m", formats=("safetensors",))
+    good = (out / "manifest.json").read_text()
+    cases = [
+        (lambda m: m.update(format_version=2), r"format_version 2 is not supported"),
+        (lambda m: m.pop("format_version"), r"format_version None is not supported"),
+        (lambda m: m["files"]["model.safetensors"].pop("sha256"), r"'files' must map each file"),
+        (lambda m: m.update(files=["model.safetensors"]), r"'files' must map each file"),
+        (lambda m: m["files"].update({"../x": {"sha256": "0"}}), r"outside the export directory"),
+    ]
+    for change, message in cases:
+        (out / "manifest.json").write_text(good)
+        _edit_manifest(out, change)
+        with pytest.raises(ExportError, match=message):
+            load_exported(out)
+    (out / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(ExportError, match=r"a JSON list, not an object"):
+        load_exported(out)
+    (out / "manifest.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(ExportError, match=r"not valid JSON"):
+        load_exported(out)
+
+
+def test_a_safetensors_file_that_is_not_one_names_the_file(net, tmp_path):
+    out = export(net, net.space.min(), tmp_path / "m", formats=("safetensors",))
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # cut short, with the manifest's hash made to match
+    _edit_manifest(out, lambda m: m["files"]["model.safetensors"].update(sha256=export_mod._sha256(weights)))
+    with pytest.raises(ExportError, match=r"model\.safetensors: not a readable safetensors file"):
+        load_exported(out)
+
+
+def test_a_manifest_architecture_is_checked_against_the_weights_before_allocating(net, tmp_path):
+    out = export(net, net.space.min(), tmp_path / "m", formats=("safetensors",))
+    # 4e14 bytes if allocated: the shapes are compared on the meta device first
+    huge = {"type": "Linear", "args": {"in_features": 10**7, "out_features": 10**7}}
+    _edit_manifest(out, lambda m: m.update(architecture=huge))
+    with pytest.raises(
+        ExportError, match=r"weights do not fit the architecture: missing \['bias', 'weight'\]"
+    ):
+        load_exported(out)
+    for spec, message in [
+        ({"type": "os.system", "args": {"command": "true"}}, r"unknown type 'os\.system'"),
+        ({"type": "Transformer", "args": {}}, r"unknown type 'Transformer'"),
+        (
+            {"type": "Linear", "args": {"in_features": 1, "out_features": 1, "device": "meta"}},
+            r"\['device'\]",
+        ),
+    ]:
+        _edit_manifest(out, lambda m, spec=spec: m.update(architecture=spec))
+        with pytest.raises(ExportError, match=message):
+            load_exported(out)
