@@ -962,7 +962,9 @@ def export(
             f.flush()
             os.fsync(f.fileno())
         give_default_permissions(tmp)  # mkdtemp made it 0700
+        _fsync_files(tmp)  # on disk before the rename makes them the export: a crash never leaves a torn one
         _swap_into_place(tmp, out)
+        _fsync_dir(out.parent)  # the rename itself
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -1026,6 +1028,29 @@ def _extract(
             if previous is not None:
                 net.activate(previous)
     return model, used
+
+
+def _fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (renames into it) to disk; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_files(directory: Path) -> None:
+    """Flush every file in ``directory`` (safetensors, TorchScript and ONNX writers do not) and the directory."""
+    for path in directory.iterdir():
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(directory)
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

@@ -373,3 +373,17 @@ def test_a_manifest_architecture_is_checked_against_the_weights_before_allocatin
         _edit_manifest(out, lambda m, spec=spec: m.update(architecture=spec))
         with pytest.raises(ExportError, match=message):
             load_exported(out)
+
+
+def test_every_exported_file_is_flushed_to_disk_before_the_rename(net, tmp_path, monkeypatch):
+    flushed = set()
+    fsync = os.fsync
+
+    def record(fd):
+        flushed.add(os.fstat(fd).st_ino)
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    out = export(net, net.space.min(), tmp_path / "m", formats=("safetensors", "torchscript"))
+    # the rename keeps inodes: each file of the export was flushed, not only the manifest
+    assert {p.stat().st_ino for p in out.iterdir()} <= flushed
