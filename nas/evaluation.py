@@ -167,7 +167,6 @@ def channels_last_on_cpu(net: nn.Module) -> Iterator[None]:
             clear_slice_caches(net)
 
 
-@torch.no_grad()
 def device_of(net: nn.Module) -> torch.device:
     """The device ``net``'s parameters live on (the CPU for a net without any): where its inputs must go.
 
@@ -179,6 +178,7 @@ def device_of(net: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+@torch.no_grad()  # forward passes for the running statistics only: no autograd graph, slice caches usable
 def recalibrate_bn(
     net: nn.Module,
     calib_x: torch.Tensor,
