@@ -281,7 +281,8 @@ def evaluate_subnet(
                 xb = x[start : start + batch_size].to(device, non_blocking=True)
                 if active is not None and "resolution" in active:
                     xb = resize_to(xb, active)
-                predicted = net(xb).argmax(1).cpu()
+                # compared where the labels are (data may be on the GPU too, or on the CPU for a GPU net)
+                predicted = net(xb).argmax(1).to(y.device)
                 correct += int((predicted == y[start : start + batch_size]).sum())
         finally:
             if previous is not None and hasattr(net, "activate"):

@@ -284,3 +284,16 @@ def test_recalibration_records_no_autograd_graph():
     net.register_forward_hook(lambda module, args, out: grad_enabled.append(out.requires_grad))
     assert recalibrate_bn(net, data.tensors[0], net.space.max(), batches=2, batch_size=32) == 64
     assert grad_enabled == [False, False]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_net_scores_data_on_the_gpu_as_data_on_the_cpu():
+    # Labels on the GPU used to meet predictions moved to the CPU ("expected all tensors on the same device").
+    net, data = _net_and_data()
+    net.cuda()
+    x, y = data.tensors
+    on_cpu = evaluate_subnet(net, net.space.max(), (x, y), calib_batches=1, calib_batch_size=32)
+    assert (
+        evaluate_subnet(net, net.space.max(), (x.cuda(), y.cuda()), calib_batches=1, calib_batch_size=32)
+        == on_cpu
+    )
