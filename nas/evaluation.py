@@ -167,7 +167,6 @@ def channels_last_on_cpu(net: nn.Module) -> Iterator[None]:
             clear_slice_caches(net)
 
 
-@torch.no_grad()
 def device_of(net: nn.Module) -> torch.device:
     """The device ``net``'s parameters live on (the CPU for a net without any): where its inputs must go.
 
@@ -179,6 +178,7 @@ def device_of(net: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+@torch.no_grad()  # forward passes for the running statistics only: no autograd graph, slice caches usable
 def recalibrate_bn(
     net: nn.Module,
     calib_x: torch.Tensor,
@@ -281,7 +281,8 @@ def evaluate_subnet(
                 xb = x[start : start + batch_size].to(device, non_blocking=True)
                 if active is not None and "resolution" in active:
                     xb = resize_to(xb, active)
-                predicted = net(xb).argmax(1).cpu()
+                # compared where the labels are (data may be on the GPU too, or on the CPU for a GPU net)
+                predicted = net(xb).argmax(1).to(y.device)
                 correct += int((predicted == y[start : start + batch_size]).sum())
         finally:
             if previous is not None and hasattr(net, "activate"):

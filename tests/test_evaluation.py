@@ -272,3 +272,28 @@ def test_accuracy_is_a_hand_count_on_the_extracted_subnet_with_recalibrated_stat
             sub(resize_to(calib[start : start + 16], cfg))
         predicted = sub.eval()(resize_to(x, cfg)).argmax(1)
     assert acc == 100.0 * int((predicted == y).sum()) / len(y)
+
+
+def test_recalibration_records_no_autograd_graph():
+    # Called directly (nas export's BN re-estimation does), it must not record gradients: activations kept
+    # for a backward pass that never comes cost memory (on a GPU too) and disable the elastic slice caches.
+    from nas.evaluation import recalibrate_bn
+
+    net, data = _net_and_data()
+    grad_enabled = []
+    net.register_forward_hook(lambda module, args, out: grad_enabled.append(out.requires_grad))
+    assert recalibrate_bn(net, data.tensors[0], net.space.max(), batches=2, batch_size=32) == 64
+    assert grad_enabled == [False, False]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_net_scores_data_on_the_gpu_as_data_on_the_cpu():
+    # Labels on the GPU used to meet predictions moved to the CPU ("expected all tensors on the same device").
+    net, data = _net_and_data()
+    net.cuda()
+    x, y = data.tensors
+    on_cpu = evaluate_subnet(net, net.space.max(), (x, y), calib_batches=1, calib_batch_size=32)
+    assert (
+        evaluate_subnet(net, net.space.max(), (x.cuda(), y.cuda()), calib_batches=1, calib_batch_size=32)
+        == on_cpu
+    )
