@@ -776,5 +776,8 @@ def test_ray_workers_take_gpus_only_one_each():
     assert not workers_use_gpu("auto", 0, 2) and not workers_use_gpu("cpu", 8, 2)
     with pytest.warns(UserWarning, match="1 GPU.*for 2 workers.*training on CPUs"):
         assert not workers_use_gpu("auto", 1, 2)
-    with pytest.raises(ValueError, match="needs one GPU per worker, and the Ray cluster has 1"):
+    with pytest.raises(
+        ValueError,
+        match=r"needs one GPU per worker, and the Ray cluster has 1; use num_workers=1 \(without Ray\)",
+    ):
         workers_use_gpu("cuda", 1, 2)

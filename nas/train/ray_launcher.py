@@ -69,9 +69,12 @@ def workers_use_gpu(device: str, gpus: int, num_workers: int) -> bool:
     if gpus >= num_workers:
         return True
     if device == "cuda":
+        fewer = {0: "", 1: "use num_workers=1 (without Ray), "}.get(
+            gpus, f"use num_workers={gpus} or fewer, "
+        )
         raise ValueError(
             f"device='cuda' with {num_workers} workers needs one GPU per worker, and the Ray cluster has {gpus}; "
-            f"use num_workers={gpus} or fewer{' (or 1: no Ray)' if gpus else ''}, or device='cpu'"
+            f"{fewer}or device='cpu'"
         )
     if gpus:
         warnings.warn(

@@ -690,7 +690,7 @@ def train_supernet(
             instance, or on the cluster at ``ray_address``; all workers train the same subnets each step.
         n_random: random subnets per step besides max and min (sandwich-like strategies).
         device: where to train: ``"auto"`` (default: the GPU when CUDA is available, else the CPU), ``"cpu"``,
-            ``"cuda"`` or ``"cuda:N"``. ``net`` stays there afterwards. The data stays in host memory (each
+            ``"cuda"`` or ``"cuda:N"``. ``net`` stays there afterwards (with ``num_workers > 1``, on the CPU). The data stays in host memory (each
             batch is copied over). Only CPU runs are bit-for-bit reproducible (resumed or not); GPU kernels
             may sum in a different order each run. With ``num_workers > 1`` ``"auto"`` gives each worker a GPU
             when the Ray cluster has one per worker, else trains on CPUs (gloo); ``"cuda"`` requires them.
@@ -771,6 +771,9 @@ def train_supernet(
         return _run(net, x, y, val, cfg, out, resume, progress, _Sync(), fail_at_step, train_device)
     from nas.train.ray_launcher import run_on_ray
 
+    # The net travels to the workers pickled: tensors left on a GPU (an earlier single-process GPU run) would not
+    # unpickle on a worker without one. Each worker moves it to its own device.
+    net.to("cpu")
     return run_on_ray(
         net, x, y, val, cfg, out, resume, progress, num_workers, ray_address, _run, _Sync, str(device)
     )
