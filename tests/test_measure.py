@@ -624,6 +624,25 @@ def test_run_profile_extends_with_other_repeats_rounds_and_warmup_and_records_th
     assert more.repeats.tolist() == [2, 2, 2, 4, 4]
 
 
+def test_profiles_record_their_layout_and_are_not_extended_across_layouts(tmp_path) -> None:
+    # conv nets run channels-last on the CPU backends and NCHW on cuda: other kernels, other latencies
+    out = tmp_path / "toy.csv"
+    assert (
+        cli_hooks.run_profile(ToyNet(), "torch", 2, out, **QUICK).metadata["memory_format"] == "channels_last"
+    )
+    saved = Profile.load(out)
+    saved.metadata["memory_format"] = "contiguous"
+    saved.save(out)
+    net = ToyNet()
+    with pytest.raises(ValueError, match=r"measured in the contiguous layout, and torch now measures in the"):
+        cli_hooks.run_profile(net, "torch", 4, out, **QUICK)
+    assert net.built == [] and len(Profile.load(out)) == 2
+    # a profile from before the layout was recorded was measured channels-last: a CPU run extends it
+    del saved.metadata["memory_format"]
+    saved.save(out)
+    assert len(cli_hooks.run_profile(ToyNet(), "torch", 3, out, **QUICK)) == 3
+
+
 def test_run_profile_refuses_to_extend_a_profile_of_another_library_version(tmp_path) -> None:
     # other torch / onnxruntime versions run other kernels (oneDNN, MLAS): their latencies must not be mixed
     out = tmp_path / "toy.csv"

@@ -92,7 +92,7 @@ def _check_extension(
     the CPU and GPU model of this machine, the versions of the libraries ``backend`` runs on
     (``_BACKEND_LIBRARIES``) and the input channels of ``net``.
     """
-    from nas.hw.measure import device_metadata, input_channels
+    from nas.hw.measure import device_metadata, input_channels, memory_format_for
 
     here = device_metadata(backend, threads)  # threads=None: torch's default here, as the run will record it
     wanted: dict[str, Any] = {
@@ -115,6 +115,13 @@ def _check_extension(
                 f"latencies of different settings must not share a profile: extend it with {key}={meta[key]!r} "
                 f"({flag} {meta[key]}) or write to another file (--out)"
             )
+    # Profiles from before the layout was recorded measured conv nets channels-last on every backend.
+    layout, measured_in = memory_format_for(backend), meta.get("memory_format", "channels_last")
+    if "backend" in meta and layout != measured_in:
+        raise ValueError(
+            f"{where!r} was measured in the {measured_in} layout, and {backend} now measures in the {layout} layout "
+            "(the other kernels run): write to another file (--out)"
+        )
     for key in _MACHINE_KEYS:
         if meta.get(key) is not None and here.get(key) is not None and meta[key] != here[key]:
             raise ValueError(

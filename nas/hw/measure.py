@@ -1,6 +1,7 @@
 """On-device latency measurement of static subnets into a :class:`nas.hw.profiles.Profile`.
 
-:func:`profile` extracts each subnet as a plain model (eval mode, ``channels_last``, ``torch.inference_mode``) and
+:func:`profile` extracts each subnet as a plain model (eval mode, ``torch.inference_mode``; conv nets channels-last
+on the CPU backends, NCHW on ``cuda``: :func:`memory_format_for`) and
 times it with one of three backends:
 
 * ``torch``: eager PyTorch on the CPU, ``time.perf_counter_ns`` around each forward call (or, with
@@ -66,6 +67,7 @@ __all__ = [
     "device_metadata",
     "input_channels",
     "latency_stats",
+    "memory_format_for",
     "profile",
     "space_from_record",
     "space_record",
@@ -363,6 +365,21 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def memory_format_for(backend: str) -> str:
+    """The layout conv nets are measured in: ``"channels_last"`` on the CPU backends (oneDNN's fast path; the
+    ONNX graph itself takes NCHW), ``"contiguous"`` (NCHW, torch's default) on ``cuda``.
+
+    Why not channels-last on a GPU: torch then runs every depthwise conv through cuDNN, whose releases from 9.10
+    compile a kernel for each new shape (about 1.5 s each, NVIDIA/cudnn-frontend#1066): profiling 8 MobileNetV3
+    subnets on an H200 took 18.9 s against 1.2 s on one CPU thread.
+
+    Example:
+        >>> memory_format_for("torch"), memory_format_for("cuda")
+        ('channels_last', 'contiguous')
+    """
+    return "contiguous" if backend == "cuda" else "channels_last"
+
+
 def check_settings(
     backend: str,
     *,
@@ -505,6 +522,7 @@ def profile(
     samples: list[list[float]] = [[] for _ in unique]
     cache: OrderedDict[int, _Runner] = OrderedDict()
     meta = device_metadata(backend, threads)
+    meta["memory_format"] = memory_format_for(backend)
     int8_choices: set[str] = (
         set()
     )  # what export_onnx_int8 quantized (all / weights), recorded in the metadata
@@ -521,7 +539,7 @@ def profile(
         shape = shape_of(cfg)
         gen = torch.Generator().manual_seed(seed)
         x = torch.randn(shape, generator=gen)
-        if x.dim() == 4:  # channels_last is what fast CPU/GPU conv kernels want for NHWC-friendly layers
+        if x.dim() == 4 and meta["memory_format"] == "channels_last":
             model = model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
         if backend == "torch":
