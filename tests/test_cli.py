@@ -553,6 +553,8 @@ def test_export_re_estimates_batch_norm_on_the_data_the_search_recorded(tmp_path
     # a stand-in with the searched space (nb201's), which export checks the supernet against
     monkeypatch.setattr(search_spaces, "load_trained", lambda run_dir: SimpleNamespace(space=nb201.space))
     monkeypatch.setattr(nas.export, "export", export)
+    # the stand-in writes no files: nothing for the summary lines to read
+    monkeypatch.setattr(nas.export, "read_manifest", lambda out: {"verification": {}})
     argv = ["export", str(db), "--format", "safetensors", "--out", str(tmp_path / "m")]
     # a store from before searches recorded their data: the supernet's root, the default split
     sidecar.write_text(json.dumps(recipe))
