@@ -12,10 +12,65 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 
-__all__ = ["give_default_permissions", "write_bytes", "write_text"]
+__all__ = ["give_default_permissions", "remove_stale_temps", "temp_prefix", "write_bytes", "write_text"]
+
+# mkstemp/mkdtemp's random part: letters, digits and underscores (never '-', so a host name may hold one).
+_RANDOM = r"[a-z0-9_]+"
+
+
+def temp_prefix(path: str | os.PathLike[str], kind: str = "tmp") -> str:
+    """The name prefix of a temporary file or folder that will be renamed to ``path`` (``kind`` "tmp"), or of an
+    old version moved aside to be deleted (``kind`` "old", as :func:`nas.export.export` does).
+
+    It names the process that writes it (``.NAME.KIND-PID@HOST-``), so that the leftover of a writer killed before
+    its rename (kill -9, the OOM killer, a power cut) can be told from the temporary file of a writer still at
+    work and removed by :func:`remove_stale_temps` on the next write.
+    """
+    return f".{Path(path).name}.{kind}-{os.getpid()}@{socket.gethostname()}-"
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (one of another user's counts: it may be the writer)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike[str], kind: str = "tmp") -> list[Path]:
+    """Remove the temporary files and folders of ``path`` named by :func:`temp_prefix` with ``kind`` that dead
+    writers left.
+
+    Only those written on this host by a process that no longer exists: a writer on another machine sharing the
+    folder, or still running here, keeps its own. Returns what was removed.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{re.escape(kind)}-(\d+)@([^@]+)-{_RANDOM}(\.tmp)?")
+    host, removed = socket.gethostname(), []
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:  # no folder yet, or unreadable: nothing of ours to clean
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if not match or match[2] != host or int(match[1]) == os.getpid() or _alive(int(match[1])):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+    return removed
 
 
 def _umask() -> int:
@@ -36,10 +91,15 @@ def give_default_permissions(path: str | os.PathLike[str]) -> None:
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    The temporary files of earlier writers of ``path`` killed before their rename are removed first, so repeated
+    crashes do not pile up copies (a checkpoint each) in the user's folder.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     try:
         # mkstemp creates 0600; give the file the permissions a plain open() would (0666 minus the umask).
         os.fchmod(fd, 0o666 & ~_umask())

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from nas import semi_structured, static
-from nas.atomic import give_default_permissions
+from nas.atomic import give_default_permissions, remove_stale_temps, temp_prefix
 from nas.supernet import Supernet
 
 __all__ = [
@@ -892,7 +892,13 @@ def export(
         )
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    # Exports of this folder killed before their rename (kill -9, the OOM killer) left a whole model each.
+    remove_stale_temps(out)
+    if (
+        out.exists()
+    ):  # an old export moved aside and not yet deleted; while `out` is missing it is the only copy
+        remove_stale_temps(out, kind="old")
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out), dir=out.parent))
     try:
         files: dict[str, str] = {}
         state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
@@ -1057,7 +1063,7 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
     """Rename ``tmp`` to ``out``; an old export at ``out`` is moved aside first and removed after."""
     old = None
     if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        old = Path(tempfile.mkdtemp(prefix=temp_prefix(out, kind="old"), dir=out.parent))
         os.rmdir(old)
         os.replace(out, old)
     try:

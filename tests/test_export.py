@@ -387,3 +387,33 @@ def test_every_exported_file_is_flushed_to_disk_before_the_rename(net, tmp_path,
     out = export(net, net.space.min(), tmp_path / "m", formats=("safetensors", "torchscript"))
     # the rename keeps inodes: each file of the export was flushed, not only the manifest
     assert {p.stat().st_ino for p in out.iterdir()} <= flushed
+
+
+def test_a_killed_exports_temp_folder_is_removed_by_the_next_export(net, tmp_path):
+    """kill -9 (or the OOM killer) mid-export left a hidden copy of the model in the user's folder for good."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    child = textwrap.dedent(
+        """
+        import os, signal, sys, torch
+        from nas import export as export_mod
+        from search_spaces import mobilenetv3
+        torch.set_num_threads(1)
+        export_mod._swap_into_place = lambda *a: os.kill(os.getpid(), signal.SIGKILL)  # killed before the rename
+        net = mobilenetv3.supernet("small", num_classes=10, in_channels=1).eval()
+        export_mod.export(net, net.space.min(), sys.argv[1], formats=("safetensors",))
+        """
+    )
+    out = tmp_path / "m"
+    export(net, net.space.min(), out, formats=("safetensors",))
+    repo = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", child, str(out)], env={**os.environ, "PYTHONPATH": repo}, capture_output=True
+    )
+    assert done.returncode == -9, done.stderr
+    assert len(list(tmp_path.iterdir())) == 2  # the export and the killed one's temporary folder
+    export(net, net.space.max(), out, formats=("safetensors",))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
