@@ -481,6 +481,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     out = Path(args.out)
     _check_run_directory(out, spec, args.resume)
+    import torch
+
+    # The initial weights come from torch's global generator, whose state here is not fixed (unseeded, the
+    # supernet's weights differed with PYTHONHASHSEED): two runs with one --seed started from other weights.
+    torch.manual_seed(args.seed)
     net = search_spaces.build_supernet(spec)
     if not search_spaces.is_builtin(args.space):
         _check_exportable(net, args.space)

@@ -754,3 +754,33 @@ def test_export_says_whether_2to4_paid_off():
     eager = {**gpu, "latency_ms": {"dense": 2.0, "2:4": 1.0}, "cuda_graph_latency_ms": "capture failed: x"}
     assert "eagerly, 2:4 1.000 ms vs dense 2.000 ms (2.00x, faster)" in semi_structured_summary(eager)
     assert "stay dense" in semi_structured_summary({"eligible": ["a", "b"], "cuda": False})
+
+
+def test_train_seeds_the_initial_weights(tmp_path, monkeypatch):
+    """Two `nas train --seed 3` runs start from the same weights, whatever drew from torch's generator before
+    (unseeded, the initial weights varied with PYTHONHASHSEED)."""
+    import torch
+
+    import nas.cli
+
+    started: list[list[torch.Tensor]] = []
+
+    def record(args, net, train, val, out):
+        started.append([v.clone() for v in net.state_dict().values()])
+
+    monkeypatch.setattr(nas.cli, "_train", record)
+    for i, draws in enumerate((1, 1000)):
+        torch.rand(draws)
+        args = [
+            "train",
+            "--data",
+            "digits",
+            "--epochs",
+            "1",
+            "--seed",
+            "3",
+            "--out",
+            str(tmp_path / f"run{i}"),
+        ]
+        assert main(args) == 0
+    assert len(started) == 2 and all(torch.equal(a, b) for a, b in zip(*started, strict=True))
