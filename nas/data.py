@@ -163,6 +163,11 @@ def cifar10(root: str | Path, split: str = "train") -> TensorDataset:
     images, labels = [], []
     for path in paths:
         raw = np.fromfile(path, dtype=np.uint8)
+        if raw.size == 0:  # an interrupted download or extraction; else an opaque numpy error below
+            raise ValueError(
+                f"{path} is empty; extract cifar-10-binary.tar.gz again (or download it again if the archive "
+                "is incomplete)"
+            )
         if raw.size % _CIFAR_RECORD:
             raise ValueError(f"{path}: {raw.size} bytes is not a multiple of the {_CIFAR_RECORD}-byte record")
         records = raw.reshape(-1, _CIFAR_RECORD)
@@ -308,8 +313,9 @@ def train_val_split(
 ) -> tuple[TensorDataset, TensorDataset]:
     """Split a labelled ``TensorDataset`` into (train, val), stratified by label, reproducibly from ``seed``.
 
-    Each class contributes ``round(val_fraction * count)`` examples to the validation part (at least one when
-    the fraction is positive and the class has two or more examples).
+    Each class contributes ``round(val_fraction * count)`` examples to the validation part, but at least one
+    when the class has two or more examples and at most ``count - 1``: every class keeps a training example (a
+    class of one example stays in training).
 
     Example:
         >>> train, val = train_val_split(digits(), 0.2, seed=0)
@@ -326,9 +332,9 @@ def train_val_split(
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
-        n_val = round(float(val_fraction) * len(idx))
-        if n_val == 0 and len(idx) >= 2:
-            n_val = 1
+        # At least one of each class in val, but never the whole class: val_fraction=0.97 of 20 examples
+        # took all of them, leaving an empty training part (and a tiny class would vanish from training).
+        n_val = min(max(round(float(val_fraction) * len(idx)), 1), len(idx) - 1)
         val_idx.append(idx[:n_val])
     val = np.sort(np.concatenate(val_idx))
     mask = np.ones(len(labels), dtype=bool)

@@ -51,6 +51,17 @@ def test_train_val_split_stratified_reproducible_disjoint():
         data.train_val_split(ds, 1.5)
 
 
+def test_train_val_split_keeps_every_class_in_training():
+    # round(0.97 * 10) = 10 of each class went to val: the training part was empty
+    ds = torch.utils.data.TensorDataset(torch.arange(20.0)[:, None], torch.arange(20) % 2)
+    tr, va = data.train_val_split(ds, 0.97)
+    assert tr.tensors[1].bincount().tolist() == [1, 1] and va.tensors[1].bincount().tolist() == [9, 9]
+    # a class of one example stays in training; one of two gives one to each part
+    tiny = torch.utils.data.TensorDataset(torch.arange(3.0)[:, None], torch.tensor([0, 1, 1]))
+    tr, va = data.train_val_split(tiny, 0.6)
+    assert sorted(tr.tensors[1].tolist()) == [0, 1] and va.tensors[1].tolist() == [1]
+
+
 def _write_cifar(folder, n_per_file: int, names) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     all_img, all_lab = [], []
@@ -81,6 +92,13 @@ def test_cifar10_binary_reader(tmp_path):
 def test_cifar10_missing_says_where_to_get_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"cifar-10-binary\.tar\.gz"):
         data.cifar10(tmp_path, "train")
+
+
+def test_cifar10_empty_batch_file_says_what_to_do(tmp_path):
+    # an interrupted extraction leaves an empty file: numpy's "zero-size array to reduction operation" said nothing
+    (tmp_path / "test_batch.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"test_batch\.bin is empty; extract cifar-10-binary\.tar\.gz again"):
+        data.cifar10(tmp_path, "test")
 
 
 def test_npz_reads_your_own_images_normalised_by_the_training_split(tmp_path):
