@@ -183,7 +183,8 @@ def npz(path: str | Path, split: str = "train") -> TensorDataset:
 
     The file holds ``x_train`` and ``y_train`` (and, for ``split="test"``, ``x_test`` and ``y_test``): images as
     ``(N, H, W)`` or channels-first ``(N, C, H, W)``, ``uint8`` (0-255) or float (both splits alike), and integer
-    labels ``0 .. K-1`` with every class in ``y_train``, of shape ``(N,)`` or ``(N, 1)`` (as Keras gives them).
+    labels ``0 .. K-1`` (at least two classes) with every class in ``y_train``, of shape ``(N,)`` or ``(N, 1)``
+    (as Keras gives them).
     Channels-last images ``(N, H, W, C)`` are refused with the transpose that fixes them, not read as ``C = H``
     channels. It is read with ``allow_pickle=False``, so a file cannot run code. Both splits are normalised
     with the per-channel mean and standard deviation of ``x_train`` (after scaling ``uint8`` to 0-1), so training,
@@ -214,8 +215,16 @@ def npz(path: str | Path, split: str = "train") -> TensorDataset:
         raise ValueError(
             f"{path}: cannot be read without pickle ({exc}); store plain numeric arrays"
         ) from None
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"{path} is not a NumPy .npz file ({exc})") from None
+    # BadZipFile: a member fails its CRC check (a damaged copy)
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} is not a NumPy .npz file, or is damaged ({exc}); write it again") from None
+    # np.load gives a member that is not an .npy array (a zip of other files renamed .npz) as raw bytes
+    not_arrays = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))
+    if not_arrays:
+        raise ValueError(
+            f"{path}: not NumPy arrays: {', '.join(not_arrays)}; write the file with "
+            "np.savez(path, x_train=..., y_train=...)"
+        )
     x_train = _npz_images(path, arrays, "x_train")
     y_train = _npz_labels(path, arrays, "y_train", len(x_train))
     classes = np.unique(y_train)
@@ -224,6 +233,11 @@ def npz(path: str | Path, split: str = "train") -> TensorDataset:
         raise ValueError(
             f"{path}: y_train labels must be 0 .. K-1 with every class present, got {len(classes)} classes "
             f"{_preview(classes)}; renumber them: classes, y_train = np.unique(y_train, return_inverse=True)"
+        )
+    if len(classes) < 2:  # every subnet would score 100%: a search would have nothing to rank
+        raise ValueError(
+            f"{path}: y_train has a single class ({int(classes[0])}); a classifier needs at least two (are these "
+            "the right labels?)"
         )
     x, y = x_train, y_train
     if split == "test":
