@@ -675,6 +675,11 @@ def _dataset(
 
     def part(images: Any) -> Any:
         train, val = nas_data.train_val_split(images, split_of["fraction"], seed=split_of["seed"])
+        if split == "val" and not len(val):  # checked before training: else it fails once trained, unclearly
+            raise CliError(
+                f"{name}: no image is left to hold out for validation: every class has a single training image "
+                "(a class keeps at least one for training); give at least two images of some class"
+            )
         return train if split == "train" else val
 
     if name.endswith(".npz"):

@@ -163,6 +163,11 @@ def cifar10(root: str | Path, split: str = "train") -> TensorDataset:
     images, labels = [], []
     for path in paths:
         raw = np.fromfile(path, dtype=np.uint8)
+        if raw.size == 0:  # an interrupted download or extraction; else an opaque numpy error below
+            raise ValueError(
+                f"{path} is empty; extract cifar-10-binary.tar.gz again (or download it again if the archive "
+                "is incomplete)"
+            )
         if raw.size % _CIFAR_RECORD:
             raise ValueError(f"{path}: {raw.size} bytes is not a multiple of the {_CIFAR_RECORD}-byte record")
         records = raw.reshape(-1, _CIFAR_RECORD)
@@ -178,7 +183,8 @@ def npz(path: str | Path, split: str = "train") -> TensorDataset:
 
     The file holds ``x_train`` and ``y_train`` (and, for ``split="test"``, ``x_test`` and ``y_test``): images as
     ``(N, H, W)`` or channels-first ``(N, C, H, W)``, ``uint8`` (0-255) or float (both splits alike), and integer
-    labels ``0 .. K-1`` with every class in ``y_train``, of shape ``(N,)`` or ``(N, 1)`` (as Keras gives them).
+    labels ``0 .. K-1`` (at least two classes) with every class in ``y_train``, of shape ``(N,)`` or ``(N, 1)``
+    (as Keras gives them).
     Channels-last images ``(N, H, W, C)`` are refused with the transpose that fixes them, not read as ``C = H``
     channels. It is read with ``allow_pickle=False``, so a file cannot run code. Both splits are normalised
     with the per-channel mean and standard deviation of ``x_train`` (after scaling ``uint8`` to 0-1), so training,
@@ -209,8 +215,16 @@ def npz(path: str | Path, split: str = "train") -> TensorDataset:
         raise ValueError(
             f"{path}: cannot be read without pickle ({exc}); store plain numeric arrays"
         ) from None
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"{path} is not a NumPy .npz file ({exc})") from None
+    # BadZipFile: a member fails its CRC check (a damaged copy)
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} is not a NumPy .npz file, or is damaged ({exc}); write it again") from None
+    # np.load gives a member that is not an .npy array (a zip of other files renamed .npz) as raw bytes
+    not_arrays = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))
+    if not_arrays:
+        raise ValueError(
+            f"{path}: not NumPy arrays: {', '.join(not_arrays)}; write the file with "
+            "np.savez(path, x_train=..., y_train=...)"
+        )
     x_train = _npz_images(path, arrays, "x_train")
     y_train = _npz_labels(path, arrays, "y_train", len(x_train))
     classes = np.unique(y_train)
@@ -219,6 +233,11 @@ def npz(path: str | Path, split: str = "train") -> TensorDataset:
         raise ValueError(
             f"{path}: y_train labels must be 0 .. K-1 with every class present, got {len(classes)} classes "
             f"{_preview(classes)}; renumber them: classes, y_train = np.unique(y_train, return_inverse=True)"
+        )
+    if len(classes) < 2:  # every subnet would score 100%: a search would have nothing to rank
+        raise ValueError(
+            f"{path}: y_train has a single class ({int(classes[0])}); a classifier needs at least two (are these "
+            "the right labels?)"
         )
     x, y = x_train, y_train
     if split == "test":
@@ -308,8 +327,9 @@ def train_val_split(
 ) -> tuple[TensorDataset, TensorDataset]:
     """Split a labelled ``TensorDataset`` into (train, val), stratified by label, reproducibly from ``seed``.
 
-    Each class contributes ``round(val_fraction * count)`` examples to the validation part (at least one when
-    the fraction is positive and the class has two or more examples).
+    Each class contributes ``round(val_fraction * count)`` examples to the validation part, but at least one
+    when the class has two or more examples and at most ``count - 1``: every class keeps a training example (a
+    class of one example stays in training).
 
     Example:
         >>> train, val = train_val_split(digits(), 0.2, seed=0)
@@ -326,9 +346,9 @@ def train_val_split(
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
-        n_val = round(float(val_fraction) * len(idx))
-        if n_val == 0 and len(idx) >= 2:
-            n_val = 1
+        # At least one of each class in val, but never the whole class: val_fraction=0.97 of 20 examples
+        # took all of them, leaving an empty training part (and a tiny class would vanish from training).
+        n_val = min(max(round(float(val_fraction) * len(idx)), 1), len(idx) - 1)
         val_idx.append(idx[:n_val])
     val = np.sort(np.concatenate(val_idx))
     mask = np.ones(len(labels), dtype=bool)

@@ -118,6 +118,12 @@ def hypervolume_curve(
     return steps, hv
 
 
+def _plain(text: str) -> str:
+    """``text`` for a matplotlib label, shown as written: a target named after a file such as ``cost$_$.json``
+    would otherwise be read as mathtext between its ``$`` signs (and a malformed one fails the whole report)."""
+    return text.replace("$", r"\$")
+
+
 def _plot_front(result: SearchResult, names: Sequence[str], label: str) -> bytes:
     import matplotlib
 
@@ -144,9 +150,9 @@ def _plot_front(result: SearchResult, names: Sequence[str], label: str) -> bytes
     f = front.sort_values(x_name)
     ax.step(f[x_name], f[y_name], where="post", c="#c0392b", lw=1.2)
     ax.scatter(f[x_name], f[y_name], s=22, c="#c0392b", label="Pareto front", zorder=3)
-    ax.set_xlabel(x_name)
-    ax.set_ylabel(y_name)
-    ax.set_title(f"{label}: {len(f)} Pareto-optimal of {len(df)} evaluated")
+    ax.set_xlabel(_plain(x_name))
+    ax.set_ylabel(_plain(y_name))
+    ax.set_title(_plain(f"{label}: {len(f)} Pareto-optimal of {len(df)} evaluated"))
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     return _png(fig)
@@ -162,7 +168,7 @@ def _plot_hv(steps: np.ndarray, hv: np.ndarray, label: str) -> bytes:
     ax.plot(steps, hv, c="#2c3e50")
     ax.set_xlabel("evaluations")
     ax.set_ylabel("hypervolume")
-    ax.set_title(f"{label}: hypervolume over the run")
+    ax.set_title(_plain(f"{label}: hypervolume over the run"))
     ax.grid(alpha=0.3)
     return _png(fig)
 
@@ -260,7 +266,8 @@ def write_report(source: SearchResult | str | os.PathLike[str], out_dir: str | o
     Pareto-optimal configs (also as ``front_<target>.csv``), plus ``summary.json``.
 
     ``source`` is a :class:`SearchResult` or a store URL/path (``sqlite:///runs/search.db``).
-    Returns the path of ``index.html``. Every file is written atomically.
+    Returns the path of ``index.html``. Every file is written atomically, and only once all of them are
+    rendered: a report that fails (a plot, the page) leaves ``out_dir`` as it was.
 
     A target without a front (no successful feasible evaluation with finite values) gets a line saying why
     instead of its plots, a logged warning and an entry in ``summary.json["skipped"]``; a ``ValueError`` when
@@ -285,10 +292,9 @@ def write_report(source: SearchResult | str | os.PathLike[str], out_dir: str | o
     written = {f"{kind}_{stem}.{ext}" for stem in stems for kind, ext in _FILES}
     if out.is_dir():
         _refuse_foreign_files(out, written | set(_PAGE_FILES))
-    out.mkdir(parents=True, exist_ok=True)
-    previous = _previous_files(out)
-    # Listed before they are written: a report stopped part-way still names every file it may have left.
-    _list_files(out, previous | written)
+    # Every file is rendered in memory before the first is written: a plot or page that fails (matplotlib
+    # refusing a label, say) must leave no half-written report behind (plots of one target, no page).
+    contents: dict[str, bytes] = {}
     summary: dict[str, Any] = {"meta": result.meta, "evaluations": len(result), "fronts": {}, "skipped": {}}
     sections = []
     for label, names, stem, reason in fronts:
@@ -302,9 +308,9 @@ def write_report(source: SearchResult | str | os.PathLike[str], out_dir: str | o
         front = result.pareto(objectives=names)
         ref = default_reference(result, names)
         steps, hv = hypervolume_curve(result, names, ref)
-        write_bytes(out / f"front_{stem}.png", _plot_front(result, names, label))
-        write_bytes(out / f"hv_{stem}.png", _plot_hv(steps, hv, label))
-        write_bytes(out / f"front_{stem}.csv", front.to_csv(index=False).encode())
+        contents[f"front_{stem}.png"] = _plot_front(result, names, label)
+        contents[f"hv_{stem}.png"] = _plot_hv(steps, hv, label)
+        contents[f"front_{stem}.csv"] = front.to_csv(index=False).encode()
         summary["fronts"][label] = {
             "objectives": list(names),
             "reference": ref,
@@ -341,8 +347,14 @@ def write_report(source: SearchResult | str | os.PathLike[str], out_dir: str | o
         f"{html.escape(', '.join(f'{n} ({d})' for n, d in result.objectives))}; seed {meta.get('seed')}, "
         f"budget {meta.get('budget')}.</p>" + "".join(sections) + "</body></html>"
     )
-    write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
-    write_bytes(out / "index.html", page.encode())
+    contents["summary.json"] = json.dumps(summary, indent=2, default=str).encode()
+    contents["index.html"] = page.encode()
+    out.mkdir(parents=True, exist_ok=True)
+    previous = _previous_files(out)
+    # Listed before they are written: a report stopped part-way still names every file it may have left.
+    _list_files(out, previous | written)
+    for name, data in contents.items():  # the page last, so that it never shows plots not yet written
+        write_bytes(out / name, data)
     for name in previous - written:  # plots of a target the store no longer has (or that has no front now)
         if not (out / name).is_dir():
             (out / name).unlink(missing_ok=True)

@@ -402,3 +402,17 @@ def test_export_measure_times_the_export_as_the_target_was_measured(run_dir, tmp
         refused(
             {**recorded["metadata"], "backend": "cuda"}, "backend 'cuda', but this machine has no CUDA GPU"
         )
+
+
+def test_a_npz_file_with_nothing_to_hold_out_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    path = tmp_path / "one-each.npz"  # one image per class: the 10% validation split holds none
+    np.savez(path, x_train=np.zeros((4, 8, 8), np.uint8), y_train=np.arange(4))
+    out = tmp_path / "sn"
+    train = ["train", "--space", "examples.custom_space", "--data", str(path), "--epochs", "1"]
+    assert main([*train, "--batch-size", "2", "--out", str(out)]) == 2
+    # it used to train, then fail with "data: no examples to evaluate"
+    assert "no image is left to hold out for validation" in capsys.readouterr().err
+    assert not out.exists()

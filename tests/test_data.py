@@ -51,6 +51,45 @@ def test_train_val_split_stratified_reproducible_disjoint():
         data.train_val_split(ds, 1.5)
 
 
+def test_train_val_split_keeps_every_class_in_training():
+    # round(0.97 * 10) = 10 of each class went to val: the training part was empty
+    ds = torch.utils.data.TensorDataset(torch.arange(20.0)[:, None], torch.arange(20) % 2)
+    tr, va = data.train_val_split(ds, 0.97)
+    assert tr.tensors[1].bincount().tolist() == [1, 1] and va.tensors[1].bincount().tolist() == [9, 9]
+    # a class of one example stays in training; one of two gives one to each part
+    tiny = torch.utils.data.TensorDataset(torch.arange(3.0)[:, None], torch.tensor([0, 1, 1]))
+    tr, va = data.train_val_split(tiny, 0.6)
+    assert sorted(tr.tensors[1].tolist()) == [0, 1] and va.tensors[1].tolist() == [1]
+
+
+def test_npz_damaged_or_not_holding_arrays_is_a_clear_error(tmp_path):
+    import zipfile
+
+    path = tmp_path / "damaged.npz"
+    np.savez(path, x_train=np.zeros((50, 8, 8), np.uint8), y_train=np.arange(50) % 2)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3] ^= 0xFF  # inside x_train's data: its CRC fails (zipfile.BadZipFile, a traceback)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"damaged\.npz is not a NumPy \.npz file, or is damaged \(Bad CRC"):
+        data.npz(path)
+    other = tmp_path / "other.npz"
+    with zipfile.ZipFile(other, "w") as z:  # np.load hands such members back as bytes (an AttributeError)
+        z.writestr("x_train.npy", b"not an array")
+        z.writestr("y_train.npy", b"nor this")
+    with pytest.raises(ValueError, match=r"other\.npz: not NumPy arrays: x_train, y_train"):
+        data.npz(other)
+
+
+def test_npz_of_a_single_class_is_refused(tmp_path):
+    # all-zero labels trained a one-class "classifier" every subnet of which scores 100%, without a word
+    path = tmp_path / "one.npz"
+    np.savez(path, x_train=np.zeros((10, 8, 8), np.uint8), y_train=np.zeros(10, np.int64))
+    with pytest.raises(
+        ValueError, match=r"one\.npz: y_train has a single class \(0\); a classifier needs at least two"
+    ):
+        data.npz(path)
+
+
 def _write_cifar(folder, n_per_file: int, names) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     all_img, all_lab = [], []
@@ -81,6 +120,13 @@ def test_cifar10_binary_reader(tmp_path):
 def test_cifar10_missing_says_where_to_get_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"cifar-10-binary\.tar\.gz"):
         data.cifar10(tmp_path, "train")
+
+
+def test_cifar10_empty_batch_file_says_what_to_do(tmp_path):
+    # an interrupted extraction leaves an empty file: numpy's "zero-size array to reduction operation" said nothing
+    (tmp_path / "test_batch.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"test_batch\.bin is empty; extract cifar-10-binary\.tar\.gz again"):
+        data.cifar10(tmp_path, "test")
 
 
 def test_npz_reads_your_own_images_normalised_by_the_training_split(tmp_path):
@@ -136,7 +182,7 @@ def test_npz_missing_file_or_test_split(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"np\.savez"):
         data.npz(tmp_path / "none.npz")
     path = tmp_path / "train-only.npz"
-    np.savez(path, x_train=np.zeros((4, 5, 5), np.uint8), y_train=np.zeros(4, int))
+    np.savez(path, x_train=np.zeros((4, 5, 5), np.uint8), y_train=np.arange(4) % 2)
     with pytest.raises(ValueError, match="holds no test split"):
         data.npz(path, "test")
     (tmp_path / "text.npz").write_text("not numpy")

@@ -253,3 +253,30 @@ def test_loading_a_run_closes_the_store_it_opened(tmp_path, monkeypatch):
     assert len(SearchResult.load(store)) == 1 and len(closed) == 1  # the caller's store: still open
     assert len(store.records()) == 1
     store.close()
+
+
+def test_a_target_label_with_dollar_signs_is_plotted_as_written(tmp_path):
+    # A target is named after its file (cost$_$.json -> "cost$_$"): matplotlib read the text between the $ signs
+    # as mathtext, and a malformed one ("$_$") failed the whole report with an empty ValueError.
+    h = make_result().history.rename(columns={"latency@phone": "latency@cost$_$"})
+    result = SearchResult(h, [("accuracy", "max"), ("latency@cpu", "min"), ("latency@cost$_$", "min")])
+    text = write_report(result, tmp_path / "rep").read_text()
+    assert "<h2>cost$_$</h2>" in text
+    assert (tmp_path / "rep" / "front_cost___.png").stat().st_size > 0
+
+
+def test_a_report_that_fails_part_way_writes_nothing(tmp_path, monkeypatch):
+    import nas.report
+
+    calls = []
+
+    def failing_hv_plot(*args):
+        calls.append(args)
+        if len(calls) == 2:  # the second target's plot: the first target's files would already be written
+            raise RuntimeError("plot failed")
+        return b"png"
+
+    monkeypatch.setattr(nas.report, "_plot_hv", failing_hv_plot)
+    with pytest.raises(RuntimeError, match="plot failed"):
+        write_report(make_result(), tmp_path / "rep")
+    assert not (tmp_path / "rep").exists()  # not a folder of one target's plots, a file list and no page
