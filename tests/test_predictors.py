@@ -421,3 +421,56 @@ def test_provenance_is_saved_and_old_files_load_without_it(fitted, tmp_path):
     path.write_text(json.dumps({**old, "provenance": "__import__('os')"}))
     with pytest.raises(PredictorFormatError, match="provenance must be null or an object"):
         predictors.load(path)
+
+
+def test_a_tampered_kind_or_feature_names_fail_on_load(fitted, tmp_path):
+    """The stored kind must name a fitted kind whose models the file holds; feature names must be strings."""
+    path = tmp_path / "p.json"
+    fitted["gbdt"].save(path)
+    good = json.loads(path.read_text())
+    for kind, message in [
+        ("pickle", r"kind must be one of \['ridge', 'lut', 'gbdt', 'mlp', 'ensemble'\], got 'pickle'"),
+        (None, r"kind must be one of .* got None"),
+        ("auto", r"got 'auto'"),  # fit always records the kind it chose
+        (
+            "ridge",
+            r"a 'ridge' predictor holds one group of 'linear' models, but this file has 1 group\(s\) of \['trees'\]",
+        ),
+        ("ensemble", r"an ensemble needs at least 2 groups of models, got 1"),
+    ]:
+        path.write_text(json.dumps({**good, "kind": kind}))
+        with pytest.raises(PredictorFormatError, match=message):
+            predictors.load(path)
+    ens = tmp_path / "e.json"
+    fitted["ensemble"].save(ens)
+    mixed = json.loads(ens.read_text())
+    mixed["groups"][0].append(mixed["groups"][1][0])  # a linear model in the trees' bag
+    ens.write_text(json.dumps(mixed))
+    with pytest.raises(PredictorFormatError, match=r"each group must hold models of one family"):
+        predictors.load(ens)
+    path.write_text(json.dumps({**good, "feature_names": list(range(6))}))
+    with pytest.raises(PredictorFormatError, match=r"feature_names must be null or a list of 6 strings"):
+        predictors.load(path)
+
+
+def test_load_errors_name_the_file_and_the_fix(fitted, tmp_path):
+    path = tmp_path / "pred.json"
+    fitted["ridge"].save(path)
+    good = json.loads(path.read_text())
+    path.write_text(path.read_text()[:-50])
+    with pytest.raises(
+        PredictorFormatError, match=r"pred\.json' is not a predictor file: .*refit it \(`nas fit"
+    ):
+        predictors.load(path)
+    path.write_text(json.dumps({**good, "format_version": 99}))
+    with pytest.raises(
+        PredictorFormatError, match=r"format_version 99 .*; upgrade nas to read it, or refit it"
+    ):
+        predictors.load(path)
+    path.write_text(json.dumps({"format": "nas-latency-lut", "table": {}}))
+    with pytest.raises(
+        PredictorFormatError, match=r"pred\.json': not a predictor file .*written by `nas fit --out`"
+    ):
+        predictors.load(path)
+    with pytest.raises(PredictorFormatError, match=r"is a directory, not a predictor file"):
+        predictors.load(tmp_path)
