@@ -530,6 +530,20 @@ def fit(
         raise ValueError("X and y must be finite (drop unmeasured rows first)")
     if feature_names is not None and len(feature_names) != X.shape[1]:
         raise ValueError(f"{len(feature_names)} feature names for {X.shape[1]} columns of X")
+    # Checked now, not at the first prediction: a predictor recording a space its columns do not come from would
+    # be saved and shipped, then refuse every config of that space ("X has shape (1, 155) but ... 46 features").
+    space_names = None if space is None or isinstance(space, str) else getattr(space, "feature_names", None)
+    if space_names is not None:
+        space_names = tuple(space_names)
+        if len(space_names) != X.shape[1]:
+            raise ValueError(
+                f"X has {X.shape[1]} columns but space {_space_name(space)!r} has {len(space_names)} features; "
+                "pass the rows of space.features_matrix(configs) of that space"
+            )
+        if feature_names is not None and tuple(feature_names) != space_names:
+            raise ValueError(
+                f"feature_names differ from those of space {_space_name(space)!r}; pass space.feature_names"
+            )
     if n_bags < 1:
         raise ValueError(f"n_bags must be >= 1, got {n_bags}")
     # checked up front: folds are only used by kind="auto" and calibrate, and only on enough data

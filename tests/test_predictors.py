@@ -474,3 +474,18 @@ def test_load_errors_name_the_file_and_the_fix(fitted, tmp_path):
         predictors.load(path)
     with pytest.raises(PredictorFormatError, match=r"is a directory, not a predictor file"):
         predictors.load(tmp_path)
+
+
+def test_fit_refuses_rows_that_are_not_features_of_the_space_it_records():
+    """A predictor saved with a space whose features its columns are not would refuse every config later."""
+
+    class Space:
+        name = "toy"
+        feature_names = FEATURES
+
+    X, y = data(40)
+    assert predictors.fit(X, y, kind="ridge", space=Space()).space == "toy"
+    with pytest.raises(ValueError, match=r"X has 5 columns but space 'toy' has 6 features"):
+        predictors.fit(X[:, :5], y, kind="ridge", space=Space())
+    with pytest.raises(ValueError, match=r"feature_names differ from those of space 'toy'"):
+        predictors.fit(X, y, kind="ridge", space=Space(), feature_names=[f"g{i}" for i in range(6)])
