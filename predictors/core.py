@@ -130,7 +130,14 @@ class Predictor:
                 f"space {name!r} now has different features ({len(names)}) from those this predictor was fitted on "
                 f"({self.n_features}); refit the predictor"
             )
-        X = np.asarray(X, dtype=np.float64)
+        try:
+            X = np.asarray(X, dtype=np.float64)
+        # configs passed as they are: numpy alone says "float() argument must be ... not 'dict'"
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"X must be rows of numeric features ({exc}); for configs, call "
+                "predict_configs(configs, space) or pass space.features_matrix(configs)"
+            ) from None
         if X.ndim == 1:
             X = X[None, :]
         if X.ndim != 2 or X.shape[1] != self.n_features:

@@ -118,6 +118,12 @@ def test_wrong_width_and_wrong_space_are_refused(fitted):
     with pytest.raises(ValueError, match="NaN"):
         pred.predict(np.full((1, 6), np.nan))
     assert pred.predict(X, space="toy").shape == (5,)
+    # configs instead of feature rows: numpy alone raised "float() argument must be ... not 'dict'"
+    configs = [{name: 1 for name in FEATURES}] * 2
+    with pytest.raises(
+        ValueError, match=r"X must be rows of numeric features .*predict_configs\(configs, space\)"
+    ):
+        pred.predict(configs)
 
 
 def test_robust_tree_loss_resists_outliers():
