@@ -21,6 +21,9 @@ FORMAT = "nas-predictor"
 FORMAT_VERSION = 2  # 2 added the calibration "scale"; version 1 files still load (scale 1)
 _READABLE_VERSIONS = (1, 2)
 KINDS = ("auto", "ridge", "gbdt", "mlp", "lut", "ensemble")
+# The model family each single kind's one group holds: a file's "kind" is checked against its models on load, so
+# a tampered or hand-edited kind cannot label (in `nas fit`'s summary, the repr, a search log) what it is not.
+_KIND_FAMILY = {"ridge": "linear", "lut": "linear", "gbdt": "trees", "mlp": "mlp"}
 _AUTO_CANDIDATES = ("ridge", "lut", "gbdt", "mlp", "ensemble")
 ENSEMBLE_MEMBERS = ("gbdt", "lut")
 # Boosted trees use the Huber loss (squared for the 80 % smallest residuals, absolute beyond): measured
@@ -127,7 +130,14 @@ class Predictor:
                 f"space {name!r} now has different features ({len(names)}) from those this predictor was fitted on "
                 f"({self.n_features}); refit the predictor"
             )
-        X = np.asarray(X, dtype=np.float64)
+        try:
+            X = np.asarray(X, dtype=np.float64)
+        # configs passed as they are: numpy alone says "float() argument must be ... not 'dict'"
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"X must be rows of numeric features ({exc}); for configs, call "
+                "predict_configs(configs, space) or pass space.features_matrix(configs)"
+            ) from None
         if X.ndim == 1:
             X = X[None, :]
         if X.ndim != 2 or X.shape[1] != self.n_features:
@@ -245,9 +255,14 @@ class Predictor:
         n = d.get("n_features")
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise PredictorFormatError(f"n_features must be a positive integer, got {n!r}")
+        kind = d.get("kind")
+        if kind not in (*_KIND_FAMILY, "ensemble"):  # "auto" is never stored: fit records the kind it chose
+            raise PredictorFormatError(f"kind must be one of {[*_KIND_FAMILY, 'ensemble']}, got {kind!r}")
         names = d.get("feature_names")
-        if names is not None and (not isinstance(names, list) or len(names) != n):
-            raise PredictorFormatError(f"feature_names must be null or a list of {n} names")
+        if names is not None and (
+            not isinstance(names, list) or len(names) != n or not all(isinstance(x, str) for x in names)
+        ):
+            raise PredictorFormatError(f"feature_names must be null or a list of {n} strings")
         space = d.get("space")
         if space is not None and not isinstance(space, str):
             raise PredictorFormatError(f"space must be null or a string, got {space!r}")
@@ -268,6 +283,16 @@ class Predictor:
                 f"targets must list 'log' or 'linear' for each of the {len(raw_groups)} groups"
             )
         groups = [[Model.from_dict(m, n) for m in g] for g in raw_groups]
+        families = [sorted({m.family for m in g}) for g in groups]
+        if any(len(f) != 1 for f in families):
+            raise PredictorFormatError(f"each group must hold models of one family, got {families}")
+        if kind == "ensemble" and len(groups) < 2:
+            raise PredictorFormatError(f"an ensemble needs at least 2 groups of models, got {len(groups)}")
+        if kind in _KIND_FAMILY and (len(groups) != 1 or families[0][0] != _KIND_FAMILY[kind]):
+            raise PredictorFormatError(
+                f"a {kind!r} predictor holds one group of {_KIND_FAMILY[kind]!r} models, but this file has "
+                f"{len(groups)} group(s) of {[f[0] for f in families]}"
+            )
         info = d.get("info") if isinstance(d.get("info"), dict) else {}
         scale = d.get("scale", 1.0) if d.get("format_version") >= 2 else 1.0
         if (
@@ -282,25 +307,42 @@ class Predictor:
             raise PredictorFormatError(
                 f"provenance must be null or an object, got {type(provenance).__name__}"
             )
-        return cls(str(d.get("kind")), groups, targets, n, names, space, info, float(scale), provenance)
+        return cls(kind, groups, targets, n, names, space, info, float(scale), provenance)
 
 
 def load(path: str | os.PathLike[str]) -> Predictor:
     """Read a predictor saved with :meth:`Predictor.save`; plain JSON, nothing is executed.
 
-    Raises :class:`PredictorFormatError` naming the file for corrupted, foreign or newer files.
+    Raises :class:`PredictorFormatError` naming the file, the fault and the fix for corrupted, foreign or newer
+    files.
     """
     path = Path(path)
+    # what to do about a file this version cannot use: it holds fitted numbers only, so fitting again restores it
+    refit = f"refit it (`nas fit PROFILE --out {path.name}`, or predictors.fit(...).save(...))"
     try:
         d = json.loads(path.read_text())
     except FileNotFoundError:
         raise PredictorFormatError(f"predictor file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise PredictorFormatError(
+            f"{str(path)!r} is a directory, not a predictor file; pass the .json file `nas fit --out` wrote"
+        ) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PredictorFormatError(f"{str(path)!r} is not a predictor file: not valid JSON ({exc})") from None
+        raise PredictorFormatError(
+            f"{str(path)!r} is not a predictor file: not valid JSON ({exc}); if it was cut short, {refit}"
+        ) from None
     try:
         return Predictor.from_dict(d)
     except PredictorFormatError as exc:
-        raise PredictorFormatError(f"{str(path)!r}: {exc}") from None
+        ours = isinstance(d, dict) and d.get("format") == FORMAT
+        version = d.get("format_version") if ours else None
+        if not ours:  # another JSON file (a lookup table, a profile's metadata...): nothing to refit
+            fix = "pass a file written by `nas fit --out` or Predictor.save"
+        elif isinstance(version, int) and version > FORMAT_VERSION:
+            fix = f"upgrade nas to read it, or {refit}"
+        else:
+            fix = refit
+        raise PredictorFormatError(f"{str(path)!r}: {exc}; {fix}") from None
 
 
 # ------------------------------------------------------------------------------------------------ fitting
@@ -495,6 +537,20 @@ def fit(
         raise ValueError("X and y must be finite (drop unmeasured rows first)")
     if feature_names is not None and len(feature_names) != X.shape[1]:
         raise ValueError(f"{len(feature_names)} feature names for {X.shape[1]} columns of X")
+    # Checked now, not at the first prediction: a predictor recording a space its columns do not come from would
+    # be saved and shipped, then refuse every config of that space ("X has shape (1, 155) but ... 46 features").
+    space_names = None if space is None or isinstance(space, str) else getattr(space, "feature_names", None)
+    if space_names is not None:
+        space_names = tuple(space_names)
+        if len(space_names) != X.shape[1]:
+            raise ValueError(
+                f"X has {X.shape[1]} columns but space {_space_name(space)!r} has {len(space_names)} features; "
+                "pass the rows of space.features_matrix(configs) of that space"
+            )
+        if feature_names is not None and tuple(feature_names) != space_names:
+            raise ValueError(
+                f"feature_names differ from those of space {_space_name(space)!r}; pass space.feature_names"
+            )
     if n_bags < 1:
         raise ValueError(f"n_bags must be >= 1, got {n_bags}")
     # checked up front: folds are only used by kind="auto" and calibrate, and only on enough data

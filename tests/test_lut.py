@@ -126,6 +126,16 @@ def test_load_rejects_foreign_and_corrupt_files(tmp_path) -> None:
     )
     with pytest.raises(LUTFormatError, match="finite"):
         LatencyLUT.load(bad)
+    good = {"format": "nas-latency-lut", "format_version": 1, "metadata": {}, "table": {"a": 0.1}}
+    for fields, message in [
+        ({"overhead_ms": 0.0}, r"field 'scale' must be a number, got None; rebuild the table"),
+        ({"scale": "2", "overhead_ms": 0.0}, r"field 'scale' must be a number, got '2'"),
+        ({"scale": 1.0, "overhead_ms": 0.0, "table": {"a": True}}, r"layer 'a' must be a number, got True"),
+        ({"scale": 1.0, "overhead_ms": 0.0, "table": {"a": "0.5"}}, r"layer 'a' must be a number, got '0.5'"),
+    ]:
+        bad.write_text(json.dumps({**good, **fields}))
+        with pytest.raises(LUTFormatError, match=message):
+            LatencyLUT.load(bad)
 
 
 def test_build_lut_calibrates_and_saves(net, tmp_path) -> None:

@@ -118,6 +118,12 @@ def test_wrong_width_and_wrong_space_are_refused(fitted):
     with pytest.raises(ValueError, match="NaN"):
         pred.predict(np.full((1, 6), np.nan))
     assert pred.predict(X, space="toy").shape == (5,)
+    # configs instead of feature rows: numpy alone raised "float() argument must be ... not 'dict'"
+    configs = [{name: 1 for name in FEATURES}] * 2
+    with pytest.raises(
+        ValueError, match=r"X must be rows of numeric features .*predict_configs\(configs, space\)"
+    ):
+        pred.predict(configs)
 
 
 def test_robust_tree_loss_resists_outliers():
@@ -421,3 +427,71 @@ def test_provenance_is_saved_and_old_files_load_without_it(fitted, tmp_path):
     path.write_text(json.dumps({**old, "provenance": "__import__('os')"}))
     with pytest.raises(PredictorFormatError, match="provenance must be null or an object"):
         predictors.load(path)
+
+
+def test_a_tampered_kind_or_feature_names_fail_on_load(fitted, tmp_path):
+    """The stored kind must name a fitted kind whose models the file holds; feature names must be strings."""
+    path = tmp_path / "p.json"
+    fitted["gbdt"].save(path)
+    good = json.loads(path.read_text())
+    for kind, message in [
+        ("pickle", r"kind must be one of \['ridge', 'lut', 'gbdt', 'mlp', 'ensemble'\], got 'pickle'"),
+        (None, r"kind must be one of .* got None"),
+        ("auto", r"got 'auto'"),  # fit always records the kind it chose
+        (
+            "ridge",
+            r"a 'ridge' predictor holds one group of 'linear' models, but this file has 1 group\(s\) of \['trees'\]",
+        ),
+        ("ensemble", r"an ensemble needs at least 2 groups of models, got 1"),
+    ]:
+        path.write_text(json.dumps({**good, "kind": kind}))
+        with pytest.raises(PredictorFormatError, match=message):
+            predictors.load(path)
+    ens = tmp_path / "e.json"
+    fitted["ensemble"].save(ens)
+    mixed = json.loads(ens.read_text())
+    mixed["groups"][0].append(mixed["groups"][1][0])  # a linear model in the trees' bag
+    ens.write_text(json.dumps(mixed))
+    with pytest.raises(PredictorFormatError, match=r"each group must hold models of one family"):
+        predictors.load(ens)
+    path.write_text(json.dumps({**good, "feature_names": list(range(6))}))
+    with pytest.raises(PredictorFormatError, match=r"feature_names must be null or a list of 6 strings"):
+        predictors.load(path)
+
+
+def test_load_errors_name_the_file_and_the_fix(fitted, tmp_path):
+    path = tmp_path / "pred.json"
+    fitted["ridge"].save(path)
+    good = json.loads(path.read_text())
+    path.write_text(path.read_text()[:-50])
+    with pytest.raises(
+        PredictorFormatError, match=r"pred\.json' is not a predictor file: .*refit it \(`nas fit"
+    ):
+        predictors.load(path)
+    path.write_text(json.dumps({**good, "format_version": 99}))
+    with pytest.raises(
+        PredictorFormatError, match=r"format_version 99 .*; upgrade nas to read it, or refit it"
+    ):
+        predictors.load(path)
+    path.write_text(json.dumps({"format": "nas-latency-lut", "table": {}}))
+    with pytest.raises(
+        PredictorFormatError, match=r"pred\.json': not a predictor file .*written by `nas fit --out`"
+    ):
+        predictors.load(path)
+    with pytest.raises(PredictorFormatError, match=r"is a directory, not a predictor file"):
+        predictors.load(tmp_path)
+
+
+def test_fit_refuses_rows_that_are_not_features_of_the_space_it_records():
+    """A predictor saved with a space whose features its columns are not would refuse every config later."""
+
+    class Space:
+        name = "toy"
+        feature_names = FEATURES
+
+    X, y = data(40)
+    assert predictors.fit(X, y, kind="ridge", space=Space()).space == "toy"
+    with pytest.raises(ValueError, match=r"X has 5 columns but space 'toy' has 6 features"):
+        predictors.fit(X[:, :5], y, kind="ridge", space=Space())
+    with pytest.raises(ValueError, match=r"feature_names differ from those of space 'toy'"):
+        predictors.fit(X, y, kind="ridge", space=Space(), feature_names=[f"g{i}" for i in range(6)])

@@ -160,7 +160,9 @@ def test_corrupted_files_fail_clearly(tmp_path):
         Profile.load(path)
     # metadata file missing
     meta_path(path).unlink()
-    with pytest.raises(ProfileFormatError, match=r"no metadata file"):
+    with pytest.raises(
+        ProfileFormatError, match=r"no metadata file .*Profile\(space_name, configs, latency_ms"
+    ):
         Profile.load(path)
     with pytest.raises(ProfileFormatError, match="does not exist"):
         Profile.load(tmp_path / "nothing.csv")

@@ -438,9 +438,19 @@ class LatencyLUT:
             )
         if not isinstance(d.get("table"), dict) or not isinstance(d.get("metadata"), dict):
             raise LUTFormatError(f"{str(path)!r}: 'table' and 'metadata' must be JSON objects")
+        # JSON numbers only: float() would also take "0.5", true or "nan" and hide a hand-edited or foreign file,
+        # and a missing field would surface as a bare KeyError message ("'scale'")
+        numbers = {f"field {k!r}": d.get(k) for k in ("scale", "overhead_ms")}
+        numbers.update({f"layer {k!r}": v for k, v in d["table"].items()})
+        for what, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise LUTFormatError(
+                    f"{str(path)!r}: {what} must be a number, got {value!r}; rebuild the table "
+                    "(LatencyLUT.build / build_lut) or restore the saved file"
+                )
         try:
             return cls(d["table"], d["metadata"], float(d["scale"]), float(d["overhead_ms"]))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (TypeError, ValueError) as exc:
             raise LUTFormatError(f"{str(path)!r}: {exc}") from None
 
 

@@ -346,7 +346,8 @@ class Profile:
         if not mpath.is_file():
             raise ProfileFormatError(
                 f"{str(path)!r} has no metadata file {mpath.name!r} beside it; is it a profile saved by "
-                "nas.hw.Profile.save?"
+                "nas.hw.Profile.save? A table measured elsewhere (nn-Meter, a spreadsheet) becomes one in Python: "
+                "Profile(space_name, configs, latency_ms, metadata={'device': ...}).save(path)"
             )
         try:
             meta = json.loads(mpath.read_text())
