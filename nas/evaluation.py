@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -168,14 +169,15 @@ def channels_last_on_cpu(net: nn.Module) -> Iterator[None]:
 
 
 def device_of(net: nn.Module) -> torch.device:
-    """The device ``net``'s parameters live on (the CPU for a net without any): where its inputs must go.
+    """The device ``net``'s parameters (else its buffers) live on, the CPU for a net with neither: where its
+    inputs must go.
 
     Example:
         >>> device_of(nn.Linear(2, 2)).type
         'cpu'
     """
-    param = next(net.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
+    tensor = next(itertools.chain(net.parameters(), net.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 @torch.no_grad()  # forward passes for the running statistics only: no autograd graph, slice caches usable

@@ -1013,7 +1013,7 @@ def _extract(
 
     if bn_images is None:
         return net.extract(cfg).eval().cpu(), None
-    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    device = evaluation.device_of(net)
     bn_images = bn_images.to(device)
     previous = getattr(net, "active_config", None)
     momenta = [(m, m.momentum) for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

@@ -297,3 +297,15 @@ def test_a_gpu_net_scores_data_on_the_gpu_as_data_on_the_cpu():
         evaluate_subnet(net, net.space.max(), (x.cuda(), y.cuda()), calib_batches=1, calib_batch_size=32)
         == on_cpu
     )
+
+
+def test_device_of_falls_back_to_buffers_then_the_cpu():
+    from torch import nn
+
+    from nas.evaluation import device_of
+
+    buffers_only = nn.BatchNorm2d(3, affine=False)
+    buffers_only.to("meta")  # stands in for a GPU: anywhere but the CPU
+    assert device_of(buffers_only).type == "meta"
+    assert device_of(nn.ReLU()).type == "cpu"
+    assert device_of(nn.Linear(2, 2).to("meta")).type == "meta"
