@@ -310,9 +310,10 @@ def _npz_labels(path: Path, arrays: dict[str, np.ndarray], key: str, n: int) -> 
     if y.ndim == 2 and y.shape[1] == 1:  # Keras's datasets give labels as (N, 1)
         y = y[:, 0]
     if y.ndim != 1 or len(y) != n or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+        one_hot = y.ndim == 2 and len(y) == n and y.shape[1] > 1
         raise ValueError(
             f"{path}: {key} must be {n} non-negative integer labels, one per image; got dtype {y.dtype}, "
-            f"shape {y.shape}"
+            f"shape {y.shape}" + (f" (one-hot? save {key}.argmax(1))" if one_hot else "")
         )
     return y
 

@@ -331,7 +331,8 @@ def write_report(source: SearchResult | str | os.PathLike[str], out_dir: str | o
                 else ""
             )
             + "</p>"
-            f'<img src="front_{stem}.png"> <img src="hv_{stem}.png">'
+            f'<img src="front_{stem}.png" alt="Pareto front for {html.escape(label)}"> '
+            f'<img src="hv_{stem}.png" alt="hypervolume over evaluations for {html.escape(label)}">'
             f"{_table_html(front, names)}"
         )
     meta = result.meta

@@ -156,6 +156,10 @@ def test_npz_reads_your_own_images_normalised_by_the_training_split(tmp_path):
             "must be 4 non-negative integer labels",
         ),
         ({"x_train": np.zeros((4, 5, 5)), "y_train": np.zeros(4)}, "integer labels"),
+        (
+            {"x_train": np.zeros((4, 5, 5)), "y_train": np.eye(4, dtype=int)},
+            r"one-hot\? save y_train\.argmax\(1\)",
+        ),
         ({"x_train": np.zeros((4, 5, 5), dtype=np.int32), "y_train": np.zeros(4, int)}, "uint8 or float"),
         ({"x_train": np.zeros((4, 5, 5)), "y_train": np.array([None] * 4, dtype=object)}, "without pickle"),
         (

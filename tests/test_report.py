@@ -151,7 +151,7 @@ def test_a_target_without_finite_values_is_left_out_saying_why(tmp_path, caplog)
     assert any("phone" in r.getMessage() and why in r.getMessage() for r in caplog.records)
     phone = text.split("<h2>phone</h2>", 1)[1]
     assert phone.startswith(f"<p class='skipped'>No Pareto front: {why}.</p>")
-    assert "<h2>cpu</h2>" in text and '<img src="front_cpu.png">' in text
+    assert "<h2>cpu</h2>" in text and '<img src="front_cpu.png" alt="Pareto front for cpu">' in text
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == [
         "front_cpu.csv",
         "front_cpu.png",
