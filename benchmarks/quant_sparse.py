@@ -4,7 +4,7 @@ For the max subnet and a few random architectures of the ``small`` preset, expor
 (32-bit weights, ``model.onnx``) and the int8 policy (8-bit weights everywhere, ``model.int8.onnx`` in QDQ
 form) and times both in onnxruntime on this CPU at batch 1 and 32 (interleaved, median; with one thread the
 calling thread's CPU time, see ``ort_latency``). ``--profile`` adds the time by op kind of the max subnet,
-which shows where int8 loses: see the README. Also reports model
+which shows where int8 loses: see benchmarks/RESULTS.md. Also reports model
 bytes (``nas.metrics.model_bytes``) and how closely the int8 ONNX model follows the fake-quant torch model
 (logit cosine similarity, top-1 agreement) on the evaluation inputs.
 

@@ -6,7 +6,7 @@
    predictor, search accuracy vs predicted latency, write an HTML report and export the chosen subnet to ONNX
    (verified in onnxruntime, reloaded without the supernet).
 
-The same from the shell (see README.md):
+The same from the shell (see README.md; each command in full: docs/cli.md):
 
     nas train   --space mobilenetv3 --data mnist --epochs 1 --out runs/demo/supernet
     nas profile --supernet runs/demo/supernet --samples 60 --out runs/demo/this-cpu.csv

@@ -655,7 +655,7 @@ def export_onnx_int8(
       on vit ``small`` subnets (onnxruntime 1.32, 1 thread, batch 1 and 32) ``all`` took 1.1-1.7x the float
       time with 0.3-1% mean logit error (1 - cosine) on MNIST, ``weights`` 0.87-1.2x with 0.011-0.017%
       (1.2x only for 48-wide subnets; the 224 px ``tiny`` max subnet: 0.59x, ``all`` 0.74x). Quantizing the
-      two products as well was about as fast and less exact (``benchmarks/vit_int8.py``, README).
+      two products as well was about as fast and less exact (``benchmarks/vit_int8.py``, docs/spaces.md).
     * ``auto`` (default): ``weights`` for a graph with attention (:func:`has_attention`: a product of two
       activations), else ``all`` (the conv spaces).
 

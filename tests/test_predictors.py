@@ -384,7 +384,8 @@ def test_auto_compares_kinds_on_a_subsample_and_fits_the_choice_on_all_samples(q
 
 
 def test_auto_at_or_below_select_samples_compares_on_all_samples(quick_trees):
-    # benchmarks/predictors.py records README numbers at 100 / 300 / 1000 cells: those fits must not change
+    # benchmarks/predictors.py records the numbers in benchmarks/RESULTS.md at 100 / 300 / 1000 cells: those
+    # fits must not change
     X, y = data(60)
     everything = predictors.fit(X, y, kind="auto", n_bags=1, select_samples=None)
     at_limit = predictors.fit(X, y, kind="auto", n_bags=1, select_samples=60)

@@ -356,7 +356,7 @@ def test_projections_start_xavier_uniform_with_q_k_v_each_on_their_own():
 def test_int8_export_of_attention_quantizes_only_weight_ops(small_net, tmp_path):
     # Quantizing every op type requantized each residual add, softmax and q k^T / scores @ v product: the
     # int8 ViT took 1.1-1.7x the float time on onnxruntime's CPU kernels, at 25-70x the logit error of int8
-    # weight ops with float outputs (0.87-1.2x the float time; see the README).
+    # weight ops with float outputs (0.87-1.2x the float time; see docs/spaces.md).
     import onnx
     from onnx import numpy_helper
 

@@ -380,7 +380,8 @@ def resolve_profile_space(profile: Profile, resolve_space: Callable[[str], Any] 
 
 
 # Above this median CV of the repeats, the median of one config's repeats moves by about that much between
-# runs, so a median-latency predictor cannot be checked to within 10% (README, profile_mobilenetv3 benchmark).
+# runs, so a median-latency predictor cannot be checked to within 10% (profile_mobilenetv3 in
+# benchmarks/RESULTS.md).
 NOISY_PROFILE_CV = 0.10
 # Fewer training configs than this rarely pin down a predictor of a supernet's dozens of features.
 FEW_TRAINING_CONFIGS = 100

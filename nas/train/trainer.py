@@ -87,7 +87,8 @@ class TrainConfig:
     # Conv weights and inputs channels-last on the CPU (about 2x faster there). Not applied on a GPU: torch then
     # sends every depthwise conv to cuDNN, whose releases from 9.10 compile a kernel for each new shape (about
     # 1.5 s each, NVIDIA/cudnn-frontend#1066), and elastic subnets bring new shapes for many steps (on an H200 the
-    # first 10 steps of the README recipe took 124 s channels-last; NCHW there not re-measured yet).
+    # first 10 steps of the MNIST recipe took 124 s channels-last; NCHW there not re-measured yet; see
+    # docs/training.md).
     channels_last: bool = True
     strategy_options: dict[str, Any] = field(default_factory=dict)
 
