@@ -835,6 +835,13 @@ def _objectives(args: argparse.Namespace, space: Any) -> tuple[list[Any], dict[s
             )
         )
         recipe["dataset"] = dataset
+        # said, not refused: scripts may pass --device to every search
+        if getattr(args, "device", None) is not None:
+            print(
+                f"nas search: --device {args.device} has no effect on an nb201 search (its accuracies are read "
+                "from the benchmark table; no network runs)",
+                file=sys.stderr,
+            )
     else:
         if not args.supernet:
             raise CliError(f"searching {args.space!r} needs --supernet RUN_DIR (made by `nas train`)")
@@ -1674,9 +1681,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--device",
-        default="auto",
+        # None, not "auto": an nb201 search tells a --device given (which it ignores, said on stderr) from none
+        default=None,
         help="where subnets' accuracy is measured: auto (default: the GPU when CUDA is available, else the CPU), "
-        "cpu, cuda or cuda:N; Ray trials resolve auto on the machine they run on",
+        "cpu, cuda or cuda:N; Ray trials resolve auto on the machine they run on; no effect on an nb201 search "
+        "(its accuracies come from the benchmark table)",
     )
     p.add_argument("--store", help="sqlite:///path.db, postgresql://..., or a path (default: in memory)")
     p.add_argument(

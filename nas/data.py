@@ -186,10 +186,12 @@ def npz(path: str | Path, split: str = "train") -> TensorDataset:
     labels ``0 .. K-1`` (at least two classes) with every class in ``y_train``, of shape ``(N,)`` or ``(N, 1)``
     (as Keras gives them).
     Channels-last images ``(N, H, W, C)`` are refused with the transpose that fixes them, not read as ``C = H``
-    channels. It is read with ``allow_pickle=False``, so a file cannot run code. Both splits are normalised
-    with the per-channel mean and standard deviation of ``x_train`` (after scaling ``uint8`` to 0-1), so training,
-    evaluation and export see the same preprocessing. Write one with
-    ``np.savez(path, x_train=x, y_train=y, x_test=xt, y_test=yt)``.
+    channels. A shape that reads either way (dims 1 and 3 both 1, 3 or 4 and not both 1: ``(N, 3, 32, 3)`` is
+    32 x 3 RGB or 3 x 32 RGB) is refused too, unless the file says ``layout="NCHW"`` (an extra array:
+    ``np.savez(path, ..., layout="NCHW")``), which reads every image array channels-first as stored. It is read
+    with ``allow_pickle=False``, so a file cannot run code. Both splits are normalised with the per-channel mean
+    and standard deviation of ``x_train`` (after scaling ``uint8`` to 0-1), so training, evaluation and export
+    see the same preprocessing. Write one with ``np.savez(path, x_train=x, y_train=y, x_test=xt, y_test=yt)``.
 
     Example:
         >>> import tempfile, os
@@ -225,7 +227,8 @@ def npz(path: str | Path, split: str = "train") -> TensorDataset:
             f"{path}: not NumPy arrays: {', '.join(not_arrays)}; write the file with "
             "np.savez(path, x_train=..., y_train=...)"
         )
-    x_train = _npz_images(path, arrays, "x_train")
+    channels_first = _npz_layout(path, arrays)
+    x_train = _npz_images(path, arrays, "x_train", channels_first)
     y_train = _npz_labels(path, arrays, "y_train", len(x_train))
     classes = np.unique(y_train)
     if not np.array_equal(classes, np.arange(len(classes))):
@@ -247,7 +250,7 @@ def npz(path: str | Path, split: str = "train") -> TensorDataset:
                 f"{path} holds no test split (no {' or '.join(missing)}): add x_test and y_test arrays, or "
                 "evaluate on a split of x_train"
             )
-        x = _npz_images(path, arrays, "x_test")
+        x = _npz_images(path, arrays, "x_test", channels_first)
         if x.shape[1:] != x_train.shape[1:]:
             raise ValueError(
                 f"{path}: x_test images are {x.shape[1:]}, x_train images {x_train.shape[1:]}; they must match"
@@ -271,7 +274,24 @@ def npz(path: str | Path, split: str = "train") -> TensorDataset:
     return _to_dataset(x, y, tuple(mean.tolist()), tuple(std.tolist()), scale=scale)
 
 
-def _npz_images(path: Path, arrays: dict[str, np.ndarray], key: str) -> np.ndarray:
+def _npz_layout(path: Path, arrays: dict[str, np.ndarray]) -> bool:
+    """Whether the file declares its images channels-first (``layout="NCHW"``); without it the shape decides."""
+    if "layout" not in arrays:
+        return False
+    layout = arrays["layout"]
+    if layout.shape != () or layout.dtype.kind != "U" or str(layout) != "NCHW":
+        got = repr(layout.item()) if layout.shape == () else f"an array of shape {layout.shape}"
+        raise ValueError(
+            f"{path}: layout must be the string 'NCHW' (images stored channels-first), got {got}; "
+            "store channels-last images as x.transpose(0, 3, 1, 2) and save layout='NCHW'"
+        )
+    return True
+
+
+def _npz_images(
+    path: Path, arrays: dict[str, np.ndarray], key: str, channels_first: bool = False
+) -> np.ndarray:
+    """The images ``key`` as ``(N, C, H, W)``; ``channels_first``: the file said so (``layout="NCHW"``)."""
     if key not in arrays:
         raise ValueError(
             f"{path} lacks {key}; expected arrays x_train, y_train (and x_test, y_test), got {sorted(arrays)}"
@@ -283,15 +303,22 @@ def _npz_images(path: Path, arrays: dict[str, np.ndarray], key: str) -> np.ndarr
         x = x[:, None]
     if x.ndim != 4:
         raise ValueError(f"{path}: {key} must be images (N, H, W) or (N, C, H, W), got shape {x.shape}")
-    if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (
-        1,
-        3,
-        4,
-    ):  # gray, RGB, RGBA last; e.g. Keras's CIFAR-10
-        raise ValueError(
-            f"{path}: {key} looks channels-last (N, H, W, C) {x.shape}; store it channels-first (N, C, H, W): "
-            f"{key}.transpose(0, 3, 1, 2)"
-        )
+    channel_counts = (1, 3, 4)  # gray, RGB, RGBA
+    # only a stored 4-D array has a channel axis to guess: (N, H, W) became (N, 1, H, W) above
+    if not channels_first and arrays[key].ndim == 4 and x.shape[-1] in channel_counts:
+        if x.shape[1] not in channel_counts:  # e.g. Keras's CIFAR-10
+            raise ValueError(
+                f"{path}: {key} looks channels-last (N, H, W, C) {x.shape}; store it channels-first (N, C, H, W): "
+                f"{key}.transpose(0, 3, 1, 2)"
+            )
+        if x.shape[1] != 1 or x.shape[-1] != 1:
+            # Both readings are images (N, 3, 32, 3): 32 x 3 RGB, or 3 x 32 RGB whose rows would be read as
+            # channels. Both 1 is not refused: one channel either way, only H and W swap.
+            raise ValueError(
+                f"{path}: {key} {x.shape} reads as channels-first (N, C, H, W) or channels-last (N, H, W, C); "
+                f"if it is channels-first, save the file with layout='NCHW' (np.savez(path, ..., layout='NCHW')); "
+                f"if channels-last, store {key}.transpose(0, 3, 1, 2) and save layout='NCHW'"
+            )
     if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
         raise ValueError(f"{path}: {key} must be uint8 or float images, got {x.dtype}")
     if x.dtype != np.uint8 and not np.isfinite(x).all():

@@ -59,6 +59,18 @@ def test_search_report_and_resume_on_nb201(tmp_path, capsys):
     assert (tmp_path / "rep" / "front_raspi4.png").is_file()
 
 
+def test_nb201_search_says_a_given_device_has_no_effect(capsys):
+    """An nb201 search reads accuracies from the table: a --device given was accepted silently (now said on
+    stderr, not refused, and a device this machine lacks is not checked); without --device nothing is said."""
+    args = ["search", "--space", "nb201", "--target", "raspi4", "--algorithm", "random", "--quiet"]
+    args += ["--budget", "3"]
+    assert main([*args, "--device", "cuda:7"]) == 0
+    err = capsys.readouterr().err
+    assert "--device cuda:7 has no effect on an nb201 search" in err and len(err.strip().splitlines()) == 1
+    assert main(args) == 0
+    assert "--device" not in capsys.readouterr().err
+
+
 def test_clear_errors(tmp_path, capsys):
     assert main(["search", "--space", "nb201", "--target", "no-such-device", "--budget", "5", "--quiet"]) == 2
     err = capsys.readouterr().err

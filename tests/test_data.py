@@ -214,6 +214,37 @@ def test_npz_keras_layout_is_refused_with_the_transpose_then_read(tmp_path):
         data.npz(path)
 
 
+def test_npz_refuses_a_shape_that_reads_channels_first_or_last_unless_the_file_says(tmp_path):
+    """(N, 3, 32, 3) is 32 x 3 RGB or, channels-last, 3 x 32 RGB; it was read channels-first silently, so
+    channels-last images of height 1, 3 or 4 mixed their rows into channels."""
+    rng = np.random.default_rng(0)
+    y = np.arange(20) % 2
+    path = tmp_path / "mine.npz"
+    for shape in [(20, 3, 32, 3), (20, 1, 16, 3), (20, 4, 8, 1)]:
+        np.savez(path, x_train=rng.integers(0, 256, size=shape, dtype=np.uint8), y_train=y)
+        with pytest.raises(
+            ValueError, match=r"reads as channels-first \(N, C, H, W\) or channels-last .*'NCHW'"
+        ):
+            data.npz(path)
+    # the file says it is channels-first: read as stored, both splits
+    x = rng.integers(0, 256, size=(20, 3, 32, 3), dtype=np.uint8)
+    np.savez(path, x_train=x, y_train=y, x_test=x[:4], y_test=y[:4], layout="NCHW")
+    assert tuple(data.npz(path).tensors[0].shape) == (20, 3, 32, 3)
+    assert tuple(data.npz(path, "test").tensors[0].shape) == (4, 3, 32, 3)
+    np.savez(path, x_train=x, y_train=y, layout="NHWC")
+    with pytest.raises(ValueError, match=r"layout must be the string 'NCHW' .*got 'NHWC'"):
+        data.npz(path)
+    # still read as before: channels-last transposed as the error says, one channel either way, (N, H, W) images
+    for stored, read in [
+        (x.transpose(0, 3, 1, 2), (20, 3, 3, 32)),
+        (np.zeros((20, 1, 16, 1), np.uint8), (20, 1, 16, 1)),
+        (np.zeros((20, 8, 3), np.uint8), (20, 1, 8, 3)),
+        (np.zeros((20, 3, 6, 6), np.uint8), (20, 3, 6, 6)),
+    ]:
+        np.savez(path, x_train=stored, y_train=y)
+        assert tuple(data.npz(path).tensors[0].shape) == read
+
+
 @pytest.mark.parametrize(
     "arrays, message",
     [

@@ -757,6 +757,16 @@ def test_run_fit_with_one_held_out_config_saves_its_undefined_tau_as_null(tmp_pa
     assert saved["provenance"]["held_out"]["within_10pct"] == res["metrics"]["within_10pct"]
 
 
+def test_run_fit_saves_the_held_out_count_as_an_int(tmp_path) -> None:
+    """``held_out.n`` counts configs; it was saved as a float (``"n": 2.0``)."""
+    prof = tmp_path / "p.csv"
+    _synthetic_profile(prof)
+    res = cli_hooks.run_fit(prof, tmp_path / "pred.json", kind="ridge", verbose=False)
+    saved = json.loads((tmp_path / "pred.json").read_text())["provenance"]["held_out"]
+    assert saved["n"] == res["test"] and type(saved["n"]) is int
+    assert type(saved["mape"]) is float
+
+
 def test_merge_keeps_the_extra_columns_of_either_run() -> None:
     # a profile measured before nas recorded the fast tail, extended by a run that records it
     old = Profile("toy-conv", [{"width": 2, "kernel": 1}], [1.0], repeats=[3], extras={"energy_mj": [0.5]})

@@ -394,6 +394,23 @@ def test_auto_at_or_below_select_samples_compares_on_all_samples(quick_trees):
     assert np.array_equal(at_limit.predict(X), everything.predict(X))
 
 
+def test_auto_scores_ridge_on_the_target_a_ridge_fit_picks(quick_trees):
+    """kind="ridge" picks a log or linear target by CV; auto's comparison scored ridge on log(y) only, so on
+    exactly additive costs with additive noise (a linear target's case) it undersold ridge."""
+    rng = np.random.default_rng(3)
+    X = rng.integers(0, 3, (120, 6)).astype(float)
+    y = 0.2 + X @ [0.5, 1.0, 2.0, 0.0, 0.3, 1.5] + rng.normal(0, 0.05, 120)
+    auto = predictors.fit(X, y, kind="auto", n_bags=1)
+    # what ridge fits scores on the same folds, each fitted as kind="ridge" on the other folds
+    fold_of = np.random.default_rng(0).permutation(len(y)) % 4
+    oof = np.zeros(len(y))
+    for f in range(4):
+        ridge = predictors.fit(X[fold_of != f], y[fold_of != f], kind="ridge")
+        assert ridge.targets == ["linear"]  # additive costs: the linear target is picked
+        oof[fold_of == f] = ridge.predict(X[fold_of == f])
+    assert auto.info["cv"]["scores"]["ridge"] == pytest.approx(predictors.metrics(y, oof)["mape"], rel=1e-9)
+
+
 def test_mlp_fits_on_one_blas_thread(monkeypatch):
     # On a busy 2-core machine OpenBLAS's two threads spun waiting for each other: an MLP on 2,000 NB201 cells
     # took 53 s wall (25 s CPU) against 3.6 s (1.7 s) on one thread.

@@ -512,6 +512,42 @@ def test_resuming_a_finished_run_keeps_its_validation_accuracy(tmp_path):
     assert json.loads((tmp_path / "train.json").read_text())["val_accuracy"] == before
 
 
+def test_train_json_lists_every_session_of_a_resumed_run(tmp_path):
+    """train.json's ``device`` names only the last session's device; ``sessions`` keeps one entry per session
+    (the step it started at, its device), across resumes, while ``device`` stays as it was."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    data = tiny_data(128)  # 4 steps per epoch
+    kw = {"epochs": 2, "lr": 0.1, "out_dir": tmp_path, **FAST}
+    with pytest.raises(RuntimeError, match="injected"):  # killed in epoch 2: last checkpoint at step 4
+        train_supernet(TinySupernet(), data, _fail_at_step=6, **kw)
+    assert not (
+        tmp_path / "train.json"
+    ).exists()  # the killed session wrote none: its record is in the checkpoint
+    train_supernet(TinySupernet(), data, resume=True, **kw)
+    summary = json.loads((tmp_path / "train.json").read_text())
+    version = torch.__version__
+    assert summary["sessions"] == [
+        {"start_step": 0, "device": "cpu", "torch": version},
+        {"start_step": 4, "device": "cpu", "torch": version},
+    ]
+    assert summary["device"] == "cpu" and summary["steps"] == 8
+
+    # a checkpoint written before sessions were recorded: its earlier sessions are unknown, said as null
+    with pytest.raises(RuntimeError, match="injected"):
+        train_supernet(TinySupernet(), data, _fail_at_step=6, overwrite=True, **kw)
+    path = tmp_path / CHECKPOINT
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    state = json.loads(meta["nas.train_state"])
+    del state["sessions"]
+    save_file(tensors, str(path), metadata={**meta, "nas.train_state": json.dumps(state)})
+    train_supernet(TinySupernet(), data, resume=True, **kw)
+    sessions = json.loads((tmp_path / "train.json").read_text())["sessions"]
+    assert [(s["start_step"], s["device"]) for s in sessions] == [(0, None), (4, "cpu")]
+
+
 def test_a_checkpoint_from_before_distill_labels_still_resumes(tmp_path):
     """Checkpoints written before the ``distill_labels`` setting existed lack it; its default trains as its absence
     did, so such a run resumes (and one that asks for another value is refused, naming it)."""

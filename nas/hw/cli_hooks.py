@@ -696,8 +696,12 @@ def fit_profile(
         "train": len(train),
         "test": int(n_test),
         "seed": int(seed),
-        # JSON has no NaN: Kendall's tau of a single held-out config is undefined, recorded as null
-        "held_out": {k: (float(v) if math.isfinite(v) else None) for k, v in metrics.items()},
+        # JSON has no NaN: Kendall's tau of a single held-out config is undefined, recorded as null. A count
+        # (``n``) stays an int: float() would save it as 100.0.
+        "held_out": {
+            k: (v if isinstance(v, int) else float(v) if math.isfinite(v) else None)
+            for k, v in metrics.items()
+        },
         "fitted_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     return Fitted(pred, train, test, metrics)

@@ -25,7 +25,9 @@ Run directory (``out_dir``):
     validation data, ``val_max`` / ``val_min`` (accuracy in %, batch norm recalibrated);
   - at each phase change (``progressive``, ``delayed``): ``event: "phase"``, ``step``, ``phase``.
 
-* ``supernet.safetensors`` the final weights, ``train.json`` the run's settings and final metrics.
+* ``supernet.safetensors`` the final weights, ``train.json`` the run's settings and final metrics; its ``device``
+  is the last session's, ``sessions`` lists every session whose steps the weights hold (``start_step``, ``device``,
+  ``torch``), kept in the checkpoint across resumes.
 """
 
 from __future__ import annotations
@@ -293,6 +295,10 @@ def _run(
     opt = _make_optimizer(cfg, net)
     step = 0
     seconds_before = 0.0
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    # Sessions that trained the weights resumed from; kept in each checkpoint (not read from train.json, which a
+    # killed session never wrote), so a session's steps that a later one redoes from an earlier checkpoint drop out.
+    sessions: list[dict[str, Any]] = []
     torch.manual_seed(cfg.seed)
     ckpt = out / CHECKPOINT
     settings = {**asdict(cfg), "strategy_description": strategy.describe(), "world": sync.world}
@@ -307,6 +313,9 @@ def _run(
         step = int(state["step"])
         # Training time of earlier sessions, up to the checkpoint resumed from (what came after it is redone).
         seconds_before = float(state.get("seconds", 0.0))
+        # a checkpoint written before sessions were recorded: what trained its steps is unknown (null)
+        sessions = list(state.get("sessions") or [{"start_step": 0, "device": None, "torch": None}])
+    sessions.append({"start_step": step, "device": device_name, "torch": torch.__version__})
     history: list[dict[str, Any]] = []
     # The phase of the last step done: a run resumed exactly at a phase boundary still re-sorts channels.
     phase = strategy.phase(max(0, step - 1))
@@ -324,7 +333,13 @@ def _run(
 
     def checkpoint(epoch: int) -> None:
         if is_main:
-            state = {"step": step, "epoch": epoch, "settings": settings, "seconds": round(elapsed(), 3)}
+            state = {
+                "step": step,
+                "epoch": epoch,
+                "settings": settings,
+                "seconds": round(elapsed(), 3),
+                "sessions": sessions,
+            }
             save_checkpoint(ckpt, net, opt, state)
 
     def end_epoch() -> dict[str, float]:
@@ -404,7 +419,8 @@ def _run(
             "steps": step,
             "seconds": seconds,
             "session_seconds": time.perf_counter() - started,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "device": device_name,  # the last session's (what train.json always held); every one's in sessions
+            "sessions": sessions,
             "val_accuracy": val_acc,
         }
         atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2))
