@@ -207,9 +207,10 @@ class _GBDTPlusWL:
 
     Why: the two make different errors (trees split on fixed features, the GP transfers between cells sharing
     sub-structures), and their disagreement marks candidates worth a real evaluation. On NAS-Bench-201 accuracy
-    (``benchmarks/search_nb201.py``, benchmarks/RESULTS.md) it raised raspi4's hypervolume ratio at 250
-    evaluations from 0.976 to 0.986 and was within seed noise on the other devices; either model alone
-    searched worse.
+    (``benchmarks/search_nb201.py``) a first measurement on raspi4 raised the hypervolume ratio at 250
+    evaluations from 0.976 to 0.986 (within seed noise on the other devices; either model alone searched worse),
+    but measured on all four targets with the later defaults (whole-space scoring, ``explore``) it was within
+    noise of plain boosted trees or worse (benchmarks/RESULTS.md), hence opt-in (``predictor="gbdt-wl"``).
     """
 
     takes_graph = True
