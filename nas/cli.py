@@ -427,7 +427,7 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 
 def add_sampling_arguments(parser: Any) -> None:
-    """Add ``--low-res-bias`` and ``--attentive`` (how random subnets are drawn) to an argparse parser."""
+    """Add ``--low-res-bias``, ``--attentive`` (how random subnets are drawn) and ``--min-weight`` to a parser."""
     parser.add_argument(
         "--low-res-bias",
         type=float,
@@ -443,13 +443,24 @@ def add_sampling_arguments(parser: Any) -> None:
         help="AttentiveNAS worst-up sampling: draw K more candidates per random subnet and train the one with "
         "the highest loss on the batch (default 0 = off; costs K no-grad forwards on 32 images each)",
     )
+    parser.add_argument(
+        "--min-weight",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="loss weight of the min subnet in sandwich steps, relative to the random subnets' 1 (default 1; "
+        "below 1 the min subnet, trained every step, claims less of the weights every subnet shares)",
+    )
 
 
 def sampling_options(args: Any) -> dict[str, Any]:
     """Strategy options from :func:`add_sampling_arguments`' flags; only those set, so that runs checkpointed
     before an option existed still resume (their stored settings lack it)."""
     options = {"low_resolution_bias": args.low_res_bias, "attentive": args.attentive}
-    return {k: v for k, v in options.items() if v}
+    options = {k: v for k, v in options.items() if v}
+    if args.min_weight != 1.0:
+        options["min_weight"] = args.min_weight
+    return options
 
 
 def cmd_train(args: argparse.Namespace) -> int:

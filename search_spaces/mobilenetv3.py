@@ -61,6 +61,8 @@ class Preset:
     final_expand: int
     feature_mix: int
     dropout: float
+    #: the elastic depths of every stage (block b runs when the depth exceeds b; a stage has max(depths) blocks)
+    depths: tuple[int, ...] = DEPTHS
 
 
 PRESETS: dict[str, Preset] = {
@@ -102,11 +104,13 @@ def _preset(preset: str | Preset) -> Preset:
         raise ValueError(f"unknown mobilenetv3 preset {preset!r}; use one of {sorted(PRESETS)}") from None
 
 
-def _block_when(block: int, stage_prefix: str) -> dict[str, tuple[int, ...]]:
-    """Blocks 0 and 1 always run; block b >= 2 only when the stage depth exceeds b."""
-    if block < DEPTHS[0]:
+def _block_when(
+    block: int, stage_prefix: str, depths: tuple[int, ...] = DEPTHS
+) -> dict[str, tuple[int, ...]]:
+    """Blocks below the smallest depth always run; block b only when the stage depth exceeds b."""
+    if block < depths[0]:
         return {}
-    return {f"{stage_prefix}.depth": tuple(d for d in DEPTHS if d > block)}
+    return {f"{stage_prefix}.depth": tuple(d for d in depths if d > block)}
 
 
 def space(preset: str | Preset = "small", quant: bool = False, sparsity: bool = False) -> SearchSpace:
@@ -123,9 +127,9 @@ def space(preset: str | Preset = "small", quant: bool = False, sparsity: bool = 
     dims = [Choice("resolution", p.resolutions)]
     for s in range(1, len(p.widths) + 1):
         prefix = f"stage{s}"
-        dims.append(Choice(f"{prefix}.depth", DEPTHS))
-        for b in range(DEPTHS[-1]):
-            when = _block_when(b, prefix)
+        dims.append(Choice(f"{prefix}.depth", p.depths))
+        for b in range(max(p.depths)):
+            when = _block_when(b, prefix, p.depths)
             dims.append(Choice(f"{prefix}.block{b}.kernel", KERNELS, when=when))
             dims.append(Choice(f"{prefix}.block{b}.expand", EXPAND_RATIOS, when=when))
             if quant:
@@ -181,7 +185,7 @@ class MobileNetV3Supernet(Supernet):
         c_in = c
         for width, stride, act, se in zip(p.widths, p.strides, p.acts, p.use_se):
             blocks = []
-            for b in range(DEPTHS[-1]):
+            for b in range(max(p.depths)):
                 blocks.append(
                     ElasticMBConv(
                         c_in if b == 0 else width,
@@ -195,7 +199,7 @@ class MobileNetV3Supernet(Supernet):
                         kernel_transform=kernel_transform,
                     )
                 )
-            stages.append(ElasticSequential(blocks, DEPTHS))
+            stages.append(ElasticSequential(blocks, p.depths))
             c_in = width
         self.stages = nn.ModuleList(stages)
         self.final_expand = nn.Sequential(

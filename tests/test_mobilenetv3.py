@@ -192,3 +192,29 @@ def test_kernel_transforms_learn_and_are_not_weight_decayed():
     opt = _make_optimizer(TrainConfig(weight_decay=0.1), net)
     decayed = {id(p) for group in opt.param_groups if group["weight_decay"] > 0 for p in group["params"]}
     assert decayed and not decayed & set(transforms)
+
+
+def test_a_preset_with_other_depths_builds_its_space_and_extracts_equivalently():
+    import dataclasses
+
+    preset = dataclasses.replace(mobilenetv3.PRESETS["small"], name="shallow", depths=(1, 2, 3))
+    space = mobilenetv3.space(preset)
+    assert space["stage1.depth"].values == (1, 2, 3)
+    assert space["stage1.block0.kernel"].when == {}  # the first block always runs
+    assert space["stage1.block1.kernel"].when == {"stage1.depth": (2, 3)}
+    assert space["stage1.block2.expand"].when == {"stage1.depth": (3,)}
+    assert "stage1.block3.kernel" not in space.names
+    torch.manual_seed(0)
+    net = randomize(mobilenetv3.supernet(preset, num_classes=10, in_channels=3)).eval()
+    assert all(len(stage) == 3 for stage in net.stages)
+    x0 = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for cfg in (space.min(), space.max(), *space.samples(5, seed=1)):
+            cfg = net.activate(cfg)
+            x = resize_to(x0, cfg)
+            torch.testing.assert_close(net.extract(cfg).eval()(x), net(x), rtol=1e-4, atol=1e-5)
+    assert sum(1 for n in net.extract(space.min()).modules() if type(n).__name__ == "Residual") < sum(
+        1
+        for n in mobilenetv3.supernet("small").extract(mobilenetv3.space("small").min()).modules()
+        if type(n).__name__ == "Residual"
+    )

@@ -817,3 +817,48 @@ def test_ray_workers_take_gpus_only_one_each():
         match=r"needs one GPU per worker, and the Ray cluster has 1; use num_workers=1 \(without Ray\)",
     ):
         workers_use_gpu("cuda", 1, 2)
+
+
+def test_min_weight_scales_the_min_subnets_loss_in_sandwich_steps(tmp_path):
+    net = TinySupernet()
+    rng = np.random.default_rng(0)
+    tasks = make_strategy("sandwich", net, 100, num_random=2, min_weight=0.25).tasks(0, rng)
+    assert tasks[1].config == net.space.min()
+    assert [t.weight for t in tasks] == [1.0, 0.25, 1.0, 1.0]
+    delayed = make_strategy("delayed", net, 100, delay=0.5, ramp=0.2, min_weight=0.5)
+    ramped = delayed.tasks(55, rng)
+    assert (
+        ramped[1].weight == pytest.approx(0.5 * delayed.ramp_weight(55))
+        and ramped[2].weight == ramped[1].weight * 2
+    )
+    assert make_strategy("sandwich", net, 100, min_weight=0.5).describe()["min_weight"] == 0.5
+    assert (
+        "min_weight" not in make_strategy("sandwich", net, 100).describe()
+    )  # older checkpoints still resume
+    from nas.cli import build_parser, sampling_options
+
+    args = build_parser().parse_args(["train", "--out", "x", "--min-weight", "0.5", "--attentive", "2"])
+    assert sampling_options(args) == {"attentive": 2, "min_weight": 0.5}
+    assert sampling_options(build_parser().parse_args(["train", "--out", "x"])) == {}
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"min_weight=.* must lie in \[0, 1\]"):
+            make_strategy("sandwich", net, 100, min_weight=bad)
+
+    # The trainer applies it: min weight 0 without random subnets trains the max subnet alone, as
+    # progressive shrinking's full-network phase does.
+    data = tiny_data(96, seed=0)
+    kw = {"epochs": 1, "lr": 0.1, **FAST}
+    runs = {}
+    for name, strategy, options in (
+        ("no-min", "sandwich", {"num_random": 0, "min_weight": 0.0}),
+        ("max-only", "progressive", {"fractions": (1, 0, 0, 0)}),
+        ("sandwich", "sandwich", {"num_random": 0}),
+    ):
+        torch.manual_seed(0)
+        net = TinySupernet()
+        net.drop.p = 0.0  # the min subnet's forward would otherwise draw dropout masks from the shared RNG
+        train_supernet(net, data, strategy=strategy, strategy_options=options, out_dir=tmp_path / name, **kw)
+        # parameters only: the min subnet still runs (its loss is logged), which moves BN running statistics
+        runs[name] = {k: v.detach().clone() for k, v in net.named_parameters()}
+    assert _same(runs["no-min"], runs["max-only"])
+    assert not _same(runs["sandwich"], runs["max-only"])
