@@ -8,8 +8,15 @@ the gap is (supernet-inherited accuracy) - (standalone accuracy). Also prints th
 Every finished part (one standalone architecture, one strategy) is stored in the output JSON as soon as it
 is done, and a rerun with the same recipe reuses it: an interrupted run resumes, and the parts can be run
 in separate processes (e.g. ``--parts alone`` on one core while the supernet trains on the other).
-``--reuse sandwich=RUN_DIR`` evaluates an already trained supernet (``train_supernet``'s ``out_dir`` with
-the same recipe) instead of training it again.
+``--reuse sandwich=RUN_DIR`` evaluates an already trained supernet (``train_supernet``'s ``out_dir``, e.g. of
+``examples/train_mnist.py``) instead of training it again; its recorded settings must match the recipe given
+here (a mismatch is refused, naming the settings). ``--attentive``, ``--low-res-bias`` and ``--min-weight`` go
+to the strategies as in ``nas train``; the standalone runs do not use them.
+
+The README recipe's supernet, reused:
+
+    .venv/bin/python benchmarks/weight_sharing.py --epochs 12 --augment shift --weight-decay 3e-5 --n-random 4 \
+        --attentive 2 --low-res-bias 1 --min-weight 0.5 --strategies sandwich --reuse sandwich=runs/mnist-sandwich
 
     .venv/bin/python benchmarks/weight_sharing.py --epochs 15 --strategies sandwich,progressive,delayed,uniform
 
@@ -28,6 +35,7 @@ import torch
 from _common import describe, machine, write_json
 
 from nas import data
+from nas.cli import add_sampling_arguments, sampling_options
 from nas.evaluation import evaluate_subnet
 from nas.train import load_weights, train_supernet
 from nas.train.strategies import STRATEGIES, Strategy, SubnetTask, register_strategy
@@ -42,7 +50,31 @@ def _mid(space):
 
 
 def _recipe(args) -> dict:
-    return {k: getattr(args, k) for k in RECIPE_KEYS}
+    recipe = {k: getattr(args, k) for k in RECIPE_KEYS}
+    options = sampling_options(args)
+    return {**recipe, "strategy_options": options} if options else recipe  # as before when none are set
+
+
+def _check_reused(run: Path, strategy: str, args) -> dict:
+    """The reused run's ``train.json``; refused when its settings are not this recipe's."""
+    settings = json.loads((run / "train.json").read_text())
+    stored = settings["settings"]
+    wanted = {
+        "strategy": strategy,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "optimizer": args.optimizer,
+        "weight_decay": args.weight_decay,
+        "augment": args.augment,
+        "n_random": args.n_random,
+        "seed": args.seed,
+        "strategy_options": sampling_options(args),
+    }
+    differ = [f"{k}: run {stored.get(k)!r}, here {v!r}" for k, v in wanted.items() if stored.get(k, {}) != v]
+    if differ:
+        raise SystemExit(f"--reuse {strategy}={run}: the run was trained otherwise ({'; '.join(differ)})")
+    return settings
 
 
 def _train_options(args) -> dict:
@@ -94,11 +126,19 @@ def _train_strategy(strategy, train, args, out: Path, reuse: dict[str, str]):
     net = mobilenetv3.supernet("small", num_classes=10, in_channels=1)
     if strategy in reuse:
         run = Path(reuse[strategy])
-        settings = json.loads((run / "train.json").read_text())
+        settings = _check_reused(run, strategy, args)
         load_weights(net, run)
         return net, float(settings["seconds"]), str(run)
     t0 = time.perf_counter()
-    train_supernet(net, train, strategy=strategy, n_random=args.n_random, out_dir=out, **_train_options(args))
+    train_supernet(
+        net,
+        train,
+        strategy=strategy,
+        n_random=args.n_random,
+        out_dir=out,
+        strategy_options=sampling_options(args),
+        **_train_options(args),
+    )
     return net, time.perf_counter() - t0, None
 
 
@@ -112,6 +152,7 @@ def main() -> None:
     p.add_argument("--augment", default="affine", help="'affine', 'shift' or 'none'")
     p.add_argument("--n-random", type=int, default=1, help="random subnets per step (sandwich-like)")
     p.add_argument("--seed", type=int, default=0)
+    add_sampling_arguments(p)
     p.add_argument("--strategies", default="sandwich,progressive,delayed,uniform")
     p.add_argument("--parts", default="alone,strategies", help="which parts to run: alone, strategies")
     p.add_argument("--reuse", action="append", default=[], help="STRATEGY=RUN_DIR: evaluate a trained run")
