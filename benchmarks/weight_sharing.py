@@ -59,18 +59,8 @@ def _check_reused(run: Path, strategy: str, args) -> dict:
     """The reused run's ``train.json``; refused when its settings are not this recipe's."""
     settings = json.loads((run / "train.json").read_text())
     stored = settings["settings"]
-    wanted = {
-        "strategy": strategy,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "optimizer": args.optimizer,
-        "weight_decay": args.weight_decay,
-        "augment": args.augment,
-        "n_random": args.n_random,
-        "seed": args.seed,
-        "strategy_options": sampling_options(args),
-    }
+    wanted = {"strategy": strategy, "n_random": args.n_random, "strategy_options": sampling_options(args)}
+    wanted.update((k, v) for k, v in _train_options(args).items() if k != "progress")
     differ = [f"{k}: run {stored.get(k)!r}, here {v!r}" for k, v in wanted.items() if stored.get(k, {}) != v]
     if differ:
         raise SystemExit(f"--reuse {strategy}={run}: the run was trained otherwise ({'; '.join(differ)})")
