@@ -11,7 +11,8 @@ in separate processes (e.g. ``--parts alone`` on one core while the supernet tra
 ``--reuse sandwich=RUN_DIR`` evaluates an already trained supernet (``train_supernet``'s ``out_dir``, e.g. of
 ``examples/train_mnist.py``) instead of training it again; its recorded settings must match the recipe given
 here (a mismatch is refused, naming the settings). ``--attentive``, ``--low-res-bias`` and ``--min-weight`` go
-to the strategies as in ``nas train``; the standalone runs do not use them.
+to the strategies as in ``nas train``; the standalone runs do not use them (a rerun that changes only
+those reuses the standalone results).
 
 The README recipe's supernet, reused:
 
@@ -53,6 +54,11 @@ def _recipe(args) -> dict:
     recipe = {k: getattr(args, k) for k in RECIPE_KEYS}
     options = sampling_options(args)
     return {**recipe, "strategy_options": options} if options else recipe  # as before when none are set
+
+
+def _base_recipe(recipe: dict) -> dict:
+    """What the standalone runs depend on: the recipe without the strategies' sampling options."""
+    return {k: v for k, v in recipe.items() if k != "strategy_options"}
 
 
 def _check_reused(run: Path, strategy: str, args) -> dict:
@@ -155,8 +161,10 @@ def main() -> None:
     parts = set(args.parts.split(","))
     out = Path(args.out)
     cached = json.loads(out.read_text()) if out.is_file() else {}
-    if cached.get("recipe") != _recipe(args):
+    if _base_recipe(cached.get("recipe", {})) != _base_recipe(_recipe(args)):
         cached = {}  # another recipe: nothing to reuse
+    elif cached["recipe"] != _recipe(args):  # other strategy options only: the standalone runs still hold
+        cached = {"alone": cached.get("alone", {})}
     result = {
         "recipe": _recipe(args),
         "alone": cached.get("alone", {}),
