@@ -63,6 +63,10 @@ class Preset:
     dropout: float
     #: the elastic depths of every stage (block b runs when the depth exceeds b; a stage has max(depths) blocks)
     depths: tuple[int, ...] = DEPTHS
+    #: the expand ratios every MBConv block chooses from (its hidden width is the ratio times its input width)
+    expand_ratios: tuple[int, ...] = EXPAND_RATIOS
+    #: the depthwise kernel sizes every MBConv block chooses from (odd, ascending)
+    kernels: tuple[int, ...] = KERNELS
 
 
 PRESETS: dict[str, Preset] = {
@@ -130,8 +134,8 @@ def space(preset: str | Preset = "small", quant: bool = False, sparsity: bool = 
         dims.append(Choice(f"{prefix}.depth", p.depths))
         for b in range(max(p.depths)):
             when = _block_when(b, prefix, p.depths)
-            dims.append(Choice(f"{prefix}.block{b}.kernel", KERNELS, when=when))
-            dims.append(Choice(f"{prefix}.block{b}.expand", EXPAND_RATIOS, when=when))
+            dims.append(Choice(f"{prefix}.block{b}.kernel", p.kernels, when=when))
+            dims.append(Choice(f"{prefix}.block{b}.expand", p.expand_ratios, when=when))
             if quant:
                 dims.append(Choice(f"{prefix}.block{b}.bits", WEIGHT_BITS, when=when))
             if sparsity:
@@ -190,8 +194,8 @@ class MobileNetV3Supernet(Supernet):
                     ElasticMBConv(
                         c_in if b == 0 else width,
                         width,
-                        EXPAND_RATIOS,
-                        KERNELS,
+                        p.expand_ratios,
+                        p.kernels,
                         stride=stride if b == 0 else 1,
                         act=act,
                         use_se=se,

@@ -218,3 +218,30 @@ def test_a_preset_with_other_depths_builds_its_space_and_extracts_equivalently()
         for n in mobilenetv3.supernet("small").extract(mobilenetv3.space("small").min()).modules()
         if type(n).__name__ == "Residual"
     )
+
+
+def test_a_preset_with_other_expand_ratios_and_kernels_builds_its_space_and_extracts_equivalently():
+    import dataclasses
+
+    preset = dataclasses.replace(
+        mobilenetv3.PRESETS["small"], name="thin", expand_ratios=(1, 2, 6), kernels=(3, 5)
+    )
+    space = mobilenetv3.space(preset)
+    assert space["stage2.block0.expand"].values == (1, 2, 6)
+    assert space["stage2.block0.kernel"].values == (3, 5)
+    assert space.min()["stage3.block1.expand"] == 1
+    torch.manual_seed(0)
+    net = randomize(mobilenetv3.supernet(preset, num_classes=10, in_channels=3)).eval()
+
+    # The min subnet's hidden layers are as wide as its blocks' inputs (expand 1).
+    def params(supernet, cfg):
+        return sum(spec.params for spec in supernet.layer_specs(cfg))
+
+    small = mobilenetv3.supernet("small", num_classes=10, in_channels=3)
+    assert params(net, space.min()) < params(small, small.space.min())
+    x0 = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for cfg in (space.min(), space.max(), *space.samples(5, seed=1)):
+            cfg = net.activate(cfg)
+            x = resize_to(x0, cfg)
+            torch.testing.assert_close(net.extract(cfg).eval()(x), net(x), rtol=1e-4, atol=1e-5)

@@ -533,6 +533,9 @@ def test_train_json_lists_every_session_of_a_resumed_run(tmp_path):
         {"start_step": 4, "device": "cpu", "torch": version},
     ]
     assert summary["device"] == "cpu" and summary["steps"] == 8
+    # resuming the finished run trains no steps, so it adds no session
+    train_supernet(TinySupernet(), data, resume=True, **kw)
+    assert json.loads((tmp_path / "train.json").read_text())["sessions"] == summary["sessions"]
 
     # a checkpoint written before sessions were recorded: its earlier sessions are unknown, said as null
     with pytest.raises(RuntimeError, match="injected"):

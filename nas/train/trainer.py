@@ -315,7 +315,8 @@ def _run(
         seconds_before = float(state.get("seconds", 0.0))
         # a checkpoint written before sessions were recorded: what trained its steps is unknown (null)
         sessions = list(state.get("sessions") or [{"start_step": 0, "device": None, "torch": None}])
-    sessions.append({"start_step": step, "device": device_name, "torch": torch.__version__})
+    if step < total:  # a finished run resumed trains nothing: no session of its weights
+        sessions.append({"start_step": step, "device": device_name, "torch": torch.__version__})
     history: list[dict[str, Any]] = []
     # The phase of the last step done: a run resumed exactly at a phase boundary still re-sorts channels.
     phase = strategy.phase(max(0, step - 1))
