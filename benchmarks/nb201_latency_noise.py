@@ -11,7 +11,10 @@ predicted and table latency (``predictors.metrics.kendall_tau``; with 7,642 trai
 practice for the 1,000-cell fits of ``predictors.py``), the residual autocorrelation at a few lags, and the
 share of residual variance that a moving average over the 50 index neighbours on each side explains, with the
 within-10% figure once that drift is removed. The moving average is an oracle (it uses the test cells' own
-neighbours), not a predictor: it only sizes the part of the error that is measurement drift. On edgetpu only
+neighbours), not a predictor: it only sizes the part of the error that is measurement drift. Last, the
+correlation of the residuals between every two devices, over the cells both measured: a residual another device
+shares (the same cell slow on two ARM CPUs) would let that device's published profile serve as a feature of a
+new one's predictor; a correlation near 0 says what is left is each measurement's own noise. On edgetpu only
 the 10,926 connected cells HW-NAS-Bench measured take part (neighbours are then the next measured cells).
 
 Usage:
@@ -76,6 +79,23 @@ def autocorrelation(r: np.ndarray, lag: int) -> float:
     return float(np.corrcoef(c[:-lag], c[lag:])[0, 1])
 
 
+def residual_correlations(residuals: dict[str, np.ndarray]) -> dict[str, float]:
+    """Pearson correlation of every two devices' residuals over the rows where both are finite.
+
+    Example:
+        >>> r = {"a": np.array([1.0, -1.0, 2.0, np.nan]), "b": np.array([2.0, -2.0, 4.0, 0.0])}
+        >>> residual_correlations(r)
+        {'a-b': 1.0}
+    """
+    names = list(residuals)
+    out = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            both = np.isfinite(residuals[a]) & np.isfinite(residuals[b])
+            out[f"{a}-{b}"] = round(float(np.corrcoef(residuals[a][both], residuals[b][both])[0, 1]), 6)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -100,10 +120,13 @@ def main() -> None:
         + f" | {'drift var':>9} | {'within10 w/o drift':>18} | {'tau':>5}"
     )
     rows = []
+    residuals: dict[str, np.ndarray] = {}  # per device, in NB201 index order, NaN where not measured
     for device in args.devices:
         keep, latency = measured_latencies(table, device)
         r = out_of_fold_residuals(X_all[keep], np.log(latency))
         drift = neighbour_mean(r, args.window)
+        residuals[device] = np.full(len(table), np.nan)
+        residuals[device][keep] = r
         row = {
             "device": device,
             "cells": len(keep),
@@ -121,6 +144,11 @@ def main() -> None:
             f"{row['drift_variance_share']:>9.3f} | {row['within_10pct_without_drift']:>18.3f} | "
             f"{row['kendall_tau']:>5.3f}"
         )
+    correlations = residual_correlations(residuals)
+    if correlations:
+        print("residual correlation between devices (cells both measured)")
+        for pair, value in correlations.items():
+            print(f"{pair:>17} | {value:>6.3f}")
     elapsed = time.perf_counter() - started
     host = machine()
     print(f"ran {elapsed:.0f} s on {describe(host)}")
@@ -130,6 +158,7 @@ def main() -> None:
         "machine": host,
         "seconds": elapsed,
         "rows": rows,
+        "residual_correlations": correlations,
     }
     print(f"wrote {write_json(args.out, payload)}")
 
