@@ -194,6 +194,16 @@ def test_kernel_transforms_learn_and_are_not_weight_decayed():
     assert decayed and not decayed & set(transforms)
 
 
+def _assert_subnets_extract_equivalently(net, space) -> None:
+    """The min, the max and 5 random subnets of ``net``, extracted, compute what the supernet computes."""
+    x0 = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for cfg in (space.min(), space.max(), *space.samples(5, seed=1)):
+            cfg = net.activate(cfg)
+            x = resize_to(x0, cfg)
+            torch.testing.assert_close(net.extract(cfg).eval()(x), net(x), rtol=1e-4, atol=1e-5)
+
+
 def test_a_preset_with_other_depths_builds_its_space_and_extracts_equivalently():
     import dataclasses
 
@@ -207,12 +217,7 @@ def test_a_preset_with_other_depths_builds_its_space_and_extracts_equivalently()
     torch.manual_seed(0)
     net = randomize(mobilenetv3.supernet(preset, num_classes=10, in_channels=3)).eval()
     assert all(len(stage) == 3 for stage in net.stages)
-    x0 = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        for cfg in (space.min(), space.max(), *space.samples(5, seed=1)):
-            cfg = net.activate(cfg)
-            x = resize_to(x0, cfg)
-            torch.testing.assert_close(net.extract(cfg).eval()(x), net(x), rtol=1e-4, atol=1e-5)
+    _assert_subnets_extract_equivalently(net, space)
     assert sum(1 for n in net.extract(space.min()).modules() if type(n).__name__ == "Residual") < sum(
         1
         for n in mobilenetv3.supernet("small").extract(mobilenetv3.space("small").min()).modules()
@@ -239,9 +244,4 @@ def test_a_preset_with_other_expand_ratios_and_kernels_builds_its_space_and_extr
 
     small = mobilenetv3.supernet("small", num_classes=10, in_channels=3)
     assert params(net, space.min()) < params(small, small.space.min())
-    x0 = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        for cfg in (space.min(), space.max(), *space.samples(5, seed=1)):
-            cfg = net.activate(cfg)
-            x = resize_to(x0, cfg)
-            torch.testing.assert_close(net.extract(cfg).eval()(x), net(x), rtol=1e-4, atol=1e-5)
+    _assert_subnets_extract_equivalently(net, space)
