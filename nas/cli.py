@@ -1823,7 +1823,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "format", "unset") is None:
-        args.format = ["safetensors", "onnx"]
+        from nas.export import DEFAULT_FORMATS  # one default for the command and the Python API
+
+        args.format = list(DEFAULT_FORMATS)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
         return int(args.func(args) or 0)

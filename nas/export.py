@@ -1,4 +1,4 @@
-"""Export a subnet as a standalone model: safetensors + JSON manifest, TorchScript, ONNX (verified).
+"""Export a subnet as a standalone model: safetensors + JSON manifest, ONNX, optionally TorchScript (verified).
 
 ``export(net, cfg, out_dir)`` extracts the static subnet, writes the requested formats and a
 ``manifest.json`` (config, key, space, architecture, metrics, input shape, library versions, files with
@@ -61,7 +61,9 @@ __all__ = [
 ]
 
 FORMATS = ("safetensors", "torchscript", "onnx", "onnx-int8")
-DEFAULT_FORMATS = ("safetensors", "torchscript", "onnx")
+# TorchScript is opt-in: torch.jit.trace is deprecated in torch 2.13 (it warns on every call), and ONNX is what
+# deployment runtimes load. The `nas export` command has the same default.
+DEFAULT_FORMATS = ("safetensors", "onnx")
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 TORCHSCRIPT = "model.torchscript.pt"
@@ -822,9 +824,10 @@ def export(
         cfg: the subnet (validated and made canonical).
         out_dir: target directory. An existing previous export there is replaced atomically (with
             ``overwrite=True``); a non-empty directory without a manifest is never replaced.
-        formats: any of ``"safetensors"`` (always written: ``load_exported`` needs it), ``"torchscript"``,
-            ``"onnx"`` (float, verified in onnxruntime) and ``"onnx-int8"`` (QDQ int8, see
-            :func:`export_onnx_int8`).
+        formats: any of ``"safetensors"`` (always written: ``load_exported`` needs it), ``"torchscript"``
+            (opt-in: ``torch.jit.trace`` is deprecated in torch 2.13), ``"onnx"`` (float, verified in
+            onnxruntime) and ``"onnx-int8"`` (QDQ int8, see :func:`export_onnx_int8`). Default: safetensors +
+            ONNX, as ``nas export``.
         sample_input: a batch to trace and verify with (default: two random inputs of the subnet's shape).
         calib_data: inputs (already at the subnet's resolution) that calibrate the int8 activations and
             measure int8-vs-fake-quant agreement (default: 64 random inputs; pass real data for meaningful

@@ -17,6 +17,8 @@ from nas import metrics
 from nas.export import ExportError, crop_dead_taps, export, load_exported
 from search_spaces import mobilenetv3
 
+ALL_FLOAT_FORMATS = ("safetensors", "torchscript", "onnx")
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
@@ -42,8 +44,15 @@ def net():
 @pytest.fixture(scope="module")
 def exported(net, tmp_path_factory):
     cfg = net.space.sample(4)
-    out = export(net, cfg, tmp_path_factory.mktemp("exp") / "model")
+    out = export(net, cfg, tmp_path_factory.mktemp("exp") / "model", formats=ALL_FLOAT_FORMATS)
     return net.space.canonical(cfg), out
+
+
+def test_the_default_formats_are_safetensors_and_onnx_as_on_the_command_line(net, tmp_path):
+    out = export(net, net.space.min(), tmp_path / "m")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"model.safetensors", "model.onnx"}
+    assert "torchscript_max_abs_diff" not in manifest["verification"]
 
 
 def test_export_writes_all_formats_and_a_complete_manifest(net, exported):

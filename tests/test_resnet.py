@@ -246,7 +246,7 @@ def test_onnx_and_torchscript_export_compute_the_subnet(small_net, tmp_path):
     import onnxruntime as ort
 
     cfg = small_net.space.canonical(small_net.space.sample(7))
-    out = export(small_net, cfg, tmp_path / "model")
+    out = export(small_net, cfg, tmp_path / "model", formats=("safetensors", "torchscript", "onnx"))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["space"] == "resnet-small" and manifest["verification"]["onnx_max_abs_diff"] <= 1e-4
     assert manifest["metrics"]["macs"] == metrics.macs(small_net, cfg)
