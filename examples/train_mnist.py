@@ -1,7 +1,10 @@
 """Train a small supernet (OFA-MobileNetV3 by default) on the bundled 5,000 MNIST images, then evaluate its subnets.
 
 Sandwich rule + in-place distillation. Prints the test accuracy (10,000 official test images, BN statistics
-recalibrated on training images) of the max subnet, the min subnet and ``--random`` random subnets.
+recalibrated on training images) of the max subnet, the min subnet and ``--random`` random subnets, each random
+subnet's difference from the min subnet on the same images (with its standard error and McNemar p-value), and how
+often all of them would land between the min and max subnets on a redrawn test set (paired bootstrap,
+:mod:`nas.significance`).
 
     .venv/bin/python examples/train_mnist.py --epochs 12 --out runs/mnist-sandwich
 
@@ -11,6 +14,7 @@ The run is resumable: add ``--resume`` after an interruption. Results go to ``OU
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -20,7 +24,8 @@ import torch
 import search_spaces
 from nas import data
 from nas.cli import add_sampling_arguments, sampling_options
-from nas.evaluation import evaluate_subnet
+from nas.evaluation import subnet_correct
+from nas.significance import bootstrap_between, paired_difference
 from nas.train import recipe_for, train_supernet
 from nas.train.checkpoint import atomic_write_text
 from search_spaces import mobilenetv3
@@ -109,28 +114,49 @@ def main() -> None:
     t0 = time.perf_counter()
     space = net.space
 
-    def accuracy(cfg):
-        return evaluate_subnet(net, cfg, test, calib_data=train, calib_batches=args.calib_batches)
+    def correct(cfg):  # per test image, so that subnets can be compared on the same images
+        return subnet_correct(net, cfg, test, calib_data=train, calib_batches=args.calib_batches)
 
-    rows = {"max": accuracy(space.max())}
+    def percent(ok):
+        return 100.0 * float(ok.float().mean())
+
+    right = {"max": correct(space.max())}
+    rows = {"max": percent(right["max"])}
     print(f"max  {rows['max']:.2f}%", flush=True)
-    rows["min"] = accuracy(space.min())
+    right["min"] = correct(space.min())
+    rows["min"] = percent(right["min"])
     print(f"min  {rows['min']:.2f}%", flush=True)
-    randoms = []
+    randoms, random_right = [], []
     for i, cfg in enumerate(space.samples(args.random, seed=123, unique=True)):
-        acc = accuracy(cfg)
-        randoms.append({"config": json.loads(cfg.to_json()), "accuracy": acc})
-        print(f"random {i:2d} {acc:.2f}%", flush=True)
+        ok = correct(cfg)
+        vs_min = paired_difference(ok, right["min"])
+        randoms.append(
+            {
+                "config": json.loads(cfg.to_json()),
+                "accuracy": percent(ok),
+                "vs_min": {"points": vs_min.difference, "sd": vs_min.sd, "p_value": vs_min.p_value},
+            }
+        )
+        random_right.append(ok)
+        print(
+            f"random {i:2d} {percent(ok):.2f}%  ({cfg['resolution']} px; vs min {vs_min.difference:+.2f} "
+            f"+- {vs_min.sd:.2f}, McNemar p {vs_min.p_value:.2f})",
+            flush=True,
+        )
     accs = [r["accuracy"] for r in randoms]
-    between = sum(rows["min"] <= a <= rows["max"] for a in accs)
+    between = None
     if accs:
+        between = bootstrap_between(right["min"], right["max"], random_right)
         print(
             f"random: min {min(accs):.2f} median {sorted(accs)[len(accs) // 2]:.2f} max {max(accs):.2f}; "
-            f"{between}/{len(accs)} between min and max"
+            f"{between.observed}/{len(accs)} between min and max; on {between.rounds} redrawn test sets of "
+            f"{len(right['min']):,} images, all between in {100 * between.all_between:.1f}% "
+            f"(count median {between.count_median:.0f}, 5-95% {between.count_low:.0f}-{between.count_high:.0f})"
         )
     summary = {
         **rows,
         "random": randoms,
+        "between_bootstrap": dataclasses.asdict(between) if between else None,
         "train_seconds": train_s,
         "eval_seconds": time.perf_counter() - t0,
         "device": torch.cuda.get_device_name() if next(net.parameters()).is_cuda else "cpu",

@@ -47,6 +47,7 @@ __all__ = [
     "device_of",
     "evaluate_subnet",
     "recalibrate_bn",
+    "subnet_correct",
 ]
 
 CALIB_BATCHES = 8
@@ -264,6 +265,38 @@ def evaluate_subnet(
         >>> 0.0 <= evaluate_subnet(net, net.space.max(), (x, y), calib_batches=1) <= 100.0
         True
     """
+    correct = subnet_correct(
+        net, cfg, data, calib_data, calib_batches, calib_batch_size, batch_size, recalibrate, max_examples
+    )
+    return 100.0 * int(correct.sum()) / len(correct)
+
+
+@torch.no_grad()
+def subnet_correct(
+    net: nn.Module,
+    cfg: Mapping[str, Any],
+    data: Any,
+    calib_data: Any = None,
+    calib_batches: int = CALIB_BATCHES,
+    calib_batch_size: int = CALIB_BATCH_SIZE,
+    batch_size: int = 1000,
+    recalibrate: bool = True,
+    max_examples: int | None = None,
+) -> torch.Tensor:
+    """Which examples of ``data`` subnet ``cfg`` classifies correctly: a bool tensor, one per example.
+
+    The same measurement as :func:`evaluate_subnet` (which is its mean, in percent), kept per example so that
+    two subnets can be compared on the same images (:mod:`nas.significance`: is one really more accurate, or
+    did the test set happen to favour it?). Arguments as :func:`evaluate_subnet`.
+
+    Example:
+        >>> from search_spaces import mobilenetv3
+        >>> net = mobilenetv3.supernet("small", num_classes=10, in_channels=1)
+        >>> x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+        >>> ok = subnet_correct(net, net.space.min(), (x, y), calib_batches=1)
+        >>> ok.shape, ok.dtype
+        (torch.Size([32]), torch.bool)
+    """
     x, y = _tensors(data, "data")
     if max_examples is not None:
         x, y = x[:max_examples], y[:max_examples]
@@ -277,7 +310,7 @@ def evaluate_subnet(
             if recalibrate:
                 recalibrate_bn(net, calib_x, active, calib_batches, calib_batch_size)
             net.eval()
-            correct = 0
+            correct = []
             device = device_of(net)
             for start in range(0, len(x), batch_size):
                 xb = x[start : start + batch_size].to(device, non_blocking=True)
@@ -285,8 +318,8 @@ def evaluate_subnet(
                     xb = resize_to(xb, active)
                 # compared where the labels are (data may be on the GPU too, or on the CPU for a GPU net)
                 predicted = net(xb).argmax(1).to(y.device)
-                correct += int((predicted == y[start : start + batch_size]).sum())
+                correct.append((predicted == y[start : start + batch_size]).cpu())
         finally:
             if previous is not None and hasattr(net, "activate"):
                 net.activate(previous)
-    return 100.0 * correct / len(x)
+    return torch.cat(correct)
