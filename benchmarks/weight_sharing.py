@@ -3,7 +3,9 @@
 For each strategy, trains the supernet for ``--epochs`` epochs, then evaluates the max, a mid and the min
 subnet (BN recalibrated, 10,000 test images). Each of the three architectures is also trained alone from
 scratch (plain cross-entropy, no teacher; same epochs, batch size, optimizer, schedule and augmentation);
-the gap is (supernet-inherited accuracy) - (standalone accuracy). Also prints the wall time per strategy.
+the gap is (supernet-inherited accuracy) - (standalone accuracy), +- its standard error over redrawn test sets
+(both measured on the same test images: ``nas.significance.paired_difference``). Also prints the wall time per
+strategy.
 
 Every finished part (one standalone architecture, one strategy) is stored in the output JSON as soon as it
 is done, and a rerun with the same recipe reuses it: an interrupted run resumes, and the parts can be run
@@ -32,12 +34,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from _common import describe, machine, write_json
 
 from nas import data
 from nas.cli import add_sampling_arguments, sampling_options
-from nas.evaluation import evaluate_subnet
+from nas.evaluation import subnet_correct
+from nas.significance import paired_difference
 from nas.train import load_weights, train_supernet
 from nas.train.strategies import STRATEGIES, Strategy, SubnetTask, register_strategy
 from search_spaces import mobilenetv3
@@ -103,7 +107,30 @@ if "_fixed" not in STRATEGIES:
     register_strategy(_Fixed)
 
 
-def _train_alone(cfg, train, test, args, out: Path) -> tuple[float, float]:
+def _packed(correct: torch.Tensor) -> str:
+    """Per-test-image correctness as hex (1,250 bytes for MNIST's 10,000), kept for paired comparisons."""
+    return np.packbits(correct.numpy()).tobytes().hex()
+
+
+def _unpacked(packed: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(bytes.fromhex(packed), np.uint8))[:n].astype(bool)
+
+
+def _measure(net, cfg, test, train) -> dict:
+    correct = subnet_correct(net, cfg, test, calib_data=train)
+    return {"accuracy": 100.0 * float(correct.float().mean()), "correct": _packed(correct)}
+
+
+def _gap(inherited: dict, alone: dict, n: int) -> str:
+    """``inherited - alone`` in points, with its standard error over redrawn test sets when both kept images."""
+    gap = f"{inherited['accuracy'] - alone['accuracy']:+.2f}"
+    if "correct" in inherited and "correct" in alone:
+        d = paired_difference(_unpacked(inherited["correct"], n), _unpacked(alone["correct"], n))
+        gap += f"+-{d.sd:.2f}"
+    return gap
+
+
+def _train_alone(cfg, train, test, args, out: Path) -> tuple[dict, float]:
     net = mobilenetv3.supernet("small", num_classes=10, in_channels=1)
     t0 = time.perf_counter()
     train_supernet(
@@ -115,7 +142,8 @@ def _train_alone(cfg, train, test, args, out: Path) -> tuple[float, float]:
         strategy_options={"config": dict(cfg)},
         **_train_options(args),
     )
-    return evaluate_subnet(net, cfg, test, calib_data=train), time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    return _measure(net, cfg, test, train), seconds
 
 
 def _train_strategy(strategy, train, args, out: Path, reuse: dict[str, str]):
@@ -183,8 +211,8 @@ def main() -> None:
 
     for name, cfg in archs.items() if "alone" in parts else ():
         if name not in result["alone"]:
-            acc, secs = _train_alone(cfg, train, test, args, tmp / f"alone_{name}")
-            result["alone"][name] = {"accuracy": acc, "seconds": secs}
+            measured, secs = _train_alone(cfg, train, test, args, tmp / f"alone_{name}")
+            result["alone"][name] = {**measured, "seconds": secs}
             save()
         print(f"alone {name}: {result['alone'][name]['accuracy']:.2f}%", flush=True)
 
@@ -194,26 +222,30 @@ def main() -> None:
         net, secs, run = _train_strategy(strategy, train, args, tmp / strategy, reuse)
         row = {"seconds": secs, "reused_run": run}
         for name, cfg in archs.items():
-            row[name] = evaluate_subnet(net, cfg, test, calib_data=train)
+            measured = _measure(net, cfg, test, train)
+            row[name] = measured["accuracy"]
+            row[f"{name}_correct"] = measured["correct"]
         result["strategies"][strategy] = row
         save()
         print(f"{strategy}: trained in {secs:.0f} s", flush=True)
 
     alone = result["alone"]
-    print(f"\n{'strategy':12s} {'train s':>7s} " + " ".join(f"{n:>7s} {'gap':>6s}" for n in archs))
+    n_test = len(test)
+    print(f"\n{'strategy':12s} {'train s':>7s} " + " ".join(f"{n:>7s} {'gap':>11s}" for n in archs))
     if alone:
         print(
             f"{'alone':12s} {sum(a['seconds'] for a in alone.values()):7.0f} "
             + " ".join(
-                f"{alone[n]['accuracy']:7.2f} {'':>6s}" if n in alone else f"{'-':>7s} {'':>6s}"
+                f"{alone[n]['accuracy']:7.2f} {'':>11s}" if n in alone else f"{'-':>7s} {'':>11s}"
                 for n in archs
             )
         )
     for strategy, r in result["strategies"].items():
         cells = []
         for n in archs:
-            gap = f"{r[n] - alone[n]['accuracy']:+6.2f}" if n in alone else f"{'':>6s}"
-            cells.append(f"{r[n]:7.2f} {gap}")
+            inherited = {"accuracy": r[n], **({"correct": r[f"{n}_correct"]} if f"{n}_correct" in r else {})}
+            gap = _gap(inherited, alone[n], n_test) if n in alone else ""
+            cells.append(f"{r[n]:7.2f} {gap:>11s}")
         print(f"{strategy:12s} {r['seconds']:7.0f} " + " ".join(cells))
     elapsed = time.perf_counter() - started
     host = machine()
