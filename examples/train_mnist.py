@@ -8,7 +8,8 @@ often all of them would land between the min and max subnets on a redrawn test s
 
     .venv/bin/python examples/train_mnist.py --epochs 12 --out runs/mnist-sandwich
 
-The run is resumable: add ``--resume`` after an interruption. Results go to ``OUT/eval.json``.
+The run is resumable: add ``--resume`` after an interruption. Results go to ``OUT/eval.json``;
+``examples/compare_runs.py`` compares several runs (seeds, recipe variants) side by side.
 """
 
 from __future__ import annotations
