@@ -20,12 +20,7 @@ from search_spaces import mobilenetv3
 ALL_FLOAT_FORMATS = ("safetensors", "torchscript", "onnx")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ from nas.ops.sparse import parse_sparsity, sparsity_mask
 from nas.supernet import resize_to
 from search_spaces import mobilenetv3
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -9,14 +9,7 @@ import nas
 from nas.supernet import LayerSpec, Supernet, resize_to
 from search_spaces import mobilenetv3
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The CI box has 2 shared cores; intra-op threads only add contention for these tiny models.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

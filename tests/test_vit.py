@@ -17,14 +17,7 @@ from nas.ops import ElasticMultiheadSelfAttention, ElasticPatchEmbed
 from nas.supernet import Supernet, resize_to
 from search_spaces import vit
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The CI box has 2 shared cores; intra-op threads only add contention for these tiny models.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomize(net: nn.Module, seed: int = 0) -> nn.Module:
