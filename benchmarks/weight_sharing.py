@@ -10,6 +10,11 @@ strategy.
 Every finished part (one standalone architecture, one strategy) is stored in the output JSON as soon as it
 is done, and a rerun with the same recipe reuses it: an interrupted run resumes, and the parts can be run
 in separate processes (e.g. ``--parts alone`` on one core while the supernet trains on the other).
+``--random N`` also trains N random architectures alone (the 20 of ``examples/train_mnist.py``'s evaluation
+for N = 20: sampled with seed 123) and reports, for the standalone runs and for each strategy, how many land
+between the min and max subnet (and how often all would on a redrawn test set), the mean gap over them, and
+the Kendall rank correlation of inherited vs standalone accuracy over all the architectures: whether the
+space itself orders its architectures as the sandwich rule assumes, and whether weight sharing keeps that order.
 ``--reuse sandwich=RUN_DIR`` evaluates an already trained supernet (``train_supernet``'s ``out_dir``, e.g. of
 ``examples/train_mnist.py``) instead of training it again; its recorded settings must match the recipe given
 here (a mismatch is refused, naming the settings). ``--attentive``, ``--low-res-bias`` and ``--min-weight`` go
@@ -41,11 +46,13 @@ from _common import describe, machine, write_json
 from nas import data
 from nas.cli import add_sampling_arguments, sampling_options
 from nas.evaluation import subnet_correct
-from nas.significance import paired_difference
+from nas.significance import bootstrap_between, paired_difference
 from nas.train import load_weights, train_supernet
 from nas.train.strategies import STRATEGIES, Strategy, SubnetTask, register_strategy
 from search_spaces import mobilenetv3
 
+RANDOM_SEED = 123  # the random architectures examples/train_mnist.py evaluates
+NAMED = ("max", "mid", "min")
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "augment", "n_random", "seed")
 
 
@@ -166,6 +173,43 @@ def _train_strategy(strategy, train, args, out: Path, reuse: dict[str, str]):
     return net, time.perf_counter() - t0, None
 
 
+def _kendall_tau(a: list[float], b: list[float]) -> float:
+    """Kendall's tau-b of two accuracy lists (ties allowed): +1 when both order the architectures alike."""
+    from scipy.stats import kendalltau  # scipy comes with scikit-learn
+
+    return float(kendalltau(a, b).statistic)
+
+
+def _random_summary(result: dict, randoms: list[str], n_test: int) -> list[str]:
+    """Lines on the random architectures: between min and max, mean gap, rank correlation with training alone."""
+    alone = result["alone"]
+
+    def between(label: str, correct: dict[str, np.ndarray]) -> str:
+        b = bootstrap_between(correct["min"], correct["max"], [correct[n] for n in randoms])
+        return (
+            f"{label:12s} {b.observed:2d}/{b.total} random between min and max "
+            f"(all between on a redrawn test set: {100 * b.all_between:.1f}%; count 5-95%: "
+            f"{b.count_low:.0f}-{b.count_high:.0f})"
+        )
+
+    lines = []
+    if all(n in alone for n in ("min", "max", *randoms)):
+        lines.append(between("alone", {n: _unpacked(alone[n]["correct"], n_test) for n in alone}))
+    for strategy, row in result["strategies"].items():
+        measured = [n for n in result["archs"] if f"{n}_correct" in row]
+        if not {"min", "max", *randoms} <= set(measured):
+            continue  # measured before --random was given
+        line = between(strategy, {n: _unpacked(row[f"{n}_correct"], n_test) for n in measured})
+        if all(n in alone for n in measured):
+            gaps = [row[n] - alone[n]["accuracy"] for n in randoms]
+            tau = _kendall_tau([row[n] for n in measured], [alone[n]["accuracy"] for n in measured])
+            line += (
+                f"; mean gap over them {np.mean(gaps):+.2f}; Kendall tau vs alone ({len(measured)}) {tau:.2f}"
+            )
+        lines.append(line)
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=15)
@@ -177,6 +221,13 @@ def main() -> None:
     p.add_argument("--n-random", type=int, default=1, help="random subnets per step (sandwich-like)")
     p.add_argument("--seed", type=int, default=0)
     add_sampling_arguments(p)
+    p.add_argument(
+        "--random",
+        type=int,
+        default=0,
+        help="also train this many random architectures alone (seed 123: train_mnist.py's 20 for 20) and "
+        "count how many land between min and max, alone and inherited",
+    )
     p.add_argument("--strategies", default="sandwich,progressive,delayed,uniform")
     p.add_argument("--parts", default="alone,strategies", help="which parts to run: alone, strategies")
     p.add_argument("--reuse", action="append", default=[], help="STRATEGY=RUN_DIR: evaluate a trained run")
@@ -206,6 +257,10 @@ def main() -> None:
     train, test = data.mnist("train"), data.mnist("test")
     space = mobilenetv3.supernet("small", num_classes=10, in_channels=1).space
     archs = {"max": space.max(), "mid": _mid(space), "min": space.min()}
+    if args.random < 0:
+        raise SystemExit(f"--random {args.random}: give a number of random architectures (0 for none)")
+    randoms = [f"random{i}" for i in range(args.random)]
+    archs.update(zip(randoms, space.samples(args.random, seed=RANDOM_SEED, unique=True), strict=True))
     result["archs"] = {n: json.loads(c.to_json()) for n, c in archs.items()}
     tmp = Path(tempfile.mkdtemp(prefix="weight_sharing_"))
 
@@ -214,7 +269,7 @@ def main() -> None:
             measured, secs = _train_alone(cfg, train, test, args, tmp / f"alone_{name}")
             result["alone"][name] = {**measured, "seconds": secs}
             save()
-        print(f"alone {name}: {result['alone'][name]['accuracy']:.2f}%", flush=True)
+        print(f"alone {name}: {result['alone'][name]['accuracy']:.2f}% ({cfg['resolution']} px)", flush=True)
 
     for strategy in args.strategies.split(",") if "strategies" in parts else ():
         if strategy in result["strategies"] and strategy not in reuse:
@@ -231,22 +286,24 @@ def main() -> None:
 
     alone = result["alone"]
     n_test = len(test)
-    print(f"\n{'strategy':12s} {'train s':>7s} " + " ".join(f"{n:>7s} {'gap':>11s}" for n in archs))
+    print(f"\n{'strategy':12s} {'train s':>7s} " + " ".join(f"{n:>7s} {'gap':>11s}" for n in NAMED))
     if alone:
         print(
-            f"{'alone':12s} {sum(a['seconds'] for a in alone.values()):7.0f} "
+            f"{'alone':12s} {sum(alone[n]['seconds'] for n in NAMED if n in alone):7.0f} "
             + " ".join(
                 f"{alone[n]['accuracy']:7.2f} {'':>11s}" if n in alone else f"{'-':>7s} {'':>11s}"
-                for n in archs
+                for n in NAMED
             )
         )
     for strategy, r in result["strategies"].items():
         cells = []
-        for n in archs:
+        for n in NAMED:
             inherited = {"accuracy": r[n], **({"correct": r[f"{n}_correct"]} if f"{n}_correct" in r else {})}
             gap = _gap(inherited, alone[n], n_test) if n in alone else ""
             cells.append(f"{r[n]:7.2f} {gap:>11s}")
         print(f"{strategy:12s} {r['seconds']:7.0f} " + " ".join(cells))
+    if randoms:
+        print("\n" + "\n".join(_random_summary(result, randoms, n_test)))
     elapsed = time.perf_counter() - started
     host = machine()
     print(f"\nran {elapsed:.0f} s on {describe(host)}; recipe {result['recipe']}, threads={args.threads}")
