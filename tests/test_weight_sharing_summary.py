@@ -69,7 +69,11 @@ def test_counts_gap_and_rank_correlation(ws) -> None:
 
 def test_strategy_measured_before_random_was_given_is_left_out(ws) -> None:
     alone = {"max": 990, "mid": 980, "min": 950, "random0": 960}
-    inherited = {"max": 980, "mid": 970, "min": 940}  # no random0: evaluated by an earlier run without --random
+    inherited = {
+        "max": 980,
+        "mid": 970,
+        "min": 940,
+    }  # no random0: evaluated by an earlier run without --random
     lines = ws._random_summary(_result(ws, alone, inherited), ["random0"], N_TEST)
     assert len(lines) == 1 and lines[0].startswith("alone")
 
