@@ -104,6 +104,27 @@ def differing_options(runs: list[RunSummary]) -> list[str]:
     return [n for n in names if len({json.dumps(r.options.get(n)) for r in runs}) > 1]
 
 
+def run_labels(paths: list[str]) -> list[str]:
+    """Each run's shortest trailing path that no other run shares (``a/seed1`` and ``b/seed1``, not two ``seed1``).
+
+    Example:
+        >>> run_labels(["x/a/seed1", "x/b/seed1", "x/b/seed2"])
+        ['a/seed1', 'b/seed1', 'seed2']
+    """
+    parts = [Path(p).parts or (p,) for p in paths]
+
+    def label(i: int, n: int) -> str:
+        return str(Path(*parts[i][-n:]))
+
+    labels = []
+    for i, own in enumerate(parts):
+        n = 1
+        while n < len(own) and any(label(j, n) == label(i, n) for j in range(len(parts)) if j != i):
+            n += 1
+        labels.append(label(i, n))
+    return labels
+
+
 def _cell(value: Any, fmt: str = "{}") -> str:
     return "-" if value is None else fmt.format(value)
 
@@ -113,13 +134,13 @@ def table(runs: list[RunSummary]) -> str:
     shown = differing_options(runs)
     head = ["run", *shown, "train s", "max", "min", "random", "between", "below", "above", "redrawn"]
     rows = []
-    for r in runs:
+    for r, label in zip(runs, run_labels([r.run for r in runs]), strict=True):
         spread = (
             "-" if r.random_low is None else f"{r.random_low:.2f}-{r.random_high:.2f}"
         )  # a run with no random subnets
         rows.append(
             [
-                Path(r.run).name,
+                label,
                 *(_cell(r.options.get(n)) for n in shown),
                 _cell(r.train_seconds, "{:.0f}"),
                 f"{r.max:.2f}",

@@ -87,3 +87,18 @@ def test_old_runs_without_per_subnet_statistics_show_dashes(compare, tmp_path, c
     assert compare.main([str(d)]) == 0
     row = capsys.readouterr().out.splitlines()[1].split()
     assert row[-3:] == ["-", "-", "-"] and "1/1" in row
+
+
+def test_runs_with_the_same_directory_name_are_told_apart(compare, tmp_path, capsys):
+    (tmp_path / "mw05").mkdir()
+    (tmp_path / "plain").mkdir()
+    a = _run(tmp_path / "mw05", "seed4", 4, 0.5, [(98.5, 0.5, 0.001)])
+    b = _run(tmp_path / "plain", "seed4", 4, 1.0, [(98.5, 0.5, 0.001)])
+    assert compare.main([str(a), str(b)]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:3]]
+    assert rows == ["mw05/seed4", "plain/seed4"]
+
+
+def test_run_labels_keep_names_short_when_unique(compare):
+    assert compare.run_labels(["/r/a", "/r/b"]) == ["a", "b"]
+    assert compare.run_labels(["/r/a", "/r/a"]) == ["/r/a", "/r/a"]  # the same run twice: the whole path
