@@ -186,8 +186,11 @@ def _random_summary(result: dict, randoms: list[str], n_test: int) -> list[str]:
 
     def between(label: str, correct: dict[str, np.ndarray]) -> str:
         b = bootstrap_between(correct["min"], correct["max"], [correct[n] for n in randoms])
+        accuracy = {n: c.mean() for n, c in correct.items()}
+        below = sum(accuracy[n] < accuracy["min"] for n in randoms)
+        above = sum(accuracy[n] > accuracy["max"] for n in randoms)
         return (
-            f"{label:12s} {b.observed:2d}/{b.total} random between min and max "
+            f"{label:12s} {b.observed:2d}/{b.total} random between min and max, {below} below, {above} above "
             f"(all between on a redrawn test set: {100 * b.all_between:.1f}%; count 5-95%: "
             f"{b.count_low:.0f}-{b.count_high:.0f})"
         )

@@ -58,9 +58,9 @@ def test_counts_gap_and_rank_correlation(ws) -> None:
     inherited = {"max": 980, "mid": 970, "min": 940, "random0": 930, "random1": 960, "random2": 975}
     lines = ws._random_summary(_result(ws, alone, inherited), ["random0", "random1", "random2"], N_TEST)
     assert len(lines) == 2
-    assert lines[0].startswith("alone") and " 3/3 random between" in lines[0]
+    assert lines[0].startswith("alone") and " 3/3 random between min and max, 0 below, 0 above" in lines[0]
     assert "redrawn test set: 100.0%" in lines[0]  # nested sets: every redraw keeps the order
-    assert lines[1].startswith("sandwich") and " 2/3 random between" in lines[1]
+    assert lines[1].startswith("sandwich") and " 2/3 random between min and max, 1 below, 0 above" in lines[1]
     assert "redrawn test set: 0.0%" in lines[1]
     assert "mean gap over them -1.67" in lines[1]  # (-3 - 1 - 1) / 3 points
     # one discordant pair (random0, min) of 15: tau = (14 - 1) / 15
@@ -81,3 +81,14 @@ def test_strategy_measured_before_random_was_given_is_left_out(ws) -> None:
 def test_kendall_tau_orders(ws) -> None:
     assert ws._kendall_tau([1.0, 2.0, 3.0], [10.0, 20.0, 30.0]) == pytest.approx(1.0)
     assert ws._kendall_tau([1.0, 2.0, 3.0], [30.0, 20.0, 10.0]) == pytest.approx(-1.0)
+
+
+def test_a_random_architecture_above_the_max_counts_as_above(ws) -> None:
+    alone = {
+        "max": 970,
+        "mid": 960,
+        "min": 950,
+        "random0": 990,
+    }  # trained alone, it beats the max architecture
+    lines = ws._random_summary(_result(ws, alone, {}), ["random0"], N_TEST)
+    assert lines == [lines[0]] and " 0/1 random between min and max, 0 below, 1 above" in lines[0]
