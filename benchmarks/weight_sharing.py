@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -150,6 +151,7 @@ def _train_alone(cfg, train, test, args, out: Path) -> tuple[dict, float]:
         **_train_options(args),
     )
     seconds = time.perf_counter() - t0
+    shutil.rmtree(out, ignore_errors=True)  # its checkpoints (~18 MB): the weights are in `net`
     return _measure(net, cfg, test, train), seconds
 
 
@@ -265,7 +267,9 @@ def main() -> None:
     randoms = [f"random{i}" for i in range(args.random)]
     archs.update(zip(randoms, space.samples(args.random, seed=RANDOM_SEED, unique=True), strict=True))
     result["archs"] = {n: json.loads(c.to_json()) for n, c in archs.items()}
-    tmp = Path(tempfile.mkdtemp(prefix="weight_sharing_"))
+    # The training runs' checkpoints are only needed until the subnets are measured: removed on exit.
+    scratch = tempfile.TemporaryDirectory(prefix="weight_sharing_")
+    tmp = Path(scratch.name)
 
     for name, cfg in archs.items() if "alone" in parts else ():
         if name not in result["alone"]:
