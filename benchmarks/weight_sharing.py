@@ -46,7 +46,7 @@ from _common import describe, machine, write_json
 
 from nas import data
 from nas.cli import add_sampling_arguments, sampling_options
-from nas.evaluation import subnet_correct
+from nas.evaluation import CALIB_BATCHES, subnet_correct
 from nas.significance import bootstrap_between, paired_difference
 from nas.train import load_weights, train_supernet
 from nas.train.strategies import STRATEGIES, Strategy, SubnetTask, register_strategy
@@ -64,6 +64,8 @@ def _mid(space):
 
 def _recipe(args) -> dict:
     recipe = {k: getattr(args, k) for k in RECIPE_KEYS}
+    if args.calib_batches != CALIB_BATCHES:  # recorded only when set, so results measured before still match
+        recipe["calib_batches"] = args.calib_batches
     options = sampling_options(args)
     return {**recipe, "strategy_options": options} if options else recipe  # as before when none are set
 
@@ -124,8 +126,8 @@ def _unpacked(packed: str, n: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(bytes.fromhex(packed), np.uint8))[:n].astype(bool)
 
 
-def _measure(net, cfg, test, train) -> dict:
-    correct = subnet_correct(net, cfg, test, calib_data=train)
+def _measure(net, cfg, test, train, calib_batches: int) -> dict:
+    correct = subnet_correct(net, cfg, test, calib_data=train, calib_batches=calib_batches)
     return {"accuracy": 100.0 * float(correct.float().mean()), "correct": _packed(correct)}
 
 
@@ -152,7 +154,7 @@ def _train_alone(cfg, train, test, args, out: Path) -> tuple[dict, float]:
     )
     seconds = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)  # its checkpoints (~18 MB): the weights are in `net`
-    return _measure(net, cfg, test, train), seconds
+    return _measure(net, cfg, test, train, args.calib_batches), seconds
 
 
 def _train_strategy(strategy, train, args, out: Path, reuse: dict[str, str]):
@@ -233,6 +235,13 @@ def main() -> None:
         help="also train this many random architectures alone (seed 123: train_mnist.py's 20 for 20) and "
         "count how many land between min and max, alone and inherited",
     )
+    p.add_argument(
+        "--calib-batches",
+        type=int,
+        default=CALIB_BATCHES,
+        help=f"BN recalibration batches of 256 training images per measured subnet (default {CALIB_BATCHES}; "
+        "20 = all 5,000, as examples/train_mnist.py does; another value measures, and trains alone, anew)",
+    )
     p.add_argument("--strategies", default="sandwich,progressive,delayed,uniform")
     p.add_argument("--parts", default="alone,strategies", help="which parts to run: alone, strategies")
     p.add_argument("--reuse", action="append", default=[], help="STRATEGY=RUN_DIR: evaluate a trained run")
@@ -262,6 +271,8 @@ def main() -> None:
     train, test = data.mnist("train"), data.mnist("test")
     space = mobilenetv3.supernet("small", num_classes=10, in_channels=1).space
     archs = {"max": space.max(), "mid": _mid(space), "min": space.min()}
+    if args.calib_batches < 1:
+        raise SystemExit(f"--calib-batches {args.calib_batches}: give at least 1 batch")
     if args.random < 0:
         raise SystemExit(f"--random {args.random}: give a number of random architectures (0 for none)")
     randoms = [f"random{i}" for i in range(args.random)]
@@ -284,7 +295,7 @@ def main() -> None:
         net, secs, run = _train_strategy(strategy, train, args, tmp / strategy, reuse)
         row = {"seconds": secs, "reused_run": run}
         for name, cfg in archs.items():
-            measured = _measure(net, cfg, test, train)
+            measured = _measure(net, cfg, test, train, args.calib_batches)
             row[name] = measured["accuracy"]
             row[f"{name}_correct"] = measured["correct"]
         result["strategies"][strategy] = row
