@@ -204,8 +204,11 @@ def _random_summary(result: dict, randoms: list[str], n_test: int) -> list[str]:
         lines.append(between("alone", {n: _unpacked(alone[n]["correct"], n_test) for n in alone}))
     for strategy, row in result["strategies"].items():
         measured = [n for n in result["archs"] if f"{n}_correct" in row]
-        if not {"min", "max", *randoms} <= set(measured):
-            continue  # measured before --random was given
+        if not {"min", "max", *randoms} <= set(measured):  # measured before --random was given
+            lines.append(
+                f"{strategy:12s} random subnets not measured: evaluate it again (--reuse) or train it anew"
+            )
+            continue
         line = between(strategy, {n: _unpacked(row[f"{n}_correct"], n_test) for n in measured})
         if all(n in alone for n in measured):
             gaps = [row[n] - alone[n]["accuracy"] for n in randoms]
