@@ -1,4 +1,4 @@
-"""Weight sharing vs training alone: max / mid / min subnets of the small MobileNetV3 on bundled MNIST.
+"""Weight sharing vs training alone: max / mid / min subnets of a MobileNetV3 supernet on bundled MNIST.
 
 For each strategy, trains the supernet for ``--epochs`` epochs, then evaluates the max, a mid and the min
 subnet (BN recalibrated, 10,000 test images). Each of the three architectures is also trained alone from
@@ -15,6 +15,7 @@ for N = 20: sampled with seed 123) and reports, for the standalone runs and for 
 between the min and max subnet (and how often all would on a redrawn test set), the mean gap over them, and
 the Kendall rank correlation of inherited vs standalone accuracy over all the architectures: whether the
 space itself orders its architectures as the sandwich rule assumes, and whether weight sharing keeps that order.
+``--preset`` picks the MobileNetV3 preset (``small`` by default; ``narrow`` is half as wide).
 ``--reuse sandwich=RUN_DIR`` evaluates an already trained supernet (``train_supernet``'s ``out_dir``, e.g. of
 ``examples/train_mnist.py``) instead of training it again; its recorded settings must match the recipe given
 here (a mismatch is refused, naming the settings). ``--attentive``, ``--low-res-bias`` and ``--min-weight`` go
@@ -64,6 +65,8 @@ def _mid(space):
 
 def _recipe(args) -> dict:
     recipe = {k: getattr(args, k) for k in RECIPE_KEYS}
+    if args.preset != "small":  # recorded only when set, so results measured before still match
+        recipe["preset"] = args.preset
     if args.calib_batches != CALIB_BATCHES:  # recorded only when set, so results measured before still match
         recipe["calib_batches"] = args.calib_batches
     options = sampling_options(args)
@@ -79,6 +82,13 @@ def _check_reused(run: Path, strategy: str, args) -> dict:
     """The reused run's ``train.json``; refused when its settings are not this recipe's."""
     settings = json.loads((run / "train.json").read_text())
     stored = settings["settings"]
+    evaluated = run / "eval.json"  # examples/train_mnist.py's: it names the preset it trained
+    if evaluated.is_file():
+        preset = json.loads(evaluated.read_text()).get("args", {}).get("preset") or "small"
+        if preset != args.preset:
+            raise SystemExit(
+                f"--reuse {strategy}={run}: the run trained the {preset!r} preset, here --preset {args.preset}"
+            )
     wanted = {"strategy": strategy, "n_random": args.n_random, "strategy_options": sampling_options(args)}
     wanted.update((k, v) for k, v in _train_options(args).items() if k != "progress")
     differ = [f"{k}: run {stored.get(k)!r}, here {v!r}" for k, v in wanted.items() if stored.get(k, {}) != v]
@@ -141,7 +151,7 @@ def _gap(inherited: dict, alone: dict, n: int) -> str:
 
 
 def _train_alone(cfg, train, test, args, out: Path) -> tuple[dict, float]:
-    net = mobilenetv3.supernet("small", num_classes=10, in_channels=1)
+    net = mobilenetv3.supernet(args.preset, num_classes=10, in_channels=1)
     t0 = time.perf_counter()
     train_supernet(
         net,
@@ -158,7 +168,7 @@ def _train_alone(cfg, train, test, args, out: Path) -> tuple[dict, float]:
 
 
 def _train_strategy(strategy, train, args, out: Path, reuse: dict[str, str]):
-    net = mobilenetv3.supernet("small", num_classes=10, in_channels=1)
+    net = mobilenetv3.supernet(args.preset, num_classes=10, in_channels=1)
     if strategy in reuse:
         run = Path(reuse[strategy])
         settings = _check_reused(run, strategy, args)
@@ -222,6 +232,12 @@ def _random_summary(result: dict, randoms: list[str], n_test: int) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--preset",
+        default="small",
+        choices=tuple(mobilenetv3.PRESETS),
+        help="MobileNetV3 preset (default small; narrow: half as wide)",
+    )
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.004)
@@ -272,7 +288,7 @@ def main() -> None:
 
     started = time.perf_counter()
     train, test = data.mnist("train"), data.mnist("test")
-    space = mobilenetv3.supernet("small", num_classes=10, in_channels=1).space
+    space = mobilenetv3.supernet(args.preset, num_classes=10, in_channels=1).space
     archs = {"max": space.max(), "mid": _mid(space), "min": space.min()}
     if args.calib_batches < 1:
         raise SystemExit(f"--calib-batches {args.calib_batches}: give at least 1 batch")

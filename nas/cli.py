@@ -89,8 +89,9 @@ def target_label(target: str) -> str:
 # Written out, not read from the modules: `nas --help` would import torch with them. A test checks it.
 _PRESET_HELP = (
     "small (the default; 24-32 px inputs, MNIST/CIFAR-sized) or imagenet (mobilenetv3 160-224 px, resnet "
-    "128-224 px), for mobilenetv3 and resnet; small or tiny (AutoFormer-T, 224 px) for vit; a space of your "
-    "own takes what its supernet()/space() accept; `nas spaces` lists each space's presets"
+    "128-224 px), for mobilenetv3 and resnet; narrow (small at half width) for mobilenetv3; small or tiny "
+    "(AutoFormer-T, 224 px) for vit; a space of your own takes what its supernet()/space() accept; "
+    "`nas spaces` lists each space's presets"
 )
 
 

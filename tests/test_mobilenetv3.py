@@ -238,3 +238,22 @@ def test_a_preset_with_other_expand_ratios_and_kernels_builds_its_space_and_extr
     small = mobilenetv3.supernet("small", num_classes=10, in_channels=3)
     assert params(net, space.min()) < params(small, small.space.min())
     _assert_subnets_extract_equivalently(net, space)
+
+
+def test_narrow_preset_is_small_at_half_width_with_the_same_space():
+    narrow, small = mobilenetv3.PRESETS["narrow"], mobilenetv3.PRESETS["small"]
+    assert narrow.widths == tuple(w // 2 for w in small.widths)
+    assert (narrow.final_expand, narrow.feature_mix) == (small.final_expand // 2, small.feature_mix // 2)
+    space = mobilenetv3.space("narrow")
+    assert space.name == "mobilenetv3-narrow"
+    assert space.dims == mobilenetv3.space("small").dims  # the same architectures, thinner layers
+    torch.manual_seed(0)
+    net = randomize(mobilenetv3.supernet("narrow", num_classes=10, in_channels=3)).eval()
+    assert [stage[0].out_channels for stage in net.stages] == [8, 12, 16, 24, 32]
+
+    def params(supernet, cfg):
+        return sum(spec.params for spec in supernet.layer_specs(cfg))
+
+    wide = mobilenetv3.supernet("small", num_classes=10, in_channels=3)
+    assert params(net, space.max()) < 0.4 * params(wide, space.max())
+    _assert_subnets_extract_equivalently(net, space)

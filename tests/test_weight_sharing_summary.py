@@ -93,3 +93,27 @@ def test_a_random_architecture_above_the_max_counts_as_above(ws) -> None:
     }  # trained alone, it beats the max architecture
     lines = ws._random_summary(_result(ws, alone, {}), ["random0"], N_TEST)
     assert " 0/1 random between min and max, 0 below, 1 above" in lines[0]
+
+
+def test_preset_is_recorded_and_a_reused_run_of_another_preset_is_refused(ws, tmp_path) -> None:
+    import argparse
+    import json
+
+    def args(preset: str) -> argparse.Namespace:
+        return argparse.Namespace(
+            preset=preset, epochs=12, batch_size=64, lr=0.004, optimizer="adamw", weight_decay=3e-5,
+            augment=True, n_random=4, seed=0, calib_batches=ws.CALIB_BATCHES,
+            attentive=None, low_res_bias=None, min_weight=1.0,
+        )  # fmt: skip
+
+    # small: the recipe as stored before presets existed, so earlier results still match
+    assert "preset" not in ws._recipe(args("small"))
+    assert ws._recipe(args("narrow"))["preset"] == "narrow"
+    stored = {k: v for k, v in ws._train_options(args("narrow")).items() if k != "progress"}
+    stored |= {"strategy": "sandwich", "n_random": 4, "strategy_options": {}}
+    (tmp_path / "train.json").write_text(json.dumps({"settings": stored, "seconds": 1.0}))
+    (tmp_path / "eval.json").write_text(json.dumps({"args": {"preset": "small"}}))
+    with pytest.raises(SystemExit, match=r"trained the 'small' preset, here --preset narrow"):
+        ws._check_reused(tmp_path, "sandwich", args("narrow"))
+    (tmp_path / "eval.json").write_text(json.dumps({"args": {"preset": "narrow"}}))
+    assert ws._check_reused(tmp_path, "sandwich", args("narrow"))["seconds"] == 1.0
