@@ -15,7 +15,7 @@ for N = 20: sampled with seed 123) and reports, for the standalone runs and for 
 between the min and max subnet (and how often all would on a redrawn test set), the mean gap over them, and
 the Kendall rank correlation of inherited vs standalone accuracy over all the architectures: whether the
 space itself orders its architectures as the sandwich rule assumes, and whether weight sharing keeps that order.
-``--preset`` picks the MobileNetV3 preset (``small`` by default; ``narrow`` is half as wide).
+``--preset`` picks the MobileNetV3 preset (``small`` by default; ``narrow``, half as wide, is the README recipe's).
 ``--reuse sandwich=RUN_DIR`` evaluates an already trained supernet (``train_supernet``'s ``out_dir``, e.g. of
 ``examples/train_mnist.py``) instead of training it again; its recorded settings must match the recipe given
 here (a mismatch is refused, naming the settings). ``--attentive``, ``--low-res-bias`` and ``--min-weight`` go
@@ -24,8 +24,9 @@ those reuses the standalone results).
 
 The README recipe's supernet, reused:
 
-    .venv/bin/python benchmarks/weight_sharing.py --epochs 12 --augment shift --weight-decay 3e-5 --n-random 4 \\
-        --attentive 2 --low-res-bias 1 --min-weight 0.5 --strategies sandwich --reuse sandwich=runs/mnist-sandwich
+    .venv/bin/python benchmarks/weight_sharing.py --preset narrow --epochs 12 --augment shift --weight-decay 3e-5 \\
+        --n-random 4 --attentive 2 --low-res-bias 1 --min-weight 0.5 --strategies sandwich \\
+        --reuse sandwich=runs/mnist-sandwich
 
     .venv/bin/python benchmarks/weight_sharing.py --epochs 15 --strategies sandwich,progressive,delayed,uniform
 

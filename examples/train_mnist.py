@@ -1,6 +1,6 @@
 """Train a small supernet (OFA-MobileNetV3 by default) on the bundled 5,000 MNIST images, then evaluate its subnets.
 
-``--preset narrow`` trains MobileNetV3's ``small`` preset at half width: on these 5,000 images
+``--preset narrow`` (the README recipe) trains MobileNetV3's ``small`` preset at half width: on these 5,000 images
 the ``small`` preset's subnets all reach about the same accuracy, so which of them lands lowest is noise; the
 narrow one's differ by their size.
 
@@ -10,7 +10,7 @@ subnet's difference from the min subnet on the same images (with its standard er
 often all of them would land between the min and max subnets on a redrawn test set (paired bootstrap,
 :mod:`nas.significance`).
 
-    .venv/bin/python examples/train_mnist.py --epochs 12 --out runs/mnist-sandwich
+    .venv/bin/python examples/train_mnist.py --preset narrow --epochs 12 --out runs/mnist-sandwich  # README: the full recipe
 
 The run is resumable: add ``--resume`` after an interruption. Results go to ``OUT/eval.json``;
 ``examples/compare_runs.py`` compares several runs (seeds, recipe variants) side by side.
