@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -72,6 +73,20 @@ class Preset:
     kernels: tuple[int, ...] = KERNELS
 
 
+_SMALL = Preset(
+    name="small",
+    resolutions=(24, 28, 32),
+    stem_channels=8,
+    stem_stride=2,
+    widths=(16, 24, 32, 48, 64),
+    strides=(1, 2, 2, 1, 2),
+    acts=("relu", "relu", "hswish", "hswish", "hswish"),
+    use_se=(False, True, False, True, True),
+    final_expand=192,
+    feature_mix=256,
+    dropout=0.1,
+)
+
 PRESETS: dict[str, Preset] = {
     "imagenet": Preset(
         name="imagenet",
@@ -86,31 +101,10 @@ PRESETS: dict[str, Preset] = {
         feature_mix=1280,
         dropout=0.1,
     ),
-    "small": Preset(
-        name="small",
-        resolutions=(24, 28, 32),
-        stem_channels=8,
-        stem_stride=2,
-        widths=(16, 24, 32, 48, 64),
-        strides=(1, 2, 2, 1, 2),
-        acts=("relu", "relu", "hswish", "hswish", "hswish"),
-        use_se=(False, True, False, True, True),
-        final_expand=192,
-        feature_mix=256,
-        dropout=0.1,
-    ),
-    "narrow": Preset(
-        name="narrow",
-        resolutions=(24, 28, 32),
-        stem_channels=8,
-        stem_stride=2,
-        widths=(8, 12, 16, 24, 32),
-        strides=(1, 2, 2, 1, 2),
-        acts=("relu", "relu", "hswish", "hswish", "hswish"),
-        use_se=(False, True, False, True, True),
-        final_expand=96,
-        feature_mix=128,
-        dropout=0.1,
+    "small": _SMALL,
+    # small at half width: small enough that on 5,000 MNIST images a subnet's size shows in its accuracy
+    "narrow": dataclasses.replace(
+        _SMALL, name="narrow", widths=(8, 12, 16, 24, 32), final_expand=96, feature_mix=128
     ),
 }
 
