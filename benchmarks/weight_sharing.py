@@ -24,7 +24,7 @@ those reuses the standalone results).
 
 The README recipe's supernet, reused:
 
-    .venv/bin/python benchmarks/weight_sharing.py --preset narrow --epochs 12 --augment shift --weight-decay 3e-5 \\
+    .venv/bin/python benchmarks/weight_sharing.py --preset narrow --epochs 16 --augment shift --weight-decay 3e-5 \\
         --n-random 4 --attentive 2 --low-res-bias 1 --min-weight 0.5 --strategies sandwich \\
         --reuse sandwich=runs/mnist-sandwich
 

@@ -10,7 +10,7 @@ subnet's difference from the min subnet on the same images (with its standard er
 often all of them would land between the min and max subnets on a redrawn test set (paired bootstrap,
 :mod:`nas.significance`).
 
-    .venv/bin/python examples/train_mnist.py --preset narrow --epochs 12 --out runs/mnist-sandwich  # README: the full recipe
+    .venv/bin/python examples/train_mnist.py --preset narrow --epochs 16 --out runs/mnist-sandwich  # README: the full recipe
 
 The run is resumable: add ``--resume`` after an interruption. Results go to ``OUT/eval.json``;
 ``examples/compare_runs.py`` compares several runs (seeds, recipe variants) side by side.
@@ -49,7 +49,7 @@ def main() -> None:
         help="the space's preset (default small; mobilenetv3 also has narrow, small at half width, whose "
         "subnets' accuracies spread wider on these 5,000 images)",
     )
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, help="default 0.05, or the space's training recipe (vit: 2e-3)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), help="default sgd, or the space's recipe")
